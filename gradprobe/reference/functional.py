@@ -1,0 +1,217 @@
+"""Step functions and analytic per-step Jacobians of the recurrent cells.
+
+Everything here is plain tensor arithmetic written out the way the torch.nn
+documentation states the equations, so that it doubles as executable ground
+truth. A *state* is a tuple: ``(h,)`` for RNN and GRU, ``(h, c)`` for LSTM.
+
+The input projection ``W_ih x_t + b_ih`` does not depend on the state, so the
+layer loops compute it for all time steps in one matrix product and the step
+functions take it precomputed (``x_proj``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+State = tuple[Tensor, ...]
+
+MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+GATE_COUNT = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+GATE_NAMES = {
+    "RNN_TANH": ("",),
+    "RNN_RELU": ("",),
+    "LSTM": ("input", "forget", "cell", "output"),
+    "GRU": ("reset", "update", "new"),
+}
+
+
+class LayerWeights(NamedTuple):
+    """The parameters of one direction of one recurrent layer, torch.nn layout."""
+
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Tensor | None = None
+    bias_hh: Tensor | None = None
+    weight_hr: Tensor | None = None
+
+
+def project_input(mode: str, x: Tensor, w: LayerWeights) -> Tensor:
+    """``W_ih x + b_ih`` for any number of leading dimensions.
+
+    For RNN and LSTM the recurrent bias ``b_hh`` is folded in as well, since it
+    enters the pre-activation additively; GRU keeps ``b_hn`` inside the reset
+    gate product, so it is added in :func:`step` instead.
+    """
+    bias = w.bias_ih
+    if mode != "GRU" and w.bias_hh is not None:
+        bias = w.bias_hh if bias is None else bias + w.bias_hh
+    return F.linear(x, w.weight_ih, bias)
+
+
+def _recurrent_bias(mode: str, w: LayerWeights, folded: bool) -> Tensor | None:
+    return None if (folded and mode != "GRU") else w.bias_hh
+
+
+def step(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool = True) -> State:
+    """Advance the state one time step.
+
+    Args:
+        mode: One of :data:`MODES`.
+        x_proj: The input projection for this step, ``[B, G*H]``.
+        state: ``(h,)`` or ``(h, c)`` with batch dimension first.
+        w: The layer weights.
+        folded: Whether ``x_proj`` already includes ``b_hh`` (as produced by
+            :func:`project_input`). Irrelevant for GRU.
+    """
+    b_hh = _recurrent_bias(mode, w, folded)
+    if mode == "LSTM":
+        return lstm_step(x_proj, state[0], state[1], w.weight_hh, b_hh, w.weight_hr)
+    if mode == "GRU":
+        return (gru_step(x_proj, state[0], w.weight_hh, b_hh),)
+    return (rnn_step(x_proj, state[0], w.weight_hh, b_hh, relu=mode == "RNN_RELU"),)
+
+
+def rnn_step(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool) -> Tensor:
+    """Elman step ``h' = act(x_proj + W_hh h + b_hh)``."""
+    pre = torch.addmm(x_proj, h, weight_hh.t())
+    if bias_hh is not None:
+        pre = pre + bias_hh
+    return torch.relu(pre) if relu else torch.tanh(pre)
+
+
+def lstm_step(
+    x_proj: Tensor,
+    h: Tensor,
+    c: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor | None,
+    weight_hr: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """LSTM step with gate order (input, forget, cell, output) and optional projection."""
+    gates = torch.addmm(x_proj, h, weight_hh.t())
+    if bias_hh is not None:
+        gates = gates + bias_hh
+    i, f, g, o = gates.chunk(4, dim=1)
+    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_next = torch.sigmoid(o) * torch.tanh(c_next)
+    if weight_hr is not None:
+        h_next = h_next.matmul(weight_hr.t())
+    return h_next, c_next
+
+
+def gru_step(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None) -> Tensor:
+    """GRU step with gate order (reset, update, new), ``b_hn`` inside the reset product."""
+    hh = F.linear(h, weight_hh, bias_hh)
+    x_r, x_z, x_n = x_proj.chunk(3, dim=1)
+    h_r, h_z, h_n = hh.chunk(3, dim=1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return n + z * (h - n)
+
+
+def output_of(state: State) -> Tensor:
+    """The part of the state that is the layer's output (``h``)."""
+    return state[0]
+
+
+# --------------------------------------------------------------------------
+# Analytic Jacobians d state_t / d state_{t-1}
+# --------------------------------------------------------------------------
+
+
+def jacobian(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool = True) -> Tensor:
+    """Per-step Jacobian ``d state_t / d state_{t-1}``, shape ``[B, S, S]``.
+
+    For LSTM the state is the concatenation ``(h, c)``, so ``S = P + H`` where
+    ``P`` is ``proj_size`` (or ``H`` without projection).
+    """
+    b_hh = _recurrent_bias(mode, w, folded)
+    if mode == "LSTM":
+        return lstm_jacobian(x_proj, state[0], state[1], w.weight_hh, b_hh, w.weight_hr)
+    if mode == "GRU":
+        return gru_jacobian(x_proj, state[0], w.weight_hh, b_hh)
+    return rnn_jacobian(x_proj, state[0], w.weight_hh, b_hh, relu=mode == "RNN_RELU")
+
+
+def rnn_jacobian(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool) -> Tensor:
+    """``diag(act'(pre)) W_hh``."""
+    pre = torch.addmm(x_proj, h, weight_hh.t())
+    if bias_hh is not None:
+        pre = pre + bias_hh
+    slope = (pre > 0).to(pre.dtype) if relu else 1 - torch.tanh(pre) ** 2
+    return slope.unsqueeze(2) * weight_hh.unsqueeze(0)
+
+
+def lstm_jacobian(
+    x_proj: Tensor,
+    h: Tensor,
+    c: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor | None,
+    weight_hr: Tensor | None,
+) -> Tensor:
+    """Joint Jacobian of ``(h_t, c_t)`` with respect to ``(h_{t-1}, c_{t-1})``."""
+    gates = torch.addmm(x_proj, h, weight_hh.t())
+    if bias_hh is not None:
+        gates = gates + bias_hh
+    a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
+    w_i, w_f, w_g, w_o = (w.unsqueeze(0) for w in weight_hh.chunk(4, dim=0))
+    i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+    c_next = f * c + i * g
+    tc = torch.tanh(c_next)
+
+    col = lambda v: v.unsqueeze(2)  # noqa: E731 - scale the rows of a [B, H, P] block
+    dc_dh = col(c * f * (1 - f)) * w_f + col(g * i * (1 - i)) * w_i + col(i * (1 - g**2)) * w_g
+    dc_dc = torch.diag_embed(f)
+    through_c = o * (1 - tc**2)
+    dhraw_dh = col(tc * o * (1 - o)) * w_o + col(through_c) * dc_dh
+    dhraw_dc = torch.diag_embed(through_c * f)
+    if weight_hr is not None:
+        dh_dh = weight_hr.matmul(dhraw_dh)
+        dh_dc = weight_hr.matmul(dhraw_dc)
+    else:
+        dh_dh, dh_dc = dhraw_dh, dhraw_dc
+    top = torch.cat([dh_dh, dh_dc], dim=2)
+    bottom = torch.cat([dc_dh, dc_dc], dim=2)
+    return torch.cat([top, bottom], dim=1)
+
+
+def gru_jacobian(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None) -> Tensor:
+    """Jacobian of ``h_t = (1 - z) n + z h_{t-1}`` with respect to ``h_{t-1}``."""
+    hh = F.linear(h, weight_hh, bias_hh)
+    x_r, x_z, x_n = x_proj.chunk(3, dim=1)
+    h_r, h_z, h_n = hh.chunk(3, dim=1)
+    w_r, w_z, w_n = (w.unsqueeze(0) for w in weight_hh.chunk(3, dim=0))
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+
+    col = lambda v: v.unsqueeze(2)  # noqa: E731
+    dr_dh = col(r * (1 - r)) * w_r
+    dz_dh = col(z * (1 - z)) * w_z
+    dn_dh = col(1 - n**2) * (col(h_n) * dr_dh + col(r) * w_n)
+    return col(1 - z) * dn_dh + col(h - n) * dz_dh + torch.diag_embed(z)
+
+
+def state_size(mode: str, hidden_size: int, proj_size: int = 0) -> int:
+    """Length ``S`` of the flattened state that :func:`jacobian` differentiates."""
+    out = proj_size or hidden_size
+    return out + hidden_size if mode == "LSTM" else out
+
+
+def flatten_state(state: State) -> Tensor:
+    """Concatenate a state tuple along the feature dimension."""
+    return state[0] if len(state) == 1 else torch.cat(state, dim=-1)
+
+
+def unflatten_state(mode: str, flat: Tensor, hidden_size: int, proj_size: int = 0) -> State:
+    """Inverse of :func:`flatten_state`."""
+    if mode != "LSTM":
+        return (flat,)
+    out = proj_size or hidden_size
+    return flat[..., :out], flat[..., out:]
