@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from gradprobe.reference.cells import CellBase, GRUCell, LSTMCell, RNNCell
@@ -14,9 +16,13 @@ def from_torch(module: nn.Module) -> RecurrentBase | CellBase:
     The copy lives on the same device and dtype and has the same training
     mode; later changes to either module do not affect the other.
 
+    A reference module is copied as it is.
+
     Raises:
         TypeError: ``module`` is not a torch.nn recurrent layer or cell.
     """
+    if isinstance(module, (RecurrentBase, CellBase)):
+        return copy.deepcopy(module)
     param = next(module.parameters(), None)
     factory = {"device": param.device, "dtype": param.dtype} if param is not None else {}
     twin: nn.Module

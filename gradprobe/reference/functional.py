@@ -96,7 +96,7 @@ def lstm_step(
     if bias_hh is not None:
         gates = gates + bias_hh
     i, f, g, o = gates.chunk(4, dim=1)
-    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    c_next = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
     h_next = torch.sigmoid(o) * torch.tanh(c_next)
     if weight_hr is not None:
         h_next = h_next.matmul(weight_hr.t())
@@ -112,6 +112,35 @@ def gru_step(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | Non
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     return n + z * (h - n)
+
+
+def gate_activations(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool = True) -> dict[str, Tensor]:
+    """Post-activation gate values of one step, keyed by gate name.
+
+    LSTM: ``input``, ``forget``, ``output`` (sigmoid), ``cell`` (tanh of the
+    candidate) and ``cell_state`` (tanh of the new cell state). GRU: ``reset``,
+    ``update`` (sigmoid), ``new`` (tanh). RNN: ``tanh`` or ``relu_pre`` (the
+    ReLU pre-activation, whose sign tells dead units).
+    """
+    b_hh = _recurrent_bias(mode, w, folded)
+    h = state[0]
+    if mode == "LSTM":
+        gates = torch.addmm(x_proj, h, w.weight_hh.t())
+        if b_hh is not None:
+            gates = gates + b_hh
+        i, f, g, o = gates.chunk(4, dim=1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        return {"input": i, "forget": f, "cell": g, "output": o, "cell_state": torch.tanh(f * state[1] + i * g)}
+    if mode == "GRU":
+        hh = F.linear(h, w.weight_hh, b_hh)
+        x_r, x_z, x_n = x_proj.chunk(3, dim=1)
+        h_r, h_z, h_n = hh.chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        return {"reset": r, "update": torch.sigmoid(x_z + h_z), "new": torch.tanh(x_n + r * h_n)}
+    pre = torch.addmm(x_proj, h, w.weight_hh.t())
+    if b_hh is not None:
+        pre = pre + b_hh
+    return {"relu_pre": pre} if mode == "RNN_RELU" else {"tanh": torch.tanh(pre)}
 
 
 def output_of(state: State) -> Tensor:
@@ -215,3 +244,119 @@ def unflatten_state(mode: str, flat: Tensor, hidden_size: int, proj_size: int = 
         return (flat,)
     out = proj_size or hidden_size
     return flat[..., :out], flat[..., out:]
+
+
+# --------------------------------------------------------------------------
+# Analytic Jacobian-vector products (no Jacobian is ever formed)
+# --------------------------------------------------------------------------
+
+
+class Linearization:
+    """The step ``S_t = step(x_proj, S_{t-1})`` linearized at many rows at once.
+
+    Precomputes gate values for ``N`` rows, then applies ``J u`` and
+    ``J^T w`` for flat state vectors ``[N, S]`` with one matrix product each.
+    ``rows`` selects a subset of the rows (e.g. one time step) for chained
+    products.
+
+    Attributes:
+        gates: Post-activation gate values, as :func:`gate_activations` returns.
+    """
+
+    def __init__(self, mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool = True) -> None:
+        self.mode = mode
+        self.w = w
+        b_hh = _recurrent_bias(mode, w, folded)
+        h = state[0]
+        self.out_size = h.shape[-1]
+        if mode == "LSTM":
+            gates = torch.addmm(x_proj, h, w.weight_hh.t())
+            if b_hh is not None:
+                gates = gates + b_hh
+            a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
+            i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+            tc = torch.tanh(f * state[1] + i * g)
+            self.gates = {"input": i, "forget": f, "cell": g, "output": o, "cell_state": tc}
+            # derivative factors of (c', c', c', h_raw) with respect to the (i, f, g, o) pre-activations
+            self._dgates = torch.cat([g * i * (1 - i), state[1] * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], dim=1)
+            self._f = f
+            self._through_c = o * (1 - tc * tc)
+        elif mode == "GRU":
+            hh = F.linear(h, w.weight_hh, b_hh)
+            x_r, x_z, x_n = x_proj.chunk(3, dim=1)
+            h_r, h_z, h_n = hh.chunk(3, dim=1)
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + r * h_n)
+            self.gates = {"reset": r, "update": z, "new": n}
+            self._r, self._z, self._hn = r, z, h_n
+            self._dr = r * (1 - r)
+            self._dz = z * (1 - z)
+            self._dn = 1 - n * n
+            self._h_minus_n = h - n
+        else:
+            pre = torch.addmm(x_proj, h, w.weight_hh.t())
+            if b_hh is not None:
+                pre = pre + b_hh
+            if mode == "RNN_RELU":
+                self.gates = {"relu_pre": pre}
+                self._slope = (pre > 0).to(pre.dtype)
+            else:
+                y = torch.tanh(pre)
+                self.gates = {"tanh": y}
+                self._slope = 1 - y * y
+
+    def subset(self, index: Tensor) -> Linearization:
+        """The same linearization restricted to the rows in ``index`` (no recomputation)."""
+        part = object.__new__(Linearization)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                value = value[index]
+            elif isinstance(value, dict):
+                value = {k: v[index] for k, v in value.items()}
+            setattr(part, name, value)
+        return part
+
+    def jvp(self, u: Tensor, rows: slice = slice(None)) -> Tensor:
+        """``J u`` for flat state vectors ``u`` of the selected rows."""
+        w = self.w
+        if self.mode == "LSTM":
+            u_h, u_c = u[:, : self.out_size], u[:, self.out_size :]
+            hidden = u_c.shape[1]
+            d_i, d_f, d_g, d_o = (u_h.matmul(w.weight_hh.t()) * self._dgates[rows]).split(hidden, dim=1)
+            dc = torch.addcmul(d_i + d_f + d_g, self._f[rows], u_c)
+            dh = torch.addcmul(d_o, self._through_c[rows], dc)
+            if w.weight_hr is not None:
+                dh = dh.matmul(w.weight_hr.t())
+            return torch.cat([dh, dc], dim=1)
+        if self.mode == "GRU":
+            d = u.matmul(w.weight_hh.t())
+            d_r, d_z, d_hn = d.chunk(3, dim=1)
+            dr = self._dr[rows] * d_r
+            dz = self._dz[rows] * d_z
+            dn = self._dn[rows] * (dr * self._hn[rows] + self._r[rows] * d_hn)
+            return (1 - self._z[rows]) * dn + self._h_minus_n[rows] * dz + self._z[rows] * u
+        return self._slope[rows] * u.matmul(w.weight_hh.t())
+
+    def vjp(self, v: Tensor, rows: slice = slice(None)) -> Tensor:
+        """``J^T v`` (as row vectors ``v^T J``) for the selected rows."""
+        return self.vjp_parts(v, rows)[0]
+
+    def vjp_parts(self, v: Tensor, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """``(v^T dS'/dS, v^T dS'/dx_proj)``: cotangents of the previous state and of the projected input."""
+        w = self.w
+        if self.mode == "LSTM":
+            v_h, v_c = v[:, : self.out_size], v[:, self.out_size :]
+            v_raw = v_h.matmul(w.weight_hr) if w.weight_hr is not None else v_h
+            v_c = torch.addcmul(v_c, v_raw, self._through_c[rows])
+            v_gates = torch.cat([v_c, v_c, v_c, v_raw], dim=1).mul_(self._dgates[rows])
+            return torch.cat([v_gates.matmul(w.weight_hh), v_c * self._f[rows]], dim=1), v_gates
+        if self.mode == "GRU":
+            v_n = v * (1 - self._z[rows]) * self._dn[rows]
+            v_r = v_n * self._hn[rows] * self._dr[rows]
+            v_z = v * self._h_minus_n[rows] * self._dz[rows]
+            v_hn = v_n * self._r[rows]
+            state = torch.cat([v_r, v_z, v_hn], dim=1).matmul(w.weight_hh) + v * self._z[rows]
+            return state, torch.cat([v_r, v_z, v_n], dim=1)
+        v_pre = v * self._slope[rows]
+        return v_pre.matmul(w.weight_hh), v_pre

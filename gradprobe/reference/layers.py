@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -30,11 +30,14 @@ class StackTrace:
     """Every layer's per-direction traces from :meth:`RecurrentBase.trace`.
 
     ``layers[l][d]`` is the :class:`DirectionTrace` of layer ``l``, direction
-    ``d`` (0 forward, 1 reverse); ``batch_sizes`` is the packed layout.
+    ``d`` (0 forward, 1 reverse); ``batch_sizes`` is the packed layout;
+    ``masks[l]`` the scaled dropout mask applied to layer ``l``'s input
+    (``None`` for layer 0 and when dropout is off).
     """
 
     layers: list[list[DirectionTrace]]
     batch_sizes: list[int]
+    masks: list[Tensor | None]
 
 
 class RecurrentBase(nn.Module):
@@ -128,10 +131,16 @@ class RecurrentBase(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
-    def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
-        """The :class:`LayerWeights` of one layer and direction."""
+    def layer_weights(self, layer: int, direction: int = 0, params: Mapping[str, Tensor] | None = None) -> LayerWeights:
+        """The :class:`LayerWeights` of one layer and direction.
+
+        Args:
+            params: Tensors to use instead of the module's own parameters,
+                keyed by parameter name (e.g. a fused module's live weights).
+        """
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        get = lambda kind: getattr(self, kind + suffix, None)  # noqa: E731
+        source: Any = params if params is not None else self.__dict__.get("_parameters", {})
+        get = lambda kind: source.get(kind + suffix)  # noqa: E731
         return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
 
     def extra_repr(self) -> str:
@@ -157,11 +166,19 @@ class RecurrentBase(nn.Module):
         output, final, _ = self._forward(input, hx, keep=False)
         return output, final
 
-    def trace(self, input: Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any, StackTrace]:
-        """Like :meth:`forward`, and also return every layer's per-step states."""
-        return self._forward(input, hx, keep=True)
+    def trace(
+        self, input: Tensor | PackedSequence, hx: Any = None, params: Mapping[str, Tensor] | None = None
+    ) -> tuple[Any, Any, StackTrace]:
+        """Like :meth:`forward`, and also return every layer's per-step states.
 
-    def _forward(self, input: Tensor | PackedSequence, hx: Any, keep: bool) -> tuple[Any, Any, StackTrace]:
+        Args:
+            params: Optional replacement parameters by name (see :meth:`layer_weights`).
+        """
+        return self._forward(input, hx, keep=True, params=params)
+
+    def _forward(
+        self, input: Tensor | PackedSequence, hx: Any, keep: bool, params: Mapping[str, Tensor] | None = None
+    ) -> tuple[Any, Any, StackTrace]:
         packed = isinstance(input, PackedSequence)
         unbatched = False
         if packed:
@@ -184,15 +201,19 @@ class RecurrentBase(nn.Module):
                 input = input.transpose(0, 1)
             data = input.reshape(-1, input.size(-1)) if input.numel() else input.flatten(0, 1)
             batch_sizes = [input.size(1)] * input.size(0)
-        self._check_input(data)
+        self._check_input(data, self.layer_weights(0, 0, params).weight_ih)
         init = self._initial_states(data, batch_sizes[0], hx)
 
         traces: list[list[DirectionTrace]] = []
         layer_input = data
         finals: list[State] = []
+        masks: list[Tensor | None] = [None]
         for layer in range(self.num_layers):
-            if layer and self.dropout and self.training:
-                layer_input = F.dropout(layer_input, self.dropout, True)
+            if layer:
+                mask = self._dropout_mask(layer_input)
+                masks.append(mask)
+                if mask is not None:
+                    layer_input = layer_input * mask
             per_direction = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
@@ -201,14 +222,17 @@ class RecurrentBase(nn.Module):
                     layer_input,
                     batch_sizes,
                     tuple(s[index] for s in init),
-                    self.layer_weights(layer, direction),
+                    self.layer_weights(layer, direction, params),
                     reverse=bool(direction),
                     keep=keep,
                 )
                 per_direction.append(trace)
                 finals.append(trace.final)
             traces.append(per_direction)
-            steps = [torch.cat(parts, dim=1) for parts in zip(*(t.outputs for t in per_direction))]
+            if len(per_direction) == 1:
+                steps = per_direction[0].outputs
+            else:
+                steps = [torch.cat(parts, dim=1) for parts in zip(*(t.outputs for t in per_direction))]
             layer_input = join_steps(steps, batch_sizes)
 
         final = tuple(torch.stack([f[k] for f in finals], dim=0) for k in range(len(finals[0])))
@@ -224,12 +248,24 @@ class RecurrentBase(nn.Module):
                 output = output.squeeze(0 if self.batch_first else 1)
                 final = tuple(f.squeeze(1) for f in final)
         hidden = final if self.mode == "LSTM" else final[0]
-        return output, hidden, StackTrace(traces, batch_sizes)
+        return output, hidden, StackTrace(traces, batch_sizes, masks)
+
+    def _dropout_mask(self, layer_input: Tensor) -> Tensor | None:
+        """The scaled keep-mask of inter-layer dropout, ``None`` when dropout is off.
+
+        Drawn as ATen's CPU dropout draws it (``bernoulli_(1 - p)`` on a tensor
+        of the input's shape, then ``/ (1 - p)``), so that under the same random
+        state the reference stack drops the same units as torch.nn's.
+        """
+        if not (self.dropout and self.training):
+            return None
+        if self.dropout == 1:
+            return torch.zeros_like(layer_input)
+        return torch.empty_like(layer_input).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
 
     # -- argument checks mirroring torch.nn ---------------------------------
 
-    def _check_input(self, data: Tensor) -> None:
-        weight = self.weight_ih_l0
+    def _check_input(self, data: Tensor, weight: Tensor) -> None:
         if data.dtype != weight.dtype and not torch.is_autocast_enabled():
             raise ValueError(
                 f"RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "

@@ -174,3 +174,12 @@ def test_from_torch_copies_instead_of_sharing():
     with torch.no_grad():
         twin.weight_hh_l0.zero_()
     assert fused.weight_hh_l0.abs().sum() > 0
+
+
+def test_second_order_gradients_are_refused_not_silently_wrong():
+    """The batched W_hh gradient is first-order only: asking for more raises."""
+    twin = reference.LSTM(INPUT, HIDDEN, dtype=torch.float64)
+    x = torch.randn(STEPS, BATCH, INPUT, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(twin(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.pow(2).sum().backward()  # e.g. a gradient penalty

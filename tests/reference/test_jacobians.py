@@ -91,3 +91,27 @@ def test_lstm_jacobian_cell_block_is_forget_gate():
     gates = x @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
     forget = torch.sigmoid(gates.chunk(4, dim=1)[1])
     torch.testing.assert_close(jac[:, H:, H:], torch.diag_embed(forget).detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("mode", "proj"),
+    [("RNN_TANH", 0), ("RNN_RELU", 0), ("LSTM", 0), ("LSTM", 2), ("GRU", 0)],
+)
+def test_linearization_products_match_the_jacobian(mode, proj):
+    torch.manual_seed(5)
+    cls = {"RNN_TANH": reference.RNN, "RNN_RELU": reference.RNN, "LSTM": reference.LSTM, "GRU": reference.GRU}[mode]
+    extra = {"nonlinearity": "relu"} if mode == "RNN_RELU" else {"proj_size": proj} if proj else {}
+    weights = cls(IN, H, dtype=torch.float64, **extra).layer_weights(0)
+    x_proj = fn.project_input(mode, torch.randn(B, IN, dtype=torch.float64), weights)
+    state = (torch.randn(B, proj or H, dtype=torch.float64),)
+    if mode == "LSTM":
+        state += (torch.randn(B, H, dtype=torch.float64),)
+    jac = fn.jacobian(mode, x_proj, state, weights)
+    lin = fn.Linearization(mode, x_proj, state, weights)
+    size = fn.state_size(mode, H, proj)
+    u = torch.randn(B, size, dtype=torch.float64)
+    torch.testing.assert_close(lin.jvp(u), torch.einsum("bij,bj->bi", jac, u), rtol=0, atol=1e-12)
+    torch.testing.assert_close(lin.vjp(u), torch.einsum("bi,bij->bj", u, jac), rtol=0, atol=1e-12)
+    # a row subset uses the matching precomputed factors
+    torch.testing.assert_close(lin.jvp(u[1:3], slice(1, 3)), torch.einsum("bij,bj->bi", jac[1:3], u[1:3]), rtol=0, atol=1e-12)
+    assert set(lin.gates) == set(fn.gate_activations(mode, x_proj, state, weights))

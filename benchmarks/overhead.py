@@ -1,0 +1,120 @@
+"""Probe overhead against a plain training step, all in one run.
+
+Configuration from the probe issue: LSTM, B=32, T=100, H=256, CPU, SGD.
+Targets: cheap recording <= 1.05x per step, a deep-probe step <= 2.5x,
+amortized with every=50 (saturation sampled every 10 steps) <= 1.08x.
+Also prints ``torch.autograd.detect_anomaly`` for comparison.
+
+    python benchmarks/overhead.py [--repeats N] [--amortized-steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_medians  # noqa: E402
+
+import gradprobe  # noqa: E402
+
+
+class Model(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(hidden, hidden)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe: gradprobe.Probe | None = None) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if probe is not None:
+            probe.step(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def anomaly(step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with torch.autograd.detect_anomaly(check_nan=True):
+            step()
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=100, help="sequence length T")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--amortized-steps", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    x = torch.randn(args.steps, args.batch, args.hidden)
+    y = torch.randn(args.steps, args.batch, 1)
+    models = {name: Model(args.hidden) for name in ("plain", "cheap", "deep", "anomaly")}
+    cheap_probe = gradprobe.attach(models["cheap"], every=10**9, saturation_every=0, config={})
+    cheap_probe.step_index = 1  # skip the deep probe of step 0: measure recording alone
+    cheap_probe._capture.start_step("off")
+    deep_probe = gradprobe.attach(models["deep"], every=1, config={})
+    plain = make_step(models["plain"], x, y)
+    runs = {
+        "plain step": plain,
+        "cheap recording": make_step(models["cheap"], x, y, cheap_probe),
+        "deep-probe step": make_step(models["deep"], x, y, deep_probe),
+        "detect_anomaly": anomaly(make_step(models["anomaly"], x, y)),
+    }
+    medians = interleaved_medians(runs, repeats=args.repeats)
+
+    # amortized: whole loops of N steps, plain and probed (every=50, saturation every 10), interleaved
+    amortized_model = Model(args.hidden)
+    amortized_probe = gradprobe.attach(amortized_model, every=50, config={})
+    probed = make_step(amortized_model, x, y, amortized_probe)
+    loops: dict[str, list[float]] = {"plain": [], "probed": []}
+    chunk = 10
+    for _ in range(args.amortized_steps // chunk):
+        for name, fn in (("plain", plain), ("probed", probed)):
+            start = time.perf_counter()
+            for _ in range(chunk):
+                fn()
+            loops[name].append(time.perf_counter() - start)
+    amortized = sum(loops["probed"]) / sum(loops["plain"])
+    for probe in (cheap_probe, deep_probe, amortized_probe):
+        probe.close()
+        assert probe.error is None, probe.error
+
+    base = medians["plain step"]
+    print(f"LSTM B={args.batch} T={args.steps} H={args.hidden} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"  plain step            {base * 1e3:8.1f} ms   1.00x")
+    targets = {"cheap recording": 1.05, "deep-probe step": 2.5, "detect_anomaly": None}
+    ratios = {}
+    for name, target in targets.items():
+        ratios[name] = medians[name] / base
+        note = f"(target <= {target:.2f}x)" if target else "(for comparison)"
+        print(f"  {name:<21} {medians[name] * 1e3:8.1f} ms   {ratios[name]:.2f}x {note}")
+    ratios["amortized every=50"] = amortized
+    per_step = statistics.fmean(loops["probed"]) / chunk
+    print(f"  amortized every=50    {per_step * 1e3:8.1f} ms   {amortized:.3f}x (target <= 1.08x, {args.amortized_steps} steps)")
+    return ratios
+
+
+if __name__ == "__main__":
+    main()

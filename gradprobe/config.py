@@ -1,0 +1,99 @@
+"""Rule thresholds and suppressions, from keyword arguments or ``[tool.gradprobe]``.
+
+Example ``pyproject.toml``::
+
+    [tool.gradprobe]
+    ignore = ["GP203"]             # rule codes never reported
+    fail-on = "warning"            # default of `gradprobe report --fail-on`
+
+    [tool.gradprobe.thresholds]
+    GP101.min_horizon_fraction = 0.5
+    GP301.max_fraction = 0.4
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A threshold or suppression that does not exist or has the wrong type."""
+
+
+@dataclass
+class Config:
+    """Thresholds per rule code and the set of suppressed codes.
+
+    Attributes:
+        thresholds: ``{"GP101": {"min_horizon_fraction": 0.5}}``; rules fall
+            back to their registered defaults.
+        ignore: Codes that are never reported.
+        fail_on: Default severity for ``gradprobe report --fail-on``.
+    """
+
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    ignore: set[str] = field(default_factory=set)
+    fail_on: str = "error"
+
+    def merged(self, thresholds: Mapping[str, Mapping[str, float]] | None = None, ignore: Iterable[str] = ()) -> Config:
+        """A copy with more thresholds and suppressions layered on top."""
+        merged = {code: dict(values) for code, values in self.thresholds.items()}
+        for code, values in (thresholds or {}).items():
+            merged.setdefault(code, {}).update(values)
+        return Config(merged, set(self.ignore) | set(ignore), self.fail_on)
+
+
+def load_pyproject(start: str | os.PathLike[str] | None = None) -> Config:
+    """Read ``[tool.gradprobe]`` from the nearest pyproject.toml at or above ``start`` (cwd)."""
+    folder = Path(start or os.getcwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        path = candidate / "pyproject.toml"
+        if path.is_file():
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            return from_mapping(data.get("tool", {}).get("gradprobe", {}), source=str(path))
+    return Config()
+
+
+def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
+    """Build a :class:`Config` from a ``[tool.gradprobe]``-shaped mapping."""
+    known = {"ignore", "thresholds", "fail-on", "fail_on"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown gradprobe setting(s): {', '.join(sorted(unknown))}")
+    thresholds: dict[str, dict[str, float]] = {}
+    for code, values in dict(data.get("thresholds", {})).items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: thresholds.{code} must be a table of numbers")
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{source}: thresholds.{code}.{key} must be a number, got {value!r}")
+        thresholds[str(code)] = {str(k): float(v) for k, v in values.items()}
+    ignore = data.get("ignore", [])
+    if isinstance(ignore, str) or not all(isinstance(c, str) for c in ignore):
+        raise ConfigError(f"{source}: ignore must be a list of rule codes")
+    fail_on = data.get("fail-on", data.get("fail_on", "error"))
+    if fail_on not in ("info", "warning", "error"):
+        raise ConfigError(f"{source}: fail-on must be info, warning or error")
+    return Config(thresholds, set(ignore), fail_on)
+
+
+def resolve(config: Config | Mapping[str, Any] | None) -> Config:
+    """Accept a :class:`Config`, a mapping, or ``None`` (read pyproject.toml)."""
+    if config is None:
+        return load_pyproject()
+    if isinstance(config, Config):
+        return config
+    return from_mapping(config)

@@ -1,0 +1,129 @@
+"""Find the recurrent layers of a model and describe them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from gradprobe.reference import CellBase, RecurrentBase
+from gradprobe.reference.functional import GATE_COUNT, GATE_NAMES
+
+
+class NotRecurrentError(TypeError):
+    """The model holds no recurrent layer gradprobe can probe."""
+
+
+@dataclass
+class RecurrentSite:
+    """One recurrent module of the model.
+
+    Attributes:
+        name: Qualified module name (``""`` is the model itself, shown as its class).
+        module: The module.
+        kind: ``"stack"`` for fused/reference multi-layer modules driven with
+            a whole sequence; ``"cell"`` for cells called once per time step.
+        mode: ``RNN_TANH``, ``RNN_RELU``, ``LSTM`` or ``GRU``; ``None`` for a
+            custom cell (probed through autograd, without gate statistics).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    mode: str | None
+    tracks: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description for the run log's ``meta`` event."""
+        m = self.module
+        info: dict[str, Any] = {"name": self.name, "type": type(m).__name__, "kind": self.kind, "mode": self.mode}
+        for attr in ("input_size", "hidden_size", "num_layers", "proj_size", "bidirectional", "batch_first", "dropout"):
+            if hasattr(m, attr):
+                info[attr] = getattr(m, attr)
+        info["tracks"] = list(self.tracks)
+        return info
+
+
+def _mode_of(module: nn.Module) -> str | None:
+    if isinstance(module, (nn.RNNBase, RecurrentBase)):
+        return module.mode
+    if isinstance(module, CellBase):
+        return module.mode
+    if isinstance(module, nn.LSTMCell):
+        return "LSTM"
+    if isinstance(module, nn.GRUCell):
+        return "GRU"
+    if isinstance(module, nn.RNNCell):
+        return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
+    return None
+
+
+def _tracks(name: str, module: nn.Module, kind: str) -> list[str]:
+    if kind == "cell":
+        return [name]
+    directions = 2 if module.bidirectional else 1
+    return [f"{name}.l{k}" + ("_reverse" if d else "") for k in range(module.num_layers) for d in range(directions)]
+
+
+def display_name(name: str, module: nn.Module) -> str:
+    return name or type(module).__name__
+
+
+def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> list[RecurrentSite]:
+    """List the recurrent modules of ``model`` in registration order.
+
+    torch.nn RNN/LSTM/GRU, their cells, and the reference modules are found
+    automatically; custom cells are named in ``cells`` (qualified names or the
+    module objects). A custom cell is called as ``cell(x_t, state)`` and
+    returns the next state (a tensor, or a tuple whose first item is ``h``).
+
+    Raises:
+        NotRecurrentError: ``model`` is not a module or holds no recurrent layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise NotRecurrentError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    wanted = list(cells)
+    names = {id(m): n for n, m in model.named_modules()}
+    custom: set[int] = set()
+    for item in wanted:
+        if isinstance(item, str):
+            try:
+                custom.add(id(model.get_submodule(item)))
+            except AttributeError:
+                raise NotRecurrentError(f"model has no submodule named {item!r}") from None
+        elif isinstance(item, nn.Module) and id(item) in names:
+            custom.add(id(item))
+        else:
+            raise NotRecurrentError(f"cell {item!r} is not a submodule of the model")
+    sites: list[RecurrentSite] = []
+    inside_stack: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in inside_stack:
+            continue
+        mode = _mode_of(module)
+        if isinstance(module, (nn.RNNBase, RecurrentBase)):
+            kind = "stack"
+            inside_stack.update(id(m) for m in module.modules())
+        elif mode is not None or id(module) in custom:
+            kind = "cell"
+        else:
+            continue
+        shown = display_name(name, module)
+        sites.append(RecurrentSite(shown, module, kind, mode, _tracks(shown, module, kind)))
+    if not sites:
+        raise NotRecurrentError(
+            f"{type(model).__name__} has no recurrent layer (torch.nn RNN/LSTM/GRU, a *Cell, a gradprobe.reference "
+            "module, or a custom cell named with cells=...)"
+        )
+    return sites
+
+
+def gate_names(mode: str | None) -> tuple[str, ...]:
+    """Gate labels of a mode in weight-row order."""
+    return GATE_NAMES.get(mode or "", ("",))
+
+
+def gate_count(mode: str | None) -> int:
+    return GATE_COUNT.get(mode or "", 1)

@@ -1,0 +1,174 @@
+"""The run log: JSON Lines, one event per line, versioned schema.
+
+Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. Kinds:
+
+``meta``
+    First line: gradprobe version, the recurrent layers found (``layers``: a
+    list of ``{"name", "type", "mode", "hidden_size", "num_layers", ...}``),
+    and the probe settings (``every``, ``fix``).
+``step``
+    Every training step: ``step``, ``loss``, ``grad_norm`` (total L2 norm of
+    all parameter gradients), ``params`` (norm per parameter name), ``gates``
+    (per recurrent weight, norm per gate), ``nonfinite`` (``null`` or where
+    non-finite values appeared first).
+``saturation``
+    ``step``, ``layer`` (a track: module name plus ``.l{k}`` / ``_reverse``
+    for fused stacks), ``mode``, ``fractions`` (per gate, share of
+    activations in the flat region), ``dead_units`` (ReLU only).
+``deep``
+    Every ``every`` steps, per track: ``grad_norms`` (``||dL/dh_t||`` per time
+    step), ``profile`` (``||v^T dS_T/dS_{T-k}||`` for k = 0..T-1),
+    ``jacobian_norms`` (spectral norm of ``dS_t/dS_{t-1}`` per step),
+    ``rate`` (fitted log growth per step; negative means decay),
+    ``horizon`` (steps until the propagated signal falls below ``epsilon``;
+    ``null`` when it does not decay), ``seq_len``.
+``fix``
+    A fix applied by the probe: ``step``, ``name``, ``detail``.
+``finding``
+    A rule finding (see :class:`gradprobe.findings.Finding`).
+``error``
+    The probe failed and disabled itself: ``where``, ``message``.
+
+Readers tolerate a truncated last line (a killed run) and report corrupt lines
+with their line numbers instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+SCHEMA_VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    """Make a value JSON-safe: non-finite floats become strings ``"nan"``/``"inf"``/``"-inf"``."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def restore_float(value: Any) -> float | None:
+    """Inverse of the non-finite encoding for one number (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return float(value)
+    return float(value)
+
+
+class EventWriter:
+    """Appends events to a JSON Lines file and flushes at least every ``flush_seconds``.
+
+    Args:
+        path: The log file; created (with parent folders) or truncated.
+        flush_seconds: Longest time an event may sit in the buffer. Events of
+            kinds ``meta``, ``deep``, ``finding`` and ``error`` flush at once.
+    """
+
+    URGENT = frozenset({"meta", "deep", "finding", "error", "fix"})
+
+    def __init__(self, path: str | os.PathLike[str], flush_seconds: float = 2.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
+        self.flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
+
+    def write(self, kind: str, **fields: Any) -> None:
+        """Write one event ``{"v": 1, "kind": kind, "time": ..., **fields}``."""
+        if self._file is None:
+            return
+        event = {"v": SCHEMA_VERSION, "kind": kind, "time": round(time.time(), 3), **fields}
+        self._file.write(json.dumps(_clean(event), separators=(",", ":"), allow_nan=False) + "\n")
+        now = time.monotonic()
+        if kind in self.URGENT or now - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Push buffered events to the operating system."""
+        if self._file is not None:
+            self._file.flush()
+            self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and close; later writes are ignored."""
+        if self._file is not None:
+            self._file.flush()
+            self._file.close()
+            self._file = None
+
+
+@dataclass(frozen=True)
+class LogProblem:
+    """A line of a run log that could not be read."""
+
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class LogFormatError(ValueError):
+    """The file is not a gradprobe run log at all."""
+
+
+def iter_events(path: str | os.PathLike[str], problems: list[LogProblem] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the events of a run log, one dict at a time.
+
+    Corrupt lines (and a truncated last line) are skipped and, when
+    ``problems`` is given, appended to it with their line numbers.
+
+    Raises:
+        LogFormatError: The file cannot be opened, or its first readable
+            line is not a gradprobe event of a supported schema version.
+    """
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed in finally below
+    except OSError as exc:
+        raise LogFormatError(f"cannot open {path}: {exc.strerror or exc}") from None
+    seen_valid = False
+    try:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            truncated = not raw.endswith(b"\n")
+            try:
+                event = json.loads(raw)
+                if not isinstance(event, dict) or "kind" not in event or "v" not in event:
+                    raise ValueError("not a gradprobe event (no 'v'/'kind')")
+            except (ValueError, UnicodeDecodeError) as exc:
+                if not seen_valid and number == 1 and not truncated:
+                    raise LogFormatError(f"{path} is not a gradprobe run log (line 1: {_short(exc)})") from None
+                if problems is not None:
+                    reason = "truncated last line" if truncated else f"corrupt line ({_short(exc)})"
+                    problems.append(LogProblem(number, reason))
+                continue
+            if event["v"] != SCHEMA_VERSION:
+                if not seen_valid:
+                    raise LogFormatError(f"{path}: unsupported log schema version {event['v']!r}")
+                if problems is not None:
+                    problems.append(LogProblem(number, f"unsupported schema version {event['v']!r}"))
+                continue
+            seen_valid = True
+            yield event
+    finally:
+        handle.close()
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,458 @@
+"""The probe: attach to a recurrent model, record every step, probe deeply every ``every`` steps.
+
+Usage::
+
+    with gradprobe.attach(model, log="run.log", every=50) as probe:
+        for x, y in data:
+            loss = crit(model(x)[0], y)
+            loss.backward()
+            probe.step(loss)          # after backward, before optimizer.step()
+            opt.step(); opt.zero_grad()
+    print(probe.findings)
+
+The probe never changes a forward result, a gradient or the random stream of
+the training it observes (with ``fix="off"``). Any exception inside the probe
+is caught, reported once (a warning and an ``error`` event), and the probe
+disables itself while training goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradprobe import __version__
+from gradprobe.discovery import RecurrentSite, find_recurrent
+from gradprobe.events import EventWriter
+from gradprobe.findings import Finding
+from gradprobe.recorders import propagation
+from gradprobe.recorders.capture import DEEP, OFF, SAMPLE, CallCapture, CellCalls
+from gradprobe.recorders.gradients import GradientRecorder
+from gradprobe.recorders.replay import CellReplayer, StackReplayer, Track
+from gradprobe.recorders.saturation import saturation_fractions, track_gates
+from gradprobe.reference import LayerWeights
+from gradprobe.reference import functional as fn
+
+FIX_MODES = ("off", "recommend", "auto")
+
+
+class GradprobeWarning(UserWarning):
+    """Issued once when the probe hits an internal error and disables itself."""
+
+
+@dataclass
+class LayerProfile:
+    """The latest deep-probe result of one track (layer direction or cell).
+
+    Lists are indexed by time step (``profile`` by distance back from the end).
+    """
+
+    name: str
+    module: str
+    mode: str | None
+    step: int
+    seq_len: int
+    grad_norms: list[float]
+    profile: list[float]
+    jacobian_norms: list[float]
+    rate: float | None
+    horizon: float | None
+    saturation: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> LayerProfile:
+        return cls(
+            name=event["layer"],
+            module=event.get("module", event["layer"]),
+            mode=event.get("mode"),
+            step=event["step"],
+            seq_len=event["seq_len"],
+            grad_norms=list(event["grad_norms"]),
+            profile=list(event["profile"]),
+            jacobian_norms=list(event["jacobian_norms"]),
+            rate=event.get("rate"),
+            horizon=event.get("horizon"),
+        )
+
+
+@dataclass
+class ProbeSettings:
+    """Knobs of the probe; see :func:`attach` for their meaning."""
+
+    every: int = 50
+    fix: str = "off"
+    epsilon: float = 1e-3
+    saturation_every: int = 10
+    sample_rows: int = 4
+    deep_rows: int = 4
+    spectral_rows: int = 1
+    spectral_steps: int = 12
+    seed: int = 0
+    flush_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.fix not in FIX_MODES:
+            raise ValueError(f"fix must be one of {', '.join(FIX_MODES)}, got {self.fix!r}")
+        if int(self.every) < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+        if not 0 < self.epsilon < 1:
+            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
+
+
+class Probe:
+    """Hooks on a model's recurrent layers; see :func:`attach`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        log: str | os.PathLike[str] | None = None,
+        settings: ProbeSettings | None = None,
+        cells: Iterable[str | nn.Module] = (),
+        rules: Any = None,
+        sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    ) -> None:
+        self.settings = settings or ProbeSettings()
+        self.sites: list[RecurrentSite] = find_recurrent(model, cells)
+        self.model: nn.Module | None = model
+        self.step_index = 0
+        self.disabled = False
+        self.closed = False
+        self.error: str | None = None
+        self._layers: dict[str, LayerProfile] = {}
+        self._writer = EventWriter(log, self.settings.flush_seconds) if log is not None else None
+        self._sinks = list(sinks)
+        self._generator = torch.Generator().manual_seed(self.settings.seed)
+        if rules is None:
+            from gradprobe.rules.engine import RuleEngine
+
+            rules = RuleEngine()
+        self.rules = rules
+        self._fixer: Any = None
+        self._gradients = GradientRecorder(model, self.sites)
+        self._stack_replayers = {s.name: StackReplayer(s) for s in self.sites if s.kind == "stack"}
+        self._cell_replayers = {s.name: CellReplayer(s) for s in self.sites if s.kind == "cell"}
+        self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
+        self._emit(
+            "meta",
+            gradprobe=__version__,
+            torch=torch.__version__,
+            model=type(model).__name__,
+            layers=[site.describe() for site in self.sites],
+            settings=vars(self.settings).copy(),
+        )
+        if self.settings.fix != "off":
+            from gradprobe.fixes.runtime import StepFixer
+
+            self._fixer = StepFixer(model, self.settings.fix, self._emit)
+        self._capture.start_step(self._mode_for(0))
+
+    # -- public API -------------------------------------------------------------
+
+    def step(self, loss: Tensor | float | None = None) -> None:
+        """Record the step whose ``backward`` just ran. Call before ``optimizer.step()``."""
+        if self.closed:
+            raise RuntimeError("probe.step() called after close()")
+        self._guard("probe.step", lambda: self._record(loss))
+        self.step_index += 1
+        if not self.disabled:
+            self._capture.start_step(self._mode_for(self.step_index))
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Findings so far (all of them once the probe is closed)."""
+        return self.rules.findings()
+
+    @property
+    def layers(self) -> dict[str, LayerProfile]:
+        """Latest deep-probe profile of every track, by track name."""
+        return dict(self._layers)
+
+    def close(self) -> None:
+        """Finish the rules, write the findings, remove every hook and reference. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for finding in self.rules.finish():
+                self._write("finding", **finding.to_dict())
+        except Exception as exc:  # noqa: BLE001 - a rule bug must not break the user's program
+            self._fail("rules", exc)
+        finally:
+            self._detach()
+            if self._writer is not None:
+                self._writer.close()
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- recording --------------------------------------------------------------
+
+    def _mode_for(self, step: int) -> str:
+        if step % int(self.settings.every) == 0:
+            return DEEP
+        if self.settings.saturation_every and step % int(self.settings.saturation_every) == 0:
+            return SAMPLE
+        return OFF
+
+    def _record(self, loss: Tensor | float | None) -> None:
+        record = self._gradients.record()
+        loss_value = None
+        if loss is not None:
+            loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value)
+        self._emit(
+            "step",
+            step=self.step_index,
+            loss=loss_value,
+            grad_norm=record["grad_norm"],
+            params=record["params"],
+            gates=record["gates"],
+            nonfinite=nonfinite,
+        )
+        mode = self._capture.mode
+        if mode == DEEP:
+            self._deep_probe()
+        elif mode == SAMPLE:
+            self._sample_saturation()
+        if self._fixer is not None:
+            self._fixer.after_backward(self.step_index, record, nonfinite)
+
+    def _locate_nonfinite(self, bad_params: list[str], loss: float | None) -> dict[str, Any] | None:
+        flags = self._capture.finite_flags
+        bad_forward = []
+        if flags and (bad_params or (loss is not None and loss != loss) or loss in (float("inf"), float("-inf"))):
+            values = torch.stack([f.cpu() for _, f in flags]).tolist()
+            bad_forward = [name for (name, _), ok in zip(flags, values) if not ok]
+        loss_bad = loss is not None and not (loss == loss and abs(loss) != float("inf"))
+        if not (bad_params or bad_forward or loss_bad):
+            return None
+        where = "forward" if bad_forward else "loss" if loss_bad else "gradient"
+        return {
+            "where": where,
+            "layer": bad_forward[0] if bad_forward else None,
+            "parameter": bad_params[0] if bad_params else None,
+            "parameters": bad_params[:20],
+            "count": len(bad_params),
+        }
+
+    def _deep_probe(self) -> None:
+        for site in self.sites:
+            tracks = self._replay(site)
+            for track in tracks:
+                self._analyze(site, track)
+        self._capture.clear()
+
+    def _replay(self, site: RecurrentSite) -> list[Track]:
+        if site.kind == "stack":
+            call = self._capture.stack_calls.get(site.name)
+            if call is None:
+                return []
+            return self._stack_replayers[site.name].replay(call)
+        calls = self._capture.cell_calls.get(site.name)
+        if calls is None or not calls.inputs:
+            return []
+        return [self._cell_replayers[site.name].replay(calls, self._pause)]
+
+    def _pause(self, paused: bool) -> None:
+        self._capture.paused = paused
+
+    def _analyze(self, site: RecurrentSite, track: Track) -> None:
+        s = self.settings
+        grad_norms = propagation.gradient_norms(track)
+        lin = propagation.TrackLinearization(track, max(s.deep_rows, s.spectral_rows))
+        profile = propagation.propagation_profile(lin.first_rows(s.deep_rows), self._generator)
+        jacobians = propagation.jacobian_norms(lin.first_rows(s.spectral_rows), s.spectral_steps, self._generator)
+        rate, horizon = propagation.fit_decay(profile, s.epsilon)
+        event = dict(
+            step=self.step_index,
+            layer=track.name,
+            module=site.name,
+            mode=track.mode,
+            seq_len=len(track.states),
+            batch=int(track.states[0][0].shape[0]),
+            grad_norms=grad_norms,
+            profile=profile,
+            jacobian_norms=jacobians,
+            rate=rate,
+            horizon=horizon,
+            epsilon=s.epsilon,
+            chained=track.chained,
+        )
+        self._emit("deep", **event)
+        profile_record = LayerProfile.from_event(event)
+        gates = lin.first_rows(s.deep_rows).gates
+        if gates is not None:
+            profile_record.saturation = self._emit_saturation(track.name, track.mode, gates, deep=True)
+        self._layers[track.name] = profile_record
+
+    def _emit_saturation(self, layer: str, mode: str | None, gates: dict[str, Tensor], deep: bool) -> dict[str, float]:
+        fractions, dead = saturation_fractions(gates)
+        first = next(iter(gates.values()))
+        self._emit(
+            "saturation",
+            step=self.step_index,
+            layer=layer,
+            mode=mode,
+            fractions=fractions,
+            dead_units=dead,
+            units=int(first.shape[-1]),
+            samples=int(first.shape[0]),
+            deep=deep,
+        )
+        return fractions
+
+    def _sample_saturation(self) -> None:
+        rows = self.settings.sample_rows
+        for site in self.sites:
+            if site.kind == "stack":
+                call = self._capture.stack_calls.get(site.name)
+                if call is None:
+                    continue
+                tracks = self._stack_replayers[site.name].replay(call, rows=rows)
+                for track in tracks:
+                    gates = track_gates(track)
+                    if gates is not None:
+                        self._emit_saturation(track.name, track.mode, gates, deep=False)
+            else:
+                calls = self._capture.cell_calls.get(site.name)
+                if calls is not None and calls.inputs and site.mode is not None:
+                    self._emit_saturation(site.name, site.mode, _cell_gates(site, calls), deep=False)
+        self._capture.clear()
+
+    # -- events, errors, detaching ---------------------------------------------------
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        event = {"kind": kind, **fields}
+        self._write(kind, **fields)
+        for finding in self.rules.feed(event):
+            self._write("finding", **finding.to_dict())
+        self.rules.pm.hook.gradprobe_event_written(event=event)
+        for sink in self._sinks:
+            sink(event)
+
+    def _write(self, kind: str, **fields: Any) -> None:
+        if self._writer is not None:
+            self._writer.write(kind, **fields)
+
+    def _guard(self, where: str, body: Callable[[], None]) -> None:
+        if self.disabled:
+            return
+        try:
+            body()
+        except Exception as exc:  # noqa: BLE001 - the probe must never break training
+            self._fail(where, exc)
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        if self.error is not None:
+            return
+        self.error = f"{where}: {type(exc).__name__}: {exc}"
+        self.disabled = True
+        warnings.warn(f"gradprobe disabled itself after an error in {self.error}", GradprobeWarning, stacklevel=3)
+        try:
+            self._write("error", step=self.step_index, where=where, message=f"{type(exc).__name__}: {exc}")
+            if self._writer is not None:
+                self._writer.flush()
+        finally:
+            self._capture.remove()
+
+    def _detach(self) -> None:
+        self._capture.remove()
+        self._gradients.release()
+        self._stack_replayers = {}
+        self._cell_replayers = {}
+        if self._fixer is not None:
+            self._fixer.release()
+            self._fixer = None
+        self.sites = []
+        self.model = None
+
+
+def _cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:
+    m = site.module
+    weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _maybe(m.bias_ih), _maybe(m.bias_hh))
+    x = torch.cat(calls.inputs)
+    states = []
+    for x_t, state in zip(calls.inputs, calls.states_in):
+        if not state:
+            zeros = x_t.new_zeros(x_t.shape[0], m.hidden_size)
+            state = (zeros, zeros) if site.mode == "LSTM" else (zeros,)
+        states.append(state)
+    previous = tuple(torch.cat([s[k] for s in states]) for k in range(len(states[0])))
+    with torch.no_grad():
+        return fn.gate_activations(site.mode, fn.project_input(site.mode, x, weights), previous, weights)
+
+
+def _maybe(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()
+
+
+def attach(
+    model: nn.Module,
+    log: str | os.PathLike[str] | None = None,
+    every: int = 50,
+    fix: str = "off",
+    *,
+    cells: Iterable[str | nn.Module] = (),
+    config: Any = None,
+    epsilon: float = 1e-3,
+    saturation_every: int = 10,
+    sample_rows: int = 4,
+    deep_rows: int = 4,
+    spectral_rows: int = 1,
+    spectral_steps: int = 12,
+    seed: int = 0,
+    sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
+) -> Probe:
+    """Attach a probe to every recurrent layer of ``model``.
+
+    Args:
+        model: Any module holding torch.nn RNN/LSTM/GRU layers, cells driven
+            by a Python loop, gradprobe.reference modules, or custom cells.
+        log: Path of the JSON Lines run log (``None``: keep results in memory).
+        every: Deep-probe every ``every`` training steps (step 0 included).
+        fix: ``off`` (observe only), ``recommend`` (findings carry fixes), or
+            ``auto`` (safe per-step fixes are applied in :meth:`Probe.step`).
+        cells: Custom cell modules (or their qualified names) to probe.
+        config: Rule thresholds and suppressions (:class:`gradprobe.config.Config`,
+            a dict, or ``None`` to read ``[tool.gradprobe]`` from pyproject.toml).
+        epsilon: Relative level below which the propagated signal counts as
+            gone, for the gradient horizon.
+        saturation_every: Sample gate saturation every this many steps (0: only
+            on deep steps).
+        sample_rows: Batch rows used for sampled saturation.
+        deep_rows: Batch rows per step (alive at every step) used for the
+            propagation profile and deep-step saturation.
+        spectral_rows: Batch rows per step for the Jacobian spectral-norm estimates.
+        spectral_steps: Lanczos steps (products with J) per Jacobian spectral-norm estimate.
+        seed: Seed of the probe's private random generator (never the global one).
+        sinks: Callables receiving every event dict (e.g. a TensorBoard writer).
+
+    Returns:
+        The :class:`Probe`; use it as a context manager or call ``close()``.
+
+    Raises:
+        gradprobe.discovery.NotRecurrentError: ``model`` has no recurrent layer.
+    """
+    from gradprobe.rules.engine import RuleEngine
+
+    settings = ProbeSettings(
+        every=every,
+        fix=fix,
+        epsilon=epsilon,
+        saturation_every=saturation_every,
+        sample_rows=sample_rows,
+        deep_rows=deep_rows,
+        spectral_rows=spectral_rows,
+        spectral_steps=spectral_steps,
+        seed=seed,
+    )
+    return Probe(model, log, settings, cells=cells, rules=RuleEngine(config), sinks=sinks)

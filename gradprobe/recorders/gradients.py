@@ -1,0 +1,89 @@
+"""Parameter-gradient norms, split per gate, and non-finite detection."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradprobe.discovery import RecurrentSite, gate_count, gate_names
+
+_GATED = re.compile(r"(^|\.)(weight_ih|weight_hh|bias_ih|bias_hh)(_l\d+(_reverse)?)?$")
+
+
+class GradientRecorder:
+    """Reads ``p.grad`` of every trainable parameter after ``backward``.
+
+    All norms are computed on the device and fetched with a single transfer.
+    """
+
+    def __init__(self, model: nn.Module, sites: list[RecurrentSite]) -> None:
+        self.names: list[str] = []
+        self.params: list[nn.Parameter] = []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                self.names.append(name)
+                self.params.append(param)
+        prefixes = {site.name: site for site in sites}
+        self.gated: list[tuple[int, int, tuple[str, ...]]] = []  # (param index, gate count, labels)
+        for index, name in enumerate(self.names):
+            owner, _, leaf = name.rpartition(".")
+            site = prefixes.get(owner) or (prefixes.get(type(model).__name__) if not owner else None)
+            if site is None or site.mode is None or not _GATED.search(leaf):
+                continue
+            count = gate_count(site.mode)
+            if count > 1 and self.params[index].shape[0] % count == 0:
+                self.gated.append((index, count, gate_names(site.mode)))
+
+    def record(self) -> dict[str, Any]:
+        """Norms of the current gradients.
+
+        Returns:
+            ``{"grad_norm": total, "params": {name: norm}, "gates": {name:
+            {gate: norm}}, "nonfinite_params": [names in backward order]}``;
+            parameters without a gradient are left out.
+        """
+        present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+        if not present:
+            return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
+        grads = [g for _, g in present]
+        norms = _norms(grads)
+        gate_parts: list[Tensor] = []
+        gate_index: list[tuple[int, int, tuple[str, ...]]] = []
+        for index, count, labels in self.gated:
+            grad = self.params[index].grad
+            if grad is not None:
+                gate_parts.append(torch.linalg.vector_norm(grad.detach().reshape(count, -1).float(), dim=1))
+                gate_index.append((index, count, labels))
+        flat = torch.cat([norms.float(), *(g.to(norms.device) for g in gate_parts)]).tolist()
+        per_param = dict(zip((self.names[i] for i, _ in present), flat[: len(present)]))
+        total = float(sum(v * v for v in flat[: len(present)]) ** 0.5)
+        gates: dict[str, dict[str, float]] = {}
+        offset = len(present)
+        for index, count, labels in gate_index:
+            gates[self.names[index]] = dict(zip(labels, flat[offset : offset + count]))
+            offset += count
+        suspicious = [(i, g) for (i, g), n in zip(present, flat) if not _finite(n)]
+        nonfinite = [self.names[i] for i, g in reversed(suspicious) if not bool(torch.isfinite(g).all())]
+        return {"grad_norm": total, "params": per_param, "gates": gates, "nonfinite_params": nonfinite}
+
+    def release(self) -> None:
+        """Drop every reference to the model's parameters."""
+        self.params = []
+        self.names = []
+        self.gated = []
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
+def _norms(grads: list[Tensor]) -> Tensor:
+    """L2 norm of each tensor, stacked (one kernel per device where torch has one)."""
+    detached = [g.detach() for g in grads]
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is not None and len({g.device for g in detached}) == 1:
+        return torch.stack([n.float() for n in foreach(detached)])
+    return torch.stack([torch.linalg.vector_norm(g.float()).cpu() for g in detached])

@@ -1,0 +1,210 @@
+"""How gradients travel through time: the deep-probe quantities of a track.
+
+- ``grad_norms[t] = ||dL/dh_t||``: the total gradient reaching the hidden
+  state at step ``t`` (through the output at ``t`` and through later steps),
+  captured from the user graph (cells) or back-propagated through the replay.
+- ``profile[k] = mean_b ||v_b^T dS_T/dS_{T-k}||`` for random unit ``v_b``: how a
+  signal injected at the last state shrinks or grows going ``k`` steps back;
+  for a linear RNN ``h_t = rho Q h_{t-1}`` it is exactly ``rho^k``.
+- ``jacobian_norms[t]``: the spectral norm of ``dS_t/dS_{t-1}``, estimated
+  with Jacobian-vector products (Golub-Kahan-Lanczos).
+- ``rate``: least-squares slope of ``log profile[k]`` per step (``< 0``
+  decays), and ``horizon``: steps until the profile falls below ``epsilon``.
+
+Profile, Jacobian norms and deep-step saturation use the first ``rows`` batch
+rows that are alive at every step, linearized once per track
+(:class:`TrackLinearization`): analytic products for RNN/LSTM/GRU, and
+``torch.func`` for custom cells.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gradprobe.recorders.replay import Track
+from gradprobe.reference import functional as fn
+
+
+def _flat(state: Sequence[Tensor]) -> Tensor:
+    return state[0] if len(state) == 1 else torch.cat(list(state), dim=-1)
+
+
+class TrackLinearization:
+    """Every step of a track linearized at its first ``rows`` rows.
+
+    Rows are laid out step-major: rows ``t*R .. (t+1)*R - 1`` belong to step ``t``.
+
+    Attributes:
+        rows: ``R``, rows per step.
+        steps: ``T``, the number of steps.
+        gates: Gate activations of those rows (known modes only).
+    """
+
+    def __init__(self, track: Track, rows: int) -> None:
+        self.track = track
+        self.rows = max(1, min(rows, track.alive_rows))
+        self.steps = len(track.previous)
+        r = self.rows
+        x = torch.cat([inp[:r].detach() for inp in track.step_inputs])
+        width = len(track.previous[0])
+        self.sizes = [s.shape[-1] for s in track.previous[0]]
+        previous = tuple(torch.cat([p[k][:r].detach() for p in track.previous]) for k in range(width))
+        self.point = _flat(previous)
+        self.gates: dict[str, Tensor] | None = None
+        self._analytic: fn.Linearization | None = None
+        with torch.no_grad():
+            if track.mode is not None and track.weights is not None:
+                if not track.inputs_projected:
+                    x = fn.project_input(track.mode, x, track.weights)
+                self._analytic = fn.Linearization(track.mode, x, previous, track.weights)
+                self.gates = self._analytic.gates
+        self._x = x
+
+    def first_rows(self, rows: int) -> TrackLinearization:
+        """The linearization of only the first ``rows`` rows of each step (shared, not recomputed)."""
+        if rows >= self.rows or self._analytic is None:
+            return self if rows >= self.rows else TrackLinearization(self.track, rows)
+        index = (torch.arange(self.steps).unsqueeze(1) * self.rows + torch.arange(rows)).flatten()
+        part = object.__new__(TrackLinearization)
+        part.track, part.rows, part.steps, part.sizes = self.track, rows, self.steps, self.sizes
+        part.point, part._x = self.point[index], self._x[index]
+        part._analytic = self._analytic.subset(index)
+        part.gates = part._analytic.gates
+        return part
+
+    def _split(self, flat: Tensor) -> tuple[Tensor, ...]:
+        return tuple(flat.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else (flat,)
+
+    def _step_rows(self, t: int) -> slice:
+        return slice(t * self.rows, (t + 1) * self.rows)
+
+    def _generic(self, x: Tensor, point: Tensor):  # noqa: ANN202 - (f, vjp_fn)
+        def f(flat: Tensor) -> Tensor:
+            return _flat(self.track.step_fn(x, self._split(flat)))
+
+        _, vjp_fn = torch.func.vjp(f, point)
+        return f, vjp_fn
+
+    def jvp(self, u: Tensor) -> Tensor:
+        """``J u`` for all rows of all steps."""
+        if self._analytic is not None:
+            return self._analytic.jvp(u)
+        f, _ = self._generic(self._x, self.point)
+        with warnings.catch_warnings():
+            # torch scripts its forward-AD decompositions on first use and warns that torch.jit.script is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.func.jvp(f, (self.point,), (u,))[1]
+
+    def vjp(self, w: Tensor) -> Tensor:
+        """``w^T J`` for all rows of all steps."""
+        if self._analytic is not None:
+            return self._analytic.vjp(w)
+        return self._generic(self._x, self.point)[1](w)[0]
+
+    def step_vjp(self, t: int, w: Tensor) -> Tensor:
+        """``w^T J_t`` for the ``R`` rows of step ``t``."""
+        rows = self._step_rows(t)
+        if self._analytic is not None:
+            return self._analytic.vjp(w, rows)
+        return self._generic(self._x[rows], self.point[rows])[1](w)[0]
+
+
+def gradient_norms(track: Track) -> list[float]:
+    """``||dL/dh_t||`` (Frobenius over the batch) for every step; 0 where no gradient arrived."""
+    grads = track.output_grads or [None] * len(track.states)
+    values = [torch.linalg.vector_norm(g.detach(), dtype=torch.float64) if g is not None else None for g in grads]
+    present = [v for v in values if v is not None]
+    numbers = torch.stack(present).tolist() if present else []
+    it = iter(numbers)
+    return [next(it) if v is not None else 0.0 for v in values]
+
+
+def _unit_rows(shape: tuple[int, ...], like: Tensor, generator: torch.Generator) -> Tensor:
+    u = torch.randn(shape, generator=generator, dtype=torch.float64).to(like)
+    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def propagation_profile(lin: TrackLinearization, generator: torch.Generator) -> list[float]:
+    """``profile[k]`` for ``k = 0..T-1``: ``v^T J_end ... J_{end-k+1}`` for unit ``v``, mean norm over rows."""
+    order = list(range(lin.steps))
+    if lin.track.reverse:
+        order.reverse()  # the reverse direction ends at t = 0
+    u = _unit_rows((lin.rows, lin.point.shape[-1]), lin.point, generator)
+    norms = [u.norm(dim=-1).mean()]
+    with torch.no_grad():
+        for t in reversed(order[1:]):
+            u = lin.step_vjp(t, u)
+            norms.append(u.norm(dim=-1).mean())
+    return torch.stack(norms).double().tolist()
+
+
+def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generator) -> list[float]:
+    """Per-step spectral-norm estimates of ``dS_t/dS_{t-1}``, averaged over the linearized rows.
+
+    Golub-Kahan-Lanczos bidiagonalization, batched over rows: ``m`` products
+    with ``J`` and ``m - 1`` with ``J^T`` (``m = min(steps, S)``) build a small
+    bidiagonal ``B`` per row whose largest singular value approaches
+    ``||J||_2`` from below, much faster than plain power iteration on
+    ``J^T J``. Full reorthogonalization keeps it stable; a row whose Krylov
+    space is exhausted early simply stops growing.
+    """
+    n, size = lin.point.shape
+    m = max(1, min(steps, size))
+    dtype = lin.point.dtype
+    right = lin.point.new_zeros(n, m, size)
+    left = lin.point.new_zeros(n, m, size)
+    alphas = lin.point.new_zeros(n, m)
+    betas = lin.point.new_zeros(n, m)
+    tiny = torch.finfo(dtype).eps * 16
+    with torch.no_grad():
+        right[:, 0] = _unit_rows((n, size), lin.point, generator)
+        u = lin.jvp(right[:, 0])
+        for j in range(m):
+            if j:
+                u = u - betas[:, j - 1 : j] * left[:, j - 1]
+            alphas[:, j] = u.norm(dim=1)
+            left[:, j] = u / alphas[:, j : j + 1].clamp_min(tiny)
+            if j == m - 1:
+                break
+            v = lin.vjp(left[:, j]) - alphas[:, j : j + 1] * right[:, j]
+            betas[:, j] = v.norm(dim=1)
+            alive = (betas[:, j : j + 1] > tiny * alphas[:, :1].clamp_min(tiny)).to(dtype)
+            right[:, j + 1] = alive * v / betas[:, j : j + 1].clamp_min(tiny)
+            betas[:, j] *= alive.squeeze(1)
+            u = lin.jvp(right[:, j + 1])
+        bidiagonal = torch.diag_embed(alphas.double()) + torch.diag_embed(betas[:, : m - 1].double(), offset=1)
+        sigma = torch.linalg.matrix_norm(bidiagonal, ord=2)
+    return sigma.view(lin.steps, lin.rows).mean(dim=1).tolist()
+
+
+def fit_decay(profile: Sequence[float], epsilon: float) -> tuple[float | None, float | None]:
+    """Fit ``log profile[k] ~ a + rate * k``; return ``(rate, horizon)``.
+
+    ``horizon`` is the first ``k`` where the profile drops below ``epsilon``
+    (relative to ``profile[0]``); if it never does within the sequence, it is
+    extrapolated from the fit when ``rate < 0``, and ``None`` otherwise.
+    """
+    if not profile or not profile[0] > 0 or not math.isfinite(profile[0]):
+        return None, None
+    ks, logs = [], []
+    for k, value in enumerate(profile):
+        if value > 0 and math.isfinite(value):
+            ks.append(k)
+            logs.append(math.log(value / profile[0]))
+    rate = None
+    if len(ks) >= 2:
+        mean_k = sum(ks) / len(ks)
+        mean_l = sum(logs) / len(logs)
+        var = sum((k - mean_k) ** 2 for k in ks)
+        rate = sum((k - mean_k) * (lv - mean_l) for k, lv in zip(ks, logs)) / var if var else None
+    for k, value in enumerate(profile):
+        if value < epsilon * profile[0]:
+            return rate, float(k)
+    if rate is not None and rate < 0:
+        return rate, float(math.log(epsilon) / rate)
+    return rate, None

@@ -1,0 +1,263 @@
+"""Replay captured recurrent calls step by step with the reference math.
+
+A replay rebuilds, outside the user's autograd graph, every per-step state of
+every layer and direction (a *track*), using the module's current weights
+(detached, so nothing reaches ``p.grad``). For fused modules this is the only
+way to see inside the C++/cuDNN kernel; for cells it links the calls of one
+training step into a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from gradprobe.discovery import RecurrentSite
+from gradprobe.recorders.capture import CellCalls, StackCall, as_tuple
+from gradprobe.reference import GRU, LSTM, RNN, LayerWeights, RecurrentBase
+from gradprobe.reference import functional as fn
+
+StepFn = Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]
+
+
+@dataclass
+class Track:
+    """The replayed per-step states of one layer direction (or one cell chain).
+
+    Attributes:
+        name: ``module.l{k}`` (``_reverse``) or the cell's module name.
+        mode: Cell math, or ``None`` for a custom cell.
+        step_inputs: Per step, what the step function takes besides the state
+            (the projected input for stacks, ``x_t`` for cells).
+        previous: Per step, the state the step started from.
+        states: Per step, the state after the step.
+        step_fn: ``(inputs, state) -> state`` for any rows of one step.
+        reverse: Time runs backwards (reverse direction of a bidirectional layer).
+        weights: The layer weights when the mode is known (gate statistics).
+        output_grads: Total ``dL/dh_t`` per step: captured directly from the
+            user graph (cells) or back-propagated through the replay (stacks).
+        chained: Whether each step's state input was the previous output.
+        inputs_projected: ``step_inputs`` already hold ``W_ih x_t + b``.
+    """
+
+    name: str
+    mode: str | None
+    step_inputs: list[Tensor]
+    previous: list[tuple[Tensor, ...]]
+    states: list[tuple[Tensor, ...]]
+    step_fn: StepFn
+    reverse: bool = False
+    weights: LayerWeights | None = None
+    output_grads: list[Tensor | None] | None = None
+    chained: bool = True
+    inputs_projected: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def alive_rows(self) -> int:
+        """Rows present at every step (the longest sequences of a packed batch)."""
+        return min(s[0].shape[0] for s in self.states)
+
+
+def _twin_for(module: nn.Module) -> RecurrentBase:
+    """A weightless reference module with ``module``'s configuration (parameters on ``meta``)."""
+    if isinstance(module, RecurrentBase):
+        return module
+    param = next(module.parameters())
+    config: dict[str, Any] = dict(
+        num_layers=module.num_layers,
+        bias=module.bias,
+        batch_first=module.batch_first,
+        dropout=module.dropout,
+        bidirectional=module.bidirectional,
+        device="meta",
+        dtype=param.dtype,
+    )
+    if isinstance(module, nn.LSTM):
+        twin: RecurrentBase = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **config)
+    elif isinstance(module, nn.GRU):
+        twin = GRU(module.input_size, module.hidden_size, **config)
+    else:
+        twin = RNN(module.input_size, module.hidden_size, nonlinearity=module.nonlinearity, **config)
+    return twin
+
+
+class StackReplayer:
+    """Replays calls of one multi-layer module (fused torch.nn or reference)."""
+
+    def __init__(self, site: RecurrentSite) -> None:
+        self.site = site
+        self.twin = _twin_for(site.module)
+
+    def replay(self, call: StackCall, rows: int | None = None) -> list[Track]:
+        """Rebuild every track of ``call``.
+
+        Args:
+            call: The captured call.
+            rows: Keep only the first ``rows`` batch rows (sampling: no
+                autograd graph, no gradients).
+
+        On a deep step (``call.grads`` captured) the captured output gradients
+        are back-propagated through the replay, and each track's
+        ``output_grads`` holds the total ``dL/dh_t``.
+        """
+        module = self.site.module
+        params = {name: p.detach() for name, p in module.named_parameters()}
+        input_, hx = _detached_input(call.input, call.hx, rows, module.batch_first)
+        deep = rows is None and bool(call.grads)
+        if deep:
+            # the graph only needs to reach the hidden states: hang it on the initial state, so the
+            # backward skips the first layer's input projection (dL/dx is never needed)
+            hx = _initial_state_requiring_grad(self.twin, input_, hx)
+        was_training = self.twin.training
+        self.twin.train(call.training and rows is None)
+        rng = torch.random.fork_rng(devices=[]) if call.rng_state is not None else nullcontext()
+        try:
+            with rng, torch.enable_grad() if deep else torch.no_grad():
+                if call.rng_state is not None:
+                    torch.set_rng_state(call.rng_state)
+                out, hidden, trace = self.twin.trace(input_, hx, params=params)
+        finally:
+            self.twin.train(was_training)
+        tracks = []
+        for layer, per_direction in enumerate(trace.layers):
+            for direction, run in enumerate(per_direction):
+                weights = self.twin.layer_weights(layer, direction, params)
+                tracks.append(
+                    Track(
+                        name=self.site.tracks[layer * len(per_direction) + direction],
+                        mode=self.twin.mode,
+                        step_inputs=run.inputs,
+                        previous=run.previous,
+                        states=run.states,
+                        step_fn=_reference_step(self.twin.mode, weights),
+                        reverse=bool(direction),
+                        weights=weights,
+                        inputs_projected=True,
+                    )
+                )
+        if deep:
+            data = out.data if isinstance(out, PackedSequence) else out
+            _fill_output_grads(tracks, [data, *as_tuple(hidden)], call.grads)
+        return tracks
+
+
+def _fill_output_grads(tracks: list[Track], outputs: list[Tensor], grads: list[Tensor | None]) -> None:
+    """Back-propagate captured output gradients through the replay: ``output_grads[t] = dL/dh_t``."""
+    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+    hs = [state[0] for track in tracks for state in track.states]
+    found: tuple[Tensor | None, ...] = (None,) * len(hs)
+    if pairs:
+        found = torch.autograd.grad([o for o, _ in pairs], hs, [g.to(o.dtype) for o, g in pairs], allow_unused=True)
+    cursor = 0
+    for track in tracks:
+        count = len(track.states)
+        track.output_grads = list(found[cursor : cursor + count])
+        cursor += count
+
+
+def _reference_step(mode: str, weights: LayerWeights) -> StepFn:
+    def step(x_proj: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return fn.step(mode, x_proj, state, weights)
+
+    return step
+
+
+def _initial_state_requiring_grad(twin: RecurrentBase, input_: Any, hx: Any) -> Any:
+    if hx is None:
+        if isinstance(input_, PackedSequence):
+            batch, like = int(input_.batch_sizes[0]), input_.data
+        else:
+            batch_dim = 0 if twin.batch_first else 1
+            batch, like = (input_.shape[batch_dim] if input_.dim() == 3 else None), input_
+        shapes = twin._expected_state_shapes(batch if batch is not None else 1)
+        states = tuple(like.new_zeros(shape if batch is not None else (shape[0], shape[2])) for shape in shapes)
+    else:
+        states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+    states = tuple(s.detach().clone().requires_grad_() for s in states)
+    return states if twin.mode == "LSTM" else states[0]
+
+
+def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool) -> tuple[Any, Any]:
+    hx = None if hx is None else tuple(h.detach() for h in hx) if isinstance(hx, (tuple, list)) else hx.detach()
+    if isinstance(input_, PackedSequence):
+        data = input_.data.detach().clone()
+        if rows is None:
+            return PackedSequence(data, input_.batch_sizes, input_.sorted_indices, input_.unsorted_indices), hx
+        sizes = input_.batch_sizes.tolist()
+        keep = [min(rows, b) for b in sizes]
+        starts = torch.tensor([0, *sizes[:-1]]).cumsum(0).tolist()
+        picked = torch.cat([data[s : s + k] for s, k in zip(starts, keep)])
+        if hx is not None:
+            order = input_.sorted_indices
+            pick = (lambda h: h.index_select(1, order)[:, :rows]) if order is not None else (lambda h: h[:, :rows])
+            hx = tuple(pick(h) for h in hx) if isinstance(hx, tuple) else pick(hx)
+        return PackedSequence(picked, torch.tensor(keep)), hx
+    data = input_.detach().clone()
+    if rows is not None:
+        batched = data.dim() == 3
+        if batched:
+            data = data[:rows] if batch_first else data[:, :rows]
+            if hx is not None:
+                hx = tuple(h[:, :rows] for h in hx) if isinstance(hx, tuple) else hx[:, :rows]
+    return data, hx
+
+
+class CellReplayer:
+    """Replays the calls of a cell within one step as a chain of states."""
+
+    def __init__(self, site: RecurrentSite) -> None:
+        self.site = site
+
+    def _step_fn(self) -> StepFn:
+        module = self.site.module
+        params = {name: p.detach() for name, p in module.named_parameters()}
+        buffers = dict(module.named_buffers())
+        packed_state = self.site.mode == "LSTM"
+
+        def step(x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            arg = state if (len(state) > 1 or packed_state) else state[0]
+            out = torch.func.functional_call(module, {**params, **buffers}, (x, arg))
+            return as_tuple(out)
+
+        return step
+
+    def replay(self, calls: CellCalls, pause: Callable[[bool], None]) -> Track:
+        """Rebuild the chain ``s_t = cell(x_t, s_{t-1})`` of the captured calls."""
+        step = self._step_fn()
+        first = calls.states_in[0]
+        if not first:
+            h0 = torch.zeros_like(calls.outputs[0][0].detach())
+            first = (h0, torch.zeros_like(calls.outputs[0][1].detach())) if len(calls.outputs[0]) > 1 else (h0,)
+        state = tuple(s.detach() for s in first)
+        previous, states = [], []
+        pause(True)
+        try:
+            with torch.no_grad():
+                for x in calls.inputs:
+                    previous.append(state)
+                    state = step(x, state)
+                    states.append(state)
+        finally:
+            pause(False)
+        grads = [calls.grads.get(i) for i in range(len(calls.inputs))]
+        weights = None
+        if self.site.mode is not None:
+            m = self.site.module
+            weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _d(m.bias_ih), _d(m.bias_hh))
+        track = Track(self.site.name, self.site.mode, list(calls.inputs), previous, states, step, weights=weights)
+        track.output_grads = grads
+        track.chained = calls.chained
+        if not calls.chained:
+            track.notes.append("state inputs were not the previous outputs; replayed as a chain")
+        return track
+
+
+def _d(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()

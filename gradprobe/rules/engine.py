@@ -1,0 +1,115 @@
+"""Runs the rules over events (live from the probe, or read back from a log) and over models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pluggy
+from torch import nn
+
+from gradprobe.config import Config, ConfigError, resolve
+from gradprobe.findings import Finding, severity_rank
+from gradprobe.plugins import default_plugin_manager
+from gradprobe.rules.context import RuleContext
+from gradprobe.rules.registry import Registry
+
+
+class RuleEngine:
+    """Feeds events to the ``gradprobe_observe`` hooks and gathers findings.
+
+    A finding is kept once per ``(code, layer)``: the most severe one, the
+    earliest among equals; ``evidence["occurrences"]`` counts repeats.
+
+    Args:
+        config: A :class:`~gradprobe.config.Config`, a ``[tool.gradprobe]``-shaped
+            mapping, or ``None`` to read pyproject.toml.
+        thresholds: Extra per-rule thresholds, ``{"GP101": {"min_horizon_fraction": 0.5}}``.
+        ignore: Extra codes to suppress.
+        plugin_manager: Defaults to the shared one (built-ins plus entry points).
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | None = None,
+        thresholds: Mapping[str, Mapping[str, float]] | None = None,
+        ignore: Iterable[str] = (),
+        plugin_manager: pluggy.PluginManager | None = None,
+    ) -> None:
+        self.pm = plugin_manager or default_plugin_manager()
+        self.registry = Registry.from_plugins(self.pm)
+        self.config = resolve(config).merged(thresholds, ignore)
+        self._validate()
+        self.context = RuleContext(self.config, self.registry)
+        self._kept: dict[tuple[str, str | None], Finding] = {}
+        self._counts: dict[tuple[str, str | None], int] = {}
+
+    def _validate(self) -> None:
+        for code, values in self.config.thresholds.items():
+            if code not in self.registry:
+                raise ConfigError(f"unknown rule code {code!r} in thresholds")
+            for key in values:
+                if key not in self.registry[code].thresholds:
+                    known = ", ".join(self.registry[code].thresholds) or "none"
+                    raise ConfigError(f"{code} has no threshold {key!r} (known: {known})")
+        for code in self.config.ignore:
+            if code not in self.registry:
+                raise ConfigError(f"unknown rule code {code!r} in ignore")
+
+    def feed(self, event: dict[str, Any]) -> list[Finding]:
+        """Show one event to every rule; return the findings that are new."""
+        if event.get("kind") == "meta":
+            self.context.meta = event
+        if event.get("kind") == "finding":
+            return []
+        fresh = []
+        for result in self.pm.hook.gradprobe_observe(event=event, context=self.context):
+            for finding in result or ():
+                if finding is not None and self._keep(finding):
+                    fresh.append(finding)
+        return fresh
+
+    def _keep(self, finding: Finding) -> bool:
+        key = (finding.code, finding.layer)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        old = self._kept.get(key)
+        if old is None or severity_rank(finding.severity) > severity_rank(old.severity):
+            self._kept[key] = finding
+            return old is None
+        return False
+
+    def findings(self) -> list[Finding]:
+        """Observed findings plus the current summaries, most severe first."""
+        merged = dict(self._kept)
+        for result in self.pm.hook.gradprobe_summarize(context=self.context):
+            for finding in result or ():
+                if finding is None:
+                    continue
+                key = (finding.code, finding.layer)
+                old = merged.get(key)
+                if old is None or severity_rank(finding.severity) >= severity_rank(old.severity):
+                    merged[key] = finding
+        out = []
+        for key, finding in merged.items():
+            count = self._counts.get(key, 0)
+            if count > 1:
+                finding = finding._replace(evidence={**finding.evidence, "occurrences": count})
+            out.append(finding)
+        return sort_findings(out)
+
+    def finish(self) -> list[Finding]:
+        """The final findings of a run."""
+        return self.findings()
+
+    def lint(self, model: nn.Module, sites: list[Any]) -> list[Finding]:
+        """Run the static rules on ``model``."""
+        self.context.sites = sites
+        found = []
+        for result in self.pm.hook.gradprobe_lint(model=model, context=self.context):
+            found.extend(f for f in result or () if f is not None)
+        return sort_findings(found)
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Most severe first, then by code and layer."""
+    return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.layer or "", f.step or 0))

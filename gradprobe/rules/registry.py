@@ -1,0 +1,79 @@
+"""The rule registry: every rule's code, name, defaults and documentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pluggy
+
+CATEGORIES = {"GP1": "gradient flow", "GP2": "initialization", "GP3": "activations", "GP4": "training setup"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule's identity and documentation, in the manner of ruff/flake8.
+
+    Attributes:
+        code: Unique code such as ``GP101``.
+        name: Kebab-case name such as ``vanishing-gradient``.
+        severity: Default severity of its findings.
+        summary: One line for ``gradprobe rules``.
+        thresholds: Tunable numbers with their defaults.
+        what_it_does / why_bad / example / use_instead: The rule's doc.
+        static: Checked by ``gradprobe.lint`` (no data needed).
+    """
+
+    code: str
+    name: str
+    severity: str
+    summary: str
+    thresholds: dict[str, float] = field(default_factory=dict)
+    what_it_does: str = ""
+    why_bad: str = ""
+    example: str = ""
+    use_instead: str = ""
+    static: bool = False
+
+    @property
+    def category(self) -> str:
+        return CATEGORIES.get(self.code[:3], "third-party")
+
+    def doc(self) -> str:
+        """The rule's documentation as Markdown."""
+        options = "\n".join(f"- `{k}` (default {v:g})" for k, v in self.thresholds.items()) or "None."
+        return (
+            f"## {self.code} {self.name}\n\n### What it does\n{self.what_it_does}\n\n### Why is this bad?\n"
+            f"{self.why_bad}\n\n### Example\n```python\n{self.example}\n```\n\n### Use instead\n```python\n"
+            f"{self.use_instead}\n```\n\n### Options\n{options}\n"
+        )
+
+
+class DuplicateRuleError(ValueError):
+    """Two plugins registered the same code."""
+
+
+class Registry:
+    """All rules the installed plugins declare, by code."""
+
+    def __init__(self) -> None:
+        self.rules: dict[str, Rule] = {}
+
+    def register(self, rule: Rule) -> None:
+        if rule.code in self.rules and self.rules[rule.code] != rule:
+            raise DuplicateRuleError(f"rule code {rule.code} registered twice")
+        self.rules[rule.code] = rule
+
+    @classmethod
+    def from_plugins(cls, pm: pluggy.PluginManager) -> Registry:
+        registry = cls()
+        pm.hook.gradprobe_register_rules(register=registry.register)
+        return registry
+
+    def __getitem__(self, code: str) -> Rule:
+        return self.rules[code]
+
+    def __contains__(self, code: object) -> bool:
+        return code in self.rules
+
+    def sorted(self) -> list[Rule]:
+        return [self.rules[c] for c in sorted(self.rules)]
