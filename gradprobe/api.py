@@ -14,7 +14,7 @@ from gradprobe.config import Config
 from gradprobe.discovery import find_recurrent
 from gradprobe.findings import Finding, severity_rank
 from gradprobe.probe import LayerProfile, Probe, ProbeSettings
-from gradprobe.rules.engine import RuleEngine, sort_findings
+from gradprobe.rules.engine import RuleEngine
 
 
 @dataclass
@@ -110,9 +110,7 @@ def check(
         **probe_settings: Fields of :class:`gradprobe.probe.ProbeSettings`.
     """
     engine = _engine(config, thresholds, ignore)
-    sites = find_recurrent(model, cells)
-    static = engine.lint(model, sites)
-    settings = ProbeSettings(**{"every": 1, **probe_settings})
+    settings = ProbeSettings(**{"every": 1, "seq_len": seq_len, **probe_settings})
     saved = [(p, p.grad) for p in model.parameters()]
     for p, _ in saved:
         p.grad = None
@@ -126,13 +124,10 @@ def check(
                 output = model(inputs)
             loss = loss_fn(output) if loss_fn is not None else default_loss(output)
             loss.backward()
-            if seq_len is not None:
-                engine.context.meta.setdefault("settings", {})["seq_len"] = seq_len
             probe.step(loss)
         if probe.error:
             raise RuntimeError(f"gradprobe.check failed: {probe.error}")
-        found = {(f.code, f.layer): f for f in [*static, *probe.findings]}
-        return Report(sort_findings(found.values()), probe.layers, float(loss.detach()))
+        return Report(probe.findings, probe.layers, float(loss.detach()))
     finally:
         for p, grad in saved:
             p.grad = grad

@@ -14,7 +14,9 @@ Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. Kinds:
 ``saturation``
     ``step``, ``layer`` (a track: module name plus ``.l{k}`` / ``_reverse``
     for fused stacks), ``mode``, ``fractions`` (per gate, share of
-    activations in the flat region), ``dead_units`` (ReLU only).
+    activations in the flat region), ``low`` (sigmoid gates: share below
+    0.05, i.e. closed), ``dead_units`` (ReLU only), ``units``, ``samples``,
+    ``deep`` (from a deep step, or sampled).
 ``deep``
     Every ``every`` steps, per track: ``grad_norms`` (``||dL/dh_t||`` per time
     step), ``profile`` (``||v^T dS_T/dS_{T-k}||`` for k = 0..T-1),

@@ -95,6 +95,8 @@ class ProbeSettings:
     spectral_steps: int = 12
     seed: int = 0
     flush_seconds: float = 2.0
+    seq_len: int | None = None
+    truncation: int | None = None
 
     def __post_init__(self) -> None:
         if self.fix not in FIX_MODES:
@@ -146,6 +148,8 @@ class Probe:
             layers=[site.describe() for site in self.sites],
             settings=vars(self.settings).copy(),
         )
+        for finding in self.rules.lint(model, self.sites, keep=True):
+            self._write("finding", **finding.to_dict())
         if self.settings.fix != "off":
             from gradprobe.fixes.runtime import StepFixer
 
@@ -219,7 +223,9 @@ class Probe:
             nonfinite=nonfinite,
         )
         mode = self._capture.mode
-        if mode == DEEP:
+        if nonfinite is not None:
+            self._capture.clear()  # nothing to learn from replaying NaN/Inf; GP103 reports the step
+        elif mode == DEEP:
             self._deep_probe()
         elif mode == SAMPLE:
             self._sample_saturation()
@@ -295,20 +301,19 @@ class Probe:
         self._layers[track.name] = profile_record
 
     def _emit_saturation(self, layer: str, mode: str | None, gates: dict[str, Tensor], deep: bool) -> dict[str, float]:
-        fractions, dead = saturation_fractions(gates)
+        summary = saturation_fractions(gates)
         first = next(iter(gates.values()))
         self._emit(
             "saturation",
             step=self.step_index,
             layer=layer,
             mode=mode,
-            fractions=fractions,
-            dead_units=dead,
+            **summary,
             units=int(first.shape[-1]),
             samples=int(first.shape[0]),
             deep=deep,
         )
-        return fractions
+        return summary["fractions"]
 
     def _sample_saturation(self) -> None:
         rows = self.settings.sample_rows
@@ -410,6 +415,8 @@ def attach(
     spectral_rows: int = 1,
     spectral_steps: int = 12,
     seed: int = 0,
+    seq_len: int | None = None,
+    truncation: int | None = None,
     sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> Probe:
     """Attach a probe to every recurrent layer of ``model``.
@@ -434,6 +441,9 @@ def attach(
         spectral_rows: Batch rows per step for the Jacobian spectral-norm estimates.
         spectral_steps: Lanczos steps (products with J) per Jacobian spectral-norm estimate.
         seed: Seed of the probe's private random generator (never the global one).
+        seq_len: The dependency length the task needs (GP101 judges the
+            horizon against it; default: the sequence length seen).
+        truncation: The truncated-BPTT window the loop uses, if any (GP402).
         sinks: Callables receiving every event dict (e.g. a TensorBoard writer).
 
     Returns:
@@ -442,8 +452,6 @@ def attach(
     Raises:
         gradprobe.discovery.NotRecurrentError: ``model`` has no recurrent layer.
     """
-    from gradprobe.rules.engine import RuleEngine
-
     settings = ProbeSettings(
         every=every,
         fix=fix,
@@ -454,5 +462,9 @@ def attach(
         spectral_rows=spectral_rows,
         spectral_steps=spectral_steps,
         seed=seed,
+        seq_len=seq_len,
+        truncation=truncation,
     )
+    from gradprobe.rules.engine import RuleEngine
+
     return Probe(model, log, settings, cells=cells, rules=RuleEngine(config), sinks=sinks)

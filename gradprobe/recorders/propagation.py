@@ -178,7 +178,10 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
             betas[:, j] *= alive.squeeze(1)
             u = lin.jvp(right[:, j + 1])
         bidiagonal = torch.diag_embed(alphas.double()) + torch.diag_embed(betas[:, : m - 1].double(), offset=1)
-        sigma = torch.linalg.matrix_norm(bidiagonal, ord=2)
+        finite = torch.isfinite(bidiagonal).flatten(1).all(dim=1)
+        sigma = torch.full((n,), float("nan"), dtype=torch.float64, device=bidiagonal.device)
+        if finite.any():
+            sigma[finite] = torch.linalg.matrix_norm(bidiagonal[finite], ord=2)
     return sigma.view(lin.steps, lin.rows).mean(dim=1).tolist()
 
 

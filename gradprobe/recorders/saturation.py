@@ -9,47 +9,45 @@ from torch import Tensor
 
 SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
 TANH_LIMIT = 0.95
+TANH_GATES = frozenset({"cell", "cell_state", "new", "tanh"})
 
 
-def saturation_fractions(gates: dict[str, Tensor]) -> tuple[dict[str, float], int | None]:
+def saturation_fractions(gates: dict[str, Tensor]) -> dict[str, Any]:
     """Summarize gate activations of many (step, row) samples.
 
     Sigmoid gates count as saturated outside ``[0.05, 0.95]`` (slope below
     ~0.048, a fifth of the peak 0.25); tanh outputs beyond ``|y| > 0.95``
-    (slope below ~0.1). For ReLU, the fraction is the share of zero outputs and
-    the second return value counts units that are zero on every sample (dead).
+    (slope below ~0.1). For ReLU, the fraction is the share of zero outputs.
 
     Args:
         gates: Output of :func:`gradprobe.reference.functional.gate_activations`,
             each ``[N, H]``.
 
     Returns:
-        ``(fractions per gate, dead_units or None)``.
+        ``{"fractions": {gate: share saturated}, "low": {sigmoid gate: share
+        below 0.05}, "dead_units": units zero on every sample (ReLU) or None}``.
     """
-    fractions: dict[str, float] = {}
-    dead: int | None = None
     parts: list[Tensor] = []
+    layout: list[tuple[str, str]] = []
     for name, value in gates.items():
         if name == "relu_pre":
             off = value <= 0
-            parts.append(off.float().mean())
-            dead_tensor = off.all(dim=0).sum()
-            parts.append(dead_tensor.float())
-        elif name in ("cell", "cell_state", "new", "tanh"):
+            parts += [off.float().mean(), off.all(dim=0).sum().float()]
+            layout += [("fractions", "relu"), ("dead", "")]
+        elif name in TANH_GATES:
             parts.append((value.abs() > TANH_LIMIT).float().mean())
+            layout.append(("fractions", name))
         else:
-            parts.append(((value < SIGMOID_LOW) | (value > SIGMOID_HIGH)).float().mean())
-    values = torch.stack(parts).tolist()
-    cursor = 0
-    for name in gates:
-        if name == "relu_pre":
-            fractions["relu"] = values[cursor]
-            dead = int(values[cursor + 1])
-            cursor += 2
+            low = value < SIGMOID_LOW
+            parts += [(low | (value > SIGMOID_HIGH)).float().mean(), low.float().mean()]
+            layout += [("fractions", name), ("low", name)]
+    result: dict[str, Any] = {"fractions": {}, "low": {}, "dead_units": None}
+    for (kind, name), value in zip(layout, torch.stack(parts).tolist()):
+        if kind == "dead":
+            result["dead_units"] = int(value)
         else:
-            fractions[name] = values[cursor]
-            cursor += 1
-    return fractions, dead
+            result[kind][name] = value
+    return result
 
 
 def track_gates(track: Any, rows: int | None = None) -> dict[str, Tensor] | None:

@@ -27,7 +27,11 @@ class RuleContext:
         self._states: dict[str, dict[str, Any]] = {}
 
     def state(self, code: str) -> dict[str, Any]:
-        """Mutable per-rule storage that lives as long as the run."""
+        """Mutable per-rule storage that lives as long as the run.
+
+        The namespace ``"signals"`` is shared: GP1xx rules record there what
+        GP4xx rules weigh (``spikes``, ``max_spike_ratio``, ``growth`` by layer).
+        """
         return self._states.setdefault(code, {})
 
     def threshold(self, code: str, key: str) -> float:

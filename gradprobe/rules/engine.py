@@ -101,12 +101,19 @@ class RuleEngine:
         """The final findings of a run."""
         return self.findings()
 
-    def lint(self, model: nn.Module, sites: list[Any]) -> list[Finding]:
-        """Run the static rules on ``model``."""
+    def lint(self, model: nn.Module, sites: list[Any], keep: bool = False) -> list[Finding]:
+        """Run the static rules on ``model``.
+
+        Args:
+            keep: Also keep the findings among this engine's (as the probe does at attach time).
+        """
         self.context.sites = sites
         found = []
         for result in self.pm.hook.gradprobe_lint(model=model, context=self.context):
             found.extend(f for f in result or () if f is not None)
+        if keep:
+            for finding in found:
+                self._keep(finding)
         return sort_findings(found)
 
 

@@ -137,3 +137,14 @@ def test_fit_decay_reads_horizon_and_rate():
     assert horizon == 10  # 0.5**10 = 9.8e-4 < 1e-3 first at k = 10
     assert propagation.fit_decay([1.0, 1.5, 2.25], 1e-3) == (pytest.approx(math.log(1.5)), None)
     assert propagation.fit_decay([], 1e-3) == (None, None)
+
+
+def test_non_finite_rows_give_nan_estimates_instead_of_errors():
+    module = nn.RNN(2, 4, dtype=torch.float64)
+    x = torch.randn(5, 3, 2, dtype=torch.float64)
+    x[2, 1] = float("nan")
+    site, call = _captured_stack_call(module, x)
+    (track,) = StackReplayer(site).replay(call)
+    lin = propagation.TrackLinearization(track, rows=3)
+    norms = propagation.jacobian_norms(lin, steps=4, generator=torch.Generator().manual_seed(0))
+    assert math.isnan(norms[3]) and all(math.isfinite(v) for v in norms[:2])

@@ -1,0 +1,159 @@
+"""Re-initialization of recurrent layers (in place, per layer and direction, per gate block).
+
+All functions accept torch.nn RNN/LSTM/GRU, their cells and the reference
+modules, and return the names of the parameters they changed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gradprobe.reference.functional import GATE_COUNT
+
+
+def _mode(module: nn.Module) -> str:
+    mode = getattr(module, "mode", None)
+    if mode is None:
+        if isinstance(module, nn.LSTMCell):
+            return "LSTM"
+        if isinstance(module, nn.GRUCell):
+            return "GRU"
+        if isinstance(module, nn.RNNCell):
+            return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
+        raise TypeError(f"{type(module).__name__} is not a recurrent layer")
+    return mode
+
+
+def _named(module: nn.Module, prefix: str) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith(prefix)]
+
+
+def _blocks(param: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    return list(param.data.chunk(GATE_COUNT[mode], dim=0))
+
+
+@torch.no_grad()
+def orthogonal_recurrent_(module: nn.Module, gain: float = 1.0) -> list[str]:
+    """Each gate block of every ``weight_hh`` becomes ``gain`` times an orthogonal matrix (Saxe et al. 2014)."""
+    mode = _mode(module)
+    changed = []
+    for name, param in _named(module, "weight_hh"):
+        for block in _blocks(param, mode):
+            nn.init.orthogonal_(block, gain=gain)
+        changed.append(name)
+    return changed
+
+
+@torch.no_grad()
+def identity_recurrent_(module: nn.Module, scale: float = 1.0) -> list[str]:
+    """IRNN (Le et al. 2015): ``W_hh = scale * I`` and zero recurrent biases (ReLU RNNs)."""
+    mode = _mode(module)
+    changed = []
+    for name, param in _named(module, "weight_hh"):
+        for block in _blocks(param, mode):
+            block.zero_()
+            n = min(block.shape)
+            block[:n, :n] += scale * torch.eye(n, dtype=block.dtype, device=block.device)
+        changed.append(name)
+    for name, param in _named(module, "bias_"):
+        param.zero_()
+        changed.append(name)
+    return changed
+
+
+@torch.no_grad()
+def xavier_input_(module: nn.Module, gain: float = 1.0) -> list[str]:
+    """Glorot/Xavier uniform for every gate block of ``weight_ih``."""
+    mode = _mode(module)
+    changed = []
+    for name, param in _named(module, "weight_ih"):
+        for block in _blocks(param, mode):
+            nn.init.xavier_uniform_(block, gain=gain)
+        changed.append(name)
+    return changed
+
+
+@torch.no_grad()
+def he_input_(module: nn.Module) -> list[str]:
+    """Kaiming/He normal (fan-in, ReLU gain) for every gate block of ``weight_ih``."""
+    mode = _mode(module)
+    changed = []
+    for name, param in _named(module, "weight_ih"):
+        for block in _blocks(param, mode):
+            nn.init.kaiming_normal_(block, nonlinearity="relu")
+        changed.append(name)
+    return changed
+
+
+@torch.no_grad()
+def zero_bias_(module: nn.Module) -> list[str]:
+    """All biases to zero."""
+    changed = []
+    for name, param in _named(module, "bias_"):
+        param.zero_()
+        changed.append(name)
+    return changed
+
+
+def _forget_rows(module: nn.Module, name: str, param: torch.Tensor) -> torch.Tensor:
+    hidden = param.shape[0] // 4
+    return param.data[hidden : 2 * hidden]
+
+
+def _input_rows(module: nn.Module, name: str, param: torch.Tensor) -> torch.Tensor:
+    hidden = param.shape[0] // 4
+    return param.data[:hidden]
+
+
+@torch.no_grad()
+def forget_bias_(module: nn.Module, value: float = 1.0) -> list[str]:
+    """Effective LSTM forget-gate bias ``b_if + b_hf = value`` (Gers et al. 2000; Jozefowicz et al. 2015)."""
+    if _mode(module) != "LSTM":
+        raise TypeError("forget_bias_ applies to LSTM layers")
+    changed = []
+    for name, param in _named(module, "bias_ih"):
+        _forget_rows(module, name, param).fill_(value)
+        changed.append(name)
+    for name, param in _named(module, "bias_hh"):
+        _forget_rows(module, name, param).zero_()
+        changed.append(name)
+    return changed
+
+
+@torch.no_grad()
+def chrono_init_(module: nn.Module, max_timescale: int, generator: torch.Generator | None = None) -> list[str]:
+    """Chrono initialization (Tallec & Ollivier 2018) for an LSTM expecting dependencies up to ``max_timescale``.
+
+    Forget bias ``b_f = log(u)``, ``u ~ U[1, T_max - 1]``, input bias ``b_i = -b_f``
+    (biases split between ``b_ih`` and zeroed ``b_hh``).
+    """
+    if _mode(module) != "LSTM":
+        raise TypeError("chrono_init_ applies to LSTM layers")
+    if max_timescale < 3:
+        raise ValueError("max_timescale must be >= 3")
+    changed = []
+    for name, param in _named(module, "bias_ih"):
+        forget = _forget_rows(module, name, param)
+        u = torch.rand(forget.shape, generator=generator, dtype=torch.float64) * (max_timescale - 2) + 1
+        values = torch.log(u).to(forget)
+        forget.copy_(values)
+        _input_rows(module, name, param).copy_(-values)
+        changed.append(name)
+    for name, param in _named(module, "bias_hh"):
+        _forget_rows(module, name, param).zero_()
+        _input_rows(module, name, param).zero_()
+        changed.append(name)
+    return changed
+
+
+def spectral_norm_of_recurrent(weight: torch.Tensor) -> float:
+    """Largest singular value of a recurrent weight block."""
+    return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
+
+
+def xavier_std(fan_in: int, fan_out: int) -> float:
+    """Standard deviation of Glorot initialization."""
+    return math.sqrt(2.0 / (fan_in + fan_out))

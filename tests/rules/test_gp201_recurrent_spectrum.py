@@ -1,0 +1,37 @@
+import pytest
+import torch
+from torch import nn
+
+import gradprobe
+
+from .zoo import BATCH, check, codes, healthy_lstm, rnn_with_spectral_norm
+
+
+def test_spectral_norm_three_risks_explosion():
+    (finding,) = [f for f in gradprobe.lint(rnn_with_spectral_norm(3.0), config={}) if f.code == "GP201"]
+    assert finding.evidence["sigma_max"] == pytest.approx(3.0, rel=1e-5)
+    assert finding.severity == "warning" and "gradients can explode" in finding.message
+
+
+def test_small_spectral_norm_guarantees_vanishing():
+    (finding,) = [f for f in gradprobe.lint(rnn_with_spectral_norm(0.5), config={}) if f.code == "GP201"]
+    assert finding.evidence["product"] == pytest.approx(0.5, rel=1e-5)
+    assert "vanish at least like 0.50^k" in finding.message
+
+
+def test_orthogonal_and_default_init_pass():
+    assert not [f for f in gradprobe.lint(rnn_with_spectral_norm(1.0), config={}) if f.code == "GP201"]
+    assert not [f for f in gradprobe.lint(nn.RNN(8, 256), config={}) if f.code == "GP201"]
+
+
+def test_gated_cells_are_judged_on_the_candidate_block():
+    lstm = healthy_lstm()
+    with torch.no_grad():
+        lstm.weight_hh_l0[64:96].mul_(4)  # the cell candidate block g
+    assert "GP201" in {f.code for f in gradprobe.lint(lstm, config={})}
+    assert "GP201" not in codes(check(healthy_lstm(), torch.randn(10, BATCH, 4)), "info")
+
+
+def test_threshold_from_keyword():
+    found = gradprobe.lint(rnn_with_spectral_norm(3.0), thresholds={"GP201": {"explode_above": 4.0}}, config={})
+    assert "GP201" not in {f.code for f in found}
