@@ -21,35 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
 import gradprobe
 from gradprobe import fixes
-
-BASELINE_MSE = 2 / 12
-
-
-def make_batch(batch: int, seq_len: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Inputs ``[seq_len, batch, 2]`` and targets ``[batch, 1]``."""
-    values = torch.rand(seq_len, batch, generator=generator)
-    markers = torch.zeros(seq_len, batch)
-    rows = torch.arange(batch)
-    markers[torch.randint(0, seq_len // 2, (batch,), generator=generator), rows] = 1.0
-    markers[torch.randint(seq_len // 2, seq_len, (batch,), generator=generator), rows] = 1.0
-    return torch.stack([values, markers], dim=2), (values * markers).sum(0).unsqueeze(1)
-
-
-class Adder(nn.Module):
-    """LSTM reading the sequence; a linear head on the last state."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(2, hidden)
-        self.head = nn.Linear(hidden, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.rnn(x)
-        return self.head(out[-1])
+from gradprobe.demo import BASELINE_MSE, Adder, TrainingSetup, train
 
 
 def broken_model(hidden: int, seed: int) -> Adder:
@@ -60,22 +35,6 @@ def broken_model(hidden: int, seed: int) -> Adder:
         model.rnn.bias_ih_l0[hidden : 2 * hidden] = -3.0
         model.rnn.bias_hh_l0[hidden : 2 * hidden] = 0.0
     return model
-
-
-def train(model: Adder, args: argparse.Namespace, probe: gradprobe.Probe) -> float:
-    """Train with Adam; return the MSE on 1000 held-out sequences."""
-    generator = torch.Generator().manual_seed(args.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    for _ in range(args.steps):
-        x, y = make_batch(args.batch, args.seq_len, generator)
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        probe.step(loss)
-        opt.step()
-        opt.zero_grad()
-    with torch.no_grad():
-        x, y = make_batch(1000, args.seq_len, torch.Generator().manual_seed(12345))
-        return nn.functional.mse_loss(model(x), y).item()
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -97,9 +56,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = broken_model(args.hidden, args.seed)
     fixed = copy.deepcopy(model)
 
+    setup = TrainingSetup(args.steps, args.seq_len, args.batch, args.lr, args.seed)
     start = time.perf_counter()
     with gradprobe.attach(model, log=args.out / "broken.log", every=args.every, config={}) as probe:
-        broken_mse = train(model, args, probe)
+        broken_mse = train(model, setup, probe)
     print(f"\nrun 1 (forget bias -3): test MSE {broken_mse:.4f} in {time.perf_counter() - start:.0f}s; gradprobe found:")
     for finding in probe.findings:
         print(f"  {finding}")
@@ -111,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"  {action}")
     start = time.perf_counter()
     with gradprobe.attach(fixed, log=args.out / "fixed.log", every=args.every, fix="auto", config={}) as probe:
-        fixed_mse = train(fixed, args, probe)
+        fixed_mse = train(fixed, setup, probe)
     remaining = [f for f in probe.findings if f.severity != "info"]
     print(f"\nrun 2 (fixed): test MSE {fixed_mse:.4f} in {time.perf_counter() - start:.0f}s; "
           f"{len(remaining)} warnings/errors left")

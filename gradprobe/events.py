@@ -3,9 +3,10 @@
 Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. Kinds:
 
 ``meta``
-    First line: gradprobe version, the recurrent layers found (``layers``: a
-    list of ``{"name", "type", "mode", "hidden_size", "num_layers", ...}``),
-    and the probe settings (``every``, ``fix``).
+    First line: gradprobe and torch versions, ``rank`` (torch.distributed
+    rank or ``null``), the recurrent layers found (``layers``: a list of
+    ``{"name", "type", "mode", "hidden_size", "num_layers", ...}``), and the
+    probe settings (``every``, ``fix``, ``seq_len``, ``truncation``, ...).
 ``step``
     Every training step: ``step``, ``loss``, ``grad_norm`` (total L2 norm of
     all parameter gradients), ``params`` (norm per parameter name), ``gates``
@@ -41,7 +42,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -128,11 +129,16 @@ class LogFormatError(ValueError):
     """The file is not a gradprobe run log at all."""
 
 
-def iter_events(path: str | os.PathLike[str], problems: list[LogProblem] | None = None) -> Iterator[dict[str, Any]]:
+def iter_events(
+    path: str | os.PathLike[str],
+    problems: list[LogProblem] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Stream the events of a run log, one dict at a time.
 
     Corrupt lines (and a truncated last line) are skipped and, when
     ``problems`` is given, appended to it with their line numbers.
+    ``progress`` is called with the number of bytes read, about every MiB.
 
     Raises:
         LogFormatError: The file cannot be opened, or its first readable
@@ -143,8 +149,14 @@ def iter_events(path: str | os.PathLike[str], problems: list[LogProblem] | None 
     except OSError as exc:
         raise LogFormatError(f"cannot open {path}: {exc.strerror or exc}") from None
     seen_valid = False
+    pending = 0
     try:
         for number, raw in enumerate(handle, start=1):
+            if progress is not None:
+                pending += len(raw)
+                if pending >= 1 << 20:
+                    progress(pending)
+                    pending = 0
             if not raw.strip():
                 continue
             truncated = not raw.endswith(b"\n")
@@ -169,6 +181,8 @@ def iter_events(path: str | os.PathLike[str], problems: list[LogProblem] | None 
             yield event
     finally:
         handle.close()
+        if progress is not None and pending:
+            progress(pending)
 
 
 def _short(exc: Exception) -> str:

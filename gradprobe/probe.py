@@ -142,6 +142,7 @@ class Probe:
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
         self._emit(
             "meta",
+            rank=_distributed_rank(),
             gradprobe=__version__,
             torch=torch.__version__,
             model=type(model).__name__,
@@ -379,6 +380,14 @@ class Probe:
             self._fixer = None
         self.sites = []
         self.model = None
+
+
+def _distributed_rank() -> int | None:
+    """This process's rank in an initialized torch.distributed group, else None."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return int(distributed.get_rank())
+    return None
 
 
 def _cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:

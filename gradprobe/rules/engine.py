@@ -61,6 +61,11 @@ class RuleEngine:
         if event.get("kind") == "meta":
             self.context.meta = event
         if event.get("kind") == "finding":
+            # static findings were judged on the model at attach time and cannot be re-derived from events
+            code = event.get("code")
+            if code in self.registry and self.registry[code].static and self.context.enabled(code):
+                finding = Finding.from_dict(event)
+                return [finding] if self._keep(finding) else []
             return []
         fresh = []
         for result in self.pm.hook.gradprobe_observe(event=event, context=self.context):

@@ -1,0 +1,113 @@
+"""The HTML report: one self-contained page (inline CSS and SVG, no scripts, no external files)."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+from gradprobe.findings import SEVERITIES
+from gradprobe.report.summary import RunSummary
+from gradprobe.report.svg import Series, heatmap, line_chart
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1140px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:15px}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+.error{color:#b00020;font-weight:600}.warning{color:#b26a00;font-weight:600}.info{color:#555}
+.verdict-fail{background:#fde8ea;padding:8px}.verdict-ok{background:#e8f6ea;padding:8px}
+.charts{display:flex;flex-wrap:wrap;gap:12px}svg{background:#fff;border:1px solid #eee}
+svg .title{font-size:13px;font-weight:600}svg .tick{font-size:10px;fill:#555}svg .axis{font-size:11px;fill:#333}
+svg .legend{font-size:11px}svg .frame{fill:none;stroke:#ccc}svg .ref{stroke:#999;stroke-dasharray:3,3}
+svg .event{stroke:#d62728;stroke-opacity:0.35}code{font-size:12px}
+"""
+
+
+def _value(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render_html(summary: RunSummary, fail_on: str = "error") -> str:
+    """The report page; every string taken from the log is escaped."""
+    e = escape
+    meta = summary.meta
+    failed = summary.fails(fail_on)
+    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>", "<title>gradprobe report</title>"]
+    out.append(f"<style>{STYLE}</style></head><body>")
+    out.append(f"<h1>gradprobe report: {e(str(meta.get('model', 'run')))}</h1>")
+    sources = ", ".join(e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs)
+    out.append(f"<p>Logs: {sources}. gradprobe {e(str(meta.get('gradprobe')))}, torch {e(str(meta.get('torch')))}, "
+               f"{summary.steps} steps.</p>")
+    verdict = "FAIL" if failed else "ok"
+    out.append(f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{verdict}</b> (fail-on {e(fail_on)}); "
+               + ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES)) + "</p>")
+
+    out.append("<h2>Findings</h2>")
+    if summary.findings:
+        out.append("<table><tr><th>severity</th><th>code</th><th>layer</th><th>step</th><th>message</th><th>evidence</th><th>fix</th></tr>")
+        for f in summary.findings:
+            evidence = "<br>".join(f"{e(str(k))}={e(_value(v))}" for k, v in f.evidence.items())
+            out.append(
+                f"<tr><td class='{e(f.severity)}'>{e(f.severity)}</td><td>{e(f.code)} {e(f.name)}</td>"
+                f"<td>{e(str(f.layer or ''))}</td><td>{e(str(f.step if f.step is not None else ''))}</td>"
+                f"<td>{e(f.message)}</td><td>{evidence}</td><td>{e(f.fix or '')}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append("<p>No findings.</p>")
+
+    out.append("<h2>Training</h2><div class='charts'>")
+    steps = [s for s, _, _ in summary.training]
+    clip_steps = [step for step, name, applied in summary.fix_steps if applied and step is not None]
+    out.append(
+        line_chart(
+            "Gradient norm over training (red: fixes applied)",
+            [Series("||grad||", steps, [g for _, _, g in summary.training])],
+            x_label="training step",
+            y_label="total gradient norm",
+            log_y=True,
+            vlines=clip_steps,
+        )
+    )
+    out.append(line_chart("Loss", [Series("loss", steps, [loss for _, loss, _ in summary.training])], x_label="training step", y_label="loss"))
+    out.append("</div>")
+
+    for name, layer in summary.layers.items():
+        latest = layer.latest
+        if not latest:
+            continue
+        out.append(f"<h2>{e(name)} <small>({e(str(layer.mode))}, {layer.probes} deep probes)</small></h2>")
+        horizon = latest.get("horizon")
+        rate = latest.get("rate")
+        facts = [f"latest deep probe at step {e(str(latest.get('step')))}", f"T = {e(str(latest.get('seq_len')))}"]
+        facts.append("horizon " + ("none (no decay)" if horizon is None else f"{float(horizon):.1f} steps"))
+        if rate is not None:
+            facts.append(f"fitted x{math.exp(float(rate)):.3f} per step")
+        if layer.saturation.get("fractions"):
+            facts.append("saturation " + ", ".join(f"{e(str(g))} {float(v):.0%}" for g, v in layer.saturation["fractions"].items()))
+        out.append("<p>" + "; ".join(facts) + "</p><div class='charts'>")
+        rows = [(f"step {step}", norms) for step, norms in layer.heatmap]
+        out.append(heatmap("||dL/dh_t||: time step x training step", rows, x_label="time step t", y_label="training step"))
+        profile = [None if v is None else float(v) for v in latest.get("profile", [])]
+        ks = list(range(len(profile)))
+        series = [Series("measured", ks, profile)]
+        if rate is not None and profile:
+            series.append(Series(f"fit x{math.exp(float(rate)):.3f}/step", ks, [math.exp(float(rate) * k) for k in ks], dashed=True))
+        out.append(
+            line_chart("Propagation profile ||v^T dS_T/dS_(T-k)||", series, x_label="steps back k", y_label="signal", log_y=True,
+                       vlines=[float(horizon)] if horizon is not None else ())
+        )
+        jac = [None if v is None else float(v) for v in latest.get("jacobian_norms", [])]
+        out.append(
+            line_chart("Per-step Jacobian spectral norm", [Series("||dS_t/dS_(t-1)||", list(range(len(jac))), jac)],
+                       x_label="time step t", y_label="spectral norm", hline=1.0)
+        )
+        out.append("</div>")
+
+    if summary.problems:
+        out.append("<h2>Problems reading the log</h2><ul>")
+        out.extend(f"<li>{e(path)}: {e(str(problem))}</li>" for path, problem in summary.problems[:100])
+        out.append("</ul>")
+    out.append("</body></html>\n")
+    return "\n".join(out)

@@ -1,0 +1,167 @@
+"""Stream one or more run logs into a :class:`RunSummary` (constant memory in the log length)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradprobe.config import Config
+from gradprobe.events import LogFormatError, LogProblem, iter_events
+from gradprobe.findings import Finding, severity_rank
+from gradprobe.report.series import Downsampled
+from gradprobe.rules.engine import RuleEngine, sort_findings
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+@dataclass
+class LayerSummary:
+    """What the report shows of one track."""
+
+    name: str
+    mode: str | None = None
+    latest: dict[str, Any] = field(default_factory=dict)  # the latest deep event
+    heatmap: Downsampled = field(default_factory=lambda: Downsampled(200))  # (step, grad_norms)
+    saturation: dict[str, Any] = field(default_factory=dict)  # the latest saturation event
+    probes: int = 0
+
+
+@dataclass
+class LogSummary:
+    """One log file: where it came from and what was wrong with it."""
+
+    path: str
+    events: int = 0
+    problems: list[LogProblem] = field(default_factory=list)
+    rank: int | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class RunSummary:
+    """Everything the renderers need, built in one streaming pass."""
+
+    logs: list[LogSummary] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    first_step: int | None = None
+    last_step: int | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    min_loss: float | None = None
+    max_grad_norm: float | None = None
+    max_grad_step: int | None = None
+    training: Downsampled = field(default_factory=Downsampled)  # (step, loss, grad_norm)
+    fixes: dict[str, int] = field(default_factory=dict)
+    fix_steps: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, name, applied)
+    layers: dict[str, LayerSummary] = field(default_factory=dict)
+    first_nonfinite: dict[str, Any] | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[tuple[str, LogProblem]]:
+        return [(log.path, p) for log in self.logs for p in log.problems]
+
+    def worst(self) -> str | None:
+        """The most severe finding's severity, or None."""
+        return max((f.severity for f in self.findings), key=severity_rank, default=None)
+
+    def fails(self, fail_on: str) -> bool:
+        """Whether a finding reaches ``fail_on``."""
+        return any(severity_rank(f.severity) >= severity_rank(fail_on) for f in self.findings)
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "meta" and not self.meta:
+            self.meta = event
+        elif kind == "step":
+            self._add_step(event)
+        elif kind == "deep":
+            layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"]))
+            layer.mode = event.get("mode")
+            layer.latest = event
+            layer.probes += 1
+            layer.heatmap.add((event.get("step"), [_number(v) for v in event.get("grad_norms", [])]))
+        elif kind == "saturation":
+            layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"], event.get("mode")))
+            layer.saturation = event
+        elif kind == "fix":
+            name = str(event.get("name"))
+            self.fixes[name] = self.fixes.get(name, 0) + 1
+            self.fix_steps.add((event.get("step"), name, bool(event.get("applied"))))
+
+    def _add_step(self, event: dict[str, Any]) -> None:
+        step = event.get("step")
+        loss, norm = _number(event.get("loss")), _number(event.get("grad_norm"))
+        self.steps += 1
+        self.first_step = step if self.first_step is None else self.first_step
+        self.last_step = step
+        if loss is not None and math.isfinite(loss):
+            self.first_loss = loss if self.first_loss is None else self.first_loss
+            self.last_loss = loss
+            self.min_loss = loss if self.min_loss is None else min(self.min_loss, loss)
+        if norm is not None and math.isfinite(norm) and (self.max_grad_norm is None or norm > self.max_grad_norm):
+            self.max_grad_norm, self.max_grad_step = norm, step
+        self.training.add((step, loss, norm))
+        if event.get("nonfinite") and self.first_nonfinite is None:
+            self.first_nonfinite = {"step": step, **event["nonfinite"]}
+
+
+def summarize_logs(
+    paths: Iterable[str | os.PathLike[str]],
+    config: Config | Mapping[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Read the logs (one per rank for distributed runs) and judge them with the rules.
+
+    Each log gets its own rule engine; findings are merged per (code, layer),
+    keeping the most severe, with ``evidence["ranks"]`` when several logs agree.
+
+    Args:
+        paths: Run logs.
+        config: Rule configuration (``None``: pyproject.toml).
+        progress: Called with the number of bytes read since the last call.
+
+    Raises:
+        gradprobe.events.LogFormatError: A file is missing, is not a run log,
+            or holds no readable event.
+    """
+    summary = RunSummary()
+    per_key: dict[tuple[str, str | None], list[tuple[Finding, int | None]]] = {}
+    for path in paths:
+        log = LogSummary(str(path))
+        engine = RuleEngine(config)
+        for event in iter_events(path, log.problems, progress):
+            log.events += 1
+            if event.get("kind") == "meta":
+                log.rank = event.get("rank")
+            elif event.get("kind") == "error" and log.error is None:
+                log.error = event
+            summary.add(event)
+            engine.feed(event)
+        if not log.events:
+            detail = f" ({log.problems[0]})" if log.problems else ""
+            raise LogFormatError(f"{path} holds no gradprobe event{detail}")
+        summary.logs.append(log)
+        for finding in engine.findings():
+            per_key.setdefault((finding.code, finding.layer), []).append((finding, log.rank))
+    merged = []
+    for found in per_key.values():
+        finding = max((f for f, _ in found), key=lambda f: (severity_rank(f.severity), -(f.step or 0)))
+        ranks = sorted({rank for _, rank in found if rank is not None})
+        if ranks:
+            finding = finding._replace(evidence={**finding.evidence, "ranks": ranks})
+        merged.append(finding)
+    summary.findings = sort_findings(merged)
+    return summary

@@ -1,0 +1,107 @@
+"""The terminal report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gradprobe.findings import SEVERITIES
+from gradprobe.report.summary import RunSummary
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float | None], width: int = 48) -> str:
+    """Log-scale sparkline; ``·`` marks zero or missing values."""
+    if not values:
+        return ""
+    buckets = max(1, math.ceil(len(values) / width))
+    points = []
+    for start in range(0, len(values), buckets):
+        chunk = [v for v in values[start : start + buckets] if v is not None and math.isfinite(v) and v > 0]
+        points.append(math.log10(max(chunk)) if chunk else None)
+    present = [p for p in points if p is not None]
+    if not present:
+        return "·" * len(points)
+    low, high = min(present), max(present)
+    span = (high - low) or 1.0
+    return "".join("·" if p is None else BLOCKS[min(7, int((p - low) / span * 7.999))] for p in points)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value[:6]) + (", ..." if len(value) > 6 else "") + "]"
+    return str(value)
+
+
+def render_text(summary: RunSummary, fail_on: str = "error") -> str:
+    """A readable summary: findings by severity and layer, per-layer gradient profiles, training figures."""
+    meta = summary.meta
+    lines = []
+    sources = ", ".join(
+        f"{log.path}" + (f" (rank {log.rank})" if log.rank is not None else "") for log in summary.logs
+    )
+    lines.append(f"gradprobe report: {sources}")
+    if meta:
+        steps = f"steps {summary.first_step}-{summary.last_step}" if summary.steps else "no training steps"
+        lines.append(
+            f"  model {meta.get('model')}, {steps}, gradprobe {meta.get('gradprobe')}, torch {meta.get('torch')}, "
+            f"deep probe every {meta.get('settings', {}).get('every')} steps, fix={meta.get('settings', {}).get('fix')}"
+        )
+    counts = {s: sum(f.severity == s for f in summary.findings) for s in SEVERITIES}
+    lines.append("")
+    lines.append(f"Findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info")
+    for severity in reversed(SEVERITIES):
+        group = [f for f in summary.findings if f.severity == severity]
+        if not group:
+            continue
+        lines.append(f"  {severity.upper()}")
+        for layer in dict.fromkeys(f.layer for f in group):
+            lines.append(f"    {layer or '(whole model)'}")
+            for f in (f for f in group if f.layer == layer):
+                when = f" step {f.step}" if f.step is not None else ""
+                lines.append(f"      {f.code} {f.name}{when}: {f.message}")
+                if f.evidence:
+                    lines.append("          evidence: " + ", ".join(f"{k}={_fmt(v)}" for k, v in f.evidence.items()))
+                if f.fix:
+                    lines.append(f"          fix: {f.fix}")
+    if summary.layers:
+        lines.append("")
+        lines.append("Gradient vs time step (latest deep probe; ||dL/dh_t||, log scale, t = 0 on the left):")
+        width = max(len(name) for name in summary.layers)
+        for name, layer in summary.layers.items():
+            latest = layer.latest
+            if not latest:
+                continue
+            horizon = latest.get("horizon")
+            rate = latest.get("rate")
+            detail = f"T={latest.get('seq_len')}, horizon {'none' if horizon is None else f'{float(horizon):.0f}'}"
+            if rate is not None:
+                detail += f", x{math.exp(float(rate)):.2f}/step"
+            norms = [None if v is None else float(v) for v in latest.get("grad_norms", [])]
+            lines.append(f"  {name:<{width}}  {sparkline(norms)}  {detail}")
+    if summary.steps:
+        lines.append("")
+        training = f"Training: {summary.steps} steps"
+        if summary.first_loss is not None:
+            training += f", loss {summary.first_loss:.4g} -> {summary.last_loss:.4g} (min {summary.min_loss:.4g})"
+        if summary.max_grad_norm is not None:
+            training += f", max grad norm {summary.max_grad_norm:.4g} at step {summary.max_grad_step}"
+        lines.append(training)
+        if summary.fixes:
+            lines.append("  fixes: " + ", ".join(f"{name} x{count}" for name, count in summary.fixes.items()))
+    for log in summary.logs:
+        if log.error:
+            lines.append(f"Probe error in {log.path} at step {log.error.get('step')}: {log.error.get('message')}")
+    if summary.problems:
+        lines.append("")
+        lines.append("Problems reading the log (skipped):")
+        lines.extend(f"  {path}: {problem}" for path, problem in summary.problems[:20])
+        if len(summary.problems) > 20:
+            lines.append(f"  ... and {len(summary.problems) - 20} more")
+    lines.append("")
+    failed = summary.fails(fail_on)
+    lines.append(f"Verdict: {'FAIL' if failed else 'ok'} (fail-on {fail_on})")
+    return "\n".join(lines) + "\n"

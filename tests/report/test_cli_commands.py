@@ -1,0 +1,73 @@
+"""`gradprobe lint`, `rules`, `demo` through CliRunner."""
+
+from __future__ import annotations
+
+import textwrap
+
+from click.testing import CliRunner
+
+from gradprobe.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_rules_table_and_doc():
+    result = run("rules")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["code", "name", "severity", "kind", "summary"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "GP101", "GP102", "GP103", "GP201", "GP202", "GP203", "GP301", "GP302", "GP401", "GP402",
+    ]
+    doc = run("rules", "gp101").output
+    assert doc.startswith("## GP101 vanishing-gradient") and "### Use instead" in doc and "min_horizon_fraction" in doc
+    bad = run("rules", "GP999")
+    assert bad.exit_code == 2 and "unknown rule code" in bad.output
+
+
+def test_lint_factory(tmp_path, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def broken():
+                lstm = nn.LSTM(4, 8)
+                with torch.no_grad():
+                    lstm.bias_ih_l0[8:16] = -3.0
+                return lstm
+
+            def dense():
+                return nn.Linear(2, 2)
+
+            def explodes():
+                raise RuntimeError("boom")
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = run("lint", "mymodels:broken")
+    assert result.exit_code == 1
+    assert "GP202 forget-gate-bias [error] LSTM.l0" in result.output and "fix: forget-gate bias 1" in result.output
+    for spec, message in [
+        ("mymodels:dense", "has no recurrent layer"),
+        ("mymodels:explodes", "mymodels:explodes() failed: RuntimeError: boom"),
+        ("mymodels:nope", "has no attribute 'nope'"),
+        ("nomodule:f", "cannot import 'nomodule'"),
+        ("mymodels", "expected MODULE:FACTORY"),
+    ]:
+        result = run("lint", spec)
+        assert result.exit_code == 2 and message in result.output, (spec, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_demo_flags_then_fixes(tmp_path):
+    result = run("demo", "--out", tmp_path, "--steps", "60", "--seq-len", "60")
+    assert result.exit_code == 0, result.output
+    assert "GP101 vanishing-gradient" in result.output
+    assert "chrono init of forget/input biases (T_max=60)" in result.output
+    assert (tmp_path / "run.log").exists() and (tmp_path / "fixed.log").exists()
+    assert "reaches test MSE" in result.output

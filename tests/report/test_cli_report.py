@@ -1,0 +1,118 @@
+"""`gradprobe report` through click's CliRunner: content, formats, exit codes, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gradprobe.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_text_report_groups_findings_with_evidence_and_fix(vanishing_log):
+    result = run("report", vanishing_log)
+    assert result.exit_code == 1, result.output
+    out = result.output
+    assert "Findings: 1 errors" in out
+    error_block = out.split("  ERROR\n")[1]
+    assert error_block.startswith("    RNN.l0\n      GP101 vanishing-gradient step 16:")
+    assert "< sequence length 120 in RNN.l0" in out
+    assert "evidence: horizon=" in out and "fix: orthogonal recurrent weights" in out
+    assert "Gradient vs time step" in out and "RNN.l0  " in out and "T=120, horizon" in out
+    assert "Verdict: FAIL (fail-on error)" in out
+
+
+def test_healthy_log_exits_zero(healthy_log):
+    result = run("report", healthy_log)
+    assert result.exit_code == 0, result.output
+    assert "Findings: 0 errors, 0 warnings" in result.output and "Verdict: ok" in result.output
+
+
+def test_fail_on_threshold_and_static_findings_from_attach_time(tmp_path):
+    import torch
+    from torch import nn
+
+    from .conftest import write_run
+
+    lstm = nn.LSTM(2, 16)
+    with torch.no_grad():
+        lstm.bias_ih_l0[16:32] = -1.0  # GP202 warning, judged when the probe attached
+        lstm.bias_hh_l0[16:32] = 0.0
+    path = tmp_path / "run.log"
+    write_run(path, model=lstm, seq_len=8)
+    result = run("report", path)
+    assert "GP202 forget-gate-bias" in result.output
+    assert result.exit_code == 0  # a warning does not fail the default --fail-on error
+    assert run("report", path, "--fail-on", "warning").exit_code == 1
+
+
+def test_json_report_schema(vanishing_log):
+    result = run("report", vanishing_log, "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["schema"] == "gradprobe-report/1"
+    assert data["verdict"] == {"fail_on": "error", "failed": True, "worst": "error"}
+    assert set(data) == {"schema", "verdict", "logs", "run", "training", "layers", "findings"}
+    layer = data["layers"]["RNN.l0"]
+    assert layer["seq_len"] == 120 and len(layer["grad_norms"]) == 120 and layer["probes"] == 3
+    assert data["training"]["steps"] == 24
+    assert {"code", "name", "severity", "layer", "step", "message", "evidence", "fix"} == set(data["findings"][0])
+
+
+def test_output_file(vanishing_log, tmp_path):
+    out = tmp_path / "r.json"
+    result = run("report", vanishing_log, "--format", "json", "-o", out)
+    assert result.exit_code == 1 and json.loads(out.read_text())["schema"] == "gradprobe-report/1"
+
+
+def test_truncated_and_corrupt_lines_are_reported_and_the_rest_is_read(vanishing_log, tmp_path):
+    lines = vanishing_log.read_text().splitlines(keepends=True)
+    broken = tmp_path / "broken.log"
+    broken.write_text("".join(lines[:5]) + "garbage{\n" + "".join(lines[5:]) + lines[-1][: len(lines[-1]) // 2])
+    result = run("report", broken, "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["logs"][0]["problems"] == [
+        {"line": 6, "message": data["logs"][0]["problems"][0]["message"]},
+        {"line": len(lines) + 2, "message": "truncated last line"},
+    ]
+    assert data["logs"][0]["problems"][0]["message"].startswith("corrupt line")
+    assert data["training"]["steps"] == 24 and any(f["code"] == "GP101" for f in data["findings"])
+    text = run("report", broken)
+    assert "line 6: corrupt line" in text.output and "truncated last line" in text.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("hello\n", "is not a gradprobe run log"),
+        ("", "holds no gradprobe event"),
+        ('{"v": 1, "kind": "me', "holds no gradprobe event (line 1: truncated last line)"),
+        ('{"v": 7, "kind": "meta"}\n', "unsupported log schema version 7"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, content, message):
+    path = tmp_path / "x.log"
+    path.write_text(content)
+    result = run("report", path)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_missing_file_and_bad_pyproject(tmp_path, monkeypatch, vanishing_log):
+    result = run("report", tmp_path / "missing.log")
+    assert result.exit_code == 2 and "cannot open" in result.output
+    (tmp_path / "pyproject.toml").write_text("[tool.gradprobe]\nignore = 'GP101'\n")
+    monkeypatch.chdir(tmp_path)
+    result = run("report", vanishing_log)
+    assert result.exit_code == 2 and "ignore must be a list" in result.output
+
+
+def test_pyproject_fail_on_and_ignore(tmp_path, monkeypatch, vanishing_log):
+    (tmp_path / "pyproject.toml").write_text('[tool.gradprobe]\nignore = ["GP101"]\nfail-on = "info"\n')
+    monkeypatch.chdir(tmp_path)
+    result = run("report", vanishing_log)
+    assert "GP101" not in result.output and "(fail-on info)" in result.output
