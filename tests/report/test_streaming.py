@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
-from gradprobe.report import summarize_logs
 from gradprobe.report.series import Downsampled
+from gradprobe.report.summary import RunSummary
+from gradprobe.rules.engine import RuleEngine
 
 
-def _write(path, steps):
-    import sys
-    from pathlib import Path
+def _events(steps):
+    yield {"kind": "meta", "layers": [], "settings": {"every": 50, "fix": "off"}}
+    for step in range(steps):
+        yield {"kind": "step", "step": step, "loss": 1.0, "grad_norm": 1.0 + (step % 7) / 10, "nonfinite": None,
+               "params": {"w": 1.0}, "gates": {}}
+        if step % 50 == 0:
+            yield {"kind": "deep", "step": step, "layer": "rnn.l0", "mode": "LSTM", "seq_len": 100,
+                   "grad_norms": [1.0] * 100, "profile": [0.9**k for k in range(100)], "jacobian_norms": [0.9] * 100,
+                   "rate": math.log(0.9), "horizon": 65.6}
+        if step % 10 == 0:
+            yield {"kind": "saturation", "step": step, "layer": "rnn.l0", "mode": "LSTM",
+                   "fractions": {"input": 0.1}, "low": {}, "dead_units": None, "units": 8}
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from report_speed import write_log
 
-    write_log(path, steps)
+def _peak(steps):
+    summary, engine = RunSummary(), RuleEngine({})
+    tracemalloc.start()
+    for event in _events(steps):
+        summary.add(event)
+        engine.feed(event)
+    engine.findings()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert summary.steps == steps
+    return peak, summary
 
 
 def test_downsampled_keeps_evenly_spaced_points():
@@ -27,17 +46,8 @@ def test_downsampled_keeps_evenly_spaced_points():
     assert len(gaps) == 1 and series.items[0] == 0
 
 
-def test_memory_is_flat_in_the_log_length(tmp_path):
-    short, long = tmp_path / "short.log", tmp_path / "long.log"
-    _write(short, 2_000)
-    _write(long, 20_000)
-    peaks = []
-    for path in (short, long):
-        tracemalloc.start()
-        summary = summarize_logs([path], config={})
-        peaks.append(tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-        assert summary.steps in (2_000, 20_000)
-        assert len(summary.training) < 2000 and all(len(layer.heatmap) < 200 for layer in summary.layers.values())
-    assert long.stat().st_size > 9 * short.stat().st_size
-    assert peaks[1] < 1.5 * peaks[0], peaks  # ten times the log, not ten times the memory
+def test_memory_is_flat_in_the_log_length():
+    small, _ = _peak(10_000)
+    large, summary = _peak(50_000)
+    assert len(summary.training) < 2000 and len(summary.layers["rnn.l0"].heatmap) < 200
+    assert large < 1.3 * small, (small, large)  # five times the events, about the same memory
