@@ -88,7 +88,7 @@ class ProbeSettings:
     every: int = 50
     fix: str = "off"
     epsilon: float = 1e-3
-    saturation_every: int = 10
+    saturation_every: int = 20
     sample_rows: int = 4
     deep_rows: int = 4
     spectral_rows: int = 1
@@ -234,12 +234,8 @@ class Probe:
             self._fixer.after_backward(self.step_index, record, nonfinite)
 
     def _locate_nonfinite(self, bad_params: list[str], loss: float | None) -> dict[str, Any] | None:
-        flags = self._capture.finite_flags
-        bad_forward = []
-        if flags and (bad_params or (loss is not None and loss != loss) or loss in (float("inf"), float("-inf"))):
-            values = torch.stack([f.cpu() for _, f in flags]).tolist()
-            bad_forward = [name for (name, _), ok in zip(flags, values) if not ok]
         loss_bad = loss is not None and not (loss == loss and abs(loss) != float("inf"))
+        bad_forward = self._capture.nonfinite_outputs() if (bad_params or loss_bad) else []
         if not (bad_params or bad_forward or loss_bad):
             return None
         where = "forward" if bad_forward else "loss" if loss_bad else "gradient"
@@ -418,7 +414,7 @@ def attach(
     cells: Iterable[str | nn.Module] = (),
     config: Any = None,
     epsilon: float = 1e-3,
-    saturation_every: int = 10,
+    saturation_every: int = 20,
     sample_rows: int = 4,
     deep_rows: int = 4,
     spectral_rows: int = 1,

@@ -69,7 +69,7 @@ class CallCapture:
         self.paused = False
         self.stack_calls: dict[str, StackCall] = {}
         self.cell_calls: dict[str, CellCalls] = {}
-        self.finite_flags: list[tuple[str, Tensor]] = []
+        self.outputs_seen: list[tuple[str, Tensor]] = []  # checked for Inf/NaN only when a step went bad
         self.handles: list[RemovableHandle] = []
         self._tensor_handles: list[RemovableHandle] = []
         for site in sites:
@@ -84,10 +84,18 @@ class CallCapture:
     def clear(self) -> None:
         self.stack_calls = {}
         self.cell_calls = {}
-        self.finite_flags = []
+        self.outputs_seen = []
         for handle in self._tensor_handles:
             handle.remove()
         self._tensor_handles = []
+
+    def nonfinite_outputs(self) -> list[str]:
+        """Sites whose output this step held Inf/NaN, in forward order (scanned on demand)."""
+        bad = []
+        for name, tensor in self.outputs_seen:
+            if name not in bad and not bool(torch.isfinite(tensor.detach()).all()):
+                bad.append(name)
+        return bad
 
     def remove(self) -> None:
         """Remove every hook and drop every captured tensor."""
@@ -133,7 +141,7 @@ class CallCapture:
             return
         out, hidden = output
         data = out.data if isinstance(out, PackedSequence) else out
-        self.finite_flags.append((site.name, torch.isfinite(data.detach()).all()))
+        self.outputs_seen.append((site.name, data))
         if self.mode == OFF:
             return
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
@@ -153,7 +161,7 @@ class CallCapture:
     def _record_cell(self, site: RecurrentSite, args: tuple, kwargs: dict, output: Any) -> None:
         calls = self.cell_calls.setdefault(site.name, CellCalls())
         outputs = as_tuple(output)
-        self.finite_flags.append((site.name, torch.isfinite(outputs[0].detach()).all()))
+        self.outputs_seen.append((site.name, outputs[0]))
         if self.mode == OFF:
             return
         x = args[0] if args else kwargs["input"]

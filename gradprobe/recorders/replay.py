@@ -119,7 +119,7 @@ class StackReplayer:
         self.twin.train(call.training and rows is None)
         rng = torch.random.fork_rng(devices=[]) if call.rng_state is not None else nullcontext()
         try:
-            with rng, torch.enable_grad() if deep else torch.no_grad():
+            with rng, torch.enable_grad() if deep else torch.inference_mode():
                 if call.rng_state is not None:
                     torch.set_rng_state(call.rng_state)
                 out, hidden, trace = self.twin.trace(input_, hx, params=params)

@@ -176,7 +176,10 @@ def _alias(state: State) -> State:
     ``h_t`` is computed from ``c_t`` inside a step, so the gradient at the
     ``c_t`` node also holds the ``c_t -> h_t`` path; the gradient at the alias
     is the partial derivative through the next step alone (one Jacobian factor).
+    Without a graph being built there is nothing to tell apart.
     """
+    if not torch.is_grad_enabled():
+        return state
     return tuple(s.view_as(s) for s in state)
 
 

@@ -33,6 +33,8 @@ def _fmt(value: object) -> str:
         return f"{value:.4g}"
     if isinstance(value, list):
         return "[" + ", ".join(_fmt(v) for v in value[:6]) + (", ..." if len(value) > 6 else "") + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -84,7 +86,8 @@ def render_text(summary: RunSummary, fail_on: str = "error") -> str:
             lines.append(f"  {name:<{width}}  {sparkline(norms)}  {detail}")
     if summary.steps:
         lines.append("")
-        training = f"Training: {summary.steps} steps"
+        count = f"{summary.steps} step events across {len(summary.logs)} logs" if len(summary.logs) > 1 else f"{summary.steps} steps"
+        training = f"Training: {count}"
         if summary.first_loss is not None:
             training += f", loss {summary.first_loss:.4g} -> {summary.last_loss:.4g} (min {summary.min_loss:.4g})"
         if summary.max_grad_norm is not None:

@@ -65,7 +65,9 @@ class RuleEngine:
             code = event.get("code")
             if code in self.registry and self.registry[code].static and self.context.enabled(code):
                 finding = Finding.from_dict(event)
-                return [finding] if self._keep(finding) else []
+                if (finding.code, finding.layer) not in self._kept:  # written at attach and again at close
+                    self._keep(finding)
+                    return [finding]
             return []
         fresh = []
         for result in self.pm.hook.gradprobe_observe(event=event, context=self.context):

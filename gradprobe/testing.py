@@ -1,0 +1,117 @@
+"""Assertions for test suites: ``assert_healthy(model, inputs)``.
+
+Works with or without the pytest plugin; under pytest, the
+``@pytest.mark.gradprobe(...)`` marker of the running test supplies
+thresholds, suppressions and the failing severity, and every checked test's
+findings are collected for ``--gradprobe-report``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from gradprobe.api import Report, check
+from gradprobe.findings import Finding, severity_rank
+
+
+@dataclass
+class HealthSettings:
+    """What a test considers healthy (set per test by the ``gradprobe`` marker)."""
+
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
+    fail_on: str = "warning"
+
+
+#: Settings of the running test (the pytest plugin sets them from the marker).
+current_settings: HealthSettings | None = None
+#: Called with each checked report when the pytest plugin collects a session report.
+collector: Callable[[Report], None] | None = None
+
+
+class GradientHealthError(AssertionError):
+    """Raised by :func:`assert_healthy`; the message lists every finding."""
+
+    def __init__(self, report: Report, failing: list[Finding], fail_on: str) -> None:
+        self.report = report
+        self.findings = failing
+        super().__init__(format_findings(failing, fail_on, report))
+
+
+def format_findings(findings: list[Finding], fail_on: str, report: Report | None = None) -> str:
+    """The assertion message: one block per finding with its evidence and fix."""
+    lines = [f"gradient health check failed: {len(findings)} finding(s) at or above {fail_on}"]
+    for f in findings:
+        where = f" in {f.layer}" if f.layer else ""
+        lines.append(f"  {f.code} {f.name} [{f.severity}]{where}: {f.message}")
+        if f.evidence:
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in f.evidence.items())
+            lines.append(f"      evidence: {shown}")
+        if f.fix:
+            lines.append(f"      fix: {f.fix}")
+    if report is not None and report.layers:
+        horizons = ", ".join(
+            f"{name} {'none' if p.horizon is None else f'{p.horizon:.0f}'}" for name, p in report.layers.items()
+        )
+        lines.append(f"  measured horizons (steps): {horizons}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def assert_healthy(
+    model: nn.Module,
+    inputs: Any,
+    loss_fn: Callable[[Any], Tensor] | None = None,
+    allow: Iterable[str] = (),
+    horizon: int | None = None,
+    *,
+    fail_on: str | None = None,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    config: Any = None,
+    **check_kwargs: Any,
+) -> Report:
+    """Deep-probe ``model`` on ``inputs`` and fail with a readable message if it is unhealthy.
+
+    Args:
+        model: The recurrent model.
+        inputs: One batch (see :func:`gradprobe.check`).
+        loss_fn: Maps the output to a scalar loss (default: a fixed random projection).
+        allow: Rule codes that may fire without failing the test.
+        horizon: The dependency length (steps) the model must carry gradients
+            over; GP101 fails when the measured horizon is shorter.
+        fail_on: Lowest failing severity (default ``warning``, or the marker's).
+        thresholds: Per-rule thresholds, merged over the marker's.
+        config: Rule configuration (default: pyproject.toml's ``[tool.gradprobe]``).
+        **check_kwargs: Passed to :func:`gradprobe.check` (``cells``, probe settings).
+
+    Returns:
+        The :class:`gradprobe.Report` when healthy.
+
+    Raises:
+        GradientHealthError: Findings at or above ``fail_on`` that ``allow`` does not cover.
+    """
+    settings = current_settings or HealthSettings()
+    merged = {code: dict(values) for code, values in settings.thresholds.items()}
+    for code, values in (thresholds or {}).items():
+        merged.setdefault(code, {}).update(values)
+    report = check(model, inputs, loss_fn, config=config, thresholds=merged, ignore=settings.ignore,
+                   seq_len=horizon, **check_kwargs)
+    if collector is not None:
+        collector(report)
+    level = fail_on or settings.fail_on
+    allowed = set(allow)
+    failing = [f for f in report.findings if f.code not in allowed and severity_rank(f.severity) >= severity_rank(level)]
+    if failing:
+        raise GradientHealthError(report, failing, level)
+    return report

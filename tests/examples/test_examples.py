@@ -1,0 +1,50 @@
+"""Every example runs, with reduced steps, and shows what it promises."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gradprobe.events import iter_events
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_char_lm_wraps_a_plain_loop(load_example, tmp_path, capsys):
+    result = load_example("char_lm").main(["--steps", "40", "--every", "20", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert result["bits_per_char"] < result["uniform"]  # it learned something
+    assert "gradprobe report:" in out and "rnn.l0" in out and "Verdict:" in out
+    meta = next(iter_events(tmp_path / "char_lm.log"))
+    assert meta["settings"]["truncation"] == 64 and meta["model"] == "CharLM"
+
+
+def test_copy_memory_compares_horizons_with_the_delay(load_example, tmp_path, capsys):
+    result = load_example("copy_memory").main(["--steps", "40", "--delay", "20", "--every", "20", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "horizon (last probe)" in out and "tanh RNN" in out and "GRU" in out and "LSTM" in out
+    assert "GP101 vanishing-gradient" in out.split("GRU:")[0]  # the tanh RNN's gradient fades before the delay
+    assert result["tanh RNN horizon"] < 30 < result["GRU horizon"]
+
+
+def test_ddp_writes_rank_tagged_logs_and_the_report_merges_them(tmp_path):
+    # a subprocess, as users run it: mp.spawn re-imports the example by its module path
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ddp.py"), "--steps", "12", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
+    ranks = [next(iter_events(tmp_path / f"run.rank{r}.log"))["rank"] for r in (0, 1)]
+    assert ranks == [0, 1]
+    assert "(rank 0)" in text and "(rank 1)" in text and "ranks=[0, 1]" in text
+    assert "24 step events across 2 logs" in text
+
+
+def test_pytest_usage_example_passes(pytester):
+    shutil.copy(EXAMPLES / "test_gradient_health.py", pytester.path / "test_gradient_health.py")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--gradprobe-report", "findings.json")
+    result.assert_outcomes(passed=3)
+    assert (pytester.path / "findings.json").exists()
