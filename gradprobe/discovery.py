@@ -46,7 +46,8 @@ class RecurrentSite:
         return info
 
 
-def _mode_of(module: nn.Module) -> str | None:
+def mode_of(module: nn.Module) -> str | None:
+    """``RNN_TANH``, ``RNN_RELU``, ``LSTM`` or ``GRU`` for built-in and reference recurrent modules, else None."""
     if isinstance(module, (nn.RNNBase, RecurrentBase)):
         return module.mode
     if isinstance(module, CellBase):
@@ -102,7 +103,7 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
     for name, module in model.named_modules():
         if id(module) in inside_stack:
             continue
-        mode = _mode_of(module)
+        mode = mode_of(module)
         if isinstance(module, (nn.RNNBase, RecurrentBase)):
             kind = "stack"
             inside_stack.update(id(m) for m in module.modules())

@@ -63,13 +63,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def restore_float(value: Any) -> float | None:
-    """Inverse of the non-finite encoding for one number (``None`` stays ``None``)."""
-    if value is None:
+def number(value: Any) -> float | None:
+    """A number read from an event: undoes the ``"nan"``/``"inf"`` encoding; ``None`` (or junk) gives ``None``."""
+    if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, str):
+    try:
         return float(value)
-    return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def finite_number(value: Any) -> float | None:
+    """:func:`number`, with non-finite values as ``None``."""
+    result = number(value)
+    return result if result is not None and math.isfinite(result) else None
 
 
 class EventWriter:

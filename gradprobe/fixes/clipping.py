@@ -20,6 +20,12 @@ def _grads(parameters: Iterable[nn.Parameter]) -> list[torch.Tensor]:
     return [p.grad for p in parameters if p.grad is not None]
 
 
+def rescale(parameters: Iterable[nn.Parameter], scale: float) -> None:
+    """Multiply every gradient by ``scale`` in place."""
+    for grad in _grads(parameters):
+        grad.mul_(scale)
+
+
 def quantile(values: Iterable[float], q: float) -> float:
     """The ``q``-quantile (linear interpolation) of finite values; NaN when there are none."""
     data = sorted(v for v in values if math.isfinite(v))
@@ -67,8 +73,7 @@ class ClipGradNorm:
     def __call__(self, parameters: Iterable[nn.Parameter], norm: float) -> dict[str, Any] | None:
         action = self.decide(norm)
         if action is not None:
-            for grad in _grads(parameters):
-                grad.mul_(action["scale"])
+            rescale(parameters, action["scale"])
         return action
 
 
@@ -120,6 +125,5 @@ class AdaptiveClip:
         if norm <= threshold:
             return None
         scale = threshold / (norm + 1e-6)
-        for grad in _grads(parameters):
-            grad.mul_(scale)
+        rescale(parameters, scale)
         return {"norm": norm, "max_norm": threshold, "scale": scale}

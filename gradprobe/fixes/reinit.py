@@ -7,22 +7,18 @@ modules, and return the names of the parameters they changed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from gradprobe.discovery import mode_of
 from gradprobe.reference.functional import GATE_COUNT
 
 
 def _mode(module: nn.Module) -> str:
-    mode = getattr(module, "mode", None)
+    mode = mode_of(module)
     if mode is None:
-        if isinstance(module, nn.LSTMCell):
-            return "LSTM"
-        if isinstance(module, nn.GRUCell):
-            return "GRU"
-        if isinstance(module, nn.RNNCell):
-            return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
         raise TypeError(f"{type(module).__name__} is not a recurrent layer")
     return mode
 
@@ -31,61 +27,44 @@ def _named(module: nn.Module, prefix: str) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith(prefix)]
 
 
-def _blocks(param: torch.Tensor, mode: str) -> list[torch.Tensor]:
-    return list(param.data.chunk(GATE_COUNT[mode], dim=0))
+def _init_blocks(module: nn.Module, prefix: str, init: Callable[[torch.Tensor], object]) -> list[str]:
+    """Apply ``init`` to every gate block of every parameter named ``prefix*``; return their names."""
+    mode = _mode(module)
+    changed = []
+    for name, param in _named(module, prefix):
+        for block in param.data.chunk(GATE_COUNT[mode], dim=0):
+            init(block)
+        changed.append(name)
+    return changed
 
 
 @torch.no_grad()
 def orthogonal_recurrent_(module: nn.Module, gain: float = 1.0) -> list[str]:
     """Each gate block of every ``weight_hh`` becomes ``gain`` times an orthogonal matrix (Saxe et al. 2014)."""
-    mode = _mode(module)
-    changed = []
-    for name, param in _named(module, "weight_hh"):
-        for block in _blocks(param, mode):
-            nn.init.orthogonal_(block, gain=gain)
-        changed.append(name)
-    return changed
+    return _init_blocks(module, "weight_hh", lambda block: nn.init.orthogonal_(block, gain=gain))
 
 
 @torch.no_grad()
 def identity_recurrent_(module: nn.Module, scale: float = 1.0) -> list[str]:
     """IRNN (Le et al. 2015): ``W_hh = scale * I`` and zero recurrent biases (ReLU RNNs)."""
-    mode = _mode(module)
-    changed = []
-    for name, param in _named(module, "weight_hh"):
-        for block in _blocks(param, mode):
-            block.zero_()
-            n = min(block.shape)
-            block[:n, :n] += scale * torch.eye(n, dtype=block.dtype, device=block.device)
-        changed.append(name)
-    for name, param in _named(module, "bias_"):
-        param.zero_()
-        changed.append(name)
-    return changed
+    def identity(block: torch.Tensor) -> None:
+        block.zero_()
+        n = min(block.shape)
+        block[:n, :n] += scale * torch.eye(n, dtype=block.dtype, device=block.device)
+
+    return _init_blocks(module, "weight_hh", identity) + zero_bias_(module)
 
 
 @torch.no_grad()
 def xavier_input_(module: nn.Module, gain: float = 1.0) -> list[str]:
     """Glorot/Xavier uniform for every gate block of ``weight_ih``."""
-    mode = _mode(module)
-    changed = []
-    for name, param in _named(module, "weight_ih"):
-        for block in _blocks(param, mode):
-            nn.init.xavier_uniform_(block, gain=gain)
-        changed.append(name)
-    return changed
+    return _init_blocks(module, "weight_ih", lambda block: nn.init.xavier_uniform_(block, gain=gain))
 
 
 @torch.no_grad()
 def he_input_(module: nn.Module) -> list[str]:
     """Kaiming/He normal (fan-in, ReLU gain) for every gate block of ``weight_ih``."""
-    mode = _mode(module)
-    changed = []
-    for name, param in _named(module, "weight_ih"):
-        for block in _blocks(param, mode):
-            nn.init.kaiming_normal_(block, nonlinearity="relu")
-        changed.append(name)
-    return changed
+    return _init_blocks(module, "weight_ih", lambda block: nn.init.kaiming_normal_(block, nonlinearity="relu"))
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from gradprobe.fixes.clipping import ClipGradNorm
+from gradprobe.fixes.clipping import ClipGradNorm, rescale
 from gradprobe.fixes.nonfinite import NonFiniteGuard
 
 
@@ -36,9 +36,7 @@ class StepFixer:
         if action is None:
             return
         if apply:
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(action["scale"])
+            rescale(self.params, action["scale"])
         self.emit("fix", step=step, name=self.clip.name, applied=apply, detail=action)
 
     def release(self) -> None:

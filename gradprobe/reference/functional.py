@@ -75,11 +75,15 @@ def step(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool 
     return (rnn_step(x_proj, state[0], w.weight_hh, b_hh, relu=mode == "RNN_RELU"),)
 
 
+def preactivation(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None) -> Tensor:
+    """``x_proj + W_hh h (+ b_hh)``: the gate pre-activations of RNN and LSTM."""
+    pre = torch.addmm(x_proj, h, weight_hh.t())
+    return pre if bias_hh is None else pre + bias_hh
+
+
 def rnn_step(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool) -> Tensor:
     """Elman step ``h' = act(x_proj + W_hh h + b_hh)``."""
-    pre = torch.addmm(x_proj, h, weight_hh.t())
-    if bias_hh is not None:
-        pre = pre + bias_hh
+    pre = preactivation(x_proj, h, weight_hh, bias_hh)
     return torch.relu(pre) if relu else torch.tanh(pre)
 
 
@@ -92,9 +96,7 @@ def lstm_step(
     weight_hr: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """LSTM step with gate order (input, forget, cell, output) and optional projection."""
-    gates = torch.addmm(x_proj, h, weight_hh.t())
-    if bias_hh is not None:
-        gates = gates + bias_hh
+    gates = preactivation(x_proj, h, weight_hh, bias_hh)
     i, f, g, o = gates.chunk(4, dim=1)
     c_next = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
     h_next = torch.sigmoid(o) * torch.tanh(c_next)
@@ -125,9 +127,7 @@ def gate_activations(mode: str, x_proj: Tensor, state: State, w: LayerWeights, f
     b_hh = _recurrent_bias(mode, w, folded)
     h = state[0]
     if mode == "LSTM":
-        gates = torch.addmm(x_proj, h, w.weight_hh.t())
-        if b_hh is not None:
-            gates = gates + b_hh
+        gates = preactivation(x_proj, h, w.weight_hh, b_hh)
         i, f, g, o = gates.chunk(4, dim=1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         return {"input": i, "forget": f, "cell": g, "output": o, "cell_state": torch.tanh(f * state[1] + i * g)}
@@ -137,9 +137,7 @@ def gate_activations(mode: str, x_proj: Tensor, state: State, w: LayerWeights, f
         h_r, h_z, h_n = hh.chunk(3, dim=1)
         r = torch.sigmoid(x_r + h_r)
         return {"reset": r, "update": torch.sigmoid(x_z + h_z), "new": torch.tanh(x_n + r * h_n)}
-    pre = torch.addmm(x_proj, h, w.weight_hh.t())
-    if b_hh is not None:
-        pre = pre + b_hh
+    pre = preactivation(x_proj, h, w.weight_hh, b_hh)
     return {"relu_pre": pre} if mode == "RNN_RELU" else {"tanh": torch.tanh(pre)}
 
 
@@ -169,9 +167,7 @@ def jacobian(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: b
 
 def rnn_jacobian(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool) -> Tensor:
     """``diag(act'(pre)) W_hh``."""
-    pre = torch.addmm(x_proj, h, weight_hh.t())
-    if bias_hh is not None:
-        pre = pre + bias_hh
+    pre = preactivation(x_proj, h, weight_hh, bias_hh)
     slope = (pre > 0).to(pre.dtype) if relu else 1 - torch.tanh(pre) ** 2
     return slope.unsqueeze(2) * weight_hh.unsqueeze(0)
 
@@ -185,9 +181,7 @@ def lstm_jacobian(
     weight_hr: Tensor | None,
 ) -> Tensor:
     """Joint Jacobian of ``(h_t, c_t)`` with respect to ``(h_{t-1}, c_{t-1})``."""
-    gates = torch.addmm(x_proj, h, weight_hh.t())
-    if bias_hh is not None:
-        gates = gates + bias_hh
+    gates = preactivation(x_proj, h, weight_hh, bias_hh)
     a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
     w_i, w_f, w_g, w_o = (w.unsqueeze(0) for w in weight_hh.chunk(4, dim=0))
     i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
@@ -270,9 +264,7 @@ class Linearization:
         h = state[0]
         self.out_size = h.shape[-1]
         if mode == "LSTM":
-            gates = torch.addmm(x_proj, h, w.weight_hh.t())
-            if b_hh is not None:
-                gates = gates + b_hh
+            gates = preactivation(x_proj, h, w.weight_hh, b_hh)
             a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
             i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
             tc = torch.tanh(f * state[1] + i * g)
@@ -295,9 +287,7 @@ class Linearization:
             self._dn = 1 - n * n
             self._h_minus_n = h - n
         else:
-            pre = torch.addmm(x_proj, h, w.weight_hh.t())
-            if b_hh is not None:
-                pre = pre + b_hh
+            pre = preactivation(x_proj, h, w.weight_hh, b_hh)
             if mode == "RNN_RELU":
                 self.gates = {"relu_pre": pre}
                 self._slope = (pre > 0).to(pre.dtype)

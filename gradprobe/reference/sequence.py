@@ -84,34 +84,9 @@ def run_direction(
     outputs: list[Tensor] = [data.new_empty(0)] * n_steps
     states: list[State] = []
     previous: list[State] = []
-    if not reverse:
-        state, finished, alive = init, [], batch_sizes[0]
-        for t in range(n_steps):
-            rows = batch_sizes[t]
-            if rows < alive:
-                finished.append(tuple(s[rows:alive] for s in state))
-                state, alive = tuple(s[:rows] for s in state), rows
-            if keep:
-                state = _alias(state)
-                previous.append(state)
-            if previous_h is not None:
-                previous_h.append(state[0].detach())
-            state = step(mode, steps[t], state, weights)
-            outputs[t] = output_of(state)
-            if keep:
-                states.append(state)
-        if finished:
-            pieces = [state, *reversed(finished)]
-            state = tuple(torch.cat([p[k] for p in pieces], dim=0) for k in range(len(state)))
-        return DirectionTrace(outputs, state, states, previous, steps if keep else [])
 
-    alive = batch_sizes[-1]
-    state = tuple(s[:alive] for s in init)
-    for t in range(n_steps - 1, -1, -1):
-        rows = batch_sizes[t]
-        if rows > alive:
-            state = tuple(torch.cat([s, s0[alive:rows]], dim=0) for s, s0 in zip(state, init))
-            alive = rows
+    def advance(t: int, state: State) -> State:
+        """One step, with the bookkeeping both directions share."""
         if keep:
             state = _alias(state)
             previous.append(state)
@@ -121,10 +96,30 @@ def run_direction(
         outputs[t] = output_of(state)
         if keep:
             states.append(state)
-    states.reverse()
-    if previous_h is not None:
-        previous_h.reverse()
-    previous.reverse()
+        return state
+
+    if not reverse:
+        state, finished, alive = init, [], batch_sizes[0]
+        for t in range(n_steps):
+            rows = batch_sizes[t]
+            if rows < alive:  # sequences that ended at the previous step keep their final state
+                finished.append(tuple(s[rows:alive] for s in state))
+                state, alive = tuple(s[:rows] for s in state), rows
+            state = advance(t, state)
+        if finished:
+            pieces = [state, *reversed(finished)]
+            state = tuple(torch.cat([p[k] for p in pieces], dim=0) for k in range(len(state)))
+    else:
+        alive = batch_sizes[-1]
+        state = tuple(s[:alive] for s in init)
+        for t in range(n_steps - 1, -1, -1):
+            rows = batch_sizes[t]
+            if rows > alive:  # sequences that start at this step join with their initial state
+                state = tuple(torch.cat([s, s0[alive:rows]], dim=0) for s, s0 in zip(state, init))
+                alive = rows
+            state = advance(t, state)
+        for chronological in (states, previous, previous_h or []):
+            chronological.reverse()
     return DirectionTrace(outputs, state, states, previous, steps if keep else [])
 
 

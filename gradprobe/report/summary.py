@@ -9,20 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradprobe.config import Config
-from gradprobe.events import LogFormatError, LogProblem, iter_events
+from gradprobe.events import LogFormatError, LogProblem, iter_events, number
 from gradprobe.findings import Finding, severity_rank
 from gradprobe.report.series import Downsampled
 from gradprobe.rules.engine import RuleEngine, sort_findings
-
-
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value
 
 
 @dataclass
@@ -92,7 +82,7 @@ class RunSummary:
             layer.mode = event.get("mode")
             layer.latest = event
             layer.probes += 1
-            layer.heatmap.add((event.get("step"), [_number(v) for v in event.get("grad_norms", [])]))
+            layer.heatmap.add((event.get("step"), [number(v) for v in event.get("grad_norms", [])]))
         elif kind == "saturation":
             layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"], event.get("mode")))
             layer.saturation = event
@@ -103,7 +93,7 @@ class RunSummary:
 
     def _add_step(self, event: dict[str, Any]) -> None:
         step = event.get("step")
-        loss, norm = _number(event.get("loss")), _number(event.get("grad_norm"))
+        loss, norm = number(event.get("loss")), number(event.get("grad_norm"))
         self.steps += 1
         self.first_step = step if self.first_step is None else self.first_step
         self.last_step = step

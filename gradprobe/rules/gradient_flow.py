@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gradprobe.events import number
 from gradprobe.findings import Finding
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -75,14 +76,6 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
         register(rule)
 
 
-def _num(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return float(value)
-    return float(value)
-
-
 @hookimpl
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
     kind = event.get("kind")
@@ -92,8 +85,8 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[F
         history.append(
             {
                 "step": event.get("step"),
-                "horizon": _num(event.get("horizon")),
-                "rate": _num(event.get("rate")),
+                "horizon": number(event.get("horizon")),
+                "rate": number(event.get("rate")),
                 "seq_len": int(event.get("seq_len", 0)),
                 "mode": event.get("mode"),
                 "module": event.get("module"),
@@ -108,7 +101,7 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[F
 
 def _record_growth(event: dict[str, Any], context: RuleContext) -> None:
     """Share sustained growth with GP401 at observe time (summaries run in no fixed order)."""
-    rate = _num(event.get("rate"))
+    rate = number(event.get("rate"))
     growth = context.state("signals").setdefault("growth", {})
     if rate is not None and rate > 0 and math.exp(rate * max(int(event.get("seq_len", 2)) - 1, 1)) > context.threshold("GP102", "max_growth"):
         growth[event["layer"]] = math.exp(rate * (int(event["seq_len"]) - 1))
@@ -144,7 +137,7 @@ def _owner(parameter: str | None) -> str | None:
 
 
 def _spike(event: dict[str, Any], context: RuleContext) -> Finding | None:
-    norm = _num(event.get("grad_norm"))
+    norm = number(event.get("grad_norm"))
     state = context.state("GP102")
     window = state.get("window")
     if window is None:

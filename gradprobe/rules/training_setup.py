@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gradprobe.events import finite_number
 from gradprobe.findings import Finding
 from gradprobe.fixes.clipping import quantile
 from gradprobe.fixes.truncation import truncation_length
@@ -54,19 +55,12 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
     register(GP402)
 
 
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 @hookimpl
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
     kind = event.get("kind")
     state = context.state("GP4xx")
     if kind == "step":
-        norm = _number(event.get("grad_norm"))
+        norm = finite_number(event.get("grad_norm"))
         if norm is None:
             return None
         state["steps"] = state.get("steps", 0) + 1
@@ -82,7 +76,7 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[F
     elif kind == "deep":
         horizons = state.setdefault("horizons", {})
         history = horizons.setdefault(event["layer"], deque(maxlen=5))
-        horizon = _number(event.get("horizon"))
+        horizon = finite_number(event.get("horizon"))
         history.append((math.inf if horizon is None else horizon, int(event.get("seq_len", 0)), event.get("step")))
     return None
 

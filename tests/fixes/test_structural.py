@@ -18,7 +18,7 @@ def test_residual_stack_adds_skips_to_the_same_weights():
     x = torch.randn(7, 2, 6)
     out, (h, c) = stack(x)
     # by hand: each layer gets the previous output, and its input is added back
-    expected, inp = None, x
+    inp = x
     for index in range(3):
         layer = nn.LSTM(6, 6)
         layer.load_state_dict({k: getattr(fused, k.replace("_l0", f"_l{index}")) for k in layer.state_dict()})
