@@ -389,13 +389,14 @@ def _distributed_rank() -> int | None:
 def _cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:
     m = site.module
     weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _maybe(m.bias_ih), _maybe(m.bias_hh))
-    x = torch.cat(calls.inputs)
+    dtype = weights.weight_hh.dtype  # inputs captured under autocast may be half precision
+    x = torch.cat(calls.inputs).to(dtype)
     states = []
     for x_t, state in zip(calls.inputs, calls.states_in):
         if not state:
             zeros = x_t.new_zeros(x_t.shape[0], m.hidden_size)
             state = (zeros, zeros) if site.mode == "LSTM" else (zeros,)
-        states.append(state)
+        states.append(tuple(s.to(dtype) for s in state))
     previous = tuple(torch.cat([s[k] for s in states]) for k in range(len(states[0])))
     with torch.no_grad():
         return fn.gate_activations(site.mode, fn.project_input(site.mode, x, weights), previous, weights)

@@ -205,3 +205,20 @@ def test_nonfinite_values_are_located():
     assert step["nonfinite"]["where"] == "forward"
     assert step["nonfinite"]["layer"] == "rnn"
     assert step["nonfinite"]["count"] == 4  # every LSTM parameter
+
+
+@pytest.mark.parametrize("kind", ["stack", "cell"])
+def test_mixed_precision_forward_is_replayed_in_the_weights_precision(kind):
+    """Under autocast the captured tensors are bfloat16; the probe must not fail on the dtype mismatch."""
+    torch.manual_seed(0)
+    model = nn.LSTM(4, 8) if kind == "stack" else LoopModel(nn.GRUCell(4, 8), 8)
+    with gradprobe.attach(model, every=1, saturation_every=1, config={}) as probe:
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(torch.randn(10, 3, 4))[0]
+                loss = out.float().pow(2).mean()
+            loss.backward()
+            probe.step(loss)
+    assert probe.error is None
+    (layer,) = probe.layers.values()
+    assert layer.profile[0] == pytest.approx(1.0) and len(layer.grad_norms) == 10

@@ -59,6 +59,10 @@ class TrackLinearization:
         self._analytic: fn.Linearization | None = None
         with torch.no_grad():
             if track.mode is not None and track.weights is not None:
+                dtype = track.weights.weight_hh.dtype  # captured under autocast: work in the weights' precision
+                x = x.to(dtype)
+                previous = tuple(p.to(dtype) for p in previous)
+                self.point = _flat(previous)
                 if not track.inputs_projected:
                     x = fn.project_input(track.mode, x, track.weights)
                 self._analytic = fn.Linearization(track.mode, x, previous, track.weights)

@@ -109,7 +109,8 @@ class StackReplayer:
         """
         module = self.site.module
         params = {name: p.detach() for name, p in module.named_parameters()}
-        input_, hx = _detached_input(call.input, call.hx, rows, module.batch_first)
+        dtype = next(iter(params.values())).dtype  # under autocast the captured tensors may be half precision
+        input_, hx = _detached_input(call.input, call.hx, rows, module.batch_first, dtype)
         deep = rows is None and bool(call.grads)
         if deep:
             # the graph only needs to reach the hidden states: hang it on the initial state, so the
@@ -184,10 +185,10 @@ def _initial_state_requiring_grad(twin: RecurrentBase, input_: Any, hx: Any) -> 
     return states if twin.mode == "LSTM" else states[0]
 
 
-def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool) -> tuple[Any, Any]:
-    hx = None if hx is None else tuple(h.detach() for h in hx) if isinstance(hx, (tuple, list)) else hx.detach()
+def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool, dtype: torch.dtype) -> tuple[Any, Any]:
+    hx = None if hx is None else tuple(h.detach().to(dtype) for h in hx) if isinstance(hx, (tuple, list)) else hx.detach().to(dtype)
     if isinstance(input_, PackedSequence):
-        data = input_.data.detach().clone()
+        data = input_.data.detach().to(dtype, copy=True)
         if rows is None:
             return PackedSequence(data, input_.batch_sizes, input_.sorted_indices, input_.unsorted_indices), hx
         sizes = input_.batch_sizes.tolist()
@@ -199,7 +200,7 @@ def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool) -
             pick = (lambda h: h.index_select(1, order)[:, :rows]) if order is not None else (lambda h: h[:, :rows])
             hx = tuple(pick(h) for h in hx) if isinstance(hx, tuple) else pick(hx)
         return PackedSequence(picked, torch.tensor(keep)), hx
-    data = input_.detach().clone()
+    data = input_.detach().to(dtype, copy=True)
     if rows is not None:
         batched = data.dim() == 3
         if batched:
@@ -221,7 +222,11 @@ class CellReplayer:
         buffers = dict(module.named_buffers())
         packed_state = self.site.mode == "LSTM"
 
+        dtype = next(iter(params.values())).dtype if params else None
+
         def step(x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            if dtype is not None:  # captured under autocast: replay in the weights' precision
+                x, state = x.to(dtype), tuple(s.to(dtype) for s in state)
             arg = state if (len(state) > 1 or packed_state) else state[0]
             out = torch.func.functional_call(module, {**params, **buffers}, (x, arg))
             return as_tuple(out)

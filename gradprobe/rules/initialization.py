@@ -24,11 +24,13 @@ GP201 = Rule(
     name="recurrent-spectrum",
     severity="warning",
     summary="sigma_max(W_hh) * gamma far from 1 (Pascanu's condition)",
-    thresholds={"vanish_below": 1.0, "explode_above": 2.0},
+    thresholds={"vanish_below": 1.0, "explode_above": 2.0, "gated_explode_above": 4.0},
     what_it_does=(
         "Computes the largest singular value of each recurrent weight (the candidate block for LSTM/GRU) times "
         "gamma, the largest slope of the activation (1 for tanh and ReLU). Below vanish_below, vanishing is "
-        "guaranteed (Pascanu et al. 2013); above explode_above, gradients can explode."
+        "guaranteed (Pascanu et al. 2013); above explode_above, gradients can explode. Gated cells scale the "
+        "candidate path by their gates (and keep a linear memory path), so they are judged against "
+        "gated_explode_above and never for vanishing."
     ),
     why_bad="||dh_t/dh_{t-1}|| <= gamma * sigma_max(W_hh): the product over T steps shrinks or grows like (gamma sigma)^T.",
     example="nn.init.normal_(rnn.weight_hh_l0, std=0.01)   # sigma_max ~ 0.2",
@@ -129,10 +131,11 @@ def _spectrum(context: RuleContext, site: RecurrentSite, track: str, params: dic
             evidence=evidence,
             fix="orthogonal recurrent init (fixes.reinit.orthogonal_recurrent_), identity for ReLU (identity_recurrent_)",
         )
-    if value > context.threshold("GP201", "explode_above"):
+    limit = context.threshold("GP201", "gated_explode_above" if gated else "explode_above")
+    if value > limit:
         return context.finding(
             "GP201",
-            f"sigma_max(W_hh){block} x gamma = {value:.3f} > {context.threshold('GP201', 'explode_above'):g} in {track}: gradients can explode",
+            f"sigma_max(W_hh){block} x gamma = {value:.3f} > {limit:g} in {track}: gradients can explode",
             layer=track,
             evidence=evidence,
             fix="orthogonal recurrent init (fixes.reinit.orthogonal_recurrent_) and clip gradients by norm",

@@ -27,8 +27,9 @@ def test_orthogonal_and_default_init_pass():
 def test_gated_cells_are_judged_on_the_candidate_block():
     lstm = healthy_lstm()
     with torch.no_grad():
-        lstm.weight_hh_l0[64:96].mul_(4)  # the cell candidate block g
-    assert "GP201" in {f.code for f in gradprobe.lint(lstm, config={})}
+        lstm.weight_hh_l0[64:96].mul_(5)  # the cell candidate block g: sigma 5 > 4
+    (finding,) = [f for f in gradprobe.lint(lstm, config={}) if f.code == "GP201"]
+    assert finding.evidence["sigma_max"] == pytest.approx(5.0, rel=1e-5) and "> 4 in LSTM.l0" in finding.message
     assert "GP201" not in codes(check(healthy_lstm(), torch.randn(10, BATCH, 4)), "info")
 
 
