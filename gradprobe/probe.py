@@ -333,17 +333,19 @@ class Probe:
     # -- events, errors, detaching ---------------------------------------------------
 
     def _emit(self, kind: str, **fields: Any) -> None:
-        event = {"kind": kind, **fields}
+        """Record an event and show it to the rules; their new findings are recorded too."""
         self._write(kind, **fields)
-        for finding in self.rules.feed(event):
+        for finding in self.rules.feed({"kind": kind, **fields}):
             self._write("finding", **finding.to_dict())
+
+    def _write(self, kind: str, **fields: Any) -> None:
+        """Record an event: the run log, the ``gradprobe_event_written`` hook, the sinks."""
+        if self._writer is not None:
+            self._writer.write(kind, **fields)
+        event = {"kind": kind, **fields}
         self.rules.pm.hook.gradprobe_event_written(event=event)
         for sink in self._sinks:
             sink(event)
-
-    def _write(self, kind: str, **fields: Any) -> None:
-        if self._writer is not None:
-            self._writer.write(kind, **fields)
 
     def _guard(self, where: str, body: Callable[[], None]) -> None:
         if self.disabled:
@@ -361,9 +363,11 @@ class Probe:
         warnings.warn(f"gradprobe disabled itself after an error in {self.error}", GradprobeWarning, stacklevel=3)
         try:
             self._write("error", step=self.step_index, where=where, message=f"{type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001, S110 - a failing sink must not turn the report into a crash
+            pass
+        finally:
             if self._writer is not None:
                 self._writer.flush()
-        finally:
             self._capture.remove()
 
     def _detach(self) -> None:

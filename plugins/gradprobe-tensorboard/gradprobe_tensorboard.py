@@ -1,0 +1,99 @@
+"""Stream gradprobe events to TensorBoard.
+
+Two ways in: pass a :class:`TensorBoardSink` to ``gradprobe.attach(...,
+sinks=[...])``, or install this distribution and set
+``GRADPROBE_TENSORBOARD_DIR``: the ``gradprobe_event_written`` hook then
+writes every probe's events there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from gradprobe.hookspecs import hookimpl
+
+ENV = "GRADPROBE_TENSORBOARD_DIR"
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class TensorBoardSink:
+    """Turns gradprobe events into TensorBoard scalars and text.
+
+    Args:
+        log_dir: Where a ``torch.utils.tensorboard.SummaryWriter`` writes.
+        writer: Any object with ``add_scalar(tag, value, step)``,
+            ``add_text(tag, text, step)`` and ``flush()`` (tests pass a fake).
+        prefix: Tag prefix.
+    """
+
+    def __init__(self, log_dir: str | None = None, writer: Any = None, prefix: str = "gradprobe") -> None:
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            writer = SummaryWriter(log_dir)
+        self.writer = writer
+        self.prefix = prefix
+        self.fixes: dict[str, int] = {}
+        self.last_step = 0
+
+    def _scalar(self, tag: str, value: Any, step: int) -> None:
+        number = _finite(value)
+        if number is not None:
+            self.writer.add_scalar(f"{self.prefix}/{tag}", number, step)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        step = int(event.get("step") or self.last_step)
+        if kind == "step":
+            self.last_step = step
+            self._scalar("loss", event.get("loss"), step)
+            self._scalar("grad_norm", event.get("grad_norm"), step)
+            for name, norm in (event.get("params") or {}).items():
+                self._scalar(f"grad_norm/{name}", norm, step)
+        elif kind == "deep":
+            layer = event["layer"]
+            self._scalar(f"{layer}/horizon", event.get("horizon"), step)
+            rate = _finite(event.get("rate"))
+            if rate is not None:
+                self._scalar(f"{layer}/decay_per_step", math.exp(rate), step)
+            norms = [n for n in (_finite(v) for v in event.get("jacobian_norms") or []) if n is not None]
+            if norms:
+                self._scalar(f"{layer}/jacobian_norm_mean", sum(norms) / len(norms), step)
+        elif kind == "saturation":
+            for gate, share in (event.get("fractions") or {}).items():
+                self._scalar(f"{event['layer']}/saturation/{gate}", share, step)
+        elif kind == "fix" and event.get("applied"):
+            name = str(event.get("name"))
+            self.fixes[name] = self.fixes.get(name, 0) + 1
+            self._scalar(f"fixes/{name}", self.fixes[name], step)
+        elif kind == "finding":
+            text = f"{event.get('code')} {event.get('name')} [{event.get('severity')}] {event.get('layer') or ''}: {event.get('message')}"
+            self.writer.add_text(f"{self.prefix}/findings", text, step)
+        elif kind == "error":
+            self.writer.add_text(f"{self.prefix}/errors", str(event.get("message")), step)
+        if kind in ("deep", "finding", "error"):
+            self.writer.flush()
+
+
+_shared: TensorBoardSink | None = None
+
+
+@hookimpl
+def gradprobe_event_written(event: dict[str, Any]) -> None:
+    """Write every probe's events to ``$GRADPROBE_TENSORBOARD_DIR`` when it is set."""
+    global _shared
+    folder = os.environ.get(ENV)
+    if not folder:
+        return
+    if _shared is None:
+        _shared = TensorBoardSink(folder)
+    _shared(event)
