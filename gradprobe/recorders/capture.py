@@ -72,6 +72,7 @@ class CallCapture:
         self.outputs_seen: list[tuple[str, Tensor]] = []  # checked for Inf/NaN only when a step went bad
         self.handles: list[RemovableHandle] = []
         self._tensor_handles: list[RemovableHandle] = []
+        self._pending_rng: tuple[str, Tensor] | None = None  # RNG state before a deep step's forward
         for site in sites:
             self.handles.append(site.module.register_forward_pre_hook(self._pre_hook(site), with_kwargs=True))
             self.handles.append(site.module.register_forward_hook(self._post_hook(site), with_kwargs=True))
@@ -146,7 +147,7 @@ class CallCapture:
             return
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
         call = StackCall(args[0] if args else kwargs["input"], hx, module.training)
-        pending = getattr(self, "_pending_rng", None)
+        pending = self._pending_rng
         if pending is not None and pending[0] == site.name:
             call.rng_state = pending[1]
             self._pending_rng = None

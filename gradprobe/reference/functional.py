@@ -122,23 +122,10 @@ def gate_activations(mode: str, x_proj: Tensor, state: State, w: LayerWeights, f
     LSTM: ``input``, ``forget``, ``output`` (sigmoid), ``cell`` (tanh of the
     candidate) and ``cell_state`` (tanh of the new cell state). GRU: ``reset``,
     ``update`` (sigmoid), ``new`` (tanh). RNN: ``tanh`` or ``relu_pre`` (the
-    ReLU pre-activation, whose sign tells dead units).
+    ReLU pre-activation, whose sign tells dead units). Computed by
+    :class:`Linearization`, which needs the same values.
     """
-    b_hh = _recurrent_bias(mode, w, folded)
-    h = state[0]
-    if mode == "LSTM":
-        gates = preactivation(x_proj, h, w.weight_hh, b_hh)
-        i, f, g, o = gates.chunk(4, dim=1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        return {"input": i, "forget": f, "cell": g, "output": o, "cell_state": torch.tanh(f * state[1] + i * g)}
-    if mode == "GRU":
-        hh = F.linear(h, w.weight_hh, b_hh)
-        x_r, x_z, x_n = x_proj.chunk(3, dim=1)
-        h_r, h_z, h_n = hh.chunk(3, dim=1)
-        r = torch.sigmoid(x_r + h_r)
-        return {"reset": r, "update": torch.sigmoid(x_z + h_z), "new": torch.tanh(x_n + r * h_n)}
-    pre = preactivation(x_proj, h, w.weight_hh, b_hh)
-    return {"relu_pre": pre} if mode == "RNN_RELU" else {"tanh": torch.tanh(pre)}
+    return Linearization(mode, x_proj, state, w, folded).gates
 
 
 def output_of(state: State) -> Tensor:
