@@ -21,7 +21,7 @@ def make_encoder() -> nn.LSTM:
 def test_encoder_carries_gradients_over_the_sequence(gradprobe):
     """Fails with the findings (code, layer, evidence, fix) if the encoder is unhealthy."""
     torch.manual_seed(0)
-    gradprobe.assert_healthy(make_encoder(), torch.randn(25, 4, 8), horizon=25)
+    gradprobe.assert_healthy(make_encoder(), torch.randn(25, 4, 8), dependency_length=25)
 
 
 @pytest.mark.gradprobe(thresholds={"GP101": {"min_horizon_fraction": 0.5}}, ignore=["GP402"])
@@ -32,6 +32,14 @@ def test_with_relaxed_thresholds(gradprobe):
 
 
 def test_a_vanilla_rnn_on_long_sequences_is_caught(gradprobe):
+    """The task needs 200 steps of memory: a default tanh RNN carries gradients for ~15."""
     torch.manual_seed(0)
     with pytest.raises(GradientHealthError, match="GP101 vanishing-gradient"):
+        gradprobe.assert_healthy(nn.RNN(8, 32), torch.randn(200, 4, 8), dependency_length=200)
+
+
+@pytest.mark.gradprobe(dependency_length=200)
+def test_the_need_can_come_from_the_marker(gradprobe):
+    torch.manual_seed(0)
+    with pytest.raises(GradientHealthError, match="< the 200 steps the task needs"):
         gradprobe.assert_healthy(nn.RNN(8, 32), torch.randn(200, 4, 8))

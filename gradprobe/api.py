@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gradprobe.config import Config
 from gradprobe.discovery import find_recurrent
-from gradprobe.findings import Finding, severity_rank
+from gradprobe.findings import Finding, at_or_above
 from gradprobe.probe import LayerProfile, Probe, ProbeSettings
 from gradprobe.rules.engine import RuleEngine
 
@@ -34,7 +34,7 @@ class Report:
     @property
     def healthy(self) -> bool:
         """No finding of severity warning or error."""
-        return all(severity_rank(f.severity) < severity_rank("warning") for f in self.findings)
+        return not any(at_or_above(f.severity, "warning") for f in self.findings)
 
     def __str__(self) -> str:
         lines = [f"gradprobe check: {'healthy' if self.healthy else 'problems found'} (loss {self.loss})"]
@@ -89,6 +89,7 @@ def check(
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     ignore: Iterable[str] = (),
     cells: Iterable[str | nn.Module] = (),
+    dependency_length: int | None = None,
     seq_len: int | None = None,
     **probe_settings: Any,
 ) -> Report:
@@ -105,12 +106,15 @@ def check(
             random projection of the first output tensor (see :func:`default_loss`).
         config, thresholds, ignore: Rule configuration (see :class:`RuleEngine`).
         cells: Custom cells to probe.
-        seq_len: Sequence length to judge the gradient horizon against
-            (default: the length the probe sees).
+        dependency_length: The dependency length (steps) the task needs: GP101
+            warns when the gradient horizon is shorter (default: undeclared,
+            or ``dependency-length`` from ``[tool.gradprobe]``).
+        seq_len: Old name of ``dependency_length``.
         **probe_settings: Fields of :class:`gradprobe.probe.ProbeSettings`.
     """
     engine = _engine(config, thresholds, ignore)
-    settings = ProbeSettings(**{"every": 1, "seq_len": seq_len, **probe_settings})
+    need = dependency_length if dependency_length is not None else seq_len
+    settings = ProbeSettings(**{"every": 1, "dependency_length": need, **probe_settings})
     saved = [(p, p.grad) for p in model.parameters()]
     for p, _ in saved:
         p.grad = None

@@ -5,6 +5,7 @@ Example ``pyproject.toml``::
     [tool.gradprobe]
     ignore = ["GP203"]             # rule codes never reported
     fail-on = "warning"            # default of `gradprobe report --fail-on`
+    dependency-length = 100        # steps the task needs gradients to carry (GP101)
 
     [tool.gradprobe.thresholds]
     GP101.min_horizon_fraction = 0.5
@@ -39,18 +40,21 @@ class Config:
             back to their registered defaults.
         ignore: Codes that are never reported.
         fail_on: Default severity for ``gradprobe report --fail-on``.
+        dependency_length: The dependency length (steps) the task needs, when
+            declared; GP101 judges the gradient horizon against it.
     """
 
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     ignore: set[str] = field(default_factory=set)
     fail_on: str = "error"
+    dependency_length: int | None = None
 
     def merged(self, thresholds: Mapping[str, Mapping[str, float]] | None = None, ignore: Iterable[str] = ()) -> Config:
         """A copy with more thresholds and suppressions layered on top."""
         merged = {code: dict(values) for code, values in self.thresholds.items()}
         for code, values in (thresholds or {}).items():
             merged.setdefault(code, {}).update(values)
-        return Config(merged, set(self.ignore) | set(ignore), self.fail_on)
+        return Config(merged, set(self.ignore) | set(ignore), self.fail_on, self.dependency_length)
 
 
 def load_pyproject(start: str | os.PathLike[str] | None = None) -> Config:
@@ -69,7 +73,7 @@ def load_pyproject(start: str | os.PathLike[str] | None = None) -> Config:
 
 def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
     """Build a :class:`Config` from a ``[tool.gradprobe]``-shaped mapping."""
-    known = {"ignore", "thresholds", "fail-on", "fail_on"}
+    known = {"ignore", "thresholds", "fail-on", "fail_on", "dependency-length", "dependency_length"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{source}: unknown gradprobe setting(s): {', '.join(sorted(unknown))}")
@@ -87,7 +91,10 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
     fail_on = data.get("fail-on", data.get("fail_on", "error"))
     if fail_on not in ("info", "warning", "error"):
         raise ConfigError(f"{source}: fail-on must be info, warning or error")
-    return Config(thresholds, set(ignore), fail_on)
+    need = data.get("dependency-length", data.get("dependency_length"))
+    if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):
+        raise ConfigError(f"{source}: dependency-length must be a positive integer (steps), got {need!r}")
+    return Config(thresholds, set(ignore), fail_on, need)
 
 
 def resolve(config: Config | Mapping[str, Any] | None) -> Config:

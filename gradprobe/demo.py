@@ -92,7 +92,7 @@ def run_demo(out: Path, setup: TrainingSetup, hidden: int = 32, echo: Callable[[
         f"for {setup.steps} steps; the probe writes {log}"
     )
     start = time.perf_counter()
-    with gradprobe.attach(model, log=log, every=25, config={}) as probe:
+    with gradprobe.attach(model, log=log, every=25, config={}, dependency_length=setup.seq_len) as probe:
         before = train(model, setup, probe)
     echo(f"test MSE {before:.4f} (predicting the mean: {BASELINE_MSE:.3f}) after {time.perf_counter() - start:.0f}s\n")
     echo(render_text(summarize_logs([log], config={})))
@@ -100,7 +100,7 @@ def run_demo(out: Path, setup: TrainingSetup, hidden: int = 32, echo: Callable[[
     for action in fixes.apply(fixed, probe.findings):
         echo(f"  {action}")
     start = time.perf_counter()
-    with gradprobe.attach(fixed, log=out / "fixed.log", every=25, config={}) as probe:
+    with gradprobe.attach(fixed, log=out / "fixed.log", every=25, config={}, dependency_length=setup.seq_len) as probe:
         after = train(fixed, setup, probe)
     left = [f for f in probe.findings if f.severity != "info"]
     echo(f"and the same training then reaches test MSE {after:.4f} (was {before:.4f}) in {time.perf_counter() - start:.0f}s; "

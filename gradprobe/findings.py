@@ -1,4 +1,18 @@
-"""What rules report: :class:`Finding`, and severity ordering."""
+"""What rules report: :class:`Finding` with its :class:`FixAction` data, and severity ordering.
+
+Severities:
+
+``info``
+    A measurement worth knowing (a short gradient horizon, torch's default
+    forget bias) with no evidence that it hurts this run.
+``warning``
+    Evidence that it hurts: a declared need that is not met, a symptom in
+    training (stalled or diverging loss, spikes), the task's structure, or a
+    trend over training.
+``error``
+    Training is broken or about to be (non-finite values, gradients growing
+    through time), or two kinds of evidence agree.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +22,47 @@ SEVERITIES = ("info", "warning", "error")
 
 
 def severity_rank(severity: str) -> int:
-    """0 for info, 1 for warning, 2 for error."""
+    """0 for info, 1 for warning, 2 for error.
+
+    Raises:
+        ValueError: ``severity`` is not one of :data:`SEVERITIES`.
+    """
     return SEVERITIES.index(severity)
 
 
+def at_or_above(severity: str, fail_on: str) -> bool:
+    """Whether ``severity`` reaches ``fail_on`` (the one definition of failing, for the CLI, pytest and reports)."""
+    return severity_rank(severity) >= severity_rank(fail_on)
+
+
+class FixAction(NamedTuple):
+    """One remedy as data (see :mod:`gradprobe.fixes.actions`).
+
+    Attributes:
+        action: Action id, e.g. ``"orthogonal-recurrent"``.
+        params: Its parameters, e.g. ``{"max_timescale": 100}``.
+        safety: ``safe`` (may run automatically), ``unsafe`` (explicit
+            ``fixes.apply``) or ``display-only`` (a change to the user's code).
+    """
+
+    action: str
+    params: dict[str, Any]
+    safety: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "params": dict(self.params), "safety": self.safety}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FixAction | None:
+        """Read one back from a log; ``None`` for anything malformed."""
+        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
+            return None
+        params = data.get("params")
+        return cls(data["action"], dict(params) if isinstance(params, dict) else {}, str(data.get("safety", "display-only")))
+
+
 class Finding(NamedTuple):
-    """One problem a rule found.
+    """One problem (or measurement) a rule reports.
 
     Attributes:
         code: Rule code, e.g. ``"GP101"``.
@@ -21,9 +70,10 @@ class Finding(NamedTuple):
         severity: ``info``, ``warning`` or ``error``.
         layer: Qualified module name (or track, ``encoder.l1_reverse``), or ``None``.
         step: Training step where it was seen, ``None`` for static checks.
-        message: One line with the measured numbers.
+        message: One line with the measured numbers and the evidence it rests on.
         evidence: The numbers behind the message.
-        fix: A suggested remedy, or ``None``.
+        fix: The remedies as text, rendered from ``fixes``.
+        fixes: The remedies as data (:class:`FixAction`).
     """
 
     code: str
@@ -34,15 +84,26 @@ class Finding(NamedTuple):
     message: str
     evidence: dict[str, Any]
     fix: str | None = None
+    fixes: tuple[FixAction, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``finding`` event's fields)."""
-        return self._asdict()
+        data = self._asdict()
+        data["fixes"] = [f.to_dict() for f in self.fixes]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
         """Inverse of :meth:`to_dict`; extra keys are ignored."""
-        return cls(**{k: data.get(k) for k in cls._fields if k in data or k == "fix"})
+        values = {k: data.get(k) for k in cls._fields if k in data or k == "fix"}
+        raw = data.get("fixes") or []
+        values["fixes"] = tuple(f for f in (FixAction.from_dict(x) for x in (raw if isinstance(raw, list) else [])) if f is not None)
+        return cls(**values)
+
+    @property
+    def safe_fixes(self) -> tuple[FixAction, ...]:
+        """The fixes that may run automatically."""
+        return tuple(f for f in self.fixes if f.safety == "safe")
 
     def __str__(self) -> str:
         where = f" {self.layer}" if self.layer else ""

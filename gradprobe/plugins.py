@@ -12,10 +12,17 @@ from gradprobe import hookspecs
 ENTRY_POINT_GROUP = "gradprobe"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "gradprobe.rules.gradient_flow",
-    "gradprobe.rules.initialization",
-    "gradprobe.rules.activations",
-    "gradprobe.rules.training_setup",
+    "gradprobe.rules.gp101_vanishing_gradient",
+    "gradprobe.rules.gp102_exploding_gradient",
+    "gradprobe.rules.gp103_non_finite_gradient",
+    "gradprobe.rules.gp201_recurrent_spectrum",
+    "gradprobe.rules.gp202_forget_gate_bias",
+    "gradprobe.rules.gp203_input_weight_scale",
+    "gradprobe.rules.gp301_saturated_gates",
+    "gradprobe.rules.gp302_dead_relu",
+    "gradprobe.rules.gp401_no_clipping_with_exploding_risk",
+    "gradprobe.rules.gp402_truncation_vs_horizon",
+    "gradprobe.rules.gp403_diverging_loss",
 )
 
 

@@ -95,8 +95,9 @@ class ProbeSettings:
     spectral_steps: int = 12
     seed: int = 0
     flush_seconds: float = 2.0
-    seq_len: int | None = None
+    dependency_length: int | None = None
     truncation: int | None = None
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         if self.fix not in FIX_MODES:
@@ -105,6 +106,12 @@ class ProbeSettings:
             raise ValueError(f"every must be >= 1, got {self.every}")
         if not 0 < self.epsilon < 1:
             raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        for name in ("dependency_length", "truncation"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive number of steps, got {value!r}")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be a positive norm, got {self.grad_clip!r}")
 
 
 class Probe:
@@ -425,8 +432,10 @@ def attach(
     spectral_rows: int = 1,
     spectral_steps: int = 12,
     seed: int = 0,
-    seq_len: int | None = None,
+    dependency_length: int | None = None,
     truncation: int | None = None,
+    grad_clip: float | None = None,
+    seq_len: int | None = None,
     sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> Probe:
     """Attach a probe to every recurrent layer of ``model``.
@@ -451,9 +460,13 @@ def attach(
         spectral_rows: Batch rows per step for the Jacobian spectral-norm estimates.
         spectral_steps: Lanczos steps (products with J) per Jacobian spectral-norm estimate.
         seed: Seed of the probe's private random generator (never the global one).
-        seq_len: The dependency length the task needs (GP101 judges the
-            horizon against it; default: the sequence length seen).
+        dependency_length: The dependency length (steps) the task needs: GP101
+            warns when the gradient horizon is shorter. Default: undeclared
+            (``dependency-length`` in ``[tool.gradprobe]``, else none).
         truncation: The truncated-BPTT window the loop uses, if any (GP402).
+        grad_clip: The norm the loop clips gradients at, when it clips after
+            ``probe.step()`` (GP401/GP102 then know the gradients are bounded).
+        seq_len: Old name of ``dependency_length``.
         sinks: Callables receiving every event dict (e.g. a TensorBoard writer).
 
     Returns:
@@ -472,8 +485,9 @@ def attach(
         spectral_rows=spectral_rows,
         spectral_steps=spectral_steps,
         seed=seed,
-        seq_len=seq_len,
+        dependency_length=dependency_length if dependency_length is not None else seq_len,
         truncation=truncation,
+        grad_clip=grad_clip,
     )
     from gradprobe.rules.engine import RuleEngine
 

@@ -26,8 +26,9 @@ from gradprobe.events import _clean
 REPORT_HELP = "write the gradprobe findings of every checked test to this JSON file"
 FAIL_ON_HELP = "lowest severity that fails gradprobe.assert_healthy (info, warning, error); default warning"
 MARKER = (
-    "gradprobe(thresholds=None, ignore=(), fail_on=None): gradient-health settings for this test: per-rule "
-    "thresholds such as {'GP101': {'min_horizon_fraction': 0.5}}, rule codes to ignore, the failing severity"
+    "gradprobe(thresholds=None, ignore=(), fail_on=None, dependency_length=None): gradient-health settings for "
+    "this test: per-rule thresholds such as {'GP101': {'min_horizon_fraction': 0.5}}, rule codes to ignore, the "
+    "failing severity, the dependency length (steps) the task needs"
 )
 
 
@@ -59,13 +60,15 @@ def _settings(item: pytest.Item) -> testing.HealthSettings:
     for marker in reversed(list(item.iter_markers("gradprobe"))):  # closest marker wins
         if marker.args:
             raise pytest.UsageError(f"{item.nodeid}: use keyword arguments with @pytest.mark.gradprobe")
-        unknown = set(marker.kwargs) - {"thresholds", "ignore", "fail_on"}
+        unknown = set(marker.kwargs) - {"thresholds", "ignore", "fail_on", "dependency_length"}
         if unknown:
             raise pytest.UsageError(f"{item.nodeid}: unknown gradprobe marker argument(s): {', '.join(sorted(unknown))}")
         for code, values in (marker.kwargs.get("thresholds") or {}).items():
             settings.thresholds.setdefault(code, {}).update(values)
         settings.ignore = tuple(settings.ignore) + tuple(marker.kwargs.get("ignore", ()))
         settings.fail_on = marker.kwargs.get("fail_on") or settings.fail_on
+        if marker.kwargs.get("dependency_length") is not None:
+            settings.dependency_length = int(marker.kwargs["dependency_length"])
     return settings
 
 

@@ -26,6 +26,7 @@ class HealthSettings:
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     ignore: tuple[str, ...] = ()
     fail_on: str = "warning"
+    dependency_length: int | None = None
 
 
 #: Settings of the running test (the pytest plugin sets them from the marker).
@@ -76,6 +77,7 @@ def assert_healthy(
     allow: Iterable[str] = (),
     horizon: int | None = None,
     *,
+    dependency_length: int | None = None,
     fail_on: str | None = None,
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     config: Any = None,
@@ -88,8 +90,10 @@ def assert_healthy(
         inputs: One batch (see :func:`gradprobe.check`).
         loss_fn: Maps the output to a scalar loss (default: a fixed random projection).
         allow: Rule codes that may fire without failing the test.
-        horizon: The dependency length (steps) the model must carry gradients
-            over; GP101 fails when the measured horizon is shorter.
+        horizon: Old name of ``dependency_length``.
+        dependency_length: The dependency length (steps) the model must carry
+            gradients over; GP101 fails when the measured horizon is shorter
+            (default: the marker's, else ``[tool.gradprobe]``'s, else undeclared).
         fail_on: Lowest failing severity (default ``warning``, or the marker's).
         thresholds: Per-rule thresholds, merged over the marker's.
         config: Rule configuration (default: pyproject.toml's ``[tool.gradprobe]``).
@@ -105,8 +109,11 @@ def assert_healthy(
     merged = {code: dict(values) for code, values in settings.thresholds.items()}
     for code, values in (thresholds or {}).items():
         merged.setdefault(code, {}).update(values)
+    need = dependency_length if dependency_length is not None else horizon
+    if need is None:
+        need = settings.dependency_length
     report = check(model, inputs, loss_fn, config=config, thresholds=merged, ignore=settings.ignore,
-                   seq_len=horizon, **check_kwargs)
+                   dependency_length=need, **check_kwargs)
     if collector is not None:
         collector(report)
     level = fail_on or settings.fail_on

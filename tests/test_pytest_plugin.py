@@ -43,7 +43,7 @@ def test_healthy_model_passes_and_vanishing_one_fails_with_findings(project):
             assert report.healthy
 
         def test_vanishing(gradprobe):
-            gradprobe.assert_healthy(*vanishing())
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
         """
     )
     result = project.runpytest()
@@ -51,8 +51,8 @@ def test_healthy_model_passes_and_vanishing_one_fails_with_findings(project):
     result.stdout.fnmatch_lines(
         [
             "*GradientHealthError: gradient health check failed: * finding(s) at or above warning*",
-            "*GP101 vanishing-gradient [[]error[]] in RNN.l0: gradient horizon * steps < sequence length 150 in RNN.l0*",
-            "*evidence: horizon=*, seq_len=150, rate=*",
+            "*GP101 vanishing-gradient [[]error[]] in RNN.l0: gradient horizon * steps < the 150 steps the task needs in RNN.l0*",
+            "*evidence: horizon=*, seq_len=150, dependency_length=150, rate=*",
             "*fix: orthogonal recurrent weights*",
             "*measured horizons (steps): RNN.l0 *",
         ]
@@ -67,18 +67,18 @@ def test_marker_thresholds_ignore_and_fail_on(project):
 
         @pytest.mark.gradprobe(thresholds={"GP101": {"min_horizon_fraction": 0.01, "error_horizon_fraction": 0.0}})
         def test_relaxed(gradprobe):
-            gradprobe.assert_healthy(*vanishing())
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
 
         @pytest.mark.gradprobe(ignore=["GP101"])
         def test_ignored(gradprobe):
-            gradprobe.assert_healthy(*vanishing())
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
 
         def test_allowed_by_argument(gradprobe):
-            gradprobe.assert_healthy(*vanishing(), allow=["GP101"])
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150, allow=["GP101"])
 
         @pytest.mark.gradprobe(fail_on="error")
         def test_info_does_not_fail(gradprobe):
-            gradprobe.assert_healthy(*vanishing(), allow=["GP101"])
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150, allow=["GP101"])
 
         @pytest.mark.gradprobe(thresholds={"GP101": {"min_horizon_fraction": 0.01, "error_horizon_fraction": 0.0}})
         def test_required_horizon_overrides(gradprobe):
@@ -87,7 +87,7 @@ def test_marker_thresholds_ignore_and_fail_on(project):
     )
     result = project.runpytest()
     result.assert_outcomes(passed=4, failed=1)
-    result.stdout.fnmatch_lines(["*test_required_horizon_overrides*", "*< sequence length 2000*"])
+    result.stdout.fnmatch_lines(["*test_required_horizon_overrides*", "*< the 2000 steps the task needs*"])
 
 
 def test_helper_works_without_the_fixture(project):
@@ -99,11 +99,11 @@ def test_helper_works_without_the_fixture(project):
 
         @pytest.mark.gradprobe(ignore=["GP101"])
         def test_marker_applies_to_direct_calls():
-            assert_healthy(*vanishing())
+            assert_healthy(*vanishing(), dependency_length=150)
 
         def test_raises():
             with pytest.raises(GradientHealthError) as info:
-                assert_healthy(*vanishing())
+                assert_healthy(*vanishing(), dependency_length=150)
             assert info.value.findings[0].code == "GP101"
         """
     )
@@ -116,7 +116,7 @@ def test_session_report_file(project):
         from models import healthy, vanishing
 
         def test_a(gradprobe):
-            gradprobe.check(*vanishing())
+            gradprobe.check(*vanishing(), dependency_length=150)
 
         def test_b(gradprobe):
             gradprobe.assert_healthy(*healthy())
@@ -143,11 +143,11 @@ def test_ini_settings_and_bad_marker(project):
         from models import vanishing
 
         def test_error_still_fails(gradprobe):
-            gradprobe.assert_healthy(*vanishing())
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
 
         @pytest.mark.gradprobe(colour="red")
         def test_bad_marker(gradprobe):
-            gradprobe.assert_healthy(*vanishing())
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
         """
     )
     result = project.runpytest()
@@ -158,7 +158,7 @@ def test_ini_settings_and_bad_marker(project):
 
 def test_marker_is_registered_with_its_signature(project):
     result = project.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.gradprobe(thresholds=None, ignore=(), fail_on=None): *"])
+    result.stdout.fnmatch_lines(["@pytest.mark.gradprobe(thresholds=None, ignore=(), fail_on=None, dependency_length=None): *"])
     project.makepyfile(test_strict="import pytest\n@pytest.mark.gradprobe(ignore=['GP101'])\ndef test_x():\n    pass\n")
     project.runpytest("--strict-markers").assert_outcomes(passed=1)
 

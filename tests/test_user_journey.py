@@ -21,7 +21,7 @@ def test_probe_report_fix_retrain_assert(tmp_path):
 
     # 1. wrap the training loop
     log = tmp_path / "run.log"
-    with gradprobe.attach(model, log=log, every=20) as probe:
+    with gradprobe.attach(model, log=log, every=20, dependency_length=setup.seq_len) as probe:  # the sum needs step 0
         train(model, setup, probe)
     assert probe.error is None
 
@@ -41,7 +41,7 @@ def test_probe_report_fix_retrain_assert(tmp_path):
 
     # 4. train again: the report now passes
     fixed_log = tmp_path / "fixed.log"
-    with gradprobe.attach(fresh, log=fixed_log, every=20) as probe:
+    with gradprobe.attach(fresh, log=fixed_log, every=20, dependency_length=setup.seq_len) as probe:
         train(fresh, setup, probe)
     result = runner.invoke(main, ["report", str(fixed_log)])
     assert result.exit_code == 0, result.output
@@ -50,5 +50,5 @@ def test_probe_report_fix_retrain_assert(tmp_path):
 
     # 5. and a test suite can hold the model to it
     x = torch.rand(setup.seq_len, 8, 2)
-    report = assert_healthy(fresh, x, loss_fn=lambda out: out.sum(), horizon=setup.seq_len, allow=["GP402"])
+    report = assert_healthy(fresh, x, loss_fn=lambda out: out.sum(), dependency_length=setup.seq_len, allow=["GP402"])
     assert report.healthy

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from gradprobe.discovery import find_recurrent
-from gradprobe.findings import Finding
+from gradprobe.findings import Finding, FixAction
 from gradprobe.fixes import reinit
+from gradprobe.fixes.actions import action
 from gradprobe.fixes.clipping import AdaptiveClip, ClipGradNorm, ClipGradValue
 from gradprobe.fixes.nonfinite import NonFiniteGuard
 from gradprobe.fixes.residual import ResidualRecurrentStack, residual_stack
@@ -31,12 +32,21 @@ _TRACK = re.compile(r"\.l\d+(_reverse)?$")
 
 @dataclass
 class AppliedFix:
-    """What :func:`apply` changed."""
+    """What :func:`apply` changed.
+
+    Attributes:
+        code: The finding's rule code.
+        layer: The module changed.
+        action: What was done, in words.
+        parameters: The parameters rewritten.
+        action_id: The action id (:mod:`gradprobe.fixes.actions`).
+    """
 
     code: str
     layer: str
     action: str
     parameters: list[str] = field(default_factory=list)
+    action_id: str = ""
     safe: bool = False
 
     def __str__(self) -> str:
@@ -47,6 +57,38 @@ def _module_name(layer: str | None) -> str | None:
     return None if layer is None else _TRACK.sub("", layer)
 
 
+#: The unsafe actions :func:`apply` can run, and the part of a layer each one rewrites
+#: (one rewrite per layer and part: chrono init wins over forget bias 1, found first).
+TARGETS = {
+    "chrono-init": "gates",
+    "forget-bias": "gates",
+    "orthogonal-recurrent": "recurrent",
+    "identity-recurrent": "recurrent",
+    "xavier-input": "input",
+    "he-input": "input",
+    "residual-stack": "residual",
+}
+_ORDER = {name: index for index, name in enumerate(TARGETS)}
+
+
+def default_actions(finding: Finding, mode: str) -> tuple[FixAction, ...]:
+    """The remedies for a finding that carries none as data (written by hand, or by a plugin), by code."""
+    code = finding.code
+    found: list[FixAction] = []
+    if code in ("GP101", "GP201", "GP202") and mode == "LSTM":
+        length = finding.evidence.get("dependency_length") or finding.evidence.get("seq_len")
+        found.append(action("chrono-init", max_timescale=int(length)) if length else action("forget-bias", value=1.0))
+    if code in ("GP101", "GP201"):
+        found.append(action("identity-recurrent" if mode == "RNN_RELU" else "orthogonal-recurrent"))
+    if code == "GP302":
+        found.append(action("identity-recurrent"))
+    if code in ("GP203", "GP301", "GP302"):
+        found.append(action("he-input" if mode == "RNN_RELU" else "xavier-input"))
+    if code == "GP101":
+        found.append(action("residual-stack"))
+    return tuple(found)
+
+
 def apply(
     model: nn.Module,
     findings: Iterable[Finding],
@@ -54,70 +96,79 @@ def apply(
     max_timescale: int | None = None,
     residual: bool = False,
 ) -> list[AppliedFix]:
-    """Apply the structural remedies for ``findings`` to ``model`` in place.
+    """Run the unsafe (structural) fixes the findings carry, on ``model`` in place.
 
-    Re-initializes the flagged layers: orthogonal recurrent weights (tanh RNN,
-    GRU, LSTM) or identity/IRNN (ReLU RNN) for GP101/GP201/GP302; effective
-    forget bias 1, or chrono init when ``max_timescale`` (or the sequence
-    length in a GP101 finding) is known, for GP101/GP202 on LSTMs; Xavier
-    (or He for ReLU) input weights for GP203/GP301. With ``residual=True``, a
-    fused stack whose lower layers vanish (GP101) is replaced by a
-    :class:`ResidualRecurrentStack`, so re-create the optimizer afterwards.
-    Per-step problems (GP102/GP103/GP401) need :class:`ClipGradNorm` or
-    :class:`NonFiniteGuard` in the loop (or ``attach(..., fix="auto")``).
+    Dispatches on each finding's :attr:`~gradprobe.findings.Finding.fixes`
+    action ids (see :mod:`gradprobe.fixes.actions`); a warning or error that
+    carries none gets the defaults of its code (:func:`default_actions`).
+    Safe fixes (clipping, skipping non-finite steps) belong in the loop
+    (:func:`step_fixes`, or ``attach(..., fix="auto")``); display-only ones
+    are changes to your code. Each part of a layer is rewritten once.
+
+    Args:
+        max_timescale: Overrides the chrono-init timescale of every LSTM.
+        residual: Also run ``residual-stack``: a fused stack whose lower
+            layers vanish is replaced by a :class:`ResidualRecurrentStack`
+            (re-create the optimizer afterwards).
 
     Returns:
         One :class:`AppliedFix` per change, in order.
     """
     sites = {site.name: site for site in find_recurrent(model)}
-    findings = list(findings)
-    applied: list[AppliedFix] = []
-    done: set[tuple[str, str]] = set()
-
-    def once(key: tuple[str, str]) -> bool:
-        if key in done:
-            return False
-        done.add(key)
-        return True
-
-    timescales = {_module_name(f.layer): int(f.evidence["seq_len"]) for f in findings if f.code == "GP101" and f.evidence.get("seq_len")}
+    planned: list[tuple[str, Finding, FixAction]] = []
     for finding in findings:
         name = _module_name(finding.layer)
         site = sites.get(name or "")
-        if site is None or site.mode is None:
+        if site is None or site.mode is None or name is None:
             continue
-        module, mode = site.module, site.mode
-        code = finding.code
-        if code in ("GP101", "GP201", "GP202") and mode == "LSTM" and once((name, "gates")):
-            horizon = max_timescale or timescales.get(name)
-            if horizon and horizon >= 3:
-                changed = reinit.chrono_init_(module, horizon)
-                applied.append(AppliedFix(code, name, f"chrono init of forget/input biases (T_max={horizon})", changed))
-            else:
-                applied.append(AppliedFix(code, name, "forget-gate bias 1", reinit.forget_bias_(module, 1.0)))
-        if code in ("GP101", "GP201") and once((name, "recurrent")):
-            if mode == "RNN_RELU":
-                applied.append(AppliedFix(code, name, "identity recurrent weights, zero biases (IRNN)", reinit.identity_recurrent_(module)))
-            else:
-                applied.append(AppliedFix(code, name, "orthogonal recurrent weights", reinit.orthogonal_recurrent_(module)))
-        if code == "GP302" and once((name, "recurrent")):
-            applied.append(AppliedFix(code, name, "identity recurrent weights, zero biases (IRNN)", reinit.identity_recurrent_(module)))
-        if code in ("GP203", "GP301", "GP302") and once((name, "input")):
-            if mode == "RNN_RELU":
-                applied.append(AppliedFix(code, name, "He input weights", reinit.he_input_(module)))
-            else:
-                applied.append(AppliedFix(code, name, "Xavier input weights", reinit.xavier_input_(module)))
-        if (
-            residual
-            and code == "GP101"
-            and isinstance(module, nn.RNNBase)
-            and module.num_layers > 1
-            and not (finding.layer or "").endswith(f".l{module.num_layers - 1}")
-            and once((name, "residual"))
-        ):
-            _replace_submodule(model, name, residual_stack(module))
-            applied.append(AppliedFix(code, name, "residual connections across stacked layers (re-create the optimizer)"))
+        actions = finding.fixes or (default_actions(finding, site.mode) if finding.severity != "info" else ())
+        planned += [(name, finding, fix) for fix in actions if fix.safety == "unsafe" and fix.action in TARGETS]
+    planned.sort(key=lambda item: _ORDER[item[2].action])  # stable: chrono init before forget bias, whatever came first
+    applied: list[AppliedFix] = []
+    done: set[tuple[str, str]] = set()
+    for name, finding, fix in planned:
+        site = sites[name]
+        target = TARGETS[fix.action]
+        if (name, target) in done:
+            continue
+        if fix.action == "residual-stack" and not _residual_applies(residual, site.module, finding.layer):
+            continue
+        if fix.action in ("chrono-init", "forget-bias") and site.mode != "LSTM":
+            continue
+        done.add((name, target))
+        applied.append(_run(model, name, site.module, finding.code, fix, max_timescale))
     return applied
+
+
+def _residual_applies(residual: bool, module: nn.Module, layer: str | None) -> bool:
+    return (
+        residual
+        and isinstance(module, nn.RNNBase)
+        and module.num_layers > 1
+        and not (layer or "").endswith(f".l{module.num_layers - 1}")
+    )
+
+
+def _run(model: nn.Module, name: str, module: nn.Module, code: str, fix: FixAction, max_timescale: int | None) -> AppliedFix:
+    kind = fix.action
+    if kind == "chrono-init":
+        horizon = int(max_timescale or fix.params.get("max_timescale") or 0)
+        if horizon >= 3:
+            return AppliedFix(code, name, f"chrono init of forget/input biases (T_max={horizon})", reinit.chrono_init_(module, horizon), kind)
+        return AppliedFix(code, name, "forget-gate bias 1", reinit.forget_bias_(module, 1.0), "forget-bias")
+    if kind == "forget-bias":
+        value = float(fix.params.get("value", 1.0))
+        return AppliedFix(code, name, f"forget-gate bias {value:g}", reinit.forget_bias_(module, value), kind)
+    if kind == "orthogonal-recurrent":
+        return AppliedFix(code, name, "orthogonal recurrent weights", reinit.orthogonal_recurrent_(module), kind)
+    if kind == "identity-recurrent":
+        return AppliedFix(code, name, "identity recurrent weights, zero biases (IRNN)", reinit.identity_recurrent_(module), kind)
+    if kind == "xavier-input":
+        return AppliedFix(code, name, "Xavier input weights", reinit.xavier_input_(module), kind)
+    if kind == "he-input":
+        return AppliedFix(code, name, "He input weights", reinit.he_input_(module), kind)
+    _replace_submodule(model, name, residual_stack(module))
+    return AppliedFix(code, name, "residual connections across stacked layers (re-create the optimizer)", [], kind)
 
 
 def _replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -129,15 +180,34 @@ def _replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def step_fixes(findings: Iterable[Finding]) -> list[object]:
-    """The per-step fixes the findings call for: ``NonFiniteGuard`` for GP103, ``ClipGradNorm`` for GP102/GP401."""
-    codes = {f.code for f in findings}
+    """The safe per-step fixes the findings call for, to run in the loop.
+
+    ``NonFiniteGuard`` for ``skip-nonfinite`` (GP103), ``ClipGradNorm`` for
+    ``clip-grad-norm`` (with its threshold) or ``clip-grad-norm-auto``;
+    findings without fixes as data fall back on their codes.
+    """
+    findings = list(findings)
+    ids: dict[str, FixAction] = {}
+    for f in findings:
+        for fix in f.fixes or _default_step_actions(f):
+            ids.setdefault(fix.action, fix)
     fixes: list[object] = []
-    if "GP103" in codes:
+    if "skip-nonfinite" in ids:
         fixes.append(NonFiniteGuard("skip"))
-    if codes & {"GP102", "GP401"}:
-        threshold = next((f.evidence.get("suggested_max_norm") for f in findings if f.code == "GP401"), None)
-        fixes.append(ClipGradNorm(max_norm=threshold))
+    if "clip-grad-norm" in ids:
+        fixes.append(ClipGradNorm(max_norm=ids["clip-grad-norm"].params.get("max_norm")))
+    elif "clip-grad-norm-auto" in ids:
+        fixes.append(ClipGradNorm())
     return fixes
+
+
+def _default_step_actions(finding: Finding) -> tuple[FixAction, ...]:
+    if finding.code == "GP103":
+        return (action("skip-nonfinite"),)
+    if finding.code in ("GP102", "GP401"):
+        threshold = finding.evidence.get("suggested_max_norm")
+        return (action("clip-grad-norm", max_norm=threshold) if threshold else action("clip-grad-norm-auto"),)
+    return ()
 
 
 __all__ = [

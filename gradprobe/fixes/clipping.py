@@ -38,37 +38,65 @@ def quantile(values: Iterable[float], q: float) -> float:
 
 @dataclass
 class ClipGradNorm:
-    """Rescale all gradients so their total L2 norm is at most ``max_norm``.
+    """Rescale all gradients so their total L2 norm is at most a threshold.
+
+    With ``max_norm`` given, that is the threshold. Without it the threshold is
+    learned robustly, in the manner of ZClip, so that an explosion already
+    under way cannot teach it:
+
+    - only *accepted* norms (not clipped) enter the history, so a run of
+      exploding steps never raises the threshold;
+    - the threshold is ``exp(median + z * 1.4826 * MAD)`` of the log-norms in
+      the history (a z-score on a robust scale), capped at ``ceiling`` x the
+      median accepted norm;
+    - before ``warmup`` norms are known the cap alone applies (from the
+      first step: a norm over ``ceiling`` x the median so far is clipped).
 
     Args:
-        max_norm: The threshold. ``None``: observe ``warmup`` steps, then fix
-            the threshold at ``factor`` times the ``quantile`` of the norms seen.
-        quantile: Quantile of the warm-up norms used when ``max_norm`` is None.
-        factor: Multiplier on that quantile (headroom above typical norms).
-        warmup: Steps observed before an automatic threshold is set.
+        max_norm: A fixed threshold, or ``None`` to learn it.
+        z: Robust z-score above which a norm is clipped.
+        ceiling: Largest threshold as a multiple of the median accepted norm.
+        warmup: Accepted norms before the z-score applies.
+        history: Accepted norms kept.
     """
 
     max_norm: float | None = None
-    quantile: float = 0.9
-    factor: float = 2.0
-    warmup: int = 20
-    _seen: list[float] = field(default_factory=list, repr=False)
+    z: float = 3.0
+    ceiling: float = 10.0
+    warmup: int = 10
+    history: int = 200
+    _accepted: deque[float] = field(default_factory=deque, repr=False)
 
     safe = True
     name = "clip-grad-norm"
 
-    def decide(self, norm: float) -> dict[str, Any] | None:
-        """Update the warm-up and say whether (and how) a gradient of this norm would be clipped."""
-        if self.max_norm is None:
-            if math.isfinite(norm):
-                self._seen.append(norm)
-            if len(self._seen) < self.warmup:
-                return None
-            self.max_norm = self.factor * quantile(self._seen, self.quantile)
-            self._seen = []
-        if not math.isfinite(norm) or norm <= self.max_norm:
+    def threshold(self) -> float | None:
+        """The threshold in force (``None`` before the first accepted norm)."""
+        if self.max_norm is not None:
+            return self.max_norm
+        if not self._accepted:
             return None
-        return {"norm": norm, "max_norm": self.max_norm, "scale": self.max_norm / (norm + 1e-6)}
+        logs = sorted(math.log(v) for v in self._accepted)
+        median = logs[len(logs) // 2] if len(logs) % 2 else 0.5 * (logs[len(logs) // 2 - 1] + logs[len(logs) // 2])
+        cap = median + math.log(self.ceiling)
+        if len(logs) < self.warmup:
+            return math.exp(cap)
+        deviations = sorted(abs(v - median) for v in logs)
+        mad = deviations[len(deviations) // 2]
+        return math.exp(min(cap, median + self.z * 1.4826 * mad))
+
+    def decide(self, norm: float) -> dict[str, Any] | None:
+        """Say whether (and how) a gradient of this norm is clipped, and learn from it."""
+        if not math.isfinite(norm):
+            return None
+        limit = self.threshold()
+        if limit is None or norm <= limit:
+            if self.max_norm is None and norm > 0:
+                self._accepted.append(norm)
+                while len(self._accepted) > self.history:
+                    self._accepted.popleft()
+            return None
+        return {"norm": norm, "max_norm": limit, "scale": limit / (norm + 1e-6)}
 
     def __call__(self, parameters: Iterable[nn.Parameter], norm: float) -> dict[str, Any] | None:
         action = self.decide(norm)

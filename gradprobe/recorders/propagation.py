@@ -23,6 +23,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -189,12 +190,37 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
     return sigma.view(lin.steps, lin.rows).mean(dim=1).tolist()
 
 
+#: A fitted change of the log-profile over the whole window below this is round-off, not decay.
+FLAT_TOLERANCE = 1e-3
+#: Points used by the robust slope fit (a longer profile is sampled evenly).
+FIT_POINTS = 400
+
+
+def robust_slope(ks: Sequence[float], values: Sequence[float]) -> float | None:
+    """Theil-Sen slope: the median of the pairwise slopes (robust to outlying points)."""
+    x = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return None
+    if x.size > FIT_POINTS:
+        pick = np.unique(np.linspace(0, x.size - 1, FIT_POINTS).round().astype(int))
+        x, y = x[pick], y[pick]
+    i, j = np.triu_indices(x.size, k=1)
+    dx = x[j] - x[i]
+    keep = dx != 0
+    if not keep.any():
+        return None
+    return float(np.median((y[j] - y[i])[keep] / dx[keep]))
+
+
 def fit_decay(profile: Sequence[float], epsilon: float) -> tuple[float | None, float | None]:
-    """Fit ``log profile[k] ~ a + rate * k``; return ``(rate, horizon)``.
+    """Fit ``log profile[k] ~ a + rate * k`` robustly; return ``(rate, horizon)``.
 
     ``horizon`` is the first ``k`` where the profile drops below ``epsilon``
-    (relative to ``profile[0]``); if it never does within the sequence, it is
-    extrapolated from the fit when ``rate < 0``, and ``None`` otherwise.
+    (relative to ``profile[0]``). If it never does within the sequence, it is
+    extrapolated from the fit when the profile decays, and ``None`` when it
+    does not: growing, or flat within round-off (a fitted change of the log
+    over the window below :data:`FLAT_TOLERANCE`), in any precision and on any seed.
     """
     if not profile or not profile[0] > 0 or not math.isfinite(profile[0]):
         return None, None
@@ -203,15 +229,11 @@ def fit_decay(profile: Sequence[float], epsilon: float) -> tuple[float | None, f
         if value > 0 and math.isfinite(value):
             ks.append(k)
             logs.append(math.log(value / profile[0]))
-    rate = None
-    if len(ks) >= 2:
-        mean_k = sum(ks) / len(ks)
-        mean_l = sum(logs) / len(logs)
-        var = sum((k - mean_k) ** 2 for k in ks)
-        rate = sum((k - mean_k) * (lv - mean_l) for k, lv in zip(ks, logs)) / var if var else None
+    rate = robust_slope(ks, logs)
     for k, value in enumerate(profile):
         if value < epsilon * profile[0]:
             return rate, float(k)
-    if rate is not None and rate < 0:
+    span = max(len(profile) - 1, 1)
+    if rate is not None and rate < 0 and -rate * span >= FLAT_TOLERANCE:
         return rate, float(math.log(epsilon) / rate)
     return rate, None

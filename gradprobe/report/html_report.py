@@ -38,7 +38,7 @@ def render_html(summary: RunSummary, fail_on: str = "error") -> str:
     out.append(f"<h1>gradprobe report: {e(str(meta.get('model', 'run')))}</h1>")
     sources = ", ".join(e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs)
     out.append(f"<p>Logs: {sources}. gradprobe {e(str(meta.get('gradprobe')))}, torch {e(str(meta.get('torch')))}, "
-               f"{summary.steps} steps.</p>")
+               f"{summary.steps} steps{'; ' + e(summary.loss_text()) if summary.loss_text() else ''}.</p>")
     verdict = "FAIL" if failed else "ok"
     out.append(f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{verdict}</b> (fail-on {e(fail_on)}); "
                + ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES)) + "</p>")

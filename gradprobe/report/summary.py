@@ -50,6 +50,9 @@ class RunSummary:
     first_loss: float | None = None
     last_loss: float | None = None
     min_loss: float | None = None
+    nonfinite_losses: int = 0
+    first_nonfinite_loss_step: int | None = None
+    last_loss_finite: bool = True
     max_grad_norm: float | None = None
     max_grad_step: int | None = None
     training: Downsampled = field(default_factory=Downsampled)  # (step, loss, grad_norm)
@@ -101,11 +104,30 @@ class RunSummary:
             self.first_loss = loss if self.first_loss is None else self.first_loss
             self.last_loss = loss
             self.min_loss = loss if self.min_loss is None else min(self.min_loss, loss)
+            self.last_loss_finite = True
+        elif loss is not None:
+            self.nonfinite_losses += 1
+            self.last_loss_finite = False
+            if self.first_nonfinite_loss_step is None:
+                self.first_nonfinite_loss_step = step
         if norm is not None and math.isfinite(norm) and (self.max_grad_norm is None or norm > self.max_grad_norm):
             self.max_grad_norm, self.max_grad_step = norm, step
         self.training.add((step, loss, norm))
         if event.get("nonfinite") and self.first_nonfinite is None:
             self.first_nonfinite = {"step": step, **event["nonfinite"]}
+
+    def loss_text(self) -> str:
+        """``loss A -> B (min C)``, saying so when the loss ended non-finite or turned non-finite on the way."""
+        if self.first_loss is None and not self.nonfinite_losses:
+            return ""
+        start = "n/a" if self.first_loss is None else f"{self.first_loss:.4g}"
+        end = "non-finite" if not self.last_loss_finite else f"{self.last_loss:.4g}"
+        text = f"loss {start} -> {end}"
+        if self.min_loss is not None:
+            text += f" (min {self.min_loss:.4g})"
+        if self.nonfinite_losses:
+            text += f"; non-finite from step {self.first_nonfinite_loss_step} ({self.nonfinite_losses} of {self.steps} steps)"
+        return text
 
 
 def summarize_logs(

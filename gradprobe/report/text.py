@@ -88,8 +88,8 @@ def render_text(summary: RunSummary, fail_on: str = "error") -> str:
         lines.append("")
         count = f"{summary.steps} step events across {len(summary.logs)} logs" if len(summary.logs) > 1 else f"{summary.steps} steps"
         training = f"Training: {count}"
-        if summary.first_loss is not None:
-            training += f", loss {summary.first_loss:.4g} -> {summary.last_loss:.4g} (min {summary.min_loss:.4g})"
+        if summary.loss_text():
+            training += f", {summary.loss_text()}"
         if summary.max_grad_norm is not None:
             training += f", max grad norm {summary.max_grad_norm:.4g} at step {summary.max_grad_step}"
         lines.append(training)

@@ -1,38 +1,48 @@
-"""What a rule sees: thresholds, suppressions, per-rule state, and the finding factory."""
+"""What a rule sees: thresholds, suppressions, the run's observations, its own state, the finding factory."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from gradprobe.config import Config, ConfigError
-from gradprobe.findings import Finding
+from gradprobe.findings import Finding, FixAction
+from gradprobe.rules.observations import Observations
 from gradprobe.rules.registry import Registry
+
+S = TypeVar("S")
 
 
 class RuleContext:
     """Passed to every rule hook.
 
     Attributes:
-        config: Thresholds and suppressions in force.
+        config: Thresholds, suppressions and declared needs in force.
         registry: All registered rules.
         meta: The run log's ``meta`` event (layers, settings) once seen.
         sites: For static checks, the model's recurrent sites.
+        run: The run's :class:`~gradprobe.rules.observations.Observations`
+            (loss trend, gradient norms, clipping, deep-probe history), updated
+            by the engine before the rules see each event. Read-only for rules.
     """
 
-    def __init__(self, config: Config, registry: Registry) -> None:
+    def __init__(self, config: Config, registry: Registry, run: Observations | None = None) -> None:
         self.config = config
         self.registry = registry
         self.meta: dict[str, Any] = {}
         self.sites: list[Any] = []
-        self._states: dict[str, dict[str, Any]] = {}
+        self.run = run or Observations()
+        self._states: dict[str, Any] = {}
 
-    def state(self, code: str) -> dict[str, Any]:
-        """Mutable per-rule storage that lives as long as the run.
+    def state(self, code: str, factory: Callable[[], S] = dict) -> S:  # type: ignore[assignment]
+        """The rule's own state for this run, created by ``factory`` on first use.
 
-        The namespace ``"signals"`` is shared: GP1xx rules record there what
-        GP4xx rules weigh (``spikes``, ``max_spike_ratio``, ``growth`` by layer).
+        Each rule keeps its state under its own code; a typed dataclass
+        factory is preferred over a dict.
         """
-        return self._states.setdefault(code, {})
+        if code not in self._states:
+            self._states[code] = factory()
+        return self._states[code]  # type: ignore[no-any-return]
 
     def threshold(self, code: str, key: str) -> float:
         """The configured value of a rule's threshold, or its registered default."""
@@ -44,6 +54,12 @@ class RuleContext:
     def enabled(self, code: str) -> bool:
         return code not in self.config.ignore
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The probe settings recorded in the ``meta`` event (``fix``, ``every``, declared needs)."""
+        settings = self.meta.get("settings")
+        return settings if isinstance(settings, dict) else {}
+
     def finding(
         self,
         code: str,
@@ -52,18 +68,28 @@ class RuleContext:
         layer: str | None = None,
         step: int | None = None,
         evidence: dict[str, Any] | None = None,
+        fixes: Sequence[FixAction] = (),
         fix: str | None = None,
         severity: str | None = None,
     ) -> Finding | None:
-        """Build a finding of rule ``code`` (``None`` when the code is suppressed)."""
+        """Build a finding of rule ``code`` (``None`` when the code is suppressed).
+
+        Args:
+            fixes: The remedies as data; the ``fix`` text is rendered from them.
+            fix: Free text for plugins that have no registered action (used
+                only when ``fixes`` is empty).
+        """
         if not self.enabled(code):
             return None
+        from gradprobe.fixes.actions import render
+
         rule = self.registry[code]
-        return Finding(code, rule.name, severity or rule.severity, layer, step, message, dict(evidence or {}), fix)
+        text = render(tuple(fixes)) or fix
+        return Finding(code, rule.name, severity or rule.severity, layer, step, message, dict(evidence or {}), text, tuple(fixes))
 
     def layer_info(self, module: str) -> dict[str, Any]:
         """The ``meta`` description of a recurrent module (empty when unknown)."""
         for layer in self.meta.get("layers", []):
-            if layer.get("name") == module:
+            if isinstance(layer, dict) and layer.get("name") == module:
                 return layer
         return {}

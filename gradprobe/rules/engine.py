@@ -12,6 +12,7 @@ from gradprobe.config import Config, ConfigError, resolve
 from gradprobe.findings import Finding, severity_rank
 from gradprobe.plugins import default_plugin_manager
 from gradprobe.rules.context import RuleContext
+from gradprobe.rules.observations import Observations
 from gradprobe.rules.registry import Registry
 
 
@@ -41,6 +42,9 @@ class RuleEngine:
         self.config = resolve(config).merged(thresholds, ignore)
         self._validate()
         self.context = RuleContext(self.config, self.registry)
+        if "GP102" in self.registry:
+            spike = {k: self.context.threshold("GP102", k) for k in ("spike_factor", "spike_window", "min_history")}
+            self.context.run = Observations(spike["spike_factor"], int(spike["spike_window"]), int(spike["min_history"]))
         self._kept: dict[tuple[str, str | None], Finding] = {}
         self._counts: dict[tuple[str, str | None], int] = {}
 
@@ -60,6 +64,7 @@ class RuleEngine:
         """Show one event to every rule; return the findings that are new."""
         if event.get("kind") == "meta":
             self.context.meta = event
+        self.context.run.feed(event)
         if event.get("kind") == "finding":
             # static findings were judged on the model at attach time and cannot be re-derived from events
             code = event.get("code")

@@ -19,7 +19,8 @@ class Rule:
         severity: Default severity of its findings.
         summary: One line for ``gradprobe rules``.
         thresholds: Tunable numbers with their defaults.
-        what_it_does / why_bad / example / use_instead: The rule's doc.
+        what_it_does / why_bad / known_problems / example / use_instead /
+            fix_safety / references: The rule's doc, in the manner of ruff's.
         static: Checked by ``gradprobe.lint`` (no data needed).
     """
 
@@ -33,6 +34,9 @@ class Rule:
     example: str = ""
     use_instead: str = ""
     static: bool = False
+    known_problems: str = ""
+    fix_safety: str = ""
+    references: str = ""
 
     @property
     def category(self) -> str:
@@ -41,11 +45,17 @@ class Rule:
     def doc(self) -> str:
         """The rule's documentation as Markdown."""
         options = "\n".join(f"- `{k}` (default {v:g})" for k, v in self.thresholds.items()) or "None."
-        return (
-            f"## {self.code} {self.name}\n\n### What it does\n{self.what_it_does}\n\n### Why is this bad?\n"
-            f"{self.why_bad}\n\n### Example\n```python\n{self.example}\n```\n\n### Use instead\n```python\n"
-            f"{self.use_instead}\n```\n\n### Options\n{options}\n"
-        )
+        parts = [f"## {self.code} {self.name} (default severity {self.severity})", f"### What it does\n{self.what_it_does}",
+                 f"### Why is this bad?\n{self.why_bad}"]
+        if self.known_problems:
+            parts.append(f"### Known problems\n{self.known_problems}")
+        parts += [f"### Example\n```python\n{self.example}\n```", f"### Use instead\n```python\n{self.use_instead}\n```"]
+        if self.fix_safety:
+            parts.append(f"### Fix safety\n{self.fix_safety}")
+        parts.append(f"### Options\n{options}")
+        if self.references:
+            parts.append(f"### References\n{self.references}")
+        return "\n\n".join(parts) + "\n"
 
 
 class DuplicateRuleError(ValueError):

@@ -46,5 +46,5 @@ def test_ddp_writes_rank_tagged_logs_and_the_report_merges_them(tmp_path):
 def test_pytest_usage_example_passes(pytester):
     shutil.copy(EXAMPLES / "test_gradient_health.py", pytester.path / "test_gradient_health.py")
     result = pytester.runpytest("-p", "no:cacheprovider", "--gradprobe-report", "findings.json")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     assert (pytester.path / "findings.json").exists()

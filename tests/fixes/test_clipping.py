@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -27,14 +29,37 @@ def test_clip_by_norm_rescales_to_the_threshold():
     assert ClipGradNorm(max_norm=100.0)(params, _norm(params)) is None
 
 
-def test_automatic_threshold_from_warmup_quantile():
-    clip = ClipGradNorm(warmup=10, quantile=0.9, factor=2.0)
-    norms = [float(n) for n in range(1, 11)]
+def test_learned_threshold_is_a_robust_z_score_of_accepted_norms():
+    """exp(median + z * 1.4826 * MAD) of the log-norms, capped at ceiling x the median."""
+    clip = ClipGradNorm(warmup=10, z=3.0, ceiling=10.0)
+    norms = [1.0 + 0.1 * k for k in range(10)]
     for n in norms:
         assert clip(_params(torch.tensor([n])), n) is None
-    assert clip.max_norm == pytest.approx(2 * quantile(norms, 0.9))
+    logs = sorted(math.log(n) for n in norms)
+    median = (logs[4] + logs[5]) / 2
+    mad = sorted(abs(v - median) for v in logs)[5]
+    assert clip.threshold() == pytest.approx(math.exp(median + 3.0 * 1.4826 * mad))
     params = _params(torch.tensor([100.0]))
-    assert clip(params, 100.0) is not None and _norm(params) == pytest.approx(clip.max_norm, rel=1e-5)
+    assert clip(params, 100.0) is not None and _norm(params) == pytest.approx(clip.threshold(), rel=1e-5)
+
+
+def test_an_explosion_cannot_teach_the_threshold():
+    """Norms growing x3 per step from the first step: clipped norms never enter the history, so the threshold stays."""
+    clip = ClipGradNorm()
+    thresholds = []
+    for k in range(60):
+        norm = 3.0**k
+        clip.decide(norm)
+        thresholds.append(clip.threshold())
+    assert max(thresholds) <= 10 * 3.0**3  # the cap: 10x the median of the few norms accepted before it bit
+    assert thresholds[-1] == thresholds[20]  # a run of clipped steps leaves it where it was
+
+
+def test_fixed_threshold_is_kept():
+    clip = ClipGradNorm(max_norm=2.0)
+    for n in (1.0, 50.0, 1e9):
+        clip.decide(n)
+    assert clip.threshold() == 2.0
 
 
 def test_clip_by_value():

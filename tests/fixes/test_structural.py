@@ -55,7 +55,7 @@ def test_apply_reinitializes_what_the_findings_name():
     model.enc = lstm_with_forget_bias(-3.0)
     model.dec = relu_rnn_negative_bias()
     findings = gradprobe.lint(model, config={})
-    findings += gradprobe.check(model.enc, torch.randn(40, BATCH, 4), config={}).findings
+    findings += gradprobe.check(model.enc, torch.randn(40, BATCH, 4), config={}, dependency_length=40).findings
     findings = [f._replace(layer=f.layer.replace("LSTM", "enc")) if f.layer.startswith("LSTM") else f for f in findings]
     findings.append(gradprobe.Finding("GP302", "dead-relu", "error", "dec", 0, "dead", {}))
     applied = fixes.apply(model, findings)
@@ -79,6 +79,15 @@ def test_apply_residual_replaces_a_vanishing_stack():
     assert any("residual" in a.action for a in applied)
 
 
+def test_info_findings_change_nothing():
+    torch.manual_seed(0)
+    model = default_tanh_rnn()
+    report = gradprobe.check(model, torch.randn(100, BATCH, 1), config={})  # per-step loss: no evidence
+    assert {f.severity for f in report.findings if f.code == "GP101"} == {"info"}
+    before = model.weight_hh_l0.detach().clone()
+    assert fixes.apply(model, report.findings) == [] and torch.equal(before, model.weight_hh_l0)
+
+
 def test_step_fixes_follow_the_codes():
     f = lambda code, **e: gradprobe.Finding(code, "", "error", None, 0, "", e)  # noqa: E731
     kinds = [type(x).__name__ for x in fixes.step_fixes([f("GP103"), f("GP401", suggested_max_norm=3.0)])]
@@ -87,10 +96,15 @@ def test_step_fixes_follow_the_codes():
 
 
 def test_default_rnn_fix_on_vanishing_is_orthogonal():
+    """A loss on the last step of 100: the early steps get no gradient (structure evidence), the fix is data."""
     torch.manual_seed(0)
     model = default_tanh_rnn()
-    report = gradprobe.check(model, torch.randn(100, BATCH, 1), config={})
+    report = gradprobe.check(model, torch.randn(100, BATCH, 1), lambda out: out[0][-1].sum(), config={})
+    (finding,) = [f for f in report.findings if f.code == "GP101"]
+    assert finding.severity == "warning" and [f.action for f in finding.fixes] == ["orthogonal-recurrent", "use-gated-cell"]
+    assert [f.safety for f in finding.fixes] == ["unsafe", "display-only"]
     applied = fixes.apply(model, report.findings)
     assert [a.action for a in applied] == ["orthogonal recurrent weights"]
+    assert [a.action_id for a in applied] == ["orthogonal-recurrent"]
     w = model.weight_hh_l0.detach()
     torch.testing.assert_close(w.T @ w, torch.eye(64), atol=1e-5, rtol=0)

@@ -21,6 +21,29 @@ from ..models import LinearCell, LoopModel, orthogonal
 T, H, B = 30, 16, 4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_flat_profile_has_no_horizon_on_any_seed(dtype):
+    """rho = 1: the profile is 1 up to round-off, whose fitted slope (~1e-17, either sign) must not become a horizon."""
+    for seed in range(25):
+        torch.manual_seed(seed)
+        cell = LinearCell(3, H, orthogonal(H)).to(dtype)
+        model = LoopModel(cell, H).to(dtype)
+        x = torch.randn(T, B, 3, dtype=dtype)
+        layer = gradprobe.check(model, x, loss_fn=lambda out: out[0].sum(), cells=[cell], config={}).layers["cell"]
+        assert layer.horizon is None, (seed, layer.rate)
+        assert abs(layer.rate) < 1e-5
+        assert max(abs(p - 1) for p in layer.profile) < (1e-4 if dtype == torch.float32 else 1e-12)
+
+
+def test_robust_fit_ignores_an_outlying_point():
+    from gradprobe.recorders.propagation import fit_decay
+
+    profile = [0.9**k for k in range(40)]
+    profile[20] = 1e-9  # one corrupt point: least squares would bend, the median slope does not
+    rate, _ = fit_decay(profile, 1e-12)
+    assert rate == pytest.approx(math.log(0.9), rel=1e-9)
+
+
 @pytest.mark.parametrize("rho", [0.8, 1.0, 1.2])
 def test_linear_rnn_profile_is_rho_to_the_k(rho):
     """h_t = rho Q h_{t-1} + U x_t: ||v^T dh_T/dh_{T-k}|| = rho^k, ||J_t|| = rho."""

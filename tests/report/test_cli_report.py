@@ -21,7 +21,7 @@ def test_text_report_groups_findings_with_evidence_and_fix(vanishing_log):
     assert "Findings: 1 errors" in out
     error_block = out.split("  ERROR\n")[1]
     assert error_block.startswith("    RNN.l0\n      GP101 vanishing-gradient step 16:")
-    assert "< sequence length 120 in RNN.l0" in out
+    assert "< the 120 steps the task needs in RNN.l0" in out
     assert "evidence: horizon=" in out and "fix: orthogonal recurrent weights" in out
     assert "Gradient vs time step" in out and "RNN.l0  " in out and "T=120, horizon" in out
     assert "Verdict: FAIL (fail-on error)" in out
@@ -60,7 +60,8 @@ def test_json_report_schema(vanishing_log):
     layer = data["layers"]["RNN.l0"]
     assert layer["seq_len"] == 120 and len(layer["grad_norms"]) == 120 and layer["probes"] == 3
     assert data["training"]["steps"] == 24
-    assert {"code", "name", "severity", "layer", "step", "message", "evidence", "fix"} == set(data["findings"][0])
+    assert {"code", "name", "severity", "layer", "step", "message", "evidence", "fix", "fixes"} == set(data["findings"][0])
+    assert data["findings"][0]["fixes"][0] == {"action": "orthogonal-recurrent", "params": {}, "safety": "unsafe"}
 
 
 def test_output_file(vanishing_log, tmp_path):
@@ -116,3 +117,22 @@ def test_pyproject_fail_on_and_ignore(tmp_path, monkeypatch, vanishing_log):
     monkeypatch.chdir(tmp_path)
     result = run("report", vanishing_log)
     assert "GP101" not in result.output and "(fail-on info)" in result.output
+
+
+def test_a_loss_that_turned_non_finite_is_reported_as_such(tmp_path):
+    """The last finite value is not the end of the story: say when the loss went non-finite, and how often."""
+    from gradprobe.events import EventWriter
+
+    path = tmp_path / "nan.log"
+    writer = EventWriter(path)
+    writer.write("meta", layers=[], settings={})
+    losses = [4.4 - 0.01 * i for i in range(70)] + [float("nan")] * 63
+    for step, loss in enumerate(losses):
+        writer.write("step", step=step, loss=loss, grad_norm=1.0, nonfinite=None)
+    writer.close()
+    out = run("report", str(path)).output
+    assert "loss 4.4 -> non-finite (min 3.71); non-finite from step 70 (63 of 133 steps)" in out
+    data = json.loads(run("report", str(path), "--format", "json").stdout)["training"]
+    assert data["last_loss"] is None and data["nonfinite_losses"] == 63 and data["first_nonfinite_loss_step"] == 70
+    assert "non-finite from step 70 (63 of 133 steps)" in run("report", str(path), "--format", "html").output
+    assert "GP403 diverging-loss" in out

@@ -31,13 +31,42 @@ def _steps(engine, norms):
     return found
 
 
-def test_spike_against_running_median():
+def _spikes(norms, losses=None, settings=None):
     engine = RuleEngine({})
-    found = _steps(engine, [1.0 + 0.01 * (i % 5) for i in range(30)] + [25.0, 1.0])
-    (spike,) = [f for f in found if f.code == "GP102"]
-    assert spike.step == 30 and spike.severity == "warning"
-    assert spike.evidence["ratio"] > 20
-    assert "25 at step 30 is 25x the running median" in spike.message
+    engine.feed({"kind": "meta", "layers": [], "settings": settings or {}})
+    for step, norm in enumerate(norms):
+        loss = None if losses is None else losses[step]
+        engine.feed({"kind": "step", "step": step, "grad_norm": norm, "loss": loss, "nonfinite": None})
+    return [f for f in engine.findings() if f.code == "GP102"]
+
+
+NORMS = [1.0 + 0.01 * (i % 5) for i in range(30)] + [25.0] + [1.0] * 20 + [30.0] + [1.0] * 20 + [40.0] + [1.0] * 30
+
+
+def test_spikes_while_the_loss_improves_are_information():
+    falling = [2.0 / (1 + i / 10) for i in range(len(NORMS))]
+    (spike,) = _spikes(NORMS, falling)
+    assert spike.step == 30 and spike.severity == "info" and spike.evidence["spikes"] == 3
+    assert "3 gradient-norm spikes over 10x the running median (up to 40x, first at step 30) while the loss keeps improving" in spike.message
+
+
+def test_spikes_with_a_diverging_loss_are_an_error():
+    rising = [1.0 + i / 20 for i in range(len(NORMS))]
+    (spike,) = _spikes(NORMS, rising)
+    assert spike.severity == "error" and "the loss diverges" in spike.message
+
+
+def test_repeated_spikes_without_a_loss_are_a_warning_and_one_extreme_spike_too():
+    assert _spikes(NORMS)[0].severity == "error"  # repeated, harmful: nothing shows they are harmless
+    extreme = [1.0] * 20 + [5000.0] + [1.0] * 40
+    (spike,) = _spikes(extreme, [1.0 / (1 + i) for i in range(61)])
+    assert spike.severity == "warning" and "over 1000x the median" in spike.message
+
+
+def test_spikes_under_declared_clipping_are_information():
+    rising = [1.0 + i / 20 for i in range(len(NORMS))]
+    (spike,) = _spikes(NORMS, rising, settings={"grad_clip": 1.0})
+    assert spike.severity == "info" and "bounded by clipping (declared)" in spike.message
 
 
 def test_no_spike_below_factor_or_before_history():

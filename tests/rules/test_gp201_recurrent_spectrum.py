@@ -13,15 +13,18 @@ def test_spectral_norm_three_risks_explosion():
     assert finding.severity == "warning" and "gradients can explode" in finding.message
 
 
-def test_small_spectral_norm_guarantees_vanishing():
+def test_small_spectral_norm_guarantees_vanishing_as_information():
+    """Whether guaranteed vanishing hurts depends on the task: a measurement alone is info (GP101 judges with evidence)."""
     (finding,) = [f for f in gradprobe.lint(rnn_with_spectral_norm(0.5), config={}) if f.code == "GP201"]
     assert finding.evidence["product"] == pytest.approx(0.5, rel=1e-5)
-    assert "vanish at least like 0.50^k" in finding.message
+    assert finding.severity == "info" and "vanish at least like 0.50^k" in finding.message
 
 
-def test_orthogonal_and_default_init_pass():
+@pytest.mark.parametrize("seed", range(10))
+def test_orthogonal_and_default_init_pass(seed):
+    torch.manual_seed(seed)
     assert not [f for f in gradprobe.lint(rnn_with_spectral_norm(1.0), config={}) if f.code == "GP201"]
-    assert not [f for f in gradprobe.lint(nn.RNN(8, 256), config={}) if f.code == "GP201"]
+    assert not [f for f in gradprobe.lint(nn.RNN(8, 256), config={}) if f.code == "GP201" and f.severity != "info"]
 
 
 def test_gated_cells_are_judged_on_the_candidate_block():

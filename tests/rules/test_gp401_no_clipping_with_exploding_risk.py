@@ -16,15 +16,21 @@ def _run(norms, settings=None, fixes=(), growth_rate=None):
     return [f for f in engine.findings() if f.code == "GP401"]
 
 
-SPIKY = [1.0 + 0.1 * (i % 4) for i in range(40)] + [40.0] + [1.0 + 0.1 * (i % 4) for i in range(20)]
+CALM = [1.0 + 0.1 * (i % 4) for i in range(20)]
+SPIKY = CALM * 2 + [40.0] + CALM + [50.0] + CALM + [45.0] + CALM  # three spikes, no loss recorded to excuse them
 
 
 def test_spikes_without_clipping_get_a_threshold():
     (finding,) = _run(SPIKY)
-    assert finding.evidence["spikes"] == 1
-    expected = 2 * torch.tensor(SPIKY).quantile(0.9).item()
-    assert abs(finding.evidence["suggested_max_norm"] - expected) < 1e-6
+    assert finding.evidence["spikes"] == 3 and finding.severity == "warning"
+    expected = 2 * torch.tensor(SPIKY).median().item()
+    assert abs(finding.evidence["suggested_max_norm"] - expected) < 0.11
     assert "no gradient clipping detected" in finding.message
+    assert finding.fixes[0].action == "clip-grad-norm" and finding.fixes[0].safety == "safe"
+
+
+def test_a_loop_that_declares_its_clipping_is_not_contradicted():
+    assert not _run(SPIKY, settings={"grad_clip": 0.5})
 
 
 def test_pinned_norms_reveal_clipping():

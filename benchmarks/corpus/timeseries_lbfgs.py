@@ -1,0 +1,95 @@
+"""Time-series prediction with LSTMCells and L-BFGS, after PyTorch's time_sequence_prediction example.
+
+Two stacked ``LSTMCell``s in float64 read noisy sine waves step by step and
+predict the next value at every step; L-BFGS minimizes the MSE with a
+closure. ``probe.step(loss)`` sits in the closure, after ``backward``.
+
+Variants:
+    healthy: clean waves.
+    nan-input (broken, GP103): one NaN in the training data.
+
+    python benchmarks/corpus/timeseries_lbfgs.py --variant healthy --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import gradprobe  # noqa: E402
+
+VARIANTS = {"healthy": None, "nan-input": "GP103"}
+QUICK_STEPS = 3  # the test's reduced run
+STEPS = 8  # L-BFGS steps (each runs the closure up to 10 times)
+LENGTH = 100
+
+
+def waves(generator: torch.Generator, count: int = 24) -> Tensor:
+    shift = torch.randint(-40, 40, (count, 1), generator=generator).double()
+    t = torch.arange(LENGTH + 1).double().unsqueeze(0)
+    return torch.sin((t + shift) / 6.0) + 0.01 * torch.randn(count, LENGTH + 1, generator=generator, dtype=torch.float64)
+
+
+class Sequence(nn.Module):
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.lstm1 = nn.LSTMCell(1, hidden)
+        self.lstm2 = nn.LSTMCell(hidden, hidden)
+        self.linear = nn.Linear(hidden, 1)
+        self.hidden = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        h1 = c1 = h2 = c2 = x.new_zeros(x.size(0), self.hidden)
+        outputs = []
+        for x_t in x.split(1, dim=1):
+            h1, c1 = self.lstm1(x_t, (h1, c1))
+            h2, c2 = self.lstm2(h1, (h2, c2))
+            outputs.append(self.linear(h2))
+        return torch.cat(outputs, dim=1)
+
+
+def main(variant: str = "healthy", steps: int = STEPS, log: str | None = None, every: int = 10) -> common.RunResult:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(3)
+    data = waves(generator)
+    if variant == "nan-input":
+        data[3, 40] = math.nan
+    x, y = data[:, :-1], data[:, 1:]
+    model = Sequence().double()
+    crit = nn.MSELoss()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.8, max_iter=10)
+    result = common.RunResult("timeseries_lbfgs", variant, VARIANTS[variant])
+    with gradprobe.attach(model, log=log, every=every, config={}) as probe:
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = crit(model(x), y)
+            loss.backward()
+            probe.step(loss)
+            result.losses.append(loss.item())
+            return loss
+
+        for _ in range(steps):
+            opt.step(closure)
+    result.findings, result.steps = probe.findings, len(result.losses)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant", choices=VARIANTS, default="healthy")
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--log")
+    args = parser.parse_args()
+    r = main(args.variant, args.steps, args.log)
+    print(f"loss {r.initial_loss:.3g} -> {r.final_loss:.3g} over {r.steps} closure calls")
+    for f in r.findings:
+        print(f)

@@ -1,0 +1,126 @@
+"""The evidence that a short gradient horizon hurts (shared by GP101 and GP402).
+
+A horizon is a measurement. It becomes a problem only with evidence:
+
+``declared``
+    The user declared the dependency length the task needs
+    (``dependency_length=``), and the horizon is below it.
+``structure``
+    The loss reaches part of the sequence only through the recurrence, and
+    there the gradient has faded below epsilon in every direction (a loss on
+    the last steps of a long sequence: classification, the adding problem).
+``stalled-loss``
+    The loss has stayed near its starting value while the horizon is shorter
+    than the sequence (symptom first, then cause).
+``collapse``
+    The horizon collapsed during training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradprobe.rules.context import RuleContext
+from gradprobe.rules.observations import TrackHistory
+
+
+@dataclass
+class VanishingEvidence:
+    """What is known about one track's horizon, and the evidence that it hurts."""
+
+    track: TrackHistory
+    horizon: float
+    seq_len: int
+    rate: float | None
+    need: int | None
+    kinds: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+    severe: bool = False
+
+    @property
+    def hurts(self) -> bool:
+        return bool(self.kinds)
+
+    @property
+    def judged_length(self) -> int:
+        """The length the horizon is compared with: the declared need, else the sequence seen."""
+        return self.need or self.seq_len
+
+
+def declared_need(context: RuleContext) -> int | None:
+    """The dependency length the task needs, from ``attach``/``check`` or ``[tool.gradprobe]``."""
+    settings = context.meta.get("settings") or {}
+    for key in ("dependency_length", "seq_len"):  # seq_len: the name before 0.2
+        value = settings.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return int(value)
+    return context.config.dependency_length
+
+
+def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEvidence:
+    """Collect the evidence (see the module doc) for one track, with GP101's thresholds."""
+    horizon, seq_len = track.horizon(), track.max_seq_len
+    found = VanishingEvidence(track, horizon, seq_len, track.rate(), declared_need(context))
+    if math.isinf(horizon):
+        return found
+    threshold = lambda key: context.threshold("GP101", key)  # noqa: E731
+    if found.need is not None:
+        if horizon >= threshold("min_horizon_fraction") * found.need:
+            return found  # the declared need is met: nothing else can make this horizon the problem
+        found.kinds.append("declared")
+        found.reasons.append(f"the task needs {found.need} steps (declared)")
+        found.severe = horizon < threshold("error_horizon_fraction") * found.need
+    starved = context.run.starved(track)
+    if starved is not None:
+        count, length = starved
+        found.numbers["starved_steps"] = count
+        if length and count / length >= threshold("min_starved_fraction"):
+            found.kinds.append("structure")
+            found.reasons.append(
+                f"{count} of {length} steps get < {track.epsilon:g} of the gradient: the loss reaches them only through the recurrence"
+            )
+    loss = context.run.loss
+    if horizon < seq_len and loss.stalled(int(threshold("stall_min_steps")), threshold("min_improvement"), context.threshold("GP403", "rise")):
+        found.kinds.append("stalled-loss")
+        gained = loss.improvement() or 0.0
+        found.reasons.append(f"the loss stalled near its start ({loss.initial:.4g} -> {loss.latest:.4g}, {gained:+.1%})")
+        found.numbers.update(initial_loss=loss.initial, latest_loss=loss.latest)
+    if track.probes > 2 * len(track.early) - 1 and len(track.early) >= 2:
+        early = track.early_horizon()
+        if horizon < seq_len and horizon < threshold("collapse_fraction") * early:
+            found.kinds.append("collapse")
+            shown = "no decay" if math.isinf(early) else f"{early:.0f} steps"
+            found.reasons.append(f"the horizon collapsed during training (from {shown} to {horizon:.0f})")
+            found.numbers["early_horizon"] = None if math.isinf(early) else early
+    return found
+
+
+@dataclass
+class SpikeJudgement:
+    """Whether GP102's spikes hurt this run, and why."""
+
+    harmful: bool
+    reason: str
+
+
+def spike_judgement(context: RuleContext) -> SpikeJudgement:
+    """Spikes hurt when the loss diverges or turns non-finite, when one is extreme
+    (over GP102's extreme_factor x the median), or when they repeat and no loss
+    was recorded to show they do not. Spikes while the loss keeps falling are
+    what small-batch training looks like (info)."""
+    run = context.run
+    norms, loss = run.norms, run.loss
+    if not norms.spikes:
+        return SpikeJudgement(False, "")
+    if loss.nonfinite:
+        return SpikeJudgement(True, "and the loss turned non-finite")
+    if loss.divergence(context.threshold("GP403", "rise")) is not None:
+        return SpikeJudgement(True, "and the loss diverges")
+    if norms.max_spike_ratio >= context.threshold("GP102", "extreme_factor"):
+        return SpikeJudgement(True, f"one over {context.threshold('GP102', 'extreme_factor'):g}x the median")
+    if loss.finite == 0 and norms.spikes >= context.threshold("GP102", "min_spikes"):
+        return SpikeJudgement(True, "repeated, with no loss recorded to show they are harmless")
+    return SpikeJudgement(False, "while the loss keeps improving" if loss.finite else "isolated")

@@ -1,0 +1,88 @@
+"""GP201 recurrent-spectrum: sigma_max(W_hh) x gamma against 1 (Pascanu's condition)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from gradprobe.discovery import RecurrentSite
+from gradprobe.findings import Finding
+from gradprobe.fixes.actions import action
+from gradprobe.hookspecs import hookimpl
+from gradprobe.rules.context import RuleContext
+from gradprobe.rules.registry import Rule
+from gradprobe.rules.weights import candidate_block, directions
+
+RULE = Rule(
+    code="GP201",
+    name="recurrent-spectrum",
+    severity="warning",
+    summary="sigma_max(W_hh) * gamma far from 1 (Pascanu's condition)",
+    thresholds={"vanish_below": 1.0, "explode_above": 2.0, "gated_explode_above": 4.0},
+    what_it_does=(
+        "Computes the largest singular value of each recurrent weight (the candidate block for LSTM/GRU) times "
+        "gamma, the largest slope of the activation (1 for tanh and ReLU). Above explode_above (gated_explode_above "
+        "for LSTM/GRU, whose gates scale the candidate path) gradients can explode: warning. Below vanish_below "
+        "vanishing is guaranteed (Pascanu et al. 2013): info, since whether it hurts depends on the task (GP101 "
+        "judges that with evidence). Gated cells are never judged for vanishing."
+    ),
+    why_bad="||dh_t/dh_{t-1}|| <= gamma * sigma_max(W_hh): the product over T steps shrinks or grows like (gamma sigma)^T.",
+    known_problems="Torch's default init gives sigma ~1.15 for tanh RNNs; values within 1e-6 of a threshold are not flagged.",
+    example="nn.init.normal_(rnn.weight_hh_l0, std=0.2)   # sigma_max ~ 3 for 64 units",
+    use_instead="gradprobe.fixes.reinit.orthogonal_recurrent_(rnn)   # sigma_max = 1",
+    fix_safety="Re-initialization is unsafe: only gradprobe.fixes.apply runs it.",
+    references="Pascanu, Mikolov, Bengio 2013, section 3.2.",
+    static=True,
+)
+
+TOLERANCE = 1e-6
+
+
+@hookimpl
+def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
+    register(RULE)
+
+
+@hookimpl
+def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
+    found = []
+    for site in context.sites:
+        if site.mode is None:
+            continue
+        for track, params in directions(site):
+            with torch.no_grad():
+                found.append(_spectrum(context, site, track, params))
+    return found
+
+
+def _spectrum(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:
+    mode = site.mode or ""
+    weight = candidate_block(mode, params["weight_hh"]).detach().double()
+    sigma = float(torch.linalg.matrix_norm(weight, ord=2))
+    gamma = 1.0  # max slope of tanh and of ReLU
+    value = sigma * gamma
+    gated = mode in ("LSTM", "GRU")
+    evidence = {"sigma_max": sigma, "gamma": gamma, "product": value}
+    block = " (candidate block)" if gated else ""
+    identity = "identity-recurrent" if mode == "RNN_RELU" else "orthogonal-recurrent"
+    if not gated and value < context.threshold("GP201", "vanish_below") * (1 - TOLERANCE):
+        return context.finding(
+            "GP201",
+            f"sigma_max(W_hh){block} x gamma = {value:.3f} < 1 in {track}: gradients vanish at least like {value:.2f}^k",
+            layer=track,
+            severity="info",
+            evidence=evidence,
+            fixes=(action(identity),),
+        )
+    limit = context.threshold("GP201", "gated_explode_above" if gated else "explode_above")
+    if value > limit * (1 + TOLERANCE):
+        return context.finding(
+            "GP201",
+            f"sigma_max(W_hh){block} x gamma = {value:.3f} > {limit:g} in {track}: gradients can explode",
+            layer=track,
+            evidence=evidence,
+            fixes=(action(identity), action("clip-grad-norm-auto")),
+        )
+    return None

@@ -1,0 +1,145 @@
+"""GP301 saturated-gates: gate and tanh activations in their flat regions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradprobe.findings import Finding
+from gradprobe.fixes.actions import action
+from gradprobe.hookspecs import hookimpl
+from gradprobe.recorders.saturation import TANH_GATES
+from gradprobe.rules.context import RuleContext
+from gradprobe.rules.registry import Rule
+
+RULE = Rule(
+    code="GP301",
+    name="saturated-gates",
+    severity="warning",
+    summary="Large share of gate/tanh activations in their flat regions",
+    thresholds={"max_fraction": 0.5, "max_gate_fraction": 0.9, "error_fraction": 0.95},
+    what_it_does=(
+        "Averages, per layer and gate, the share of activations in the flat region (sigmoid outside [0.05, 0.95], "
+        "tanh beyond +-0.95; for the forget gate only the closed side, below 0.05). Flags tanh outputs and closed "
+        "forget gates above max_fraction, other sigmoid gates above max_gate_fraction (gates that learned to be binary "
+        "are normal, and chrono init closes input gates on purpose); error above error_fraction. Saturation present "
+        "from the first samples (input scale, initialization) is a warning or error; saturation a layer developed "
+        "while the loss improves is info, and a warning once the loss stalls or diverges."
+    ),
+    why_bad="A saturated unit passes almost no gradient (sigmoid' < 0.05, tanh' < 0.1), and a closed forget gate erases memory.",
+    known_problems=(
+        "tanh(c_t) of a trained LSTM that counts or remembers can sit at +-1 on purpose; the cell state is judged "
+        "only above error_fraction."
+    ),
+    example="nn.init.normal_(rnn.weight_ih_l0, std=3.0)   # pre-activations of +-30",
+    use_instead="gradprobe.fixes.reinit.xavier_input_(rnn); normalize inputs",
+    fix_safety="Re-initialization is unsafe: only gradprobe.fixes.apply runs it; input scaling is a change to your data.",
+    references="Glorot, Bengio 2010.",
+)
+
+#: Samples that show the saturation a layer starts training with.
+EARLY_SAMPLES = 3
+
+#: Judged against max_fraction: tanh outputs and a closed forget gate (memory erased).
+STRICT = (TANH_GATES - {"cell_state"}) | {"forget"}
+
+
+@dataclass
+class LayerSaturation:
+    """Running means of one track's saturation samples."""
+
+    mode: str | None
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    step: int | None = None
+    early_sums: dict[str, float] = field(default_factory=dict)
+    early_count: int = 0
+
+    def means(self) -> dict[str, float]:
+        return {gate: total / max(self.count, 1) for gate, total in self.sums.items()}
+
+    def early_means(self) -> dict[str, float]:
+        return {gate: total / max(self.early_count, 1) for gate, total in self.early_sums.items()}
+
+
+@dataclass
+class State:
+    layers: dict[str, LayerSaturation] = field(default_factory=dict)
+
+
+@hookimpl
+def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
+    register(RULE)
+
+
+@hookimpl
+def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
+    if event.get("kind") != "saturation" or event.get("mode") == "RNN_RELU":
+        return None
+    state = context.state("GP301", State)
+    entry = state.layers.setdefault(str(event["layer"]), LayerSaturation(event.get("mode")))
+    entry.count += 1
+    entry.step = event.get("step")
+    early = entry.early_count < EARLY_SAMPLES
+    entry.early_count += int(early)
+    low = event.get("low") or {}
+    for gate, value in (event.get("fractions") or {}).items():
+        # an open forget gate is memory, not a problem: count only its closed side
+        share = float(low.get(gate, 0.0) if gate == "forget" else value)
+        entry.sums[gate] = entry.sums.get(gate, 0.0) + share
+        if early:
+            entry.early_sums[gate] = entry.early_sums.get(gate, 0.0) + share
+    return None
+
+
+def _over(context: RuleContext, means: dict[str, float]) -> dict[str, float]:
+    error_fraction = context.threshold("GP301", "error_fraction")
+    over = {}
+    for gate, share in means.items():
+        if gate in STRICT:
+            limit = context.threshold("GP301", "max_fraction")
+        elif gate == "cell_state":
+            limit = error_fraction
+        else:
+            limit = context.threshold("GP301", "max_gate_fraction")
+        if share > limit:
+            over[gate] = share
+    return over
+
+
+@hookimpl
+def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+    found = []
+    error_fraction = context.threshold("GP301", "error_fraction")
+    loss = context.run.loss
+    troubled = loss.nonfinite > 0 or loss.divergence(context.threshold("GP403", "rise")) is not None or loss.stalled(
+        int(context.threshold("GP101", "stall_min_steps")), context.threshold("GP101", "min_improvement")
+    )
+    for layer, entry in context.state("GP301", State).layers.items():
+        means = entry.means()
+        over = _over(context, means)
+        if not over:
+            continue
+        worst_gate, worst = max(over.items(), key=lambda item: item[1])
+        from_start = worst_gate in _over(context, entry.early_means())
+        if from_start or troubled:
+            severity = "error" if worst > error_fraction else "warning"
+            why = "from the first samples" if from_start else "and the loss is not improving"
+        else:
+            severity, why = "info", "developed in training while the loss improves"
+        closed = worst_gate == "forget"
+        fixes = (action("forget-bias", value=1.0),) if closed else (action("xavier-input"), action("normalize-inputs"))
+        found.append(
+            context.finding(
+                "GP301",
+                f"{worst:.0%} of {worst_gate} activations {'closed' if closed else 'saturated'} in {layer} (mean over {entry.count} sampled steps), {why}",
+                layer=layer,
+                step=entry.step,
+                severity=severity,
+                evidence={"gate": worst_gate, "fraction": worst, "fractions": means, "samples": entry.count,
+                          "early_fractions": entry.early_means(), "from_start": from_start},
+                fixes=fixes,
+            )
+        )
+    return found

@@ -1,0 +1,88 @@
+"""GP302 dead-relu: ReLU RNN units that never activate."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradprobe.findings import Finding
+from gradprobe.fixes.actions import action
+from gradprobe.hookspecs import hookimpl
+from gradprobe.rules.context import RuleContext
+from gradprobe.rules.registry import Rule
+
+RULE = Rule(
+    code="GP302",
+    name="dead-relu",
+    severity="warning",
+    summary="ReLU RNN units that never activate",
+    thresholds={"max_dead_fraction": 0.25, "max_zero_fraction": 0.9},
+    what_it_does=(
+        "Counts ReLU units that are zero on every sampled step and row (the fewest over the last 5 samples), and "
+        "the overall share of zero activations."
+    ),
+    why_bad="A dead unit has zero slope everywhere: neither it nor its incoming weights ever learn again.",
+    example="nn.init.constant_(rnn.bias_ih_l0, -1.0)   # pushes pre-activations below zero",
+    use_instead="gradprobe.fixes.reinit.identity_recurrent_(rnn)   # IRNN: W_hh = I, zero bias",
+    fix_safety="Re-initialization is unsafe: only gradprobe.fixes.apply runs it.",
+    references="Le, Jaitly, Hinton 2015 (IRNN).",
+)
+
+
+@dataclass
+class LayerActivity:
+    zero_sum: float = 0.0
+    count: int = 0
+    dead: deque[int] = field(default_factory=lambda: deque(maxlen=5))
+    units: int = 0
+    step: int | None = None
+
+
+@dataclass
+class State:
+    layers: dict[str, LayerActivity] = field(default_factory=dict)
+
+
+@hookimpl
+def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
+    register(RULE)
+
+
+@hookimpl
+def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
+    if event.get("kind") != "saturation" or event.get("mode") != "RNN_RELU":
+        return None
+    entry = context.state("GP302", State).layers.setdefault(str(event["layer"]), LayerActivity())
+    entry.count += 1
+    entry.step = event.get("step")
+    entry.units = int(event.get("units") or 0)
+    entry.zero_sum += float((event.get("fractions") or {}).get("relu", 0.0))
+    if event.get("dead_units") is not None:
+        entry.dead.append(int(event["dead_units"]))
+    return None
+
+
+@hookimpl
+def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+    found = []
+    for layer, entry in context.state("GP302", State).layers.items():
+        units = entry.units or 1
+        dead = min(entry.dead) if entry.dead else 0
+        zero = entry.zero_sum / max(entry.count, 1)
+        dead_fraction = dead / units
+        if dead_fraction <= context.threshold("GP302", "max_dead_fraction") and zero <= context.threshold("GP302", "max_zero_fraction"):
+            continue
+        found.append(
+            context.finding(
+                "GP302",
+                f"{dead} of {units} ReLU units never active and {zero:.0%} of activations zero in {layer}",
+                layer=layer,
+                step=entry.step,
+                severity="error" if dead == units else "warning",
+                evidence={"dead_units": dead, "units": units, "dead_fraction": dead_fraction, "zero_fraction": zero},
+                fixes=(action("identity-recurrent"), action("he-input")),
+            )
+        )
+    return found

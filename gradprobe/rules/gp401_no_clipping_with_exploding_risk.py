@@ -1,0 +1,82 @@
+"""GP401 no-clipping-with-exploding-risk: spikes or growth, and nothing bounds the gradients the optimizer consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from gradprobe.findings import Finding
+from gradprobe.fixes.actions import action
+from gradprobe.fixes.clipping import quantile
+from gradprobe.hookspecs import hookimpl
+from gradprobe.rules.context import RuleContext
+from gradprobe.rules.evidence import spike_judgement
+from gradprobe.rules.gp102_exploding_gradient import growth_over_sequence
+from gradprobe.rules.registry import Rule
+
+RULE = Rule(
+    code="GP401",
+    name="no-clipping-with-exploding-risk",
+    severity="warning",
+    summary="Repeated gradient spikes or growth through time, and no clipping in place",
+    thresholds={"min_pinned_fraction": 0.05},
+    what_it_does=(
+        "Weighs the exploding risk (GP102's harmful spikes, a profile growing past GP102's max_growth, or a "
+        "diverging loss) against the signs of clipping: a declared threshold (attach(..., grad_clip=)), the probe's "
+        "own clipping (fix='auto'), or a gradient norm pinned at the same maximum in at least min_pinned_fraction of "
+        "the steps (clip_grad_norm_ before probe.step). With risk and no clipping it suggests a threshold from the "
+        "observed norms; with clipping it stays silent."
+    ),
+    why_bad="Without clipping one exploding step can undo a whole run of training (Pascanu et al. 2013).",
+    known_problems="Clipping after probe.step() is invisible unless declared: pass grad_clip= to attach().",
+    example="loss.backward(); probe.step(loss); opt.step()",
+    use_instead="loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\nprobe.step(loss); opt.step()",
+    fix_safety="Clipping by norm is safe: fix='auto' applies it.",
+    references="Pascanu, Mikolov, Bengio 2013; Mikolov 2012.",
+)
+
+
+@hookimpl
+def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
+    register(RULE)
+
+
+@hookimpl
+def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+    run = context.run
+    norms = run.norms
+    clipped, _, _ = run.clipping.in_place(norms, context.threshold("GP401", "min_pinned_fraction"))
+    if clipped:
+        return None
+    risk = []
+    if spike_judgement(context).harmful:
+        risk.append(f"{norms.spikes} gradient-norm spike{'s' if norms.spikes > 1 else ''} (up to {norms.max_spike_ratio:.0f}x the median)")
+    growth = {}
+    for name, track in run.tracks.items():
+        value = growth_over_sequence(track.rate(), track.latest.seq_len)
+        if value is not None and value > context.threshold("GP102", "max_growth"):
+            growth[name] = value
+    if growth:
+        layer, value = max(growth.items(), key=lambda item: item[1])
+        risk.append(f"signal growth x{value:.3g} through time in {layer}")
+    divergence = run.loss.divergence(context.threshold("GP403", "rise"))
+    if divergence is not None:
+        risk.append(f"a diverging loss ({divergence['best']:.4g} -> {divergence['latest']:.4g})")
+    if not risk:
+        return None
+    kept = list(norms.kept)
+    suggested = 2 * quantile(kept, 0.5) if kept else None
+    fixes = (action("clip-grad-norm", max_norm=suggested),) if suggested else (action("clip-grad-norm-auto"),)
+    threshold = f"{suggested:.3g}" if suggested is not None else "a multiple of the typical norm"
+    return [
+        context.finding(
+            "GP401",
+            f"{' and '.join(risk)} with no gradient clipping detected; clip by norm at {threshold}",
+            evidence={
+                "spikes": norms.spikes,
+                "growth": growth,
+                "median_norm": norms.median,
+                "suggested_max_norm": suggested,
+            },
+            fixes=fixes,
+        )
+    ]

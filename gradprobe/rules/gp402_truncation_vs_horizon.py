@@ -1,0 +1,80 @@
+"""GP402 truncation-vs-horizon: a declared BPTT window far longer than a healthy measured horizon."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from gradprobe.findings import Finding
+from gradprobe.fixes.actions import action
+from gradprobe.fixes.truncation import truncation_length
+from gradprobe.hookspecs import hookimpl
+from gradprobe.rules.context import RuleContext
+from gradprobe.rules.evidence import vanishing_evidence
+from gradprobe.rules.registry import Rule
+
+RULE = Rule(
+    code="GP402",
+    name="truncation-vs-horizon",
+    severity="info",
+    summary="Declared BPTT window far from the measured gradient horizon",
+    thresholds={"waste_factor": 4.0, "short_factor": 2.0},
+    what_it_does=(
+        "Speaks only when its advice can be followed: a declared truncation window (attach(..., truncation=)) over "
+        "waste_factor x a healthy horizon (one GP101 has no evidence against) spends compute on steps no gradient "
+        "reaches; a window shorter than horizon / short_factor cuts dependencies the model could carry. Never for "
+        "bidirectional layers (they see the whole sequence), never a shorter window next to a vanishing gradient."
+    ),
+    why_bad="Too long: compute and memory for nothing. Too short: the model never sees the dependencies it could carry.",
+    known_problems="Without a declared window it says nothing: the sequence length is not a truncation.",
+    example="gradprobe.attach(model, truncation=500)   # horizon 20",
+    use_instead="tbptt = gradprobe.fixes.TruncatedBPTT(gradprobe.fixes.truncation_length(horizon, seq_len))",
+    fix_safety="Display only: the window is part of your training loop.",
+    references="Williams, Peng 1990; Sutskever 2013 (truncated BPTT).",
+)
+
+
+@hookimpl
+def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
+    register(RULE)
+
+
+@hookimpl
+def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+    declared = context.settings.get("truncation")
+    if not isinstance(declared, (int, float)) or isinstance(declared, bool) or declared < 1:
+        return None
+    window = int(declared)
+    found = []
+    for name, track in context.run.tracks.items():
+        if context.run.is_bidirectional(track):
+            continue
+        evidence = vanishing_evidence(context, track)
+        horizon = evidence.horizon
+        numbers = {"horizon": None if math.isinf(horizon) else horizon, "window": window}
+        if horizon > context.threshold("GP402", "short_factor") * window:
+            shown = "does not decay" if math.isinf(horizon) else f"reaches {horizon:.0f} steps"
+            longer = truncation_length(None if math.isinf(horizon) else horizon, 10**9)
+            found.append(
+                context.finding(
+                    "GP402",
+                    f"truncation {window} steps is short: the gradient signal {shown} in {name}",
+                    layer=name,
+                    step=track.latest.step,
+                    evidence=numbers,
+                    fixes=(action("longer-truncation", window=longer) if not math.isinf(horizon) else action("longer-truncation", window=f"{2 * window}+"),),
+                )
+            )
+        elif not evidence.hurts and not math.isinf(horizon) and window > context.threshold("GP402", "waste_factor") * max(horizon, 1.0):
+            suggested = truncation_length(horizon, window)
+            found.append(
+                context.finding(
+                    "GP402",
+                    f"BPTT over {window} steps but gradients fade after {horizon:.0f} in {name}: {suggested}-step windows carry the same signal",
+                    layer=name,
+                    step=track.latest.step,
+                    evidence={**numbers, "suggested": suggested},
+                    fixes=(action("shorter-truncation", window=suggested),),
+                )
+            )
+    return found

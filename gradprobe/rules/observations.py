@@ -1,0 +1,357 @@
+"""What every rule may read: running observations of one run, kept by the rule engine.
+
+The engine feeds each event to :class:`Observations` *before* any rule sees
+it, so rules never depend on one another's state or on pluggy's call order.
+Everything here runs in constant memory in the length of the run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradprobe.events import finite_number, number
+
+#: Losses at the start of a run that define its starting level.
+FIRST_LOSSES = 20
+#: Losses at the end of what was seen that define its current level.
+RECENT_LOSSES = 20
+#: Deep probes per track kept from the start, and the most recent ones.
+KEPT_PROBES = 5
+
+
+def _median(values: Any) -> float | None:
+    data = list(values)
+    return statistics.median(data) if data else None
+
+
+@dataclass
+class LossTrend:
+    """The loss over training: starting and current level, best level, non-finite values.
+
+    Levels are medians over :data:`FIRST_LOSSES` / :data:`RECENT_LOSSES` steps,
+    so one noisy batch moves nothing. The best level is the lowest median of
+    consecutive blocks of ``RECENT_LOSSES`` steps.
+    """
+
+    first: list[float] = field(default_factory=list)
+    start: float | None = None
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_LOSSES))
+    finite: int = 0
+    nonfinite: int = 0
+    first_nonfinite_step: int | None = None
+    first_step: int | None = None
+    last_step: int | None = None
+    best: float | None = None
+    best_step: int | None = None
+    _block: list[float] = field(default_factory=list)
+
+    def add(self, step: int | None, loss: float | None) -> None:
+        if loss is None:
+            return
+        self.last_step = step
+        if not math.isfinite(loss):
+            self.nonfinite += 1
+            if self.first_nonfinite_step is None:
+                self.first_nonfinite_step = step
+            return
+        self.finite += 1
+        if self.start is None:
+            self.start, self.first_step = loss, step
+        if len(self.first) < FIRST_LOSSES:
+            self.first.append(loss)
+        self.recent.append(loss)
+        self._block.append(loss)
+        if len(self._block) == RECENT_LOSSES:
+            level = statistics.median(self._block)
+            if self.best is None or level < self.best:
+                self.best, self.best_step = level, step
+            self._block = []
+
+    @property
+    def initial(self) -> float | None:
+        """Median of the first losses."""
+        return _median(self.first)
+
+    @property
+    def latest(self) -> float | None:
+        """Median of the most recent losses."""
+        return _median(self.recent)
+
+    def improvement(self) -> float | None:
+        """``(initial - latest) / |initial|``: the share of the starting loss gone; ``None`` before two levels exist."""
+        initial, latest = self.initial, self.latest
+        if initial is None or latest is None or self.finite < FIRST_LOSSES + RECENT_LOSSES or initial == 0:
+            return None
+        return (initial - latest) / abs(initial)
+
+    def stalled(self, min_steps: int, min_improvement: float, rise: float = 0.25) -> bool:
+        """At least ``min_steps`` finite losses, less than ``min_improvement`` of the starting loss gone, and not diverging."""
+        gained = self.improvement()
+        if gained is None or self.finite < min_steps or gained >= min_improvement:
+            return False
+        return self.divergence(rise) is None and not self.nonfinite
+
+    def divergence(self, rise: float) -> dict[str, Any] | None:
+        """The loss climbed over ``rise`` x its best level and above its very first value; ``None`` otherwise.
+
+        The best level is the lowest block median, or the first loss (before
+        any update) when that is lower: a run that blows up in its first
+        steps has no better block.
+        """
+        start, latest = self.start, self.latest
+        if start is None or latest is None or self.finite < FIRST_LOSSES + RECENT_LOSSES:
+            return None
+        best, best_step = (self.best, self.best_step) if self.best is not None and self.best < start else (start, self.first_step)
+        if latest - best > rise * max(abs(best), 1e-12) and latest > start:
+            return {"initial": start, "best": best, "best_step": best_step, "latest": latest}
+        return None
+
+
+@dataclass
+class NormHistory:
+    """The total gradient norm over training: running median, spikes, pinned maxima (clipping before ``step``).
+
+    Args:
+        spike_factor: A norm above this multiple of the running median is a spike.
+        window: Steps in the running median.
+        min_history: Steps before spikes are judged.
+    """
+
+    spike_factor: float = 10.0
+    window: int = 50
+    min_history: int = 10
+    recent: deque[float] = field(default_factory=deque)
+    kept: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    steps: int = 0
+    zero_steps: int = 0
+    spikes: int = 0
+    max_spike_ratio: float = 0.0
+    first_spike_step: int | None = None
+    top: float = 0.0
+    pinned: int = 0
+    maximum: float | None = None
+
+    def add(self, step: int | None, norm: float | None) -> dict[str, Any] | None:
+        """Record one step's norm; return the spike it is (norm, median, ratio), if it is one."""
+        if norm is None or not math.isfinite(norm):
+            return None
+        self.steps += 1
+        if norm == 0:
+            self.zero_steps += 1
+        self.kept.append(norm)
+        self.maximum = norm if self.maximum is None else max(self.maximum, norm)
+        if self.top and abs(norm - self.top) <= 1e-4 * self.top:
+            self.pinned += 1
+        elif norm > self.top:
+            self.top, self.pinned = norm, 1
+        spike = None
+        if len(self.recent) >= self.min_history:
+            median = statistics.median(self.recent)
+            if median > 0 and norm > self.spike_factor * median:
+                self.spikes += 1
+                self.max_spike_ratio = max(self.max_spike_ratio, norm / median)
+                if self.first_spike_step is None:
+                    self.first_spike_step = step
+                spike = {"grad_norm": norm, "running_median": median, "ratio": norm / median}
+        self.recent.append(norm)
+        while len(self.recent) > self.window:
+            self.recent.popleft()
+        return spike
+
+    @property
+    def median(self) -> float | None:
+        return _median(self.kept)
+
+    def pinned_share(self) -> float:
+        return self.pinned / self.steps if self.steps else 0.0
+
+
+@dataclass
+class Clipping:
+    """Evidence that the gradients the optimizer consumes are bounded.
+
+    Attributes:
+        declared: The clip threshold the user declared (``attach(..., grad_clip=)``).
+        auto: The probe clips (``fix="auto"``).
+        applied: Clip events the probe applied.
+        threshold: The latest threshold in the probe's clip events.
+        far_above: Applied clip events whose norm was over ``far_factor`` x the threshold.
+    """
+
+    declared: float | None = None
+    auto: bool = False
+    applied: int = 0
+    threshold: float | None = None
+    far_above: int = 0
+    far_factor: float = 10.0
+
+    def add_fix(self, event: dict[str, Any]) -> None:
+        name = str(event.get("name", ""))
+        if not name.startswith(("clip", "adaptive")) or not event.get("applied"):
+            return
+        self.applied += 1
+        detail = event.get("detail") or {}
+        if not isinstance(detail, dict):
+            return
+        threshold, norm = finite_number(detail.get("max_norm")), number(detail.get("norm"))
+        if threshold is not None:
+            self.threshold = threshold
+            if norm is not None and (not math.isfinite(norm) or norm > self.far_factor * threshold):
+                self.far_above += 1
+
+    def in_place(self, norms: NormHistory, min_pinned_fraction: float) -> tuple[bool, str, float | None]:
+        """Whether clipping bounds the consumed gradients, how it was seen, and the threshold in use."""
+        if self.declared is not None:
+            return True, "declared", self.declared
+        if self.auto or self.applied:
+            return True, "the probe clips (fix='auto')", self.threshold
+        if norms.pinned >= 3 and norms.pinned_share() >= min_pinned_fraction:
+            return True, "gradient norms pinned at a maximum (clipping before probe.step)", norms.top
+        return False, "", None
+
+
+@dataclass
+class DeepRecord:
+    """One deep probe of one track, as the rules need it."""
+
+    step: int | None
+    horizon: float  # math.inf when the signal does not decay
+    rate: float | None
+    seq_len: int
+    reached: list[bool] | None  # per time step: the gradient there is >= epsilon x its maximum
+
+
+@dataclass
+class TrackHistory:
+    """The deep probes of one track: the first few and the most recent few."""
+
+    name: str
+    module: str
+    mode: str | None
+    early: list[DeepRecord] = field(default_factory=list)
+    recent: deque[DeepRecord] = field(default_factory=lambda: deque(maxlen=KEPT_PROBES))
+    probes: int = 0
+    max_seq_len: int = 0
+    epsilon: float = 1e-3
+
+    def add(self, record: DeepRecord) -> None:
+        self.probes += 1
+        self.max_seq_len = max(self.max_seq_len, record.seq_len)
+        if len(self.early) < KEPT_PROBES:
+            self.early.append(record)
+        self.recent.append(record)
+
+    @property
+    def latest(self) -> DeepRecord:
+        return self.recent[-1]
+
+    def horizon(self) -> float:
+        """Median horizon over the recent probes (``inf``: no decay)."""
+        return statistics.median(r.horizon for r in self.recent)
+
+    def early_horizon(self) -> float:
+        return statistics.median(r.horizon for r in self.early)
+
+    def rate(self) -> float | None:
+        return _median(r.rate for r in self.recent if r.rate is not None)
+
+    @property
+    def layer_key(self) -> str:
+        """The layer this track belongs to: both directions of a bidirectional layer share it."""
+        return self.name[: -len("_reverse")] if self.name.endswith("_reverse") else self.name
+
+
+def reached_steps(grad_norms: list[Any], epsilon: float) -> list[bool] | None:
+    """Per time step, whether ``||dL/dh_t||`` is at least ``epsilon`` x its largest value."""
+    values = [finite_number(v) or 0.0 for v in grad_norms]
+    top = max(values, default=0.0)
+    if top <= 0:
+        return None
+    return [v >= epsilon * top for v in values]
+
+
+class Observations:
+    """Loss trend, gradient norms, clipping and deep-probe history of one run.
+
+    Args:
+        spike_factor: A norm above this multiple of the running median is a spike.
+        spike_window: Steps in that running median.
+        min_history: Steps before spikes are judged.
+    """
+
+    def __init__(self, spike_factor: float = 10.0, spike_window: int = 50, min_history: int = 10) -> None:
+        self.loss = LossTrend()
+        self.norms = NormHistory(spike_factor, int(spike_window), int(min_history))
+        self.clipping = Clipping()
+        self.tracks: dict[str, TrackHistory] = {}
+        self.settings: dict[str, Any] = {}
+        self.bidirectional: set[str] = set()
+        self.last_spike: dict[str, Any] | None = None
+
+    def feed(self, event: dict[str, Any]) -> None:
+        """Update the observations with one event (call before the rules see it)."""
+        kind = event.get("kind")
+        self.last_spike = None
+        if kind == "meta":
+            settings = event.get("settings")
+            self.settings = dict(settings) if isinstance(settings, dict) else {}
+            self.clipping.declared = finite_number(self.settings.get("grad_clip"))
+            self.clipping.auto = self.settings.get("fix") == "auto"
+            for layer in event.get("layers") or []:
+                if isinstance(layer, dict) and layer.get("bidirectional"):
+                    self.bidirectional.add(str(layer.get("name")))
+        elif kind == "step":
+            step = event.get("step")
+            self.loss.add(step, number(event.get("loss")))
+            self.last_spike = self.norms.add(step, number(event.get("grad_norm")))
+            if self.last_spike is not None:
+                self.last_spike["step"] = step
+        elif kind == "fix":
+            self.clipping.add_fix(event)
+        elif kind == "deep":
+            self._add_deep(event)
+
+    def _add_deep(self, event: dict[str, Any]) -> None:
+        name = str(event["layer"])
+        track = self.tracks.get(name)
+        if track is None:
+            track = self.tracks[name] = TrackHistory(name, str(event.get("module", name)), event.get("mode"))
+        horizon = finite_number(event.get("horizon"))
+        epsilon = track.epsilon = finite_number(event.get("epsilon")) or 1e-3
+        grad_norms = event.get("grad_norms")
+        track.add(
+            DeepRecord(
+                step=event.get("step"),
+                horizon=math.inf if horizon is None else horizon,
+                rate=finite_number(event.get("rate")),
+                seq_len=int(event.get("seq_len") or 0),
+                reached=reached_steps(grad_norms, epsilon) if isinstance(grad_norms, list) else None,
+            )
+        )
+
+    def is_bidirectional(self, track: TrackHistory) -> bool:
+        return track.name.endswith("_reverse") or track.module in self.bidirectional
+
+    def starved(self, track: TrackHistory) -> tuple[int, int] | None:
+        """``(starved steps, sequence length)`` of the track's layer at its latest probe.
+
+        A time step is starved when no direction of the layer gets at least
+        epsilon x its largest gradient there: the loss reaches it only through
+        a recurrence that has faded (a loss on the last steps of a long sequence).
+        ``None`` when no gradient was recorded.
+        """
+        latest = track.latest
+        masks = [
+            t.latest.reached
+            for t in self.tracks.values()
+            if t.layer_key == track.layer_key and t.latest.step == latest.step and t.latest.reached is not None
+        ]
+        masks = [m for m in masks if len(m) == latest.seq_len]
+        if not masks or latest.seq_len == 0:
+            return None
+        starved = sum(1 for t in range(latest.seq_len) if not any(m[t] for m in masks))
+        return starved, latest.seq_len
