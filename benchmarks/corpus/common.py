@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,3 +79,16 @@ def bptt_windows(streams: Tensor, window: int):
     while True:
         for start in range(0, streams.size(0) - 1 - window, window):
             yield streams[start : start + window], streams[start + 1 : start + 1 + window]
+
+
+def run_from_command_line(variants: dict[str, str | None], main: Callable[..., RunResult], default: str, steps: int) -> None:
+    """``python SCRIPT.py [--variant V] [--steps N] [--log FILE]``: run one variant and print the loss and the findings."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant", choices=variants, default=default)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--log")
+    args = parser.parse_args()
+    result = main(args.variant, args.steps, args.log)
+    print(f"loss {result.initial_loss:.4g} -> {result.final_loss:.4g} over {result.steps} steps")
+    for finding in result.findings:
+        print(finding)

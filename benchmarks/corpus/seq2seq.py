@@ -14,7 +14,6 @@ Variants:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -84,12 +83,4 @@ def main(variant: str = "healthy", steps: int = STEPS, log: str | None = None, e
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--variant", choices=VARIANTS, default="healthy")
-    parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--log")
-    args = parser.parse_args()
-    r = main(args.variant, args.steps, args.log)
-    print(f"loss {r.initial_loss:.3f} -> {r.final_loss:.3f}")
-    for f in r.findings:
-        print(f)
+    common.run_from_command_line(VARIANTS, main, "healthy", STEPS)

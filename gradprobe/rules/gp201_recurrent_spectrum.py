@@ -13,7 +13,7 @@ from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
-from gradprobe.rules.weights import candidate_block, directions
+from gradprobe.rules.weights import candidate_block, each_direction
 
 RULE = Rule(
     code="GP201",
@@ -47,14 +47,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
-    found = []
-    for site in context.sites:
-        if site.mode is None:
-            continue
-        for track, params in directions(site):
-            with torch.no_grad():
-                found.append(_spectrum(context, site, track, params))
-    return found
+    return [_spectrum(context, site, track, params) for site, track, params in each_direction(context.sites)]
 
 
 def _spectrum(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:

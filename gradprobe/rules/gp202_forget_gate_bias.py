@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-import torch
 from torch import Tensor, nn
 
 from gradprobe.discovery import RecurrentSite
@@ -14,7 +13,7 @@ from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
-from gradprobe.rules.weights import directions
+from gradprobe.rules.weights import each_direction
 
 RULE = Rule(
     code="GP202",
@@ -42,14 +41,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
-    found = []
-    for site in context.sites:
-        if site.mode != "LSTM":
-            continue
-        for track, params in directions(site):
-            with torch.no_grad():
-                found.append(_forget_bias(context, site, track, params))
-    return found
+    return [_forget_bias(context, site, track, params) for site, track, params in each_direction(context.sites, ("LSTM",))]
 
 
 def _forget_bias(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-import torch
 from torch import Tensor, nn
 
 from gradprobe.discovery import RecurrentSite, gate_count
@@ -15,7 +14,7 @@ from gradprobe.fixes.reinit import xavier_std
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
-from gradprobe.rules.weights import directions
+from gradprobe.rules.weights import each_direction
 
 RULE = Rule(
     code="GP203",
@@ -43,14 +42,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
-    found = []
-    for site in context.sites:
-        if site.mode is None:
-            continue
-        for track, params in directions(site):
-            with torch.no_grad():
-                found.append(_input_scale(context, site, track, params))
-    return found
+    return [_input_scale(context, site, track, params) for site, track, params in each_direction(context.sites)]
 
 
 def _input_scale(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:

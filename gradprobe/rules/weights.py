@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
+import torch
 from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite, gate_count
@@ -32,3 +33,13 @@ def candidate_block(mode: str, weight_hh: Tensor) -> Tensor:
     if mode not in ("LSTM", "GRU"):
         return weight_hh
     return weight_hh.chunk(gate_count(mode), dim=0)[2]
+
+
+def each_direction(sites: list[RecurrentSite], modes: Collection[str] | None = None) -> Iterator[tuple[RecurrentSite, str, dict[str, Tensor]]]:
+    """``(site, track, params)`` for every layer direction of the sites of a known cell math (or of ``modes``), without autograd."""
+    for site in sites:
+        if site.mode is None or (modes is not None and site.mode not in modes):
+            continue
+        for track, params in directions(site):
+            with torch.no_grad():
+                yield site, track, params
