@@ -85,7 +85,7 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
     """
     if not isinstance(model, nn.Module):
         raise NotRecurrentError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    wanted = list(cells)
+    wanted = list(cells or ())
     names = {id(m): n for n, m in model.named_modules()}
     custom: set[int] = set()
     for item in wanted:

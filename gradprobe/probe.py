@@ -238,7 +238,7 @@ class Probe:
         elif mode == SAMPLE:
             self._sample_saturation()
         if self._fixer is not None:
-            self._fixer.after_backward(self.step_index, record, nonfinite)
+            self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)
 
     def _locate_nonfinite(self, bad_params: list[str], loss: float | None) -> dict[str, Any] | None:
         loss_bad = loss is not None and not (loss == loss and abs(loss) != float("inf"))

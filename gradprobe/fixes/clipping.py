@@ -7,6 +7,7 @@ gradient norm gradprobe already measured, and returns what it did (or ``None``).
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,13 @@ def rescale(parameters: Iterable[nn.Parameter], scale: float) -> None:
     """Multiply every gradient by ``scale`` in place."""
     for grad in _grads(parameters):
         grad.mul_(scale)
+
+
+def parameter_norm(parameters: Iterable[nn.Parameter]) -> float:
+    """The total L2 norm of the parameters (as one vector)."""
+    with torch.no_grad():
+        squares = [p.detach().double().pow(2).sum() for p in parameters]
+    return math.sqrt(float(sum(squares))) if squares else 0.0
 
 
 def quantile(values: Iterable[float], q: float) -> float:
@@ -44,28 +52,61 @@ class ClipGradNorm:
     learned robustly, in the manner of ZClip, so that an explosion already
     under way cannot teach it:
 
-    - only *accepted* norms (not clipped) enter the history, so a run of
-      exploding steps never raises the threshold;
+    - only *accepted* norms enter the history: norms under the threshold,
+      and, while a loss is given and not diverging, clipped steps at their
+      limit (as ZClip updates its statistics with the clipped value), so a
+      healthy norm that grows moves the threshold up step by step while an
+      explosion never raises it;
     - the threshold is ``exp(median + z * 1.4826 * MAD)`` of the log-norms in
-      the history (a z-score on a robust scale), capped at ``ceiling`` x the
-      median accepted norm;
+      the history (a z-score on a robust scale), between ``headroom`` and
+      ``ceiling`` x the median accepted norm;
     - before ``warmup`` norms are known the cap alone applies (from the
-      first step: a norm over ``ceiling`` x the median so far is clipped).
+      first step: a norm over ``ceiling`` x the median so far is clipped);
+    - the first ``warmup`` steps have little history to judge by, so a prior
+      bounds them too, in the manner of adaptive gradient clipping (Brock et
+      al. 2021): a norm over ``relative`` x the norm of the parameters is
+      clipped to it (with ``param_norm`` given);
+    - a model that explodes from its first step has no healthy norms to learn
+      from, so the loss decides as well: while the loss is above ``brake`` x
+      its starting level the applied norm is halved at every step (a
+      multiplicative trust region), and it grows back by ``recovery`` per
+      step once the loss is below that level again, up to the learned
+      threshold. Without a loss (``loss=None``) only the norms decide.
 
     Args:
         max_norm: A fixed threshold, or ``None`` to learn it.
         z: Robust z-score above which a norm is clipped.
         ceiling: Largest threshold as a multiple of the median accepted norm.
+        headroom: Smallest threshold as a multiple of the median accepted norm.
         warmup: Accepted norms before the z-score applies.
         history: Accepted norms kept.
+        brake: Loss over this multiple of the starting level (the median of
+            the first ``start_losses`` finite losses) counts as diverging;
+            ``None`` turns braking off.
+        start_losses: Finite losses that define the starting level.
+        recovery: Growth factor of the braked limit per non-diverging step.
+        floor: Smallest braked limit, as a multiple of the median accepted
+            norm, so that braking never freezes training.
+        relative: Largest norm in the first ``warmup`` steps, as a multiple
+            of the parameters' norm.
     """
 
     max_norm: float | None = None
     z: float = 3.0
     ceiling: float = 10.0
+    headroom: float = 2.0
     warmup: int = 10
     history: int = 200
+    brake: float | None = 1.5
+    start_losses: int = 5
+    recovery: float = 1.25
+    floor: float = 0.01
+    relative: float = 1.0
     _accepted: deque[float] = field(default_factory=deque, repr=False)
+    _first_losses: list[float] = field(default_factory=list, repr=False)
+    _braked_limit: float | None = field(default=None, repr=False)
+    _last_applied: float | None = field(default=None, repr=False)
+    _steps: int = field(default=0, repr=False)
 
     safe = True
     name = "clip-grad-norm"
@@ -83,23 +124,71 @@ class ClipGradNorm:
             return math.exp(cap)
         deviations = sorted(abs(v - median) for v in logs)
         mad = deviations[len(deviations) // 2]
-        return math.exp(min(cap, median + self.z * 1.4826 * mad))
+        return math.exp(min(cap, median + max(self.z * 1.4826 * mad, math.log(self.headroom))))
 
-    def decide(self, norm: float) -> dict[str, Any] | None:
-        """Say whether (and how) a gradient of this norm is clipped, and learn from it."""
+    def diverging(self, loss: float | None) -> float | None:
+        """The starting level (median of the first losses seen so far) when ``loss`` is over ``brake`` x it; else ``None``."""
+        if self.max_norm is not None or self.brake is None or loss is None or not math.isfinite(loss):
+            return None
+        start = statistics.median(self._first_losses) if self._first_losses else None
+        if len(self._first_losses) < self.start_losses:
+            self._first_losses.append(abs(loss))
+        return start if start is not None and abs(loss) > self.brake * start else None
+
+    def _braked(self, norm: float, learned: float | None, diverging: bool) -> float | None:
+        """The limit a diverging loss imposes: halved at every diverging step, regrown by ``recovery`` after."""
+        if diverging:
+            base = min(norm, self._last_applied or math.inf, self._braked_limit or math.inf)
+            typical = statistics.median(self._accepted) if self._accepted else base
+            self._braked_limit = max(0.5 * base, self.floor * typical)
+        elif self._braked_limit is not None:
+            self._braked_limit *= self.recovery
+            if learned is None or self._braked_limit >= learned:
+                self._braked_limit = None
+        return self._braked_limit
+
+    def needs_parameter_norm(self) -> bool:
+        """Whether the next :meth:`decide` uses the parameters' norm (the prior of the first steps)."""
+        return self.max_norm is None and self._steps < self.warmup
+
+    def needs_prior(self, param_norm: float) -> bool:
+        """Whether the prior of the first steps bounds this step, given the parameters' norm."""
+        return self.needs_parameter_norm() and 0 < param_norm < math.inf
+
+    def decide(self, norm: float, loss: float | None = None, param_norm: float | None = None) -> dict[str, Any] | None:
+        """Say whether (and how) a gradient of this norm is clipped, and learn from it.
+
+        ``loss`` is the loss of the step that produced the gradient; with it a
+        diverging run brakes. ``param_norm`` (the norm of the parameters)
+        bounds the first steps. See the class docstring.
+        """
         if not math.isfinite(norm):
             return None
-        limit = self.threshold()
+        prior = self.relative * param_norm if param_norm is not None and self.needs_prior(param_norm) else None
+        self._steps += 1
+        learned = self.threshold()
+        diverging = self.diverging(loss) is not None
+        braked = self._braked(norm, learned, diverging)
+        limit = min((v for v in (learned, braked, prior) if v is not None), default=None)
+        clipped = limit is not None and norm > limit
+        self._last_applied = limit if clipped and limit is not None else norm
+        healthy_loss = loss is not None and math.isfinite(loss) and not diverging
+        if self.max_norm is None and braked is None and norm > 0 and (not clipped or healthy_loss):
+            self._accepted.append(self._last_applied)  # clipped under a healthy loss: enters at its limit, so the threshold drifts
+            while len(self._accepted) > self.history:
+                self._accepted.popleft()
         if limit is None or norm <= limit:
-            if self.max_norm is None and norm > 0:
-                self._accepted.append(norm)
-                while len(self._accepted) > self.history:
-                    self._accepted.popleft()
             return None
-        return {"norm": norm, "max_norm": limit, "scale": limit / (norm + 1e-6)}
+        action: dict[str, Any] = {"norm": norm, "max_norm": limit, "scale": limit / (norm + 1e-6)}
+        if limit == braked:
+            action["reason"] = "diverging loss"
+        elif limit == prior:
+            action["reason"] = "first steps: over the parameters' norm"
+        return action
 
-    def __call__(self, parameters: Iterable[nn.Parameter], norm: float) -> dict[str, Any] | None:
-        action = self.decide(norm)
+    def __call__(self, parameters: Iterable[nn.Parameter], norm: float, loss: float | None = None) -> dict[str, Any] | None:
+        parameters = list(parameters)
+        action = self.decide(norm, loss, parameter_norm(parameters) if self.needs_parameter_norm() else None)
         if action is not None:
             rescale(parameters, action["scale"])
         return action

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
 
-from gradprobe.fixes.clipping import ClipGradNorm, rescale
+from gradprobe.fixes.clipping import ClipGradNorm, parameter_norm, rescale
 from gradprobe.fixes.nonfinite import NonFiniteGuard
+
+
+
+def steps_with_the_gradient(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's update is the current gradient times a step size (plain SGD, ASGD).
+
+    Only then does scaling the gradient down scale the step down at once:
+    momentum keeps moving on the velocity it has, and adaptive optimizers
+    (Adam, RMSprop, Adagrad...) divide the gradient's scale away.
+    """
+    if isinstance(optimizer, torch.optim.ASGD):
+        return True
+    return isinstance(optimizer, torch.optim.SGD) and all(not group.get("momentum") for group in optimizer.param_groups)
 
 
 class StepFixer:
@@ -17,6 +33,14 @@ class StepFixer:
     With ``mode="recommend"`` nothing is changed: every time a fix *would*
     apply, a ``fix`` event with ``applied: false`` is written. With
     ``mode="auto"`` the fix is applied and logged with ``applied: true``.
+
+    The clipper brakes a diverging loss by shrinking the gradient only while
+    the optimizer stepping the model updates by the current gradient (plain
+    SGD, ASGD) or is unknown (hand-written updates); with momentum or an
+    adaptive optimizer a braked gradient does not brake the step, and
+    measured on the exploding test zoo it made training worse. The
+    optimizer is seen through PyTorch's global optimizer step hook, removed
+    on :meth:`release`.
     """
 
     def __init__(self, model: nn.Module, mode: str, emit: Callable[..., None]) -> None:
@@ -25,14 +49,35 @@ class StepFixer:
         self.emit = emit
         self.guard = NonFiniteGuard("skip")
         self.clip = ClipGradNorm()
+        self.optimizer: str | None = None
+        self._param_ids = {id(p) for p in self.params}
+        self._seen: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._hook = register_optimizer_step_pre_hook(self._on_optimizer_step)
 
-    def after_backward(self, step: int, record: dict[str, Any], nonfinite: dict[str, Any] | None) -> None:
+    def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            self._see(optimizer)
+        except Exception:  # noqa: BLE001 - runs inside the user's optimizer.step(): never raise there
+            self.clip.brake = None  # unsure what steps the model: no brake
+
+    def _see(self, optimizer: torch.optim.Optimizer) -> None:
+        if optimizer in self._seen:
+            return
+        self._seen.add(optimizer)
+        steps_model = any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"])
+        if not steps_model:
+            return
+        self.optimizer = type(optimizer).__name__
+        if not steps_with_the_gradient(optimizer):
+            self.clip.brake = None
+
+    def after_backward(self, step: int, record: dict[str, Any], nonfinite: dict[str, Any] | None, loss: float | None = None) -> None:
         apply = self.mode == "auto"
         if nonfinite is not None:
             detail = self.guard(self.params, finite=False) if apply else {"mode": "skip"}
             self.emit("fix", step=step, name=self.guard.name, applied=apply, detail=detail)
             return
-        action = self.clip.decide(record["grad_norm"])
+        action = self.clip.decide(record["grad_norm"], loss, parameter_norm(self.params) if self.clip.needs_parameter_norm() else None)
         if action is None:
             return
         if apply:
@@ -40,4 +85,6 @@ class StepFixer:
         self.emit("fix", step=step, name=self.clip.name, applied=apply, detail=action)
 
     def release(self) -> None:
+        self._hook.remove()
         self.params = []
+        self._param_ids = set()

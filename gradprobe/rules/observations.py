@@ -179,7 +179,10 @@ class Clipping:
         auto: The probe clips (``fix="auto"``).
         applied: Clip events the probe applied.
         threshold: The latest threshold in the probe's clip events.
-        far_above: Applied clip events whose norm was over ``far_factor`` x the threshold.
+        far_above: Applied clip events whose norm was over ``far_factor`` x the
+            threshold learned from the norms (events of the loss brake, whose
+            threshold follows the loss, not typical norms, are not counted).
+        braked: Applied clip events of the loss brake (a diverging loss).
     """
 
     declared: float | None = None
@@ -187,6 +190,7 @@ class Clipping:
     applied: int = 0
     threshold: float | None = None
     far_above: int = 0
+    braked: int = 0
     far_factor: float = 10.0
 
     def add_fix(self, event: dict[str, Any]) -> None:
@@ -196,6 +200,9 @@ class Clipping:
         self.applied += 1
         detail = event.get("detail") or {}
         if not isinstance(detail, dict):
+            return
+        if detail.get("reason") == "diverging loss":
+            self.braked += 1
             return
         threshold, norm = finite_number(detail.get("max_norm")), number(detail.get("norm"))
         if threshold is not None:

@@ -55,6 +55,65 @@ def test_an_explosion_cannot_teach_the_threshold():
     assert thresholds[-1] == thresholds[20]  # a run of clipped steps leaves it where it was
 
 
+def test_a_diverging_loss_halves_the_limit_at_every_step_and_it_grows_back_after():
+    """A multiplicative trust region on the applied norm, driven by the loss against its starting level."""
+    clip = ClipGradNorm(brake=1.5, recovery=1.25)
+    for _ in range(20):
+        assert clip.decide(1.0, loss=1.0) is None  # start level 1.0, threshold 2x the median accepted norm
+    limits = [clip.decide(1.0, loss=10.0)["max_norm"] for _ in range(3)]
+    assert limits == pytest.approx([0.5, 0.25, 0.125])
+    assert clip.decide(1.0, loss=10.0)["reason"] == "diverging loss"
+    recovered = []
+    while (action := clip.decide(1.0, loss=1.0)) is not None:
+        recovered.append(action["max_norm"])
+    assert recovered[:3] == pytest.approx([0.0625 * 1.25, 0.0625 * 1.25**2, 0.0625 * 1.25**3])
+    assert len(recovered) == math.floor(math.log(1.0 / 0.0625) / math.log(1.25))  # clipped while 0.0625 * 1.25^k < 1
+    assert clip.threshold() == pytest.approx(2.0)  # braked steps never entered the history
+
+
+def test_braking_never_freezes_training():
+    clip = ClipGradNorm()
+    for _ in range(20):
+        clip.decide(4.0, loss=1.0)
+    limits = [clip.decide(4.0, loss=100.0)["max_norm"] for _ in range(40)]
+    assert min(limits) == pytest.approx(0.01 * 4.0)  # the floor: 1% of the median accepted norm
+
+
+def test_without_a_loss_there_is_no_brake_and_a_fixed_threshold_never_brakes():
+    clip = ClipGradNorm()
+    for _ in range(20):
+        clip.decide(1.0)
+    assert clip.decide(1.5) is None
+    fixed = ClipGradNorm(max_norm=5.0)
+    assert fixed.decide(1.0, loss=1.0) is None and fixed.decide(1.0, loss=1e6) is None
+
+
+def test_the_first_steps_are_bounded_by_the_parameters_norm():
+    """No history yet: a gradient 10^5 x the parameters' norm is clipped to it (a prior in the manner of AGC)."""
+    clip = ClipGradNorm(relative=1.0, warmup=10)
+    action = clip.decide(1e6, loss=5.0, param_norm=10.0)
+    assert action["max_norm"] == 10.0 and action["reason"] == "first steps: over the parameters' norm"
+    for _ in range(9):
+        clip.decide(1.0, loss=5.0, param_norm=10.0)
+    assert not clip.needs_parameter_norm()  # after the warmup only the history decides
+    params = _params(torch.tensor([3.0, 4.0]))
+    assert ClipGradNorm()(params, 5.0, loss=1.0) is None  # zero parameters: no scale to judge by
+    params = [nn.Parameter(torch.tensor([3.0, 4.0]))]
+    params[0].grad = torch.tensor([300.0, 400.0])
+    ClipGradNorm()(params, 500.0, loss=1.0)
+    assert _norm(params) == pytest.approx(5.0, rel=1e-5)  # the parameters' norm
+
+
+def test_a_healthy_growing_norm_moves_the_threshold_up():
+    """Norms growing 2% per step while the loss falls: clipped steps enter at their limit, so the threshold follows."""
+    clip = ClipGradNorm()
+    clipped = 0
+    for k in range(300):
+        clipped += clip.decide(1.02**k, loss=1.0 / (1 + k)) is not None
+    assert clip.threshold() > 1.02**250
+    assert clipped < 30
+
+
 def test_fixed_threshold_is_kept():
     clip = ClipGradNorm(max_norm=2.0)
     for n in (1.0, 50.0, 1e9):

@@ -48,3 +48,35 @@ def test_recommend_changes_nothing_but_logs():
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
     fixes = [e for e in seen if e["kind"] == "fix"]
     assert fixes and all(not e["applied"] for e in fixes)
+
+
+def _optimizer_hooks():
+    from torch.optim import optimizer
+
+    return len(optimizer._global_optimizer_pre_hooks)
+
+
+def test_the_loss_brake_follows_the_optimizer_and_its_hook_goes_with_the_probe():
+    """Braking a gradient brakes the step only for plain SGD; momentum and adaptive optimizers keep their steps."""
+    hooks = _optimizer_hooks()
+    expected = {"SGD": 1.5, "SGD-momentum": None, "Adam": None, "RMSprop": None}
+    makers = {
+        "SGD": lambda p: torch.optim.SGD(p, lr=0.1),
+        "SGD-momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        "Adam": lambda p: torch.optim.Adam(p, lr=1e-3),
+        "RMSprop": lambda p: torch.optim.RMSprop(p, lr=1e-3),
+    }
+    for name, make in makers.items():
+        model = nn.GRU(3, 4)
+        other = nn.Linear(2, 2)
+        with gradprobe.attach(model, every=100, fix="auto", config={}) as probe:
+            torch.optim.Adam(other.parameters()).step()  # an optimizer of another model does not count
+            assert probe._fixer.clip.brake == 1.5
+            opt = make(model.parameters())
+            out, _ = model(torch.randn(5, 2, 3))
+            out.sum().backward()
+            probe.step(out.sum())
+            opt.step()
+            assert probe._fixer.clip.brake == expected[name], name
+            assert probe._fixer.optimizer == type(opt).__name__
+        assert _optimizer_hooks() == hooks
