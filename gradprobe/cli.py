@@ -2,7 +2,9 @@
 
 Exit codes: 0 healthy, 1 findings at or above ``--fail-on``, 2 bad input
 (unreadable or foreign log, bad configuration, a factory that does not build a
-recurrent model). Errors are one line on stderr, never a traceback.
+recurrent model), 3 an internal error of gradprobe. Errors are one line on
+stderr, never a traceback (``--debug`` shows it for internal errors).
+Warnings (a skipped plugin, a malformed log line) are one line each.
 """
 
 from __future__ import annotations
@@ -21,7 +23,35 @@ from gradprobe import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def strip_control(text: str) -> str:
+    """Drop terminal control characters (escape sequences included) except newlines and tabs."""
+    return "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
+
+
+class Main(click.Group):
+    """The command group: one-line warnings, and exit 3 with one line for any internal error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
+        def one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            click.echo(f"gradprobe: warning: {strip_control(str(message))}", err=True)
+
+        warnings.showwarning = one_line  # type: ignore[assignment]
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 3
+            if ctx.params.get("debug"):
+                raise
+            from gradprobe.faults import short
+
+            click.echo(f"gradprobe: internal error: {strip_control(short(exc))} (run with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_INTERNAL)
 
 
 class BadInput(click.ClickException):
@@ -52,10 +82,36 @@ def _bad_input_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gradprobe")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
+@click.option("--disable-plugin", "disable", multiple=True, metavar="NAME",
+              help="Leave out a plugin (entry-point or module name); repeatable. Same as GRADPROBE_DISABLE_PLUGINS.")
+def main(debug: bool, disable: tuple[str, ...]) -> None:
     """Gradient-health diagnostics for recurrent networks (RNN, LSTM, GRU)."""
+    if disable:
+        from gradprobe.plugins import DISABLE_ENV
+
+        names = [n for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()] + list(disable)
+        os.environ[DISABLE_ENV] = ",".join(names)
+
+
+@main.command()
+def plugins() -> None:
+    """List the plugins: name, source, status and the hooks each implements."""
+    import warnings
+
+    from gradprobe.plugins import make_plugin_manager
+    from gradprobe.rules.registry import Registry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failures are listed below, with their reasons
+        pm = make_plugin_manager()
+        Registry.from_plugins(pm)
+    click.echo(f"{'name':<44}{'source':<24}{'status':<10}hooks / reason")
+    for status in pm.statuses.values():
+        detail = status.reason if status.status != "active" else ", ".join(h.removeprefix("gradprobe_") for h in status.hooks)
+        click.echo(strip_control(f"{status.name:<44}{status.source:<24}{status.status:<10}{detail}"))
 
 
 @main.command()
@@ -86,13 +142,15 @@ def report(logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str |
         summary = summarize_logs(logs, config)
     renderer = {"text": render_text, "json": render_json, "html": render_html}[fmt]
     text = renderer(summary, fail_on)
+    if fmt == "text":
+        text = strip_control(text)
     if output is not None:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
     for path, problem in summary.problems[:5]:
-        click.echo(f"gradprobe: warning: {path}: {problem} (skipped)", err=True)
+        click.echo(strip_control(f"gradprobe: warning: {path}: {problem} (skipped)"), err=True)
     sys.exit(EXIT_FINDINGS if summary.fails(fail_on) else EXIT_OK)
 
 

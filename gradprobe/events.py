@@ -31,6 +31,12 @@ Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. Kinds:
     A rule finding (see :class:`gradprobe.findings.Finding`).
 ``error``
     The probe failed and disabled itself: ``where``, ``message``.
+``fault``
+    One part of the probe (a sink, a plugin hook, the run log, the rules)
+    failed and was switched off alone: ``part``, ``message``.
+
+The fields and types of every kind are in :mod:`gradprobe.schema`; events
+that do not fit are skipped by readers and reported with their line numbers.
 
 Readers tolerate a truncated last line (a killed run) and report corrupt lines
 with their line numbers instead of failing.
@@ -48,6 +54,12 @@ from pathlib import Path
 from typing import IO, Any
 
 SCHEMA_VERSION = 1
+
+
+def schema_problem(event: dict[str, Any]) -> str | None:
+    from gradprobe.schema import problem
+
+    return problem(event)
 
 
 def _clean(value: Any) -> Any:
@@ -106,6 +118,11 @@ class EventWriter:
         now = time.monotonic()
         if kind in self.URGENT or now - self._last_flush >= self.flush_seconds:
             self.flush()
+
+    def write_event(self, event: dict[str, Any]) -> None:
+        """Write one event given as a dict with its ``kind``."""
+        fields = {k: v for k, v in event.items() if k != "kind"}
+        self.write(str(event["kind"]), **fields)
 
     def flush(self) -> None:
         """Push buffered events to the operating system."""
@@ -185,11 +202,20 @@ def iter_events(
                     problems.append(LogProblem(number, f"unsupported schema version {event['v']!r}"))
                 continue
             seen_valid = True
+            reason = schema_problem(event)
+            if reason is not None:
+                if problems is not None:
+                    problems.append(LogProblem(number, _scrub(reason)))
+                continue
             yield event
     finally:
         handle.close()
         if progress is not None and pending:
             progress(pending)
+
+
+def _scrub(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _short(exc: Exception) -> str:

@@ -1,15 +1,32 @@
-"""The plugin manager: built-in rules, first-party and third-party plugins."""
+"""The plugin manager: built-in rules, first-party and third-party plugins, each isolated from the others.
+
+A manager is built per run (``attach``, ``check``, ``report``...), so
+installing, removing or disabling a plugin needs no restart. A plugin that
+fails to import, registers a code another plugin owns, or raises inside a
+hook is switched off alone, with one :class:`~gradprobe.faults.GradprobeWarning`
+naming it; the other plugins, the run log and the user's training go on.
+
+``GRADPROBE_DISABLE_PLUGINS=name,...`` (entry-point or module names) keeps
+plugins from loading at all; ``gradprobe plugins`` lists every plugin with
+its hooks and status.
+"""
 
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
 
 import pluggy
 
 from gradprobe import hookspecs
+from gradprobe.faults import short, warn
 
 ENTRY_POINT_GROUP = "gradprobe"
+DISABLE_ENV = "GRADPROBE_DISABLE_PLUGINS"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "gradprobe.rules.gp101_vanishing_gradient",
@@ -26,18 +43,109 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 
-def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
-    """A fresh plugin manager with the hookspecs, the default plugins and (optionally) installed ones."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+@dataclass
+class PluginStatus:
+    """One plugin as ``gradprobe plugins`` shows it.
+
+    Attributes:
+        name: Entry-point name (third party) or module name (built in).
+        source: ``"built-in"`` or the distribution that provides it.
+        status: ``"active"``, ``"disabled"`` (by configuration) or ``"failed"``.
+        reason: Why it is not active.
+        hooks: The gradprobe hooks it implements.
+    """
+
+    name: str
+    source: str
+    status: str = "active"
+    reason: str = ""
+    hooks: list[str] = field(default_factory=list)
+
+
+def disabled_names(extra: Iterable[str] = ()) -> set[str]:
+    """Plugin names switched off by ``GRADPROBE_DISABLE_PLUGINS`` and ``extra``."""
+    names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    return names | {n.strip() for n in extra if n.strip()}
+
+
+class PluginManager(pluggy.PluginManager):
+    """A pluggy manager whose hook calls isolate each plugin (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.statuses: dict[str, PluginStatus] = {}
+
+    def add(self, plugin: object, name: str, source: str) -> None:
+        """Register a plugin and record it as active."""
+        self.register(plugin, name=name)
+        hooks = [c.name for c in self.get_hookcallers(plugin) or ()]
+        self.statuses[name] = PluginStatus(name, source, hooks=sorted(hooks))
+
+    def skip(self, name: str, source: str, status: str, reason: str) -> None:
+        """Record a plugin that is not loaded; a failure is also a warning."""
+        self.statuses[name] = PluginStatus(name, source, status, reason)
+        if status == "failed":
+            warn(f"gradprobe skipped plugin {name!r}: {reason}", stacklevel=4)
+
+    def switch_off(self, name: str, where: str, exc: BaseException) -> None:
+        """Unregister a plugin that raised, warn once, and record why."""
+        if self.get_plugin(name) is not None:
+            self.unregister(name=name)
+        status = self.statuses.get(name)
+        reason = f"{where} raised {short(exc)}"
+        if status is None or status.status != "failed":
+            self.statuses[name] = PluginStatus(name, status.source if status else "?", "failed", reason, status.hooks if status else [])
+            warn(f"gradprobe switched off plugin {name!r}: {reason}", stacklevel=4)
+
+    def call(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation of ``hook`` in pluggy's order, each plugin isolated; return the results that are not ``None``."""
+        results = []
+        caller = getattr(self.hook, hook)
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue  # gradprobe hooks are plain calls; wrappers are not supported
+            try:
+                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+                if isinstance(result, Iterator):
+                    result = list(result)  # a generator raises while it is consumed: consume it here
+            except Exception as exc:  # noqa: BLE001 - one plugin must not take the others (or training) down
+                self.switch_off(impl.plugin_name, hook, exc)
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+
+def make_plugin_manager(load_entry_points: bool = True, disable: Iterable[str] = ()) -> PluginManager:
+    """A fresh plugin manager with the hookspecs, the default plugins and (optionally) the installed ones.
+
+    Args:
+        load_entry_points: Load the plugins of the ``gradprobe`` entry-point group.
+        disable: Plugin names to leave out, besides ``GRADPROBE_DISABLE_PLUGINS``.
+    """
+    pm = PluginManager()
+    off = disabled_names(disable)
     for name in DEFAULT_PLUGINS:
-        pm.register(importlib.import_module(name), name=name)
+        if name in off:
+            pm.skip(name, "built-in", "disabled", f"{DISABLE_ENV} or --disable")
+            continue
+        pm.add(importlib.import_module(name), name, "built-in")
     if load_entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            source = entry.dist.name if entry.dist is not None else "?"
+            if entry.name in off or entry.value.split(":")[0] in off:
+                pm.skip(entry.name, source, "disabled", f"{DISABLE_ENV} or --disable")
+            elif pm.get_plugin(entry.name) is None:
+                try:
+                    plugin = entry.load()
+                except Exception as exc:  # noqa: BLE001 - a broken install must not stop gradprobe
+                    pm.skip(entry.name, source, "failed", f"import failed: {short(exc)}")
+                    continue
+                pm.add(plugin, entry.name, source)
     return pm
 
 
-@lru_cache(maxsize=1)
-def default_plugin_manager() -> pluggy.PluginManager:
-    """The shared plugin manager (built once per process)."""
+def default_plugin_manager() -> PluginManager:
+    """A plugin manager for one run: built-ins plus installed plugins, minus the disabled ones."""
     return make_plugin_manager()

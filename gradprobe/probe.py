@@ -11,15 +11,20 @@ Usage::
     print(probe.findings)
 
 The probe never changes a forward result, a gradient or the random stream of
-the training it observes (with ``fix="off"``). Any exception inside the probe
-is caught, reported once (a warning and an ``error`` event), and the probe
-disables itself while training goes on.
+the training it observes (with ``fix="off"``), and never raises into it. Every
+part fails alone, reported once (a :class:`GradprobeWarning`, and an event in
+the log while the log works):
+
+- a sink, a plugin hook or the run log (disk full) that raises is switched
+  off alone (a ``fault`` event); measuring and the other consumers go on;
+- the rules: switched off, measuring goes on;
+- measuring itself (hooks, replay): the probe removes its hooks and
+  disables itself (an ``error`` event) while training goes on.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from gradprobe import __version__
+from gradprobe.bus import EventBus, sink_name
 from gradprobe.discovery import RecurrentSite, find_recurrent
 from gradprobe.events import EventWriter
+from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
 from gradprobe.recorders import propagation
 from gradprobe.recorders.capture import DEEP, OFF, SAMPLE, CallCapture, CellCalls
@@ -42,8 +49,7 @@ from gradprobe.reference import functional as fn
 FIX_MODES = ("off", "recommend", "auto")
 
 
-class GradprobeWarning(UserWarning):
-    """Issued once when the probe hits an internal error and disables itself."""
+__all__ = ["GradprobeWarning", "LayerProfile", "Probe", "ProbeSettings", "attach"]
 
 
 @dataclass
@@ -133,16 +139,44 @@ class Probe:
         self.disabled = False
         self.closed = False
         self.error: str | None = None
+        self.rules_error: str | None = None
         self._layers: dict[str, LayerProfile] = {}
         self._writer = EventWriter(log, self.settings.flush_seconds) if log is not None else None
-        self._sinks = list(sinks)
         self._generator = torch.Generator().manual_seed(self.settings.seed)
         if rules is None:
             from gradprobe.rules.engine import RuleEngine
 
             rules = RuleEngine()
         self.rules = rules
+        self._bus = self._event_bus(sinks)
         self._fixer: Any = None
+        self._gradients: GradientRecorder
+        self._capture: CallCapture
+        try:
+            self._start(model)
+        except BaseException:
+            self._detach()
+            self._bus.close()
+            raise
+
+    def _event_bus(self, sinks: Sequence[Callable[[dict[str, Any]], None]]) -> EventBus:
+        bus = EventBus(on_fault=self._report_fault)
+        writer = self._writer
+        if writer is not None:
+            bus.add(f"the run log {writer.path}", lambda event: writer.write_event(event), writer.close)
+        pm = getattr(self.rules, "pm", None)
+        if pm is not None:
+            from gradprobe.plugins import PluginManager
+
+            if isinstance(pm, PluginManager):
+                bus.add("plugin hooks", lambda event: pm.call("gradprobe_event_written", event=event))
+            else:
+                bus.add("plugin hooks", lambda event: pm.hook.gradprobe_event_written(event=event))
+        for sink in sinks:
+            bus.add(sink_name(sink), sink)
+        return bus
+
+    def _start(self, model: nn.Module) -> None:
         self._gradients = GradientRecorder(model, self.sites)
         self._stack_replayers = {s.name: StackReplayer(s) for s in self.sites if s.kind == "stack"}
         self._cell_replayers = {s.name: CellReplayer(s) for s in self.sites if s.kind == "cell"}
@@ -156,7 +190,7 @@ class Probe:
             layers=[site.describe() for site in self.sites],
             settings=vars(self.settings).copy(),
         )
-        for finding in self.rules.lint(model, self.sites, keep=True):
+        for finding in self._rules_call("linting the model", lambda: self.rules.lint(model, self.sites, keep=True)) or []:
             self._write("finding", **finding.to_dict())
         if self.settings.fix != "off":
             from gradprobe.fixes.runtime import StepFixer
@@ -177,8 +211,19 @@ class Probe:
 
     @property
     def findings(self) -> list[Finding]:
-        """Findings so far (all of them once the probe is closed)."""
-        return self.rules.findings()
+        """Findings so far (all of them once the probe is closed). Never raises."""
+        found = self._rules_call("gathering findings", self.rules.findings)
+        return found if found is not None else []
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """Parts of the probe switched off after an error, with the reason."""
+        out = dict(self._bus.faults)
+        if self.rules_error is not None:
+            out["rules"] = self.rules_error
+        if self.error is not None:
+            out["measuring"] = self.error
+        return out
 
     @property
     def layers(self) -> dict[str, LayerProfile]:
@@ -186,19 +231,16 @@ class Probe:
         return dict(self._layers)
 
     def close(self) -> None:
-        """Finish the rules, write the findings, remove every hook and reference. Idempotent."""
+        """Finish the rules, write the findings, remove every hook and reference. Idempotent; never raises."""
         if self.closed:
             return
         self.closed = True
         try:
-            for finding in self.rules.finish():
+            for finding in self._rules_call("finishing", self.rules.finish) or []:
                 self._write("finding", **finding.to_dict())
-        except Exception as exc:  # noqa: BLE001 - a rule bug must not break the user's program
-            self._fail("rules", exc)
         finally:
             self._detach()
-            if self._writer is not None:
-                self._writer.close()
+            self._bus.close()
 
     def __enter__(self) -> Probe:
         return self
@@ -342,17 +384,27 @@ class Probe:
     def _emit(self, kind: str, **fields: Any) -> None:
         """Record an event and show it to the rules; their new findings are recorded too."""
         self._write(kind, **fields)
-        for finding in self.rules.feed({"kind": kind, **fields}):
+        for finding in self._rules_call("observing an event", lambda: self.rules.feed({"kind": kind, **fields})) or []:
             self._write("finding", **finding.to_dict())
 
     def _write(self, kind: str, **fields: Any) -> None:
-        """Record an event: the run log, the ``gradprobe_event_written`` hook, the sinks."""
-        if self._writer is not None:
-            self._writer.write(kind, **fields)
-        event = {"kind": kind, **fields}
-        self.rules.pm.hook.gradprobe_event_written(event=event)
-        for sink in self._sinks:
-            sink(event)
+        """Publish an event to the run log, the ``gradprobe_event_written`` hook and the sinks, each isolated."""
+        self._bus.publish({"kind": kind, **fields})
+
+    def _rules_call(self, doing: str, body: Callable[[], Any]) -> Any:
+        """Run the rule engine; if it fails (a plugin failing is handled inside it), switch the rules off alone."""
+        if self.rules_error is not None:
+            return None
+        try:
+            return body()
+        except Exception as exc:  # noqa: BLE001 - a rule bug must not break training or measuring
+            self.rules_error = f"{doing}: {short(exc)}"
+            warn(f"gradprobe switched off its rules after an error {self.rules_error}; measuring goes on", stacklevel=4)
+            self._bus.publish({"kind": "fault", "step": self.step_index, "part": "rules", "message": self.rules_error})
+            return None
+
+    def _report_fault(self, part: str, reason: str) -> None:
+        self._bus.publish({"kind": "fault", "step": self.step_index, "part": part, "message": reason})
 
     def _guard(self, where: str, body: Callable[[], None]) -> None:
         if self.disabled:
@@ -365,21 +417,24 @@ class Probe:
     def _fail(self, where: str, exc: BaseException) -> None:
         if self.error is not None:
             return
-        self.error = f"{where}: {type(exc).__name__}: {exc}"
+        self.error = f"{where}: {short(exc)}"
         self.disabled = True
-        warnings.warn(f"gradprobe disabled itself after an error in {self.error}", GradprobeWarning, stacklevel=3)
-        try:
-            self._write("error", step=self.step_index, where=where, message=f"{type(exc).__name__}: {exc}")
-        except Exception:  # noqa: BLE001, S110 - a failing sink must not turn the report into a crash
-            pass
-        finally:
-            if self._writer is not None:
+        warn(f"gradprobe disabled itself after an error in {self.error}", stacklevel=4)
+        self._bus.publish({"kind": "error", "step": self.step_index, "where": where, "message": short(exc)})
+        if self._writer is not None:
+            try:
                 self._writer.flush()
-            self._capture.remove()
+            except Exception:  # noqa: BLE001, S110 - the log writer reports its own fault
+                pass
+        self._capture.remove()
 
     def _detach(self) -> None:
-        self._capture.remove()
-        self._gradients.release()
+        capture: CallCapture | None = getattr(self, "_capture", None)
+        if capture is not None:
+            capture.remove()
+        gradients: GradientRecorder | None = getattr(self, "_gradients", None)
+        if gradients is not None:
+            gradients.release()
         self._stack_replayers = {}
         self._cell_replayers = {}
         if self._fixer is not None:

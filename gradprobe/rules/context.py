@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from gradprobe.config import Config, ConfigError
 from gradprobe.findings import Finding, FixAction
 from gradprobe.rules.observations import Observations
-from gradprobe.rules.registry import Registry
+from gradprobe.rules.registry import Registry, builtin_rule
 
 S = TypeVar("S")
 
@@ -45,8 +45,12 @@ class RuleContext:
         return self._states[code]  # type: ignore[no-any-return]
 
     def threshold(self, code: str, key: str) -> float:
-        """The configured value of a rule's threshold, or its registered default."""
-        rule = self.registry[code]
+        """The configured value of a rule's threshold, or its registered default.
+
+        A rule may read another built-in rule's threshold (GP401 reads GP102's
+        spike factor); when that rule is switched off, its default still holds.
+        """
+        rule = self.registry.rules.get(code) or builtin_rule(code)
         if key not in rule.thresholds:
             raise ConfigError(f"{code} has no threshold {key!r}")
         return float(self.config.thresholds.get(code, {}).get(key, rule.thresholds[key]))

@@ -10,7 +10,7 @@ from torch import nn
 
 from gradprobe.config import Config, ConfigError, resolve
 from gradprobe.findings import Finding, severity_rank
-from gradprobe.plugins import default_plugin_manager
+from gradprobe.plugins import PluginManager, default_plugin_manager
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.observations import Observations
 from gradprobe.rules.registry import Registry
@@ -75,11 +75,17 @@ class RuleEngine:
                     return [finding]
             return []
         fresh = []
-        for result in self.pm.hook.gradprobe_observe(event=event, context=self.context):
+        for result in self._call("gradprobe_observe", event=event, context=self.context):
             for finding in result or ():
-                if finding is not None and self._keep(finding):
+                if isinstance(finding, Finding) and self._keep(finding):
                     fresh.append(finding)
         return fresh
+
+    def _call(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call a hook with each plugin isolated (a raising plugin is switched off alone)."""
+        if isinstance(self.pm, PluginManager):
+            return self.pm.call(hook, **kwargs)
+        return list(getattr(self.pm.hook, hook)(**kwargs))
 
     def _keep(self, finding: Finding) -> bool:
         key = (finding.code, finding.layer)
@@ -93,9 +99,9 @@ class RuleEngine:
     def findings(self) -> list[Finding]:
         """Observed findings plus the current summaries, most severe first."""
         merged = dict(self._kept)
-        for result in self.pm.hook.gradprobe_summarize(context=self.context):
+        for result in self._call("gradprobe_summarize", context=self.context):
             for finding in result or ():
-                if finding is None:
+                if not isinstance(finding, Finding):
                     continue
                 key = (finding.code, finding.layer)
                 old = merged.get(key)
@@ -121,8 +127,8 @@ class RuleEngine:
         """
         self.context.sites = sites
         found = []
-        for result in self.pm.hook.gradprobe_lint(model=model, context=self.context):
-            found.extend(f for f in result or () if f is not None)
+        for result in self._call("gradprobe_lint", model=model, context=self.context):
+            found.extend(f for f in result or () if isinstance(f, Finding))
         if keep:
             for finding in found:
                 self._keep(finding)

@@ -60,6 +60,24 @@ def declared_need(context: RuleContext) -> int | None:
     return context.config.dependency_length
 
 
+#: GP101's thresholds and their defaults.
+VANISHING_THRESHOLDS: dict[str, float] = {
+    "min_horizon_fraction": 1.0,
+    "error_horizon_fraction": 0.25,
+    "min_starved_fraction": 0.25,
+    "stall_min_steps": 100,
+    "min_improvement": 0.1,
+    "collapse_fraction": 0.25,
+}
+
+
+def vanishing_threshold(context: RuleContext, key: str) -> float:
+    """GP101's configured threshold, or its default when GP101 is not registered (switched off)."""
+    if "GP101" in context.registry:
+        return context.threshold("GP101", key)
+    return VANISHING_THRESHOLDS[key]
+
+
 def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEvidence:
     """Collect the evidence (see the module doc) for one track, with GP101's thresholds."""
     horizon, seq_len = track.horizon(), track.max_seq_len

@@ -9,7 +9,7 @@ from gradprobe.findings import Finding, FixAction
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.evidence import VanishingEvidence, vanishing_evidence
+from gradprobe.rules.evidence import VANISHING_THRESHOLDS, VanishingEvidence, vanishing_evidence
 from gradprobe.rules.registry import Rule
 
 RULE = Rule(
@@ -17,14 +17,7 @@ RULE = Rule(
     name="vanishing-gradient",
     severity="info",
     summary="Gradient horizon shorter than the task needs (info without evidence that it hurts)",
-    thresholds={
-        "min_horizon_fraction": 1.0,
-        "error_horizon_fraction": 0.25,
-        "min_starved_fraction": 0.25,
-        "stall_min_steps": 100,
-        "min_improvement": 0.1,
-        "collapse_fraction": 0.25,
-    },
+    thresholds=dict(VANISHING_THRESHOLDS),
     what_it_does=(
         "Measures how far back a gradient signal reaches: the propagation profile ||v^T dS_T/dS_{T-k}|| of each "
         "recurrent layer, its fitted decay rate, and the horizon where it falls below epsilon (1e-3), as the median "

@@ -18,7 +18,7 @@ RULE = Rule(
     name="saturated-gates",
     severity="warning",
     summary="Large share of gate/tanh activations in their flat regions",
-    thresholds={"max_fraction": 0.5, "max_gate_fraction": 0.9, "error_fraction": 0.95},
+    thresholds={"max_fraction": 0.5, "max_gate_fraction": 0.9, "error_fraction": 0.95, "stall_min_steps": 100, "min_improvement": 0.1, "rise": 0.25},
     what_it_does=(
         "Averages, per layer and gate, the share of activations in the flat region (sigmoid outside [0.05, 0.95], "
         "tanh beyond +-0.95; for the forget gate only the closed side, below 0.05). Flags tanh outputs and closed "
@@ -113,8 +113,8 @@ def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
     found = []
     error_fraction = context.threshold("GP301", "error_fraction")
     loss = context.run.loss
-    troubled = loss.nonfinite > 0 or loss.divergence(context.threshold("GP403", "rise")) is not None or loss.stalled(
-        int(context.threshold("GP101", "stall_min_steps")), context.threshold("GP101", "min_improvement")
+    troubled = loss.nonfinite > 0 or loss.divergence(context.threshold("GP301", "rise")) is not None or loss.stalled(
+        int(context.threshold("GP301", "stall_min_steps")), context.threshold("GP301", "min_improvement")
     )
     for layer, entry in context.state("GP301", State).layers.items():
         means = entry.means()

@@ -75,8 +75,25 @@ class Registry:
 
     @classmethod
     def from_plugins(cls, pm: pluggy.PluginManager) -> Registry:
+        """The rules of every plugin; a plugin that fails or claims a taken code is switched off whole."""
+        from gradprobe.plugins import PluginManager
+
         registry = cls()
-        pm.hook.gradprobe_register_rules(register=registry.register)
+        if not isinstance(pm, PluginManager):
+            pm.hook.gradprobe_register_rules(register=registry.register)
+            return registry
+        for impl in pm.hook.gradprobe_register_rules.get_hookimpls():  # registration order: built-ins keep their codes
+            declared: list[Rule] = []
+            try:
+                impl.function(declared.append)
+                taken = [r.code for r in declared if r.code in registry.rules and registry.rules[r.code] != r]
+                if taken:
+                    raise DuplicateRuleError(f"rule code {taken[0]} is already registered by another plugin")
+            except Exception as exc:  # noqa: BLE001 - one plugin must not take the others down
+                pm.switch_off(impl.plugin_name, "gradprobe_register_rules", exc)
+                continue
+            for rule in declared:
+                registry.register(rule)
         return registry
 
     def __getitem__(self, code: str) -> Rule:
@@ -87,3 +104,20 @@ class Registry:
 
     def sorted(self) -> list[Rule]:
         return [self.rules[c] for c in sorted(self.rules)]
+
+
+def builtin_rule(code: str) -> Rule:
+    """The built-in rule with this code, whether or not its plugin is registered.
+
+    Raises:
+        KeyError: No built-in rule has this code.
+    """
+    import importlib
+
+    from gradprobe.plugins import DEFAULT_PLUGINS
+
+    for name in DEFAULT_PLUGINS:
+        rule = getattr(importlib.import_module(name), "RULE", None)
+        if isinstance(rule, Rule) and rule.code == code:
+            return rule
+    raise KeyError(code)

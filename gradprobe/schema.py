@@ -1,0 +1,151 @@
+"""The run-log schema: which fields each event kind carries, and their types.
+
+Readers (the report, ``gradprobe report``) check every event read back from a
+log with :func:`problem`; an event that does not fit is skipped and reported
+with its line number instead of crashing a renderer. Unknown kinds pass (a
+newer writer may add kinds); unknown fields pass too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from gradprobe.findings import SEVERITIES
+
+Check = Callable[[Any], bool]
+
+#: Largest |log growth per step| a fit can produce before ``exp`` overflows.
+MAX_RATE = 700.0
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return value in ("nan", "inf", "-inf")
+
+
+def number(value: Any) -> bool:
+    """An int/float, or the encoded ``"nan"``/``"inf"``/``"-inf"``."""
+    return _is_number(value)
+
+
+def optional(check: Check) -> Check:
+    return lambda value: value is None or check(value)
+
+
+def integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 62
+
+
+def count(value: Any) -> bool:
+    return integer(value) and value >= 0
+
+
+def text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def mapping(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_number(v) for v in value)
+
+
+def number_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_number(v) for v in value.values())
+
+
+def share_map(value: Any) -> bool:
+    return number_map(value) and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in value.values())
+
+
+def rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) <= MAX_RATE
+
+
+def horizon(value: Any) -> bool:
+    return _is_number(value) and (value in ("inf",) or (isinstance(value, (int, float)) and value >= 0))
+
+
+def severity(value: Any) -> bool:
+    return value in SEVERITIES
+
+
+#: kind -> {field: (check, required)}
+FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
+    "meta": {"rank": (optional(integer), False), "layers": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False), "settings": (optional(mapping), False)},
+    "step": {
+        "step": (integer, True),
+        "loss": (optional(number), False),
+        "grad_norm": (optional(number), False),
+        "params": (optional(number_map), False),
+        "gates": (optional(lambda v: isinstance(v, dict) and all(number_map(g) for g in v.values())), False),
+        "nonfinite": (optional(mapping), False),
+    },
+    "deep": {
+        "layer": (text, True),
+        "step": (integer, True),
+        "seq_len": (optional(count), False),
+        "grad_norms": (optional(numbers), False),
+        "profile": (optional(numbers), False),
+        "jacobian_norms": (optional(numbers), False),
+        "rate": (optional(rate), False),
+        "horizon": (optional(horizon), False),
+        "epsilon": (optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1), False),
+    },
+    "saturation": {
+        "layer": (text, True),
+        "step": (optional(integer), False),
+        "fractions": (share_map, True),
+        "low": (optional(share_map), False),
+        "units": (optional(count), False),
+        "samples": (optional(count), False),
+    },
+    "fix": {"step": (optional(integer), False), "name": (text, True), "applied": (optional(flag), False), "detail": (optional(mapping), False)},
+    "finding": {
+        "code": (text, True),
+        "name": (optional(text), False),
+        "severity": (severity, True),
+        "layer": (optional(text), False),
+        "step": (optional(integer), False),
+        "message": (text, True),
+        "evidence": (optional(mapping), False),
+        "fix": (optional(text), False),
+        "fixes": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False),
+    },
+    "error": {"where": (optional(text), False), "message": (text, True)},
+    "fault": {"part": (text, True), "message": (text, True)},
+}
+
+
+def problem(event: dict[str, Any]) -> str | None:
+    """Why ``event`` does not fit the schema, in a few words; ``None`` when it fits."""
+    kind = event.get("kind")
+    if not isinstance(kind, str):
+        return "'kind' is not a string"
+    fields = FIELDS.get(kind)
+    if fields is None:
+        return None
+    for name, (check, required) in fields.items():
+        if name not in event:
+            if required:
+                return f"{kind} event without {name!r}"
+            continue
+        if not check(event[name]):
+            return f"{kind} event with a bad {name!r} ({_show(event[name])})"
+    return None
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."

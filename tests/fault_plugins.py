@@ -1,0 +1,59 @@
+"""Plugins that fail in every way a third-party plugin can, for the fault-injection tests."""
+
+from __future__ import annotations
+
+from gradprobe.hookspecs import hookimpl
+from gradprobe.rules.registry import Rule
+
+
+class _Base:
+    code = "XP001"
+
+    @hookimpl
+    def gradprobe_register_rules(self, register):
+        register(Rule(code=self.code, name=f"broken-{self.code.lower()}", severity="warning", summary="a rule that fails"))
+
+
+class LintRaises(_Base):
+    code = "XP001"
+
+    @hookimpl
+    def gradprobe_lint(self, model, context):
+        raise RuntimeError("lint exploded")
+
+
+class SummarizeRaises(_Base):
+    code = "XP002"
+
+    @hookimpl
+    def gradprobe_summarize(self, context):
+        raise RuntimeError("summarize exploded")
+
+
+class ObserveGeneratorRaises(_Base):
+    code = "XP003"
+
+    @hookimpl
+    def gradprobe_observe(self, event, context):
+        if event.get("kind") == "step" and event.get("step") == 3:
+            yield context.finding(self.code, "seen step 3")
+            raise RuntimeError("observe exploded while being consumed")
+
+
+class EventHookRaises:
+    @hookimpl
+    def gradprobe_event_written(self, event):
+        raise RuntimeError("event hook exploded")
+
+
+class DuplicateCode:
+    @hookimpl
+    def gradprobe_register_rules(self, register):
+        register(Rule(code="GP101", name="my-vanishing", severity="error", summary="claims a built-in code"))
+
+
+LINT_RAISES = LintRaises()
+SUMMARIZE_RAISES = SummarizeRaises()
+OBSERVE_RAISES = ObserveGeneratorRaises()
+EVENT_HOOK_RAISES = EventHookRaises()
+DUPLICATE_CODE = DuplicateCode()

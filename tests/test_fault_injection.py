@@ -1,0 +1,195 @@
+"""Fault injection: whatever fails inside gradprobe, training goes on unchanged.
+
+For each fault: the losses equal those of an unprobed run, at most one
+GradprobeWarning is issued, the run log stays readable and the findings stay
+available. (Issue 10, faults 1-7.)
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import gradprobe
+from gradprobe import plugins
+from gradprobe.events import EventWriter, iter_events
+from gradprobe.rules.registry import Registry
+
+STEPS = 30
+
+
+def _train(model, probe=None, steps=STEPS):
+    torch.manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(steps):
+        out, _ = model(torch.randn(8, 4, 3))
+        loss = out.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        if probe is not None:
+            probe.step(loss)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.GRU(3, 6)
+
+
+REFERENCE = _train(_model())
+
+
+def _probed_run(tmp_path, **attach):
+    """Train under the probe; return the probe, the losses and the GradprobeWarnings."""
+    model = _model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradprobe.attach(model, log=tmp_path / "run.log", every=10, config={}, **attach) as probe:
+            losses = _train(model, probe)
+    ours = [w for w in caught if issubclass(w.category, gradprobe.GradprobeWarning)]
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    return probe, losses, ours
+
+
+def _steps_logged(tmp_path):
+    return sum(1 for e in iter_events(tmp_path / "run.log") if e["kind"] == "step")
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Pretend extra plugins are installed (entry points of the ``gradprobe`` group)."""
+
+    def install(**named: str) -> None:
+        real = list(metadata.entry_points(group=plugins.ENTRY_POINT_GROUP))
+        fake = [metadata.EntryPoint(name=n, value=v, group=plugins.ENTRY_POINT_GROUP) for n, v in named.items()]
+        monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: real + fake)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    yield install
+    sys.path.remove(str(Path(__file__).resolve().parents[1]))
+
+
+def test_1_a_sink_that_raises_on_the_first_event(tmp_path):
+    def sink(event):
+        raise ValueError("sink broken")
+
+    probe, losses, ours = _probed_run(tmp_path, sinks=[sink])
+    assert losses == REFERENCE and len(ours) == 1 and "sink test_1" in str(ours[0].message)
+    assert _steps_logged(tmp_path) == STEPS and isinstance(probe.findings, list)
+    assert "sink" in next(iter(probe.faults)) and not probe.disabled
+
+
+def test_2_a_rule_plugin_whose_lint_raises(tmp_path, installed):
+    installed(broken="tests.fault_plugins:LINT_RAISES")
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1 and "'broken'" in str(ours[0].message)
+    assert "lint exploded" in str(ours[0].message)
+    assert _steps_logged(tmp_path) == STEPS and not probe.disabled
+    assert not [f for f in probe.findings if f.code == "XP001"]
+
+
+def test_3_a_rule_plugin_whose_summarize_raises(tmp_path, installed):
+    installed(broken="tests.fault_plugins:SUMMARIZE_RAISES")
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1 and "summarize exploded" in str(ours[0].message)
+    findings = probe.findings  # never raises
+    written = [e for e in iter_events(tmp_path / "run.log") if e["kind"] == "finding"]
+    assert {f.code for f in findings} == {e["code"] for e in written}  # the other rules' findings were written
+
+
+def test_3b_a_generator_hook_that_raises_while_consumed(tmp_path, installed):
+    installed(broken="tests.fault_plugins:OBSERVE_RAISES")
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1 and "observe exploded" in str(ours[0].message)
+    assert _steps_logged(tmp_path) == STEPS
+
+
+def test_3c_an_event_hook_that_raises(tmp_path, installed):
+    installed(broken="tests.fault_plugins:EVENT_HOOK_RAISES")
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1 and "event hook exploded" in str(ours[0].message)
+    assert _steps_logged(tmp_path) == STEPS
+
+
+def test_4_a_sink_that_raises_mid_run_keeps_the_log_whole(tmp_path):
+    seen = []
+
+    def sink(event):
+        if event["kind"] == "step" and event["step"] == 11:
+            raise OSError("remote store went away")
+        seen.append(event)
+
+    probe, losses, ours = _probed_run(tmp_path, sinks=[sink])
+    assert losses == REFERENCE and len(ours) == 1
+    assert _steps_logged(tmp_path) == STEPS  # not 11 of 30
+    faults = [e for e in iter_events(tmp_path / "run.log") if e["kind"] == "fault"]
+    assert len(faults) == 1 and "remote store went away" in faults[0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("no_such_module_anywhere:plugin", "import failed: ModuleNotFoundError"), ("tests.fault_plugins:DUPLICATE_CODE", "GP101")],
+    ids=["import-error", "duplicate-code"],
+)
+def test_5_a_broken_installed_plugin_is_skipped_with_one_line(tmp_path, installed, value, expected):
+    installed(broken=value)
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1, [str(w.message) for w in ours]
+    message = str(ours[0].message)
+    assert "'broken'" in message and expected in message and "\n" not in message
+    with pytest.warns(gradprobe.GradprobeWarning):
+        pm = plugins.make_plugin_manager()
+        Registry.from_plugins(pm)
+    assert pm.statuses["broken"].status == "failed" and expected in pm.statuses["broken"].reason
+
+
+def test_5b_plugins_can_be_switched_off_by_name(tmp_path, installed, monkeypatch):
+    installed(broken="tests.fault_plugins:LINT_RAISES")
+    monkeypatch.setenv(plugins.DISABLE_ENV, "broken, gradprobe.rules.gp101_vanishing_gradient")
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and not ours, [str(w.message) for w in ours]
+    statuses = plugins.make_plugin_manager().statuses
+    assert statuses["broken"].status == "disabled" and statuses["gradprobe.rules.gp101_vanishing_gradient"].status == "disabled"
+    assert "GP101" not in {f.code for f in probe.findings}
+
+
+def test_6_tensorboard_dir_set_without_tensorboard(tmp_path, monkeypatch):
+    if "tensorboard" not in {e.name for e in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP)}:
+        pytest.skip("the gradprobe-tensorboard plugin is not installed")
+    monkeypatch.setenv("GRADPROBE_TENSORBOARD_DIR", str(tmp_path / "tb"))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if tensorboard were missing
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1 and "'tensorboard'" in str(ours[0].message)
+    with pytest.warns(gradprobe.GradprobeWarning, match="tensorboard"):
+        report = gradprobe.check(_model(), torch.randn(8, 4, 3), config={})  # check() too
+    assert report.findings is not None
+
+
+def test_7_the_disk_fills_under_the_run_log(tmp_path, monkeypatch):
+    real_write = EventWriter.write
+    calls = {"n": 0}
+
+    def write(self, kind, **fields):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise OSError(28, "No space left on device")
+        real_write(self, kind, **fields)
+
+    monkeypatch.setattr(EventWriter, "write", write)
+    seen = []
+    probe, losses, ours = _probed_run(tmp_path, sinks=[seen.append])  # close() at the end of the with block does not raise
+    assert losses == REFERENCE and len(ours) == 1 and "No space left" in str(ours[0].message)
+    assert "run log" in str(ours[0].message)
+    assert sum(1 for e in seen if e["kind"] == "step") == STEPS  # the sinks and the rules go on
+    events = list(iter_events(tmp_path / "run.log"))  # what was written stays readable
+    assert events[0]["kind"] == "meta"
+    assert isinstance(probe.findings, list) and not probe.disabled
