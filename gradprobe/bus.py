@@ -56,8 +56,15 @@ class EventBus:
     def close(self) -> None:
         """Close every consumer that has a ``close``; never raises."""
         for consumer in self.consumers:
-            if consumer.close is not None and consumer.failed is None:
+            if consumer.close is None:
+                continue
+            if consumer.failed is None:
                 self._run(consumer, "closing", consumer.close)
+            else:
+                try:
+                    consumer.close()  # release the file of a failed consumer; its fault is already reported
+                except Exception:  # noqa: BLE001, S110
+                    pass
 
     def _run(self, consumer: Consumer, doing: str, action: Callable[..., None], *args: Any) -> None:
         try:

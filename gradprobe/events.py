@@ -133,9 +133,11 @@ class EventWriter:
     def close(self) -> None:
         """Flush and close; later writes are ignored."""
         if self._file is not None:
-            self._file.flush()
-            self._file.close()
-            self._file = None
+            handle, self._file = self._file, None
+            try:
+                handle.flush()
+            finally:
+                handle.close()
 
 
 @dataclass(frozen=True)

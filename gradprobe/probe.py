@@ -140,6 +140,7 @@ class Probe:
         self.closed = False
         self.error: str | None = None
         self.rules_error: str | None = None
+        self._gradient_seen = False
         self._layers: dict[str, LayerProfile] = {}
         self._writer = EventWriter(log, self.settings.flush_seconds) if log is not None else None
         self._generator = torch.Generator().manual_seed(self.settings.seed)
@@ -259,6 +260,7 @@ class Probe:
 
     def _record(self, loss: Tensor | float | None) -> None:
         record = self._gradients.record()
+        self._watch_for_missing_gradients(record)
         loss_value = None
         if loss is not None:
             loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
@@ -281,6 +283,21 @@ class Probe:
             self._sample_saturation()
         if self._fixer is not None:
             self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)
+
+    #: Steps without any gradient, from the start, before the probe warns.
+    NO_GRADIENT_STEPS = 3
+
+    def _watch_for_missing_gradients(self, record: dict[str, Any]) -> None:
+        if self._gradient_seen:
+            return
+        if record["grad_norm"]:
+            self._gradient_seen = True
+        elif self.step_index + 1 == self.NO_GRADIENT_STEPS:
+            warn(
+                f"gradprobe recorded no gradient in the first {self.NO_GRADIENT_STEPS} steps: call probe.step() after "
+                "loss.backward() (and before optimizer.zero_grad()), and check that some parameters require grad",
+                stacklevel=6,
+            )
 
     def _locate_nonfinite(self, bad_params: list[str], loss: float | None) -> dict[str, Any] | None:
         loss_bad = loss is not None and not (loss == loss and abs(loss) != float("inf"))

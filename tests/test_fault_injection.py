@@ -193,3 +193,40 @@ def test_7_the_disk_fills_under_the_run_log(tmp_path, monkeypatch):
     events = list(iter_events(tmp_path / "run.log"))  # what was written stays readable
     assert events[0]["kind"] == "meta"
     assert isinstance(probe.findings, list) and not probe.disabled
+
+
+@pytest.mark.parametrize("fault", ["step-before-backward", "frozen-model"])
+def test_9_no_gradients_is_a_warning_and_a_finding_never_ok(tmp_path, fault):
+    model = _model()
+    if fault == "frozen-model":
+        model.requires_grad_(False)
+    with pytest.warns(gradprobe.GradprobeWarning, match="no gradient in the first 3 steps") as caught:
+        with gradprobe.attach(model, log=tmp_path / "run.log", every=10, config={}) as probe:
+            for _ in range(10):
+                out, _ = model(torch.randn(8, 4, 3))
+                probe.step(out.pow(2).mean())  # no backward()
+    assert len([w for w in caught if issubclass(w.category, gradprobe.GradprobeWarning)]) == 1
+    (finding,) = [f for f in probe.findings if f.code == "GP002"]
+    assert finding.severity == "warning" and "10 recorded steps" in finding.message
+    from gradprobe.report import summarize_logs
+
+    assert summarize_logs([tmp_path / "run.log"], config={}).fails("warning")  # the report never says ok
+
+
+def test_10_torch_save_and_deepcopy_while_attached(tmp_path):
+    import copy
+    import io
+
+    model = _model()
+    with gradprobe.attach(model, log=tmp_path / "run.log", every=10, config={}) as probe:
+        losses = _train(model, probe, steps=5)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        twin = copy.deepcopy(model)
+        losses += _train(model, probe, steps=5)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (loaded, twin):
+        assert _train(other, steps=2)  # trains; its inert hooks record nothing
+    assert _steps_logged(tmp_path) == 10 and probe.error is None
+    assert losses[:5] == REFERENCE[:5]

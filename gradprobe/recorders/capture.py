@@ -52,6 +52,28 @@ class CellCalls:
     chained: bool = True
 
 
+class ModuleHook:
+    """A forward (pre-)hook that pickles and deep-copies as a no-op.
+
+    ``torch.save(model)`` and ``copy.deepcopy(model)`` while a probe is
+    attached then work, and the saved or copied model carries no probe: its
+    hook does nothing, and the original model stays probed.
+    """
+
+    def __init__(self, body: Callable[..., None] | None) -> None:
+        self.body = body
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        if self.body is not None:
+            self.body(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[type[ModuleHook], tuple[None]]:
+        return (ModuleHook, (None,))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModuleHook:
+        return ModuleHook(None)
+
+
 class CallCapture:
     """Registers the forward hooks of every recurrent site and keeps their calls.
 
@@ -74,8 +96,8 @@ class CallCapture:
         self._tensor_handles: list[RemovableHandle] = []
         self._pending_rng: tuple[str, Tensor] | None = None  # RNG state before a deep step's forward
         for site in sites:
-            self.handles.append(site.module.register_forward_pre_hook(self._pre_hook(site), with_kwargs=True))
-            self.handles.append(site.module.register_forward_hook(self._post_hook(site), with_kwargs=True))
+            self.handles.append(site.module.register_forward_pre_hook(ModuleHook(self._pre_hook(site)), with_kwargs=True))
+            self.handles.append(site.module.register_forward_hook(ModuleHook(self._post_hook(site)), with_kwargs=True))
 
     def start_step(self, mode: str) -> None:
         """Forget the previous step's calls and capture the next step's in ``mode``."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-CATEGORIES = {"GP1": "gradient flow", "GP2": "initialization", "GP3": "activations", "GP4": "training setup"}
+CATEGORIES = {"GP0": "measurement", "GP1": "gradient flow", "GP2": "initialization", "GP3": "activations", "GP4": "training setup"}
 
 
 @dataclass(frozen=True)
