@@ -165,14 +165,8 @@ class Probe:
         writer = self._writer
         if writer is not None:
             bus.add(f"the run log {writer.path}", lambda event: writer.write_event(event), writer.close)
-        pm = getattr(self.rules, "pm", None)
-        if pm is not None:
-            from gradprobe.plugins import PluginManager
-
-            if isinstance(pm, PluginManager):
-                bus.add("plugin hooks", lambda event: pm.call("gradprobe_event_written", event=event))
-            else:
-                bus.add("plugin hooks", lambda event: pm.hook.gradprobe_event_written(event=event))
+        rules = self.rules
+        bus.add("plugin hooks", lambda event: rules.call_hook("gradprobe_event_written", event=event))
         for sink in sinks:
             bus.add(sink_name(sink), sink)
         return bus

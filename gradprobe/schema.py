@@ -20,17 +20,13 @@ Check = Callable[[Any], bool]
 MAX_RATE = 700.0
 
 
-def _is_number(value: Any) -> bool:
+def number(value: Any) -> bool:
+    """An int/float, or the encoded ``"nan"``/``"inf"``/``"-inf"``."""
     if isinstance(value, bool):
         return False
     if isinstance(value, (int, float)):
         return True
     return value in ("nan", "inf", "-inf")
-
-
-def number(value: Any) -> bool:
-    """An int/float, or the encoded ``"nan"``/``"inf"``/``"-inf"``."""
-    return _is_number(value)
 
 
 def optional(check: Check) -> Check:
@@ -58,11 +54,11 @@ def mapping(value: Any) -> bool:
 
 
 def numbers(value: Any) -> bool:
-    return isinstance(value, list) and all(_is_number(v) for v in value)
+    return isinstance(value, list) and all(number(v) for v in value)
 
 
 def number_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(_is_number(v) for v in value.values())
+    return isinstance(value, dict) and all(number(v) for v in value.values())
 
 
 def share_map(value: Any) -> bool:
@@ -74,7 +70,7 @@ def rate(value: Any) -> bool:
 
 
 def horizon(value: Any) -> bool:
-    return _is_number(value) and (value in ("inf",) or (isinstance(value, (int, float)) and value >= 0))
+    return number(value) and (value in ("inf",) or (isinstance(value, (int, float)) and value >= 0))
 
 
 def severity(value: Any) -> bool:

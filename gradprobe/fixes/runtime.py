@@ -7,12 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from gradprobe.fixes.clipping import ClipGradNorm, parameter_norm, rescale
 from gradprobe.fixes.nonfinite import NonFiniteGuard
-
 
 
 def steps_with_the_gradient(optimizer: torch.optim.Optimizer) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import pluggy
 from torch import nn
 
 from gradprobe.config import Config, ConfigError, resolve
@@ -35,7 +34,7 @@ class RuleEngine:
         config: Config | Mapping[str, Any] | None = None,
         thresholds: Mapping[str, Mapping[str, float]] | None = None,
         ignore: Iterable[str] = (),
-        plugin_manager: pluggy.PluginManager | None = None,
+        plugin_manager: PluginManager | None = None,
     ) -> None:
         self.pm = plugin_manager or default_plugin_manager()
         self.registry = Registry.from_plugins(self.pm)
@@ -75,17 +74,15 @@ class RuleEngine:
                     return [finding]
             return []
         fresh = []
-        for result in self._call("gradprobe_observe", event=event, context=self.context):
+        for result in self.call_hook("gradprobe_observe", event=event, context=self.context):
             for finding in result or ():
                 if isinstance(finding, Finding) and self._keep(finding):
                     fresh.append(finding)
         return fresh
 
-    def _call(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call a hook with each plugin isolated (a raising plugin is switched off alone)."""
-        if isinstance(self.pm, PluginManager):
-            return self.pm.call(hook, **kwargs)
-        return list(getattr(self.pm.hook, hook)(**kwargs))
+    def call_hook(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call a gradprobe hook of this engine's plugins, each isolated (a raising plugin is switched off alone)."""
+        return self.pm.call(hook, **kwargs)
 
     def _keep(self, finding: Finding) -> bool:
         key = (finding.code, finding.layer)
@@ -99,7 +96,7 @@ class RuleEngine:
     def findings(self) -> list[Finding]:
         """Observed findings plus the current summaries, most severe first."""
         merged = dict(self._kept)
-        for result in self._call("gradprobe_summarize", context=self.context):
+        for result in self.call_hook("gradprobe_summarize", context=self.context):
             for finding in result or ():
                 if not isinstance(finding, Finding):
                     continue
@@ -127,7 +124,7 @@ class RuleEngine:
         """
         self.context.sites = sites
         found = []
-        for result in self._call("gradprobe_lint", model=model, context=self.context):
+        for result in self.call_hook("gradprobe_lint", model=model, context=self.context):
             found.extend(f for f in result or () if isinstance(f, Finding))
         if keep:
             for finding in found:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pluggy
+if TYPE_CHECKING:
+    from gradprobe.plugins import PluginManager
 
 CATEGORIES = {"GP0": "measurement", "GP1": "gradient flow", "GP2": "initialization", "GP3": "activations", "GP4": "training setup"}
 
@@ -74,14 +76,9 @@ class Registry:
         self.rules[rule.code] = rule
 
     @classmethod
-    def from_plugins(cls, pm: pluggy.PluginManager) -> Registry:
+    def from_plugins(cls, pm: PluginManager) -> Registry:
         """The rules of every plugin; a plugin that fails or claims a taken code is switched off whole."""
-        from gradprobe.plugins import PluginManager
-
         registry = cls()
-        if not isinstance(pm, PluginManager):
-            pm.hook.gradprobe_register_rules(register=registry.register)
-            return registry
         for impl in pm.hook.gradprobe_register_rules.get_hookimpls():  # registration order: built-ins keep their codes
             declared: list[Rule] = []
             try:
