@@ -20,7 +20,7 @@ from types import ModuleType
 CORPUS = Path(__file__).resolve().parent / "corpus"
 sys.path.insert(0, str(CORPUS))
 
-from __init__ import SCRIPTS  # type: ignore[import-not-found]  # noqa: E402
+from __init__ import SCRIPTS  # type: ignore[import-not-found]
 
 
 def load(name: str) -> ModuleType:

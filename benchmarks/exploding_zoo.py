@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gradprobe  # noqa: E402
+import gradprobe
 
 HIDDEN = 64
 INPUTS = 4

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved_medians  # noqa: E402
+from _timing import interleaved_medians
 
-import gradprobe  # noqa: E402
+import gradprobe
 
 
 class Model(nn.Module):

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved_medians  # noqa: E402
+from _timing import interleaved_medians
 
-from gradprobe.reference import from_torch  # noqa: E402
+from gradprobe.reference import from_torch
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -1,9 +1,11 @@
-"""DistributedDataParallel on CPU (gloo, 2 processes): one rank-tagged log per rank, one merged report.
+"""DistributedDataParallel on CPU (gloo, 2 processes): one log path in the code, one report.
 
-Each process wraps its DDP model with ``gradprobe.attach`` and writes
-``run.rank{N}.log``; the probe records ``rank`` in each log's meta event.
-Afterwards ``gradprobe report run.rank0.log run.rank1.log`` merges them: a
-finding seen on several ranks appears once, with the ranks in its evidence.
+Every process wraps its DDP model with ``gradprobe.attach(model, log="run.log")``,
+the same path on every rank, as one naturally writes it. The probe sees the
+process group and writes ``run.rank{N}.log`` instead (rank 0 says so once), with
+``rank`` in each log's meta event. ``gradprobe report run.log`` reads all the
+rank files as one run: a finding seen on several ranks appears once, with the
+ranks in its evidence.
 
     python examples/ddp.py [--steps 40] [--out DIR]
 """
@@ -44,7 +46,7 @@ def worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
     model = DistributedDataParallel(Tagger())
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     generator = torch.Generator().manual_seed(100 + rank)  # each rank its own shard of data
-    with gradprobe.attach(model, log=out / f"run.rank{rank}.log", every=10, config={}) as probe:
+    with gradprobe.attach(model, log=out / "run.log", every=10, config={}) as probe:
         for _ in range(steps):
             x = torch.randn(8, 120, 4, generator=generator)
             y = x[:, :, :1].cumsum(dim=1) / 10  # needs memory over the whole sequence
@@ -75,10 +77,9 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     mp.spawn(worker, args=(args.world, free_port(), args.out, args.steps), nprocs=args.world, join=True)
-    logs = [args.out / f"run.rank{rank}.log" for rank in range(args.world)]
-    text = render_text(summarize_logs(logs, config={}))
+    text = render_text(summarize_logs([args.out / "run.log"], config={}))
     print(text)
-    print("same from the shell: gradprobe report " + " ".join(str(p) for p in logs))
+    print(f"same from the shell: gradprobe report {args.out / 'run.log'}")
     return text
 
 

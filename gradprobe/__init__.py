@@ -7,16 +7,29 @@ Public API::
     with gradprobe.attach(model, log="run.log", every=50, fix="off") as probe:
         ...
         probe.step(loss)
+
+The names are imported on first use (PEP 562), so ``import gradprobe`` and the
+pytest plugin do not import torch until something needs it.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from gradprobe.api import Report, check, lint  # noqa: E402
-from gradprobe.discovery import NotRecurrentError  # noqa: E402
-from gradprobe.findings import Finding  # noqa: E402
-from gradprobe.probe import GradprobeWarning, LayerProfile, Probe, attach  # noqa: E402
+_PUBLIC = {
+    "Finding": "gradprobe.findings",
+    "GradprobeWarning": "gradprobe.faults",
+    "LayerProfile": "gradprobe.probe",
+    "NotRecurrentError": "gradprobe.discovery",
+    "Probe": "gradprobe.probe",
+    "Report": "gradprobe.api",
+    "attach": "gradprobe.probe",
+    "check": "gradprobe.api",
+    "lint": "gradprobe.api",
+}
 
 __all__ = [
     "Finding",
@@ -30,3 +43,23 @@ __all__ = [
     "check",
     "lint",
 ]
+
+if TYPE_CHECKING:
+    from gradprobe.api import Report, check, lint
+    from gradprobe.discovery import NotRecurrentError
+    from gradprobe.faults import GradprobeWarning
+    from gradprobe.findings import Finding
+    from gradprobe.probe import LayerProfile, Probe, attach
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradprobe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

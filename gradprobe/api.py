@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gradprobe.config import Config
 from gradprobe.discovery import find_recurrent
-from gradprobe.findings import Finding, at_or_above
+from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing
 from gradprobe.probe import LayerProfile, Probe, ProbeSettings
 from gradprobe.rules.engine import RuleEngine
 
@@ -25,16 +25,19 @@ class Report:
         findings: Static and measured findings, most severe first.
         layers: Deep-probe profile per track (lists indexed by time step).
         loss: The loss value the probe back-propagated.
+        fail_on: The lowest failing severity it was judged with (``fail-on``
+            of the configuration; default ``warning``).
     """
 
     findings: list[Finding]
     layers: dict[str, LayerProfile] = field(default_factory=dict)
     loss: float | None = None
+    fail_on: str = DEFAULT_FAIL_ON
 
     @property
     def healthy(self) -> bool:
-        """No finding of severity warning or error."""
-        return not any(at_or_above(f.severity, "warning") for f in self.findings)
+        """No finding at or above ``fail_on`` (:func:`gradprobe.findings.failing`)."""
+        return not failing(self.findings, self.fail_on)
 
     def __str__(self) -> str:
         lines = [f"gradprobe check: {'healthy' if self.healthy else 'problems found'} (loss {self.loss})"]
@@ -131,7 +134,7 @@ def check(
             probe.step(loss)
         if probe.error:
             raise RuntimeError(f"gradprobe.check failed: {probe.error}")
-        return Report(probe.findings, probe.layers, float(loss.detach()))
+        return Report(probe.findings, probe.layers, float(loss.detach()), engine.config.fail_on)
     finally:
         for p, grad in saved:
             p.grad = grad

@@ -20,15 +20,11 @@ from typing import Any, TypeVar
 import click
 
 from gradprobe import __version__
+from gradprobe.printable import strip_control
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
-
-
-def strip_control(text: str) -> str:
-    """Drop terminal control characters (escape sequences included) except newlines and tabs."""
-    return "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
 
 
 class Main(click.Group):
@@ -40,7 +36,7 @@ class Main(click.Group):
         def one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
             click.echo(f"gradprobe: warning: {strip_control(str(message))}", err=True)
 
-        warnings.showwarning = one_line  # type: ignore[assignment]
+        warnings.showwarning = one_line
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
@@ -49,7 +45,7 @@ class Main(click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(EXIT_OK)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 3
+        except Exception as exc:
             if ctx.params.get("debug"):
                 raise
             from gradprobe.faults import short
@@ -123,27 +119,31 @@ def plugins() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 @click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default=None,
-              help="Exit 1 when a finding is at least this severe [default: pyproject's fail-on, else error].")
+              help="Exit 1 when a finding is at least this severe [default: the run's fail-on, else warning].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Judge with this pyproject.toml's [tool.gradprobe] instead of the configuration the run recorded.")
 @_bad_input_errors
-def report(logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str | None) -> None:
+def report(logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str | None, config_path: Path | None) -> None:
     """Judge run logs and report findings, gradient profiles and training figures.
 
-    Give several LOGS (one per rank) to merge a distributed run.
+    Give several LOGS (one per rank) to merge a distributed run; a LOG that does not
+    exist stands for its rank files (run.log -> run.rank0.log, run.rank1.log, ...).
     """
     from gradprobe.config import load_pyproject
+    from gradprobe.distributed import expand_rank_logs
     from gradprobe.report import summarize_logs
     from gradprobe.report.html_report import render_html
     from gradprobe.report.json_report import render_json
     from gradprobe.report.text import render_text
 
-    config = load_pyproject()
-    fail_on = fail_on or config.fail_on
+    config = load_pyproject(config_path.parent) if config_path is not None else None
     if sys.stderr.isatty():
-        total = sum(path.stat().st_size for path in logs if path.is_file())
+        total = sum(p.stat().st_size for path in logs for p in expand_rank_logs(path) if p.is_file())
         with click.progressbar(length=total, label="reading logs", file=sys.stderr, show_pos=False) as bar:
             summary = summarize_logs(logs, config, progress=bar.update)
     else:
         summary = summarize_logs(logs, config)
+    fail_on = fail_on or summary.fail_on
     renderer = {"text": render_text, "json": render_json, "html": render_html}[fmt]
     text = renderer(summary, fail_on)
     if fmt == "text":
@@ -186,7 +186,7 @@ def lint(factory: str, fail_on: str | None) -> None:
     """Static checks of the model built by FACTORY (MODULE:FUNCTION or MODULE:CLASS)."""
     import gradprobe
     from gradprobe.config import load_pyproject
-    from gradprobe.findings import severity_rank
+    from gradprobe.findings import failing
 
     make = _load_factory(factory)
     try:
@@ -200,16 +200,15 @@ def lint(factory: str, fail_on: str | None) -> None:
         if finding.fix:
             click.echo(f"    fix: {finding.fix}")
     click.echo(f"{len(findings)} finding(s) in {type(model).__name__}")
-    threshold = severity_rank(fail_on or config.fail_on)
-    sys.exit(EXIT_FINDINGS if any(severity_rank(f.severity) >= threshold for f in findings) else EXIT_OK)
+    sys.exit(EXIT_FINDINGS if failing(findings, fail_on or config.fail_on) else EXIT_OK)
 
 
 @main.command()
 @click.argument("code", required=False)
 def rules(code: str | None) -> None:
     """List the rule codes, or show one rule's documentation."""
-    from gradprobe.rules.engine import RuleEngine
     from gradprobe.config import Config
+    from gradprobe.rules.engine import RuleEngine
 
     registry = RuleEngine(Config()).registry
     if code:

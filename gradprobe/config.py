@@ -4,7 +4,7 @@ Example ``pyproject.toml``::
 
     [tool.gradprobe]
     ignore = ["GP203"]             # rule codes never reported
-    fail-on = "warning"            # default of `gradprobe report --fail-on`
+    fail-on = "warning"            # lowest failing severity: report/lint exit codes, pytest, Report.healthy
     dependency-length = 100        # steps the task needs gradients to carry (GP101)
 
     [tool.gradprobe.thresholds]
@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gradprobe.findings import DEFAULT_FAIL_ON, SEVERITIES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,15 +41,24 @@ class Config:
         thresholds: ``{"GP101": {"min_horizon_fraction": 0.5}}``; rules fall
             back to their registered defaults.
         ignore: Codes that are never reported.
-        fail_on: Default severity for ``gradprobe report --fail-on``.
+        fail_on: The lowest failing severity (:data:`~gradprobe.findings.DEFAULT_FAIL_ON`
+            unless set): ``Report.healthy``, ``assert_healthy``, the pytest plugin
+            and the CLI exit codes all use it.
         dependency_length: The dependency length (steps) the task needs, when
             declared; GP101 judges the gradient horizon against it.
     """
 
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     ignore: set[str] = field(default_factory=set)
-    fail_on: str = "error"
+    fail_on: str = DEFAULT_FAIL_ON
     dependency_length: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``[tool.gradprobe]``-shaped mapping (recorded in a run log's meta event)."""
+        out: dict[str, Any] = {"thresholds": self.thresholds, "ignore": sorted(self.ignore), "fail-on": self.fail_on}
+        if self.dependency_length is not None:
+            out["dependency-length"] = self.dependency_length
+        return out
 
     def merged(self, thresholds: Mapping[str, Mapping[str, float]] | None = None, ignore: Iterable[str] = ()) -> Config:
         """A copy with more thresholds and suppressions layered on top."""
@@ -88,8 +99,8 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
     ignore = data.get("ignore", [])
     if isinstance(ignore, str) or not all(isinstance(c, str) for c in ignore):
         raise ConfigError(f"{source}: ignore must be a list of rule codes")
-    fail_on = data.get("fail-on", data.get("fail_on", "error"))
-    if fail_on not in ("info", "warning", "error"):
+    fail_on = data.get("fail-on", data.get("fail_on", DEFAULT_FAIL_ON))
+    if fail_on not in SEVERITIES:
         raise ConfigError(f"{source}: fail-on must be info, warning or error")
     need = data.get("dependency-length", data.get("dependency_length"))
     if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):

@@ -65,7 +65,8 @@ def _tracks(name: str, module: nn.Module, kind: str) -> list[str]:
     if kind == "cell":
         return [name]
     directions = 2 if module.bidirectional else 1
-    return [f"{name}.l{k}" + ("_reverse" if d else "") for k in range(module.num_layers) for d in range(directions)]
+    layers = int(module.num_layers)  # type: ignore[arg-type]  # nn.RNNBase or a reference stack
+    return [f"{name}.l{k}" + ("_reverse" if d else "") for k in range(layers) for d in range(directions)]
 
 
 def display_name(name: str, module: nn.Module) -> str:

@@ -3,10 +3,12 @@
 Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. Kinds:
 
 ``meta``
-    First line: gradprobe and torch versions, ``rank`` (torch.distributed
-    rank or ``null``), the recurrent layers found (``layers``: a list of
+    First line: gradprobe and torch versions, ``rank`` and ``world_size``
+    (torch.distributed rank or ``null``, and the number of processes), the recurrent layers found (``layers``: a list of
     ``{"name", "type", "mode", "hidden_size", "num_layers", ...}``), and the
-    probe settings (``every``, ``fix``, ``seq_len``, ``truncation``, ...).
+    probe settings (``every``, ``fix``, ``seq_len``, ``truncation``, ...), and
+    ``config``: the rule configuration the run was judged with
+    (``[tool.gradprobe]``-shaped; ``gradprobe report`` uses it by default).
 ``step``
     Every training step: ``step``, ``loss``, ``grad_norm`` (total L2 norm of
     all parameter gradients), ``params`` (norm per parameter name), ``gates``
@@ -52,6 +54,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from gradprobe.printable import strip_control
 
 SCHEMA_VERSION = 1
 
@@ -194,8 +198,7 @@ def iter_events(
                 if not seen_valid and number == 1 and not truncated:
                     raise LogFormatError(f"{path} is not a gradprobe run log (line 1: {_short(exc)})") from None
                 if problems is not None:
-                    reason = "truncated last line" if truncated else f"corrupt line ({_short(exc)})"
-                    problems.append(LogProblem(number, reason))
+                    problems.append(LogProblem(number, "truncated last line" if truncated else f"corrupt line ({_short(exc)})"))
                 continue
             if event["v"] != SCHEMA_VERSION:
                 if not seen_valid:
@@ -204,20 +207,16 @@ def iter_events(
                     problems.append(LogProblem(number, f"unsupported schema version {event['v']!r}"))
                 continue
             seen_valid = True
-            reason = schema_problem(event)
-            if reason is not None:
+            problem = schema_problem(event)
+            if problem is not None:
                 if problems is not None:
-                    problems.append(LogProblem(number, _scrub(reason)))
+                    problems.append(LogProblem(number, strip_control(problem, keep="")))
                 continue
             yield event
     finally:
         handle.close()
         if progress is not None and pending:
             progress(pending)
-
-
-def _scrub(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _short(exc: Exception) -> str:

@@ -16,9 +16,16 @@ Severities:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple, TypeAlias
 
 SEVERITIES = ("info", "warning", "error")
+
+#: What "healthy" means everywhere: no finding at or above this severity. It is the
+#: default of ``Report.healthy``, ``assert_healthy``, ``gradprobe report``/``lint``
+#: exit codes and the pytest plugin; ``fail-on`` in ``[tool.gradprobe]`` (or an
+#: explicit option) changes it for all of them at once.
+DEFAULT_FAIL_ON = "warning"
 
 
 def severity_rank(severity: str) -> int:
@@ -33,6 +40,12 @@ def severity_rank(severity: str) -> int:
 def at_or_above(severity: str, fail_on: str) -> bool:
     """Whether ``severity`` reaches ``fail_on`` (the one definition of failing, for the CLI, pytest and reports)."""
     return severity_rank(severity) >= severity_rank(fail_on)
+
+
+def failing(findings: Iterable[Finding], fail_on: str = DEFAULT_FAIL_ON, allow: Iterable[str] = ()) -> list[Finding]:
+    """The findings that make a run unhealthy: at or above ``fail_on`` and not in ``allow``."""
+    allowed = set(allow)
+    return [f for f in findings if f.code not in allowed and at_or_above(f.severity, fail_on)]
 
 
 class FixAction(NamedTuple):
@@ -95,7 +108,7 @@ class Finding(NamedTuple):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
         """Inverse of :meth:`to_dict`; extra keys are ignored."""
-        values = {k: data.get(k) for k in cls._fields if k in data or k == "fix"}
+        values: dict[str, Any] = {k: data.get(k) for k in cls._fields if k in data or k == "fix"}
         raw = data.get("fixes") or []
         values["fixes"] = tuple(f for f in (FixAction.from_dict(x) for x in (raw if isinstance(raw, list) else [])) if f is not None)
         return cls(**values)
@@ -109,3 +122,7 @@ class Finding(NamedTuple):
         where = f" {self.layer}" if self.layer else ""
         when = f" step {self.step}" if self.step is not None else ""
         return f"{self.code} {self.name} [{self.severity}]{where}{when}: {self.message}"
+
+
+RuleResult: TypeAlias = "Iterable[Finding | None] | None"
+"""What a rule hook returns: findings, ``None`` entries for suppressed ones (skipped), or ``None``."""

@@ -13,7 +13,7 @@ Every hook name starts with ``gradprobe_`` so it can never collide with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -21,7 +21,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from gradprobe.findings import Finding
+    from gradprobe.findings import RuleResult
     from gradprobe.rules.context import RuleContext
     from gradprobe.rules.registry import Rule
 
@@ -56,7 +56,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookspec
-def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
     """Inspect a model's parameters without running it (``gradprobe.lint``).
 
     :param model: The model; its recurrent layers are in ``context.sites``.
@@ -72,7 +72,7 @@ def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] 
 
 
 @hookspec
-def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     """See one run-log event as it is recorded (or read back from a log).
 
     Events arrive in log order; keep running statistics in
@@ -87,7 +87,7 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[F
 
 
 @hookspec
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     """Judge what was observed so far (end of a run, or whenever findings are read).
 
     May be called more than once, so it must not change the rule state.

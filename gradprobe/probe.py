@@ -26,65 +26,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from gradprobe import __version__
+from gradprobe import __version__, distributed
 from gradprobe.bus import EventBus, sink_name
 from gradprobe.discovery import RecurrentSite, find_recurrent
 from gradprobe.events import EventWriter
 from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
-from gradprobe.recorders import propagation
-from gradprobe.recorders.capture import DEEP, OFF, SAMPLE, CallCapture, CellCalls
-from gradprobe.recorders.gradients import GradientRecorder
-from gradprobe.recorders.replay import CellReplayer, StackReplayer, Track
-from gradprobe.recorders.saturation import saturation_fractions, track_gates
-from gradprobe.reference import LayerWeights
-from gradprobe.reference import functional as fn
+from gradprobe.quantities import (
+    DeepProfile,
+    LayerProfile,
+    Quantity,
+    SaturationSampling,
+    Schedule,
+    StepContext,
+    StepStatistics,
+)
+from gradprobe.recorders.capture import CallCapture
+from gradprobe.recorders.replay import SiteReplayers
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 FIX_MODES = ("off", "recommend", "auto")
 
 
 __all__ = ["GradprobeWarning", "LayerProfile", "Probe", "ProbeSettings", "attach"]
-
-
-@dataclass
-class LayerProfile:
-    """The latest deep-probe result of one track (layer direction or cell).
-
-    Lists are indexed by time step (``profile`` by distance back from the end).
-    """
-
-    name: str
-    module: str
-    mode: str | None
-    step: int
-    seq_len: int
-    grad_norms: list[float]
-    profile: list[float]
-    jacobian_norms: list[float]
-    rate: float | None
-    horizon: float | None
-    saturation: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> LayerProfile:
-        return cls(
-            name=event["layer"],
-            module=event.get("module", event["layer"]),
-            mode=event.get("mode"),
-            step=event["step"],
-            seq_len=event["seq_len"],
-            grad_norms=list(event["grad_norms"]),
-            profile=list(event["profile"]),
-            jacobian_norms=list(event["jacobian_norms"]),
-            rate=event.get("rate"),
-            horizon=event.get("horizon"),
-        )
 
 
 @dataclass
@@ -140,9 +112,8 @@ class Probe:
         self.closed = False
         self.error: str | None = None
         self.rules_error: str | None = None
-        self._gradient_seen = False
-        self._layers: dict[str, LayerProfile] = {}
-        self._writer = EventWriter(log, self.settings.flush_seconds) if log is not None else None
+        self.schedule = Schedule(self.settings.every, self.settings.saturation_every)
+        self._writer = self._open_log(log) if log is not None else None
         self._generator = torch.Generator().manual_seed(self.settings.seed)
         if rules is None:
             from gradprobe.rules.engine import RuleEngine
@@ -151,7 +122,10 @@ class Probe:
         self.rules = rules
         self._bus = self._event_bus(sinks)
         self._fixer: Any = None
-        self._gradients: GradientRecorder
+        self._statistics: StepStatistics | None = None
+        self._replayers: SiteReplayers | None = None
+        self._deep: DeepProfile | None = None
+        self._quantities: list[Quantity] = []
         self._capture: CallCapture
         try:
             self._start(model)
@@ -159,6 +133,14 @@ class Probe:
             self._detach()
             self._bus.close()
             raise
+
+    def _open_log(self, log: str | os.PathLike[str]) -> EventWriter:
+        return EventWriter(distributed.log_path_for_this_rank(log), self.settings.flush_seconds)
+
+    def _recorded_config(self) -> dict[str, Any] | None:
+        """The rule configuration, so that ``gradprobe report`` judges the log as it was judged live."""
+        config = getattr(self.rules, "config", None)
+        return config.to_dict() if config is not None and hasattr(config, "to_dict") else None
 
     def _event_bus(self, sinks: Sequence[Callable[[dict[str, Any]], None]]) -> EventBus:
         bus = EventBus(on_fault=self._report_fault)
@@ -172,18 +154,21 @@ class Probe:
         return bus
 
     def _start(self, model: nn.Module) -> None:
-        self._gradients = GradientRecorder(model, self.sites)
-        self._stack_replayers = {s.name: StackReplayer(s) for s in self.sites if s.kind == "stack"}
-        self._cell_replayers = {s.name: CellReplayer(s) for s in self.sites if s.kind == "cell"}
+        self._statistics = StepStatistics(model, self.sites)
+        self._replayers = SiteReplayers(self.sites)
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
+        self._deep = DeepProfile(self.sites, self._replayers, self.settings, self._generator, self._pause)
+        self._quantities = [SaturationSampling(self.sites, self._replayers, self.settings.sample_rows), self._deep]
         self._emit(
             "meta",
-            rank=_distributed_rank(),
+            rank=distributed.rank_and_world()[0],
+            world_size=distributed.rank_and_world()[1],
             gradprobe=__version__,
             torch=torch.__version__,
             model=type(model).__name__,
             layers=[site.describe() for site in self.sites],
             settings=vars(self.settings).copy(),
+            config=self._recorded_config(),
         )
         for finding in self._rules_call("linting the model", lambda: self.rules.lint(model, self.sites, keep=True)) or []:
             self._write("finding", **finding.to_dict())
@@ -191,7 +176,7 @@ class Probe:
             from gradprobe.fixes.runtime import StepFixer
 
             self._fixer = StepFixer(model, self.settings.fix, self._emit)
-        self._capture.start_step(self._mode_for(0))
+        self._capture.start_step(self.schedule.mode_for(0))
 
     # -- public API -------------------------------------------------------------
 
@@ -202,7 +187,7 @@ class Probe:
         self._guard("probe.step", lambda: self._record(loss))
         self.step_index += 1
         if not self.disabled:
-            self._capture.start_step(self._mode_for(self.step_index))
+            self._capture.start_step(self.schedule.mode_for(self.step_index))
 
     @property
     def findings(self) -> list[Finding]:
@@ -223,7 +208,7 @@ class Probe:
     @property
     def layers(self) -> dict[str, LayerProfile]:
         """Latest deep-probe profile of every track, by track name."""
-        return dict(self._layers)
+        return dict(self._deep.layers) if self._deep is not None else {}
 
     def close(self) -> None:
         """Finish the rules, write the findings, remove every hook and reference. Idempotent; never raises."""
@@ -237,7 +222,7 @@ class Probe:
             self._detach()
             self._bus.close()
 
-    def __enter__(self) -> Probe:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -245,150 +230,21 @@ class Probe:
 
     # -- recording --------------------------------------------------------------
 
-    def _mode_for(self, step: int) -> str:
-        if step % int(self.settings.every) == 0:
-            return DEEP
-        if self.settings.saturation_every and step % int(self.settings.saturation_every) == 0:
-            return SAMPLE
-        return OFF
-
-    def _record(self, loss: Tensor | float | None) -> None:
-        record = self._gradients.record()
-        self._watch_for_missing_gradients(record)
-        loss_value = None
-        if loss is not None:
-            loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value)
-        self._emit(
-            "step",
-            step=self.step_index,
-            loss=loss_value,
-            grad_norm=record["grad_norm"],
-            params=record["params"],
-            gates=record["gates"],
-            nonfinite=nonfinite,
-        )
-        mode = self._capture.mode
-        if nonfinite is not None:
-            self._capture.clear()  # nothing to learn from replaying NaN/Inf; GP103 reports the step
-        elif mode == DEEP:
-            self._deep_probe()
-        elif mode == SAMPLE:
-            self._sample_saturation()
-        if self._fixer is not None:
-            self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)
-
-    #: Steps without any gradient, from the start, before the probe warns.
-    NO_GRADIENT_STEPS = 3
-
-    def _watch_for_missing_gradients(self, record: dict[str, Any]) -> None:
-        if self._gradient_seen:
-            return
-        if record["grad_norm"]:
-            self._gradient_seen = True
-        elif self.step_index + 1 == self.NO_GRADIENT_STEPS:
-            warn(
-                f"gradprobe recorded no gradient in the first {self.NO_GRADIENT_STEPS} steps: call probe.step() after "
-                "loss.backward() (and before optimizer.zero_grad()), and check that some parameters require grad",
-                stacklevel=6,
-            )
-
-    def _locate_nonfinite(self, bad_params: list[str], loss: float | None) -> dict[str, Any] | None:
-        loss_bad = loss is not None and not (loss == loss and abs(loss) != float("inf"))
-        bad_forward = self._capture.nonfinite_outputs() if (bad_params or loss_bad) else []
-        if not (bad_params or bad_forward or loss_bad):
-            return None
-        where = "forward" if bad_forward else "loss" if loss_bad else "gradient"
-        return {
-            "where": where,
-            "layer": bad_forward[0] if bad_forward else None,
-            "parameter": bad_params[0] if bad_params else None,
-            "parameters": bad_params[:20],
-            "count": len(bad_params),
-        }
-
-    def _deep_probe(self) -> None:
-        for site in self.sites:
-            tracks = self._replay(site)
-            for track in tracks:
-                self._analyze(site, track)
-        self._capture.clear()
-
-    def _replay(self, site: RecurrentSite) -> list[Track]:
-        if site.kind == "stack":
-            call = self._capture.stack_calls.get(site.name)
-            if call is None:
-                return []
-            return self._stack_replayers[site.name].replay(call)
-        calls = self._capture.cell_calls.get(site.name)
-        if calls is None or not calls.inputs:
-            return []
-        return [self._cell_replayers[site.name].replay(calls, self._pause)]
-
     def _pause(self, paused: bool) -> None:
         self._capture.paused = paused
 
-    def _analyze(self, site: RecurrentSite, track: Track) -> None:
-        s = self.settings
-        grad_norms = propagation.gradient_norms(track)
-        lin = propagation.TrackLinearization(track, max(s.deep_rows, s.spectral_rows))
-        profile = propagation.propagation_profile(lin.first_rows(s.deep_rows), self._generator)
-        jacobians = propagation.jacobian_norms(lin.first_rows(s.spectral_rows), s.spectral_steps, self._generator)
-        rate, horizon = propagation.fit_decay(profile, s.epsilon)
-        event = dict(
-            step=self.step_index,
-            layer=track.name,
-            module=site.name,
-            mode=track.mode,
-            seq_len=len(track.states),
-            batch=int(track.states[0][0].shape[0]),
-            grad_norms=grad_norms,
-            profile=profile,
-            jacobian_norms=jacobians,
-            rate=rate,
-            horizon=horizon,
-            epsilon=s.epsilon,
-            chained=track.chained,
-        )
-        self._emit("deep", **event)
-        profile_record = LayerProfile.from_event(event)
-        gates = lin.first_rows(s.deep_rows).gates
-        if gates is not None:
-            profile_record.saturation = self._emit_saturation(track.name, track.mode, gates, deep=True)
-        self._layers[track.name] = profile_record
-
-    def _emit_saturation(self, layer: str, mode: str | None, gates: dict[str, Tensor], deep: bool) -> dict[str, float]:
-        summary = saturation_fractions(gates)
-        first = next(iter(gates.values()))
-        self._emit(
-            "saturation",
-            step=self.step_index,
-            layer=layer,
-            mode=mode,
-            **summary,
-            units=int(first.shape[-1]),
-            samples=int(first.shape[0]),
-            deep=deep,
-        )
-        return summary["fractions"]
-
-    def _sample_saturation(self) -> None:
-        rows = self.settings.sample_rows
-        for site in self.sites:
-            if site.kind == "stack":
-                call = self._capture.stack_calls.get(site.name)
-                if call is None:
-                    continue
-                tracks = self._stack_replayers[site.name].replay(call, rows=rows)
-                for track in tracks:
-                    gates = track_gates(track)
-                    if gates is not None:
-                        self._emit_saturation(track.name, track.mode, gates, deep=False)
-            else:
-                calls = self._capture.cell_calls.get(site.name)
-                if calls is not None and calls.inputs and site.mode is not None:
-                    self._emit_saturation(site.name, site.mode, _cell_gates(site, calls), deep=False)
+    def _record(self, loss: Tensor | float | None) -> None:
+        assert self._statistics is not None  # set in _start
+        record, nonfinite, loss_value = self._statistics.record(self.step_index, loss, self._capture, self._emit)
+        mode = self._capture.mode
+        if nonfinite is None:  # nothing to learn from replaying NaN/Inf; GP103 reports the step
+            context = StepContext(self.step_index, mode, self._capture, self._emit)
+            for quantity in self._quantities:
+                if mode in quantity.modes:
+                    quantity.compute(context)
         self._capture.clear()
+        if self._fixer is not None:
+            self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)
 
     # -- events, errors, detaching ---------------------------------------------------
 
@@ -443,44 +299,16 @@ class Probe:
         capture: CallCapture | None = getattr(self, "_capture", None)
         if capture is not None:
             capture.remove()
-        gradients: GradientRecorder | None = getattr(self, "_gradients", None)
-        if gradients is not None:
-            gradients.release()
-        self._stack_replayers = {}
-        self._cell_replayers = {}
+        if self._statistics is not None:
+            self._statistics.release()
+        if self._replayers is not None:
+            self._replayers.release()
+        self._quantities = []
         if self._fixer is not None:
             self._fixer.release()
             self._fixer = None
         self.sites = []
         self.model = None
-
-
-def _distributed_rank() -> int | None:
-    """This process's rank in an initialized torch.distributed group, else None."""
-    distributed = torch.distributed
-    if distributed.is_available() and distributed.is_initialized():
-        return int(distributed.get_rank())
-    return None
-
-
-def _cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:
-    m = site.module
-    weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _maybe(m.bias_ih), _maybe(m.bias_hh))
-    dtype = weights.weight_hh.dtype  # inputs captured under autocast may be half precision
-    x = torch.cat(calls.inputs).to(dtype)
-    states = []
-    for x_t, state in zip(calls.inputs, calls.states_in):
-        if not state:
-            zeros = x_t.new_zeros(x_t.shape[0], m.hidden_size)
-            state = (zeros, zeros) if site.mode == "LSTM" else (zeros,)
-        states.append(tuple(s.to(dtype) for s in state))
-    previous = tuple(torch.cat([s[k] for s in states]) for k in range(len(states[0])))
-    with torch.no_grad():
-        return fn.gate_activations(site.mode, fn.project_input(site.mode, x, weights), previous, weights)
-
-
-def _maybe(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach()
 
 
 def attach(

@@ -8,61 +8,113 @@ Example::
 
 Options (group "gradprobe"): ``--gradprobe-report=FILE`` writes every checked
 test's findings as JSON; ``--gradprobe-fail-on=SEVERITY`` sets the default
-failing severity (ini: ``gradprobe_report``, ``gradprobe_fail_on``).
+failing severity (ini: ``gradprobe_report``, ``gradprobe_fail_on``; without
+either, ``fail-on`` of ``[tool.gradprobe]``, else ``warning``). An invalid
+option or marker stops the session at start-up with one line.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gradprobe import testing
+from gradprobe import health
+from gradprobe.config import ConfigError, load_pyproject
 from gradprobe.events import _clean
+from gradprobe.findings import SEVERITIES
+
+# Nothing here imports torch: a suite that never uses gradprobe pays only for this module.
 
 REPORT_HELP = "write the gradprobe findings of every checked test to this JSON file"
-FAIL_ON_HELP = "lowest severity that fails gradprobe.assert_healthy (info, warning, error); default warning"
+FAIL_ON_HELP = (
+    "lowest severity that fails gradprobe.assert_healthy (info, warning, error); "
+    "default: fail-on of [tool.gradprobe], else warning"
+)
+MARKER_ARGUMENTS = ("thresholds", "ignore", "fail_on", "dependency_length")
 MARKER = (
     "gradprobe(thresholds=None, ignore=(), fail_on=None, dependency_length=None): gradient-health settings for "
     "this test: per-rule thresholds such as {'GP101': {'min_horizon_fraction': 0.5}}, rule codes to ignore, the "
     "failing severity, the dependency length (steps) the task needs"
 )
 
+_RECORDS = pytest.StashKey[list]()
+_FAIL_ON = pytest.StashKey[str]()
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradprobe", "gradient health of recurrent models")
     group.addoption("--gradprobe-report", metavar="FILE", default=None, help=REPORT_HELP)
-    group.addoption("--gradprobe-fail-on", choices=("info", "warning", "error"), default=None, help=FAIL_ON_HELP)
+    group.addoption("--gradprobe-fail-on", choices=SEVERITIES, default=None, help=FAIL_ON_HELP)
     parser.addini("gradprobe_report", REPORT_HELP, default=None)
-    parser.addini("gradprobe_fail_on", FAIL_ON_HELP, default="warning")
+    parser.addini("gradprobe_fail_on", FAIL_ON_HELP, default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
     config.stash[_RECORDS] = []
+    config.stash[_FAIL_ON] = _session_fail_on(config)
 
 
-_RECORDS = pytest.StashKey[list]()
+def _session_fail_on(config: pytest.Config) -> str:
+    """``--gradprobe-fail-on``, else ini ``gradprobe_fail_on``, else ``fail-on`` of the project's pyproject.toml.
+
+    Raises:
+        pytest.UsageError: once, at start-up, for a bad value or a bad ``[tool.gradprobe]`` table.
+    """
+    option = config.getoption("--gradprobe-fail-on")
+    ini = config.getini("gradprobe_fail_on")
+    if ini and ini not in SEVERITIES:
+        raise pytest.UsageError(f"gradprobe: gradprobe_fail_on must be info, warning or error, got {ini!r}")
+    try:
+        project = load_pyproject(config.rootpath)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"gradprobe: {exc}") from None
+    return str(option or ini or project.fail_on)
 
 
-def _fail_on(config: pytest.Config) -> str:
-    value = config.getoption("--gradprobe-fail-on") or config.getini("gradprobe_fail_on") or "warning"
-    if value not in ("info", "warning", "error"):
-        raise pytest.UsageError(f"gradprobe_fail_on must be info, warning or error, got {value!r}")
-    return value
+def marker_problem(kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str | None:
+    """Why a ``@pytest.mark.gradprobe(...)`` is invalid, or ``None``."""
+    if args:
+        return "use keyword arguments"
+    unknown = sorted(set(kwargs) - set(MARKER_ARGUMENTS))
+    if unknown:
+        return f"unknown argument(s) {', '.join(unknown)} (known: {', '.join(MARKER_ARGUMENTS)})"
+    thresholds = kwargs.get("thresholds") or {}
+    if not isinstance(thresholds, Mapping) or not all(
+        isinstance(values, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
+        for values in thresholds.values()
+    ):
+        return "thresholds must map rule codes to {name: number}"
+    ignore = kwargs.get("ignore", ())
+    if isinstance(ignore, str) or not all(isinstance(code, str) for code in ignore):
+        return "ignore must be a list of rule codes"
+    if kwargs.get("fail_on") is not None and kwargs["fail_on"] not in SEVERITIES:
+        return f"fail_on must be info, warning or error, got {kwargs['fail_on']!r}"
+    need = kwargs.get("dependency_length")
+    if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):
+        return f"dependency_length must be a positive number of steps, got {need!r}"
+    return None
 
 
-def _settings(item: pytest.Item) -> testing.HealthSettings:
-    settings = testing.HealthSettings(fail_on=_fail_on(item.config))
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems = [
+        f"{item.nodeid}: {problem}"
+        for item in items
+        for marker in item.iter_markers("gradprobe")
+        if (problem := marker_problem(marker.kwargs, marker.args)) is not None
+    ]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise pytest.UsageError(f"gradprobe: invalid @pytest.mark.gradprobe: {shown}")
+
+
+def _settings(item: pytest.Item) -> health.HealthSettings:
+    settings = health.HealthSettings(fail_on=item.config.stash.get(_FAIL_ON, None))
     for marker in reversed(list(item.iter_markers("gradprobe"))):  # closest marker wins
-        if marker.args:
-            raise pytest.UsageError(f"{item.nodeid}: use keyword arguments with @pytest.mark.gradprobe")
-        unknown = set(marker.kwargs) - {"thresholds", "ignore", "fail_on", "dependency_length"}
-        if unknown:
-            raise pytest.UsageError(f"{item.nodeid}: unknown gradprobe marker argument(s): {', '.join(sorted(unknown))}")
         for code, values in (marker.kwargs.get("thresholds") or {}).items():
             settings.thresholds.setdefault(code, {}).update(values)
         settings.ignore = tuple(settings.ignore) + tuple(marker.kwargs.get("ignore", ()))
@@ -75,13 +127,13 @@ def _settings(item: pytest.Item) -> testing.HealthSettings:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     records = item.config.stash[_RECORDS]
-    testing.current_settings = _settings(item)
-    testing.collector = lambda report: records.append((item.nodeid, report))
+    health.current_settings = _settings(item)
+    health.collector = lambda report: records.append((item.nodeid, report))
     try:
         return (yield)
     finally:
-        testing.current_settings = None
-        testing.collector = None
+        health.current_settings = None
+        health.collector = None
 
 
 class GradprobeFixture:
@@ -92,25 +144,28 @@ class GradprobeFixture:
 
     def assert_healthy(self, model: Any, inputs: Any, loss_fn: Any = None, allow: Any = (), horizon: int | None = None, **kwargs: Any) -> Any:
         """See :func:`gradprobe.testing.assert_healthy`."""
+        __tracebackhide__ = True
+        from gradprobe import testing
+
         return testing.assert_healthy(model, inputs, loss_fn, allow, horizon, **kwargs)
 
     def check(self, model: Any, inputs: Any, loss_fn: Any = None, **kwargs: Any) -> Any:
         """:func:`gradprobe.check` with the marker's thresholds and suppressions."""
         import gradprobe
 
-        settings = testing.current_settings or testing.HealthSettings()
+        settings = health.current_settings or health.HealthSettings()
         kwargs.setdefault("thresholds", settings.thresholds)
         kwargs.setdefault("ignore", settings.ignore)
         report = gradprobe.check(model, inputs, loss_fn, **kwargs)
-        if testing.collector is not None:
-            testing.collector(report)
+        if health.collector is not None:
+            health.collector(report)
         return report
 
     def lint(self, model: Any, **kwargs: Any) -> Any:
         """:func:`gradprobe.lint` with the marker's thresholds and suppressions."""
         import gradprobe
 
-        settings = testing.current_settings or testing.HealthSettings()
+        settings = health.current_settings or health.HealthSettings()
         kwargs.setdefault("thresholds", settings.thresholds)
         kwargs.setdefault("ignore", settings.ignore)
         return gradprobe.lint(model, **kwargs)

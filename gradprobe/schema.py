@@ -79,7 +79,7 @@ def severity(value: Any) -> bool:
 
 #: kind -> {field: (check, required)}
 FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
-    "meta": {"rank": (optional(integer), False), "layers": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False), "settings": (optional(mapping), False)},
+    "meta": {"rank": (optional(integer), False), "world_size": (optional(integer), False), "config": (optional(mapping), False), "layers": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False), "settings": (optional(mapping), False)},
     "step": {
         "step": (integer, True),
         "loss": (optional(number), False),

@@ -10,29 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 
+from gradprobe import health
 from gradprobe.api import Report, check
-from gradprobe.findings import Finding, severity_rank
-
-
-@dataclass
-class HealthSettings:
-    """What a test considers healthy (set per test by the ``gradprobe`` marker)."""
-
-    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
-    ignore: tuple[str, ...] = ()
-    fail_on: str = "warning"
-    dependency_length: int | None = None
-
-
-#: Settings of the running test (the pytest plugin sets them from the marker).
-current_settings: HealthSettings | None = None
-#: Called with each checked report when the pytest plugin collects a session report.
-collector: Callable[[Report], None] | None = None
+from gradprobe.findings import Finding, failing
+from gradprobe.health import HealthSettings
 
 
 class GradientHealthError(AssertionError):
@@ -94,7 +79,8 @@ def assert_healthy(
         dependency_length: The dependency length (steps) the model must carry
             gradients over; GP101 fails when the measured horizon is shorter
             (default: the marker's, else ``[tool.gradprobe]``'s, else undeclared).
-        fail_on: Lowest failing severity (default ``warning``, or the marker's).
+        fail_on: Lowest failing severity (default: the marker's, else the pytest option or
+            ini ``gradprobe_fail_on``, else ``fail-on`` of ``[tool.gradprobe]``, else ``warning``).
         thresholds: Per-rule thresholds, merged over the marker's.
         config: Rule configuration (default: pyproject.toml's ``[tool.gradprobe]``).
         **check_kwargs: Passed to :func:`gradprobe.check` (``cells``, probe settings).
@@ -105,7 +91,8 @@ def assert_healthy(
     Raises:
         GradientHealthError: Findings at or above ``fail_on`` that ``allow`` does not cover.
     """
-    settings = current_settings or HealthSettings()
+    __tracebackhide__ = True  # pytest shows the test's line and the findings, not this helper
+    settings = health.current_settings or HealthSettings()
     merged = {code: dict(values) for code, values in settings.thresholds.items()}
     for code, values in (thresholds or {}).items():
         merged.setdefault(code, {}).update(values)
@@ -114,11 +101,10 @@ def assert_healthy(
         need = settings.dependency_length
     report = check(model, inputs, loss_fn, config=config, thresholds=merged, ignore=settings.ignore,
                    dependency_length=need, **check_kwargs)
-    if collector is not None:
-        collector(report)
-    level = fail_on or settings.fail_on
-    allowed = set(allow)
-    failing = [f for f in report.findings if f.code not in allowed and severity_rank(f.severity) >= severity_rank(level)]
-    if failing:
-        raise GradientHealthError(report, failing, level)
+    if health.collector is not None:
+        health.collector(report)
+    level = fail_on or settings.fail_on or report.fail_on
+    unhealthy = failing(report.findings, level, allow)
+    if unhealthy:
+        raise GradientHealthError(report, unhealthy, level)
     return report

@@ -2,7 +2,7 @@
 
 For each fault: the losses equal those of an unprobed run, at most one
 GradprobeWarning is issued, the run log stays readable and the findings stay
-available. (Issue 10, faults 1-7.)
+available. (Issue 10, faults 1-12.)
 """
 
 from __future__ import annotations
@@ -108,14 +108,14 @@ def test_3_a_rule_plugin_whose_summarize_raises(tmp_path, installed):
 
 def test_3b_a_generator_hook_that_raises_while_consumed(tmp_path, installed):
     installed(broken="tests.fault_plugins:OBSERVE_RAISES")
-    probe, losses, ours = _probed_run(tmp_path)
+    _probe, losses, ours = _probed_run(tmp_path)
     assert losses == REFERENCE and len(ours) == 1 and "observe exploded" in str(ours[0].message)
     assert _steps_logged(tmp_path) == STEPS
 
 
 def test_3c_an_event_hook_that_raises(tmp_path, installed):
     installed(broken="tests.fault_plugins:EVENT_HOOK_RAISES")
-    probe, losses, ours = _probed_run(tmp_path)
+    _probe, losses, ours = _probed_run(tmp_path)
     assert losses == REFERENCE and len(ours) == 1 and "event hook exploded" in str(ours[0].message)
     assert _steps_logged(tmp_path) == STEPS
 
@@ -128,7 +128,7 @@ def test_4_a_sink_that_raises_mid_run_keeps_the_log_whole(tmp_path):
             raise OSError("remote store went away")
         seen.append(event)
 
-    probe, losses, ours = _probed_run(tmp_path, sinks=[sink])
+    _probe, losses, ours = _probed_run(tmp_path, sinks=[sink])
     assert losses == REFERENCE and len(ours) == 1
     assert _steps_logged(tmp_path) == STEPS  # not 11 of 30
     faults = [e for e in iter_events(tmp_path / "run.log") if e["kind"] == "fault"]
@@ -142,7 +142,7 @@ def test_4_a_sink_that_raises_mid_run_keeps_the_log_whole(tmp_path):
 )
 def test_5_a_broken_installed_plugin_is_skipped_with_one_line(tmp_path, installed, value, expected):
     installed(broken=value)
-    probe, losses, ours = _probed_run(tmp_path)
+    _probe, losses, ours = _probed_run(tmp_path)
     assert losses == REFERENCE and len(ours) == 1, [str(w.message) for w in ours]
     message = str(ours[0].message)
     assert "'broken'" in message and expected in message and "\n" not in message
@@ -167,7 +167,7 @@ def test_6_tensorboard_dir_set_without_tensorboard(tmp_path, monkeypatch):
         pytest.skip("the gradprobe-tensorboard plugin is not installed")
     monkeypatch.setenv("GRADPROBE_TENSORBOARD_DIR", str(tmp_path / "tb"))
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if tensorboard were missing
-    probe, losses, ours = _probed_run(tmp_path)
+    _probe, losses, ours = _probed_run(tmp_path)
     assert losses == REFERENCE and len(ours) == 1 and "'tensorboard'" in str(ours[0].message)
     with pytest.warns(gradprobe.GradprobeWarning, match="tensorboard"):
         report = gradprobe.check(_model(), torch.randn(8, 4, 3), config={})  # check() too
@@ -230,3 +230,54 @@ def test_10_torch_save_and_deepcopy_while_attached(tmp_path):
         assert _train(other, steps=2)  # trains; its inert hooks record nothing
     assert _steps_logged(tmp_path) == 10 and probe.error is None
     assert losses[:5] == REFERENCE[:5]
+
+
+def test_11_ranks_sharing_one_log_path_each_write_their_own_file(tmp_path, monkeypatch):
+    """Two ranks stepping in turn, as concurrent processes do, both given run.log.
+
+    Simulated in one process (the rank comes from a patched process group); the
+    real gloo run is ``tests/examples/test_examples.py::test_ddp_*``.
+    """
+    from gradprobe import distributed
+    from gradprobe.report import summarize_logs
+
+    models, probes = [_model(), _model()], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for rank, model in enumerate(models):
+            monkeypatch.setattr(distributed, "rank_and_world", lambda rank=rank: (rank, 2))
+            probes.append(gradprobe.attach(model, log=tmp_path / "run.log", every=10, config={}))
+        torch.manual_seed(1)
+        opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
+        losses: list[list[float]] = [[], []]
+        for _ in range(STEPS):
+            x = torch.randn(8, 4, 3)
+            for rank in (0, 1):  # interleaved writes to what was one path
+                out, _ = models[rank](x)
+                loss = out.pow(2).mean()
+                opts[rank].zero_grad()
+                loss.backward()
+                probes[rank].step(loss)
+                opts[rank].step()
+                losses[rank].append(loss.item())
+        for probe in probes:
+            probe.close()
+    ours = [w for w in caught if issubclass(w.category, gradprobe.GradprobeWarning)]
+    assert losses == [REFERENCE, REFERENCE]
+    assert len(ours) == 1 and "2 ranks share the log path" in str(ours[0].message)  # said once, by rank 0
+    assert not (tmp_path / "run.log").exists()
+    for rank in (0, 1):
+        problems: list = []
+        events = list(iter_events(tmp_path / f"run.rank{rank}.log", problems))
+        assert not problems and events[0]["rank"] == rank
+        assert sum(e["kind"] == "step" for e in events) == STEPS
+    summary = summarize_logs([tmp_path / "run.log"], config={})
+    assert [log.rank for log in summary.logs] == [0, 1] and summary.steps == 2 * STEPS  # step events of both ranks
+
+
+def test_12_the_pytest_plugin_does_not_import_torch_for_suites_that_do_not_use_it(pytester):
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    pytester.makepyfile(**{f"test_plain_{i}": f"import sys\n\ndef test_{i}():\n    assert 'torch' not in sys.modules\n" for i in range(3)})
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=3)
+    assert "plugins: gradprobe" in result.stdout.str()  # the plugin was loaded

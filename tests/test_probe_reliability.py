@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 
 import pytest
@@ -48,13 +49,12 @@ def test_exception_inside_probe_is_reported_once_and_disables_it(target, monkeyp
     monkeypatch.setattr(*target, _boom)
     model = nn.LSTM(3, 6)
     log = tmp_path / "run.log"
-    with pytest.warns(gradprobe.GradprobeWarning) as record:
-        with gradprobe.attach(model, log=log, every=1) as probe:
-            losses = _train(model, 4, probe)
+    with pytest.warns(gradprobe.GradprobeWarning) as record, gradprobe.attach(model, log=log, every=1) as probe:
+        losses = _train(model, 4, probe)
     assert len([w for w in record if issubclass(w.category, gradprobe.GradprobeWarning)]) == 1
     assert "ZeroDivisionError: injected" in str(record[0].message)
     assert probe.disabled and "injected" in probe.error
-    assert len(losses) == 4 and all(l == l for l in losses)  # training went on
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)  # training went on
     assert not model._forward_hooks and not model._forward_pre_hooks
     errors = [e for e in iter_events(log) if e["kind"] == "error"]
     assert len(errors) == 1 and "injected" in errors[0]["message"]

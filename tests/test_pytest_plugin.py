@@ -135,25 +135,126 @@ def test_session_report_file(project):
     assert data["tests"][1]["healthy"] is True
 
 
-def test_ini_settings_and_bad_marker(project):
+def test_ini_fail_on_and_report(project):
     project.makeini("[pytest]\naddopts = -p no:cacheprovider\ngradprobe_fail_on = error\ngradprobe_report = r.json\n")
     project.makepyfile(
         test_ini="""
-        import pytest
         from models import vanishing
 
         def test_error_still_fails(gradprobe):
             gradprobe.assert_healthy(*vanishing(), dependency_length=150)
 
-        @pytest.mark.gradprobe(colour="red")
-        def test_bad_marker(gradprobe):
-            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
+        def test_warning_passes_under_fail_on_error(gradprobe):
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150,
+                                     thresholds={"GP101": {"error_horizon_fraction": 0.0}})
         """
     )
     result = project.runpytest()
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(["*unknown gradprobe marker argument(s): colour*"])
+    result.assert_outcomes(passed=1, failed=1)
     assert (Path(project.path) / "r.json").exists()
+
+
+def test_pyproject_fail_on_is_the_plugins_default_and_the_reports(project):
+    project.makepyprojecttoml('[tool.gradprobe]\nfail-on = "error"\n')
+    project.makepyfile(
+        test_project="""
+        from models import vanishing
+
+        def test_warning_passes(gradprobe):
+            report = gradprobe.assert_healthy(*vanishing(), dependency_length=150,
+                                              thresholds={"GP101": {"error_horizon_fraction": 0.0}})
+            assert report.fail_on == "error" and report.healthy  # Report.healthy means the same
+            assert [f.severity for f in report.findings if f.code == "GP101"] == ["warning"]
+
+        def test_error_fails(gradprobe):
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
+        """
+    )
+    project.runpytest().assert_outcomes(passed=1, failed=1)
+    project.runpytest("--gradprobe-fail-on", "warning").assert_outcomes(failed=2)  # the option overrides
+
+
+@pytest.mark.parametrize(
+    ("marker", "expected"),
+    [
+        ('colour="red"', "unknown argument(s) colour"),
+        ('"GP101"', "use keyword arguments"),
+        ('fail_on="fatal"', "fail_on must be info, warning or error, got 'fatal'"),
+        ("dependency_length=0", "dependency_length must be a positive number of steps"),
+        ('thresholds={"GP101": 0.5}', "thresholds must map rule codes to {name: number}"),
+        ('ignore="GP101"', "ignore must be a list of rule codes"),
+    ],
+)
+def test_an_invalid_marker_stops_the_session_once_at_start_up(project, marker, expected):
+    project.makepyfile(
+        test_bad=f"""
+        import pytest
+
+        @pytest.mark.gradprobe({marker})
+        def test_one(gradprobe):
+            pass
+
+        @pytest.mark.gradprobe({marker})
+        def test_two(gradprobe):
+            pass
+        """
+    )
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in result.stderr.lines if "invalid @pytest.mark.gradprobe" in line]
+    assert len(lines) == 1 and expected in lines[0] and "test_one" in lines[0] and "test_two" in lines[0]
+    assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("ini", "gradprobe_fail_on must be info, warning or error, got 'fatal'"),
+        ("pyproject", "fail-on must be info, warning or error"),
+    ],
+)
+def test_an_invalid_fail_on_stops_the_session_once_at_start_up(project, setup, expected):
+    if setup == "ini":
+        project.makeini("[pytest]\naddopts = -p no:cacheprovider\ngradprobe_fail_on = fatal\n")
+    else:
+        project.makepyprojecttoml('[tool.gradprobe]\nfail-on = "fatal"\n')
+    project.makepyfile(test_ok="def test_ok():\n    pass\n")
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.str().count(expected) == 1 and "Traceback" not in result.stderr.str()
+
+
+def test_the_failure_points_at_the_test_not_at_gradprobe(project):
+    project.makepyfile(
+        test_tb="""
+        from models import vanishing
+
+        def test_vanishing(gradprobe):
+            gradprobe.assert_healthy(*vanishing(), dependency_length=150)
+        """
+    )
+    result = project.runpytest("--tb=long")
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert "test_tb.py:4: GradientHealthError" in text  # the last frame shown is the test's own line
+    assert "gradprobe/testing.py" not in text and "gradprobe/pytest_plugin.py" not in text
+
+
+def test_the_plugin_does_not_import_torch_until_a_test_uses_gradprobe(pytester):
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+
+        def test_a():
+            assert "torch" not in sys.modules
+
+        def test_b(gradprobe):  # the fixture alone does not need torch
+            assert "torch" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "gradprobe", "--gradprobe-fail-on", "error")
+    result.assert_outcomes(passed=2)
 
 
 def test_marker_is_registered_with_its_signature(project):

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import gradprobe  # noqa: E402
+import gradprobe
 
 VARIANTS = {"healthy": None, "long-dependency": "GP101"}
 QUICK_STEPS = 120  # the test's reduced run

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import gradprobe  # noqa: E402
+import gradprobe
 
 VARIANTS = {"healthy": None, "sgd-lr-50": "GP403"}
 QUICK_STEPS = 100  # the test's reduced run

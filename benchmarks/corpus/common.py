@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class RunResult:
 
     @property
     def final_loss(self) -> float:
-        finite = [v for v in self.losses[-10:] if v == v and abs(v) != float("inf")]
+        finite = [v for v in self.losses[-10:] if math.isfinite(v)]
         return statistics.median(finite) if len(finite) == len(self.losses[-10:]) else float("nan")
 
     @property

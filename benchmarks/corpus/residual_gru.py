@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import gradprobe  # noqa: E402
+import gradprobe
 
 VARIANTS = {"healthy": None, "relu-bias-2": "GP302"}
 QUICK_STEPS = 100  # the test's reduced run

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import gradprobe  # noqa: E402
+import gradprobe
 
 VARIANTS = {"lstm": None, "gru": None, "lstm-forget-bias": "GP202", "rnn-lr20": "GP403"}
 QUICK_STEPS = 120  # the test's reduced run

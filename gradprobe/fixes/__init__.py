@@ -167,6 +167,7 @@ def _run(model: nn.Module, name: str, module: nn.Module, code: str, fix: FixActi
         return AppliedFix(code, name, "Xavier input weights", reinit.xavier_input_(module), kind)
     if kind == "he-input":
         return AppliedFix(code, name, "He input weights", reinit.he_input_(module), kind)
+    assert isinstance(module, nn.RNNBase)  # residual stacking is offered for fused stacks only
     _replace_submodule(model, name, residual_stack(module))
     return AppliedFix(code, name, "residual connections across stacked layers (re-create the optimizer)", [], kind)
 

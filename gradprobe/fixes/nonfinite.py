@@ -43,7 +43,7 @@ class NonFiniteGuard:
                 p.grad = None
             return {"mode": "skip", "parameters": len(params)}
         noise = [torch.randn(p.shape, generator=self._generator, dtype=p.dtype).to(p.device) for p in params]
-        total = torch.sqrt(sum((n.double() ** 2).sum() for n in noise)).item() if noise else 1.0
+        total = torch.sqrt(torch.stack([(n.double() ** 2).sum() for n in noise]).sum()).item() if noise else 1.0
         for p, n in zip(params, noise):
             p.grad = n * (self.step_size / total)
         return {"mode": "random", "step_size": self.step_size, "parameters": len(params)}

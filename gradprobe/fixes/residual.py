@@ -82,15 +82,16 @@ def residual_stack(module: nn.RNNBase) -> ResidualRecurrentStack:
     out_size = (module.proj_size or module.hidden_size) * directions
     layers = []
     for index in range(module.num_layers):
-        kwargs: dict[str, Any] = dict(
-            bias=module.bias, batch_first=module.batch_first, bidirectional=module.bidirectional,
-            device=param.device, dtype=param.dtype,
-        )
+        kwargs: dict[str, Any] = {
+            "bias": module.bias, "batch_first": module.batch_first, "bidirectional": module.bidirectional,
+            "device": param.device, "dtype": param.dtype,
+        }
         if isinstance(module, nn.LSTM):
             kwargs["proj_size"] = module.proj_size
         if type(module) is nn.RNN:
             kwargs["nonlinearity"] = module.nonlinearity
-        layer = type(module)(module.input_size if index == 0 else out_size, module.hidden_size, **kwargs)
+        layer_class: Any = type(module)  # an nn.RNN/LSTM/GRU subclass, built from sizes
+        layer = layer_class(module.input_size if index == 0 else out_size, module.hidden_size, **kwargs)
         state = {}
         for name in layer.state_dict():
             source = name.replace("_l0", f"_l{index}")

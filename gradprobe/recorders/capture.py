@@ -207,7 +207,8 @@ class CallCapture:
     @staticmethod
     def _grad_sink(store: list[Tensor | None], index: int) -> Callable[[Tensor], None]:
         def sink(grad: Tensor) -> None:
-            store[index] = grad.detach() if store[index] is None else store[index] + grad.detach()
+            held = store[index]
+            store[index] = grad.detach() if held is None else held + grad.detach()
 
         return sink
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -77,7 +78,7 @@ class GradientRecorder:
 
 
 def _finite(value: float) -> bool:
-    return value == value and value not in (float("inf"), float("-inf"))
+    return math.isfinite(value)
 
 
 def _norms(grads: list[Tensor]) -> Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -88,11 +88,11 @@ class TrackLinearization:
     def _step_rows(self, t: int) -> slice:
         return slice(t * self.rows, (t + 1) * self.rows)
 
-    def _generic(self, x: Tensor, point: Tensor):  # noqa: ANN202 - (f, vjp_fn)
+    def _generic(self, x: Tensor, point: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], tuple[Tensor, ...]]]:
         def f(flat: Tensor) -> Tensor:
             return _flat(self.track.step_fn(x, self._split(flat)))
 
-        _, vjp_fn = torch.func.vjp(f, point)
+        vjp_fn = torch.func.vjp(f, point)[1]
         return f, vjp_fn
 
     def jvp(self, u: Tensor) -> Tensor:

@@ -70,15 +70,15 @@ def _twin_for(module: nn.Module) -> RecurrentBase:
     if isinstance(module, RecurrentBase):
         return module
     param = next(module.parameters())
-    config: dict[str, Any] = dict(
-        num_layers=module.num_layers,
-        bias=module.bias,
-        batch_first=module.batch_first,
-        dropout=module.dropout,
-        bidirectional=module.bidirectional,
-        device="meta",
-        dtype=param.dtype,
-    )
+    config: dict[str, Any] = {
+        "num_layers": module.num_layers,
+        "bias": module.bias,
+        "batch_first": module.batch_first,
+        "dropout": module.dropout,
+        "bidirectional": module.bidirectional,
+        "device": "meta",
+        "dtype": param.dtype,
+    }
     if isinstance(module, nn.LSTM):
         twin: RecurrentBase = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **config)
     elif isinstance(module, nn.GRU):
@@ -107,7 +107,7 @@ class StackReplayer:
         are back-propagated through the replay, and each track's
         ``output_grads`` holds the total ``dL/dh_t``.
         """
-        module = self.site.module
+        module: Any = self.site.module
         params = {name: p.detach() for name, p in module.named_parameters()}
         dtype = next(iter(params.values())).dtype  # under autocast the captured tensors may be half precision
         input_, hx = _detached_input(call.input, call.hx, rows, module.batch_first, dtype)
@@ -172,11 +172,12 @@ def _reference_step(mode: str, weights: LayerWeights) -> StepFn:
 
 def _initial_state_requiring_grad(twin: RecurrentBase, input_: Any, hx: Any) -> Any:
     if hx is None:
+        batch: int | None
         if isinstance(input_, PackedSequence):
             batch, like = int(input_.batch_sizes[0]), input_.data
         else:
             batch_dim = 0 if twin.batch_first else 1
-            batch, like = (input_.shape[batch_dim] if input_.dim() == 3 else None), input_
+            batch, like = (int(input_.shape[batch_dim]) if input_.dim() == 3 else None), input_
         shapes = twin._expected_state_shapes(batch if batch is not None else 1)
         states = tuple(like.new_zeros(shape if batch is not None else (shape[0], shape[2])) for shape in shapes)
     else:
@@ -254,7 +255,7 @@ class CellReplayer:
         grads = [calls.grads.get(i) for i in range(len(calls.inputs))]
         weights = None
         if self.site.mode is not None:
-            m = self.site.module
+            m: Any = self.site.module
             weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _d(m.bias_ih), _d(m.bias_hh))
         track = Track(self.site.name, self.site.mode, list(calls.inputs), previous, states, step, weights=weights)
         track.output_grads = grads
@@ -266,3 +267,22 @@ class CellReplayer:
 
 def _d(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
+
+
+class SiteReplayers:
+    """One replayer per recurrent site: :class:`StackReplayer` for fused stacks, :class:`CellReplayer` for cells."""
+
+    def __init__(self, sites: list[RecurrentSite]) -> None:
+        self._stacks = {s.name: StackReplayer(s) for s in sites if s.kind == "stack"}
+        self._cells = {s.name: CellReplayer(s) for s in sites if s.kind == "cell"}
+
+    def stack(self, name: str) -> StackReplayer:
+        return self._stacks[name]
+
+    def cell(self, name: str) -> CellReplayer:
+        return self._cells[name]
+
+    def release(self) -> None:
+        """Drop the replayers (and the reference twins they hold)."""
+        self._stacks = {}
+        self._cells = {}

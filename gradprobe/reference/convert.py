@@ -27,13 +27,13 @@ def from_torch(module: nn.Module) -> RecurrentBase | CellBase:
     factory = {"device": param.device, "dtype": param.dtype} if param is not None else {}
     twin: nn.Module
     if isinstance(module, nn.RNNBase):
-        config = dict(
-            num_layers=module.num_layers,
-            bias=module.bias,
-            batch_first=module.batch_first,
-            dropout=module.dropout,
-            bidirectional=module.bidirectional,
-        )
+        config = {
+            "num_layers": module.num_layers,
+            "bias": module.bias,
+            "batch_first": module.batch_first,
+            "dropout": module.dropout,
+            "bidirectional": module.bidirectional,
+        }
         if isinstance(module, nn.LSTM):
             twin = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **config, **factory)
         elif isinstance(module, nn.GRU):
@@ -52,4 +52,4 @@ def from_torch(module: nn.Module) -> RecurrentBase | CellBase:
         raise TypeError(f"from_torch expects a torch.nn RNN/LSTM/GRU or cell, got {type(module).__name__}")
     twin.load_state_dict(module.state_dict())
     twin.train(module.training)
-    return twin  # type: ignore[return-value]
+    return twin

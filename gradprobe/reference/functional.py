@@ -175,7 +175,7 @@ def lstm_jacobian(
     c_next = f * c + i * g
     tc = torch.tanh(c_next)
 
-    col = lambda v: v.unsqueeze(2)  # noqa: E731 - scale the rows of a [B, H, P] block
+    col = lambda v: v.unsqueeze(2)
     dc_dh = col(c * f * (1 - f)) * w_f + col(g * i * (1 - i)) * w_i + col(i * (1 - g**2)) * w_g
     dc_dc = torch.diag_embed(f)
     through_c = o * (1 - tc**2)
@@ -201,7 +201,7 @@ def gru_jacobian(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor |
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
 
-    col = lambda v: v.unsqueeze(2)  # noqa: E731
+    col = lambda v: v.unsqueeze(2)
     dr_dh = col(r * (1 - r)) * w_r
     dz_dh = col(z * (1 - z)) * w_z
     dn_dh = col(1 - n**2) * (col(h_n) * dr_dh + col(r) * w_n)

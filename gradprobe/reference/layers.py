@@ -68,13 +68,13 @@ class RecurrentBase(nn.Module):
                 f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
                 stacklevel=3,
             )
-        for name, value in (("bias", bias), ("batch_first", batch_first)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-            if value <= 0:
+        for name, flag in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
+        for name, size in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(size, int):
+                raise TypeError(f"{name} should be of type int, got: {type(size).__name__}")
+            if size <= 0:
                 raise ValueError(f"{name} must be greater than zero")
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
@@ -102,7 +102,9 @@ class RecurrentBase(nn.Module):
             for direction in range(self.num_directions):
                 layer_input = input_size if layer == 0 else out_size * self.num_directions
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, out_size))]
+                shapes: list[tuple[str, tuple[int, ...]]] = [
+                    ("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, out_size))
+                ]
                 if bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
                 if proj_size:
@@ -140,7 +142,7 @@ class RecurrentBase(nn.Module):
         """
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
         source: Any = params if params is not None else self.__dict__.get("_parameters", {})
-        get = lambda kind: source.get(kind + suffix)  # noqa: E731
+        get = lambda kind: source.get(kind + suffix)
         return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
 
     def extra_repr(self) -> str:
@@ -187,6 +189,7 @@ class RecurrentBase(nn.Module):
             if hx is not None:
                 hx = self._map_hidden(hx, lambda h: h.index_select(1, sorted_indices) if sorted_indices is not None else h)
         else:
+            assert isinstance(input, Tensor)
             if input.dim() not in (2, 3):
                 raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
             unbatched = input.dim() == 2

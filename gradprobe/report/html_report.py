@@ -28,8 +28,9 @@ def _value(v: object) -> str:
     return str(v)
 
 
-def render_html(summary: RunSummary, fail_on: str = "error") -> str:
+def render_html(summary: RunSummary, fail_on: str | None = None) -> str:
     """The report page; every string taken from the log is escaped."""
+    fail_on = fail_on or summary.fail_on
     e = escape
     meta = summary.meta
     failed = summary.fails(fail_on)

@@ -4,7 +4,7 @@ Schema ``gradprobe-report/1`` (stable; additions only within a version)::
 
     {
       "schema": "gradprobe-report/1",
-      "verdict": {"fail_on": "error", "failed": false, "worst": "warning" | null},
+      "verdict": {"fail_on": "warning", "failed": false, "worst": "warning" | null},
       "logs": [{"path": str, "events": int, "rank": int | null,
                 "problems": [{"line": int, "message": str}],
                 "probe_error": {"step": int, "where": str, "message": str} | null}],
@@ -36,8 +36,9 @@ from gradprobe.report.summary import RunSummary
 SCHEMA = "gradprobe-report/1"
 
 
-def report_dict(summary: RunSummary, fail_on: str = "error") -> dict[str, Any]:
+def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, Any]:
     """The report as plain data (see the module docstring for the schema)."""
+    fail_on = fail_on or summary.fail_on
     meta = summary.meta
     layers = {}
     for name, layer in summary.layers.items():
@@ -95,5 +96,6 @@ def report_dict(summary: RunSummary, fail_on: str = "error") -> dict[str, Any]:
     )
 
 
-def render_json(summary: RunSummary, fail_on: str = "error") -> str:
+def render_json(summary: RunSummary, fail_on: str | None = None) -> str:
+    fail_on = fail_on or summary.fail_on
     return json.dumps(report_dict(summary, fail_on), indent=2, allow_nan=False) + "\n"

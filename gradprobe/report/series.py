@@ -29,5 +29,5 @@ class Downsampled:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return iter(self.items)

@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradprobe.config import Config
+from gradprobe.config import Config, ConfigError, from_mapping, load_pyproject
+from gradprobe.distributed import expand_rank_logs
 from gradprobe.events import LogFormatError, LogProblem, iter_events, number
-from gradprobe.findings import Finding, severity_rank
+from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing, severity_rank
 from gradprobe.report.series import Downsampled
 from gradprobe.rules.engine import RuleEngine, sort_findings
 
@@ -61,6 +62,7 @@ class RunSummary:
     layers: dict[str, LayerSummary] = field(default_factory=dict)
     first_nonfinite: dict[str, Any] | None = None
     findings: list[Finding] = field(default_factory=list)
+    fail_on: str = DEFAULT_FAIL_ON  # of the configuration the logs were judged with
 
     @property
     def problems(self) -> list[tuple[str, LogProblem]]:
@@ -70,9 +72,9 @@ class RunSummary:
         """The most severe finding's severity, or None."""
         return max((f.severity for f in self.findings), key=severity_rank, default=None)
 
-    def fails(self, fail_on: str) -> bool:
-        """Whether a finding reaches ``fail_on``."""
-        return any(severity_rank(f.severity) >= severity_rank(fail_on) for f in self.findings)
+    def fails(self, fail_on: str | None = None) -> bool:
+        """Whether a finding reaches ``fail_on`` (default: the configuration's)."""
+        return bool(failing(self.findings, fail_on or self.fail_on))
 
     def add(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -141,8 +143,12 @@ def summarize_logs(
     keeping the most severe, with ``evidence["ranks"]`` when several logs agree.
 
     Args:
-        paths: Run logs.
-        config: Rule configuration (``None``: pyproject.toml).
+        paths: Run logs. A path that does not exist stands for its rank
+            files (``run.log`` -> ``run.rank0.log``, ``run.rank1.log``, ...), as a
+            distributed run writes them.
+        config: Rule configuration. ``None``: the configuration the run recorded
+            in its meta event (so a log is judged as it was live, wherever the
+            report runs), else pyproject.toml of the current directory.
         progress: Called with the number of bytes read since the last call.
 
     Raises:
@@ -151,18 +157,21 @@ def summarize_logs(
     """
     summary = RunSummary()
     per_key: dict[tuple[str, str | None], list[tuple[Finding, int | None]]] = {}
-    for path in paths:
+    for path in [found for given in paths for found in expand_rank_logs(given)]:
         log = LogSummary(str(path))
-        engine = RuleEngine(config)
+        engine: RuleEngine | None = None
         for event in iter_events(path, log.problems, progress):
             log.events += 1
+            if engine is None:
+                engine = _engine_for(config, event, log)
+                summary.fail_on = engine.config.fail_on
             if event.get("kind") == "meta":
                 log.rank = event.get("rank")
             elif event.get("kind") == "error" and log.error is None:
                 log.error = event
             summary.add(event)
             engine.feed(event)
-        if not log.events:
+        if engine is None:
             detail = f" ({log.problems[0]})" if log.problems else ""
             raise LogFormatError(f"{path} holds no gradprobe event{detail}")
         summary.logs.append(log)
@@ -177,3 +186,16 @@ def summarize_logs(
         merged.append(finding)
     summary.findings = sort_findings(merged)
     return summary
+
+
+def _engine_for(config: Config | Mapping[str, Any] | None, first: dict[str, Any], log: LogSummary) -> RuleEngine:
+    """Rules configured as the caller says, else as the run recorded in its meta event, else by pyproject.toml."""
+    if config is not None:
+        return RuleEngine(config)
+    recorded = first.get("config") if first.get("kind") == "meta" else None
+    if isinstance(recorded, Mapping):
+        try:
+            return RuleEngine(from_mapping(recorded, source="the run's recorded configuration"))
+        except ConfigError as exc:  # e.g. a threshold of a plugin rule not installed here
+            log.problems.append(LogProblem(1, f"{exc}; judged with pyproject.toml instead"))
+    return RuleEngine(load_pyproject())

@@ -27,6 +27,13 @@ def _finite(v: float | None, log: bool) -> bool:
     return v is not None and math.isfinite(v) and (v > 0 or not log)
 
 
+def _plotted(v: float | None, log: bool) -> float | None:
+    """The value on the chart's axis (log10 on a log axis), or ``None`` where it cannot be drawn."""
+    if v is None or not _finite(v, log):
+        return None
+    return math.log10(v) if log else v
+
+
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     """Round tick positions (1, 2 or 5 times a power of ten apart) inside ``[low, high]``."""
     if high <= low:
@@ -58,9 +65,10 @@ def line_chart(
     """An SVG line chart; points that are missing (or <= 0 on a log axis) break the line."""
     left, right, top, bottom = 60, 12, 28, 40
     xs = [x for s in series for x, y in zip(s.xs, s.ys) if _finite(y, log_y)]
-    ys = [math.log10(y) if log_y else y for s in series for y in s.ys if _finite(y, log_y)]
-    if hline is not None and _finite(hline, log_y):
-        ys.append(math.log10(hline) if log_y else hline)
+    ys = [v for s in series for v in (_plotted(y, log_y) for y in s.ys) if v is not None]
+    line_at = _plotted(hline, log_y)
+    if line_at is not None:
+        ys.append(line_at)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">']
     parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>')
     if not xs:
@@ -90,8 +98,8 @@ def line_chart(
         f'<text x="12" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 12 {top + ph / 2})" class="axis">'
         f"{escape(y_label + (' (log)' if log_y else ''))}</text>"
     )
-    if hline is not None and _finite(hline, log_y):
-        y = py(math.log10(hline) if log_y else hline)
+    if line_at is not None:
+        y = py(line_at)
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="ref"/>')
     for x in vlines:
         if x0 <= x <= x1:
@@ -99,9 +107,10 @@ def line_chart(
     for index, s in enumerate(series):
         color = s.color or COLORS[index % len(COLORS)]
         segments: list[list[str]] = [[]]
-        for x, y in zip(s.xs, s.ys):
-            if _finite(y, log_y):
-                segments[-1].append(f"{px(x):.1f},{py(math.log10(y) if log_y else y):.1f}")
+        for x, value in zip(s.xs, s.ys):
+            at = _plotted(value, log_y)
+            if at is not None:
+                segments[-1].append(f"{px(x):.1f},{py(at):.1f}")
             elif segments[-1]:
                 segments.append([])
         dash = ' stroke-dasharray="5,4"' if s.dashed else ""
@@ -150,8 +159,8 @@ def heatmap(
             parts.append(f'<rect x="{left + c * cw:.2f}" y="{y:.2f}" width="{cw + 0.3:.2f}" height="{ch + 0.3:.2f}" fill="{color}"/>')
         if len(rows) <= 12 or r % max(1, len(rows) // 8) == 0:
             parts.append(f'<text x="{left - 4}" y="{y + ch / 2 + 4:.1f}" text-anchor="end" class="tick">{escape(label)}</text>')
-    for c in _ticks(0, columns - 1):
-        parts.append(f'<text x="{left + (c + 0.5) * cw:.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{c:g}</text>')
+    for tick in _ticks(0, columns - 1):
+        parts.append(f'<text x="{left + (tick + 0.5) * cw:.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{tick:g}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">{escape(x_label)}</text>')
     parts.append(
         f'<text x="12" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 12 {top + ph / 2})" class="axis">{escape(y_label)}</text>'

@@ -38,8 +38,9 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def render_text(summary: RunSummary, fail_on: str = "error") -> str:
+def render_text(summary: RunSummary, fail_on: str | None = None) -> str:
     """A readable summary: findings by severity and layer, per-layer gradient profiles, training figures."""
+    fail_on = fail_on or summary.fail_on
     meta = summary.meta
     lines = []
     sources = ", ".join(
@@ -73,8 +74,8 @@ def render_text(summary: RunSummary, fail_on: str = "error") -> str:
         lines.append("")
         lines.append("Gradient vs time step (latest deep probe; ||dL/dh_t||, log scale, t = 0 on the left):")
         width = max(len(name) for name in summary.layers)
-        for name, layer in summary.layers.items():
-            latest = layer.latest
+        for name, layer_summary in summary.layers.items():
+            latest = layer_summary.latest
             if not latest:
                 continue
             horizon = latest.get("horizon")

@@ -42,7 +42,7 @@ class RuleContext:
         """
         if code not in self._states:
             self._states[code] = factory()
-        return self._states[code]  # type: ignore[no-any-return]
+        return self._states[code]
 
     def threshold(self, code: str, key: str) -> float:
         """The configured value of a rule's threshold, or its registered default.

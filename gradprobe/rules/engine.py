@@ -66,7 +66,7 @@ class RuleEngine:
         self.context.run.feed(event)
         if event.get("kind") == "finding":
             # static findings were judged on the model at attach time and cannot be re-derived from events
-            code = event.get("code")
+            code = str(event.get("code"))
             if code in self.registry and self.registry[code].static and self.context.enabled(code):
                 finding = Finding.from_dict(event)
                 if (finding.code, finding.layer) not in self._kept:  # written at attach and again at close
@@ -123,7 +123,7 @@ class RuleEngine:
             keep: Also keep the findings among this engine's (as the probe does at attach time).
         """
         self.context.sites = sites
-        found = []
+        found: list[Finding] = []
         for result in self.call_hook("gradprobe_lint", model=model, context=self.context):
             found.extend(f for f in result or () if isinstance(f, Finding))
         if keep:

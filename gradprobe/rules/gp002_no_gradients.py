@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gradprobe.events import number
-from gradprobe.findings import Finding
+from gradprobe.findings import RuleResult
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
@@ -42,7 +42,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") == "step":
         state = context.state("GP002", State)
         state.steps += 1
@@ -52,7 +52,7 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[F
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     state = context.state("GP002", State)
     if not state.steps or state.without < state.steps:
         return None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from gradprobe.findings import Finding, FixAction
+from gradprobe.findings import Finding, FixAction, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -57,7 +57,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     found = []
     for track in context.run.tracks.values():
         evidence = vanishing_evidence(context, track)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from gradprobe.findings import Finding
+from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -46,7 +46,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     found = [_growth(context, name) for name in context.run.tracks]
     found.append(_spikes(context))
     return found

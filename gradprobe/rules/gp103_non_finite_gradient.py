@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from gradprobe.findings import Finding
+from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -30,7 +30,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") != "step":
         return None
     bad = event.get("nonfinite")

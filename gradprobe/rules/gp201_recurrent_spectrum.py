@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from gradprobe.discovery import RecurrentSite
-from gradprobe.findings import Finding
+from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -46,7 +46,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
     return [_spectrum(context, site, track, params) for site, track, params in each_direction(context.sites)]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from gradprobe.discovery import RecurrentSite
-from gradprobe.findings import Finding
+from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -40,7 +41,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
     return [_forget_bias(context, site, track, params) for site, track, params in each_direction(context.sites, ("LSTM",))]
 
 
@@ -55,7 +56,7 @@ def _forget_bias(context: RuleContext, site: RecurrentSite, track: str, params: 
             severity="info",
             evidence={"forget_bias": None},
         )
-    bias = float(sum(p.detach().double() for p in parts).mean())
+    bias = float(torch.stack([p.detach().double() for p in parts]).sum(0).mean())
     if bias > 0:
         return None
     if bias < context.threshold("GP202", "error_below"):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
 from gradprobe.discovery import RecurrentSite, gate_count
-from gradprobe.findings import Finding
+from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.fixes.reinit import xavier_std
 from gradprobe.hookspecs import hookimpl
@@ -41,7 +41,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_lint(model: nn.Module, context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
     return [_input_scale(context, site, track, params) for site, track, params in each_direction(context.sites)]
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradprobe.findings import Finding
+from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.recorders.saturation import TANH_GATES
@@ -74,7 +74,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") != "saturation" or event.get("mode") == "RNN_RELU":
         return None
     state = context.state("GP301", State)
@@ -109,7 +109,7 @@ def _over(context: RuleContext, means: dict[str, float]) -> dict[str, float]:
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     found = []
     error_fraction = context.threshold("GP301", "error_fraction")
     loss = context.run.loss

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradprobe.findings import Finding
+from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -51,7 +51,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") != "saturation" or event.get("mode") != "RNN_RELU":
         return None
     entry = context.state("GP302", State).layers.setdefault(str(event["layer"]), LayerActivity())
@@ -65,7 +65,7 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> Iterable[F
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     found = []
     for layer, entry in context.state("GP302", State).layers.items():
         units = entry.units or 1

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from gradprobe.findings import Finding
+from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.fixes.clipping import quantile
 from gradprobe.hookspecs import hookimpl
@@ -41,7 +41,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     run = context.run
     norms = run.norms
     clipped, _, _ = run.clipping.in_place(norms, context.threshold("GP401", "min_pinned_fraction"))

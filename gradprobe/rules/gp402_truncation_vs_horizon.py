@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from gradprobe.findings import Finding
+from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.fixes.truncation import truncation_length
 from gradprobe.hookspecs import hookimpl
@@ -40,7 +40,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     declared = context.settings.get("truncation")
     if not isinstance(declared, (int, float)) or isinstance(declared, bool) or declared < 1:
         return None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from gradprobe.findings import Finding
+from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -39,7 +39,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
-def gradprobe_summarize(context: RuleContext) -> Iterable[Finding] | None:
+def gradprobe_summarize(context: RuleContext) -> RuleResult:
     loss, norms = context.run.loss, context.run.norms
     gradients = f"largest gradient norm {norms.maximum:.3g} (median {norms.median:.3g})" if norms.maximum is not None and norms.median else ""
     if norms.spikes:

@@ -269,7 +269,7 @@ class TrackHistory:
     @property
     def layer_key(self) -> str:
         """The layer this track belongs to: both directions of a bidirectional layer share it."""
-        return self.name[: -len("_reverse")] if self.name.endswith("_reverse") else self.name
+        return self.name.removesuffix("_reverse")
 
 
 def reached_steps(grad_norms: list[Any], epsilon: float) -> list[bool] | None:

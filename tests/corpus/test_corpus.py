@@ -11,7 +11,7 @@ import pytest
 CORPUS = Path(__file__).resolve().parents[2] / "benchmarks" / "corpus"
 sys.path.insert(0, str(CORPUS))
 
-from __init__ import SCRIPTS  # type: ignore[import-not-found]  # noqa: E402
+from __init__ import SCRIPTS  # type: ignore[import-not-found]
 
 
 def _load(name: str):

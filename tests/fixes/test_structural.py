@@ -89,7 +89,7 @@ def test_info_findings_change_nothing():
 
 
 def test_step_fixes_follow_the_codes():
-    f = lambda code, **e: gradprobe.Finding(code, "", "error", None, 0, "", e)  # noqa: E731
+    f = lambda code, **e: gradprobe.Finding(code, "", "error", None, 0, "", e)
     kinds = [type(x).__name__ for x in fixes.step_fixes([f("GP103"), f("GP401", suggested_max_norm=3.0)])]
     assert kinds == ["NonFiniteGuard", "ClipGradNorm"]
     assert fixes.step_fixes([f("GP401", suggested_max_norm=3.0)])[0].max_norm == 3.0

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import gradprobe
-from gradprobe.recorders import propagation
-from gradprobe.recorders.capture import DEEP, CallCapture
 from gradprobe.discovery import find_recurrent
 from gradprobe.probe import ProbeSettings
+from gradprobe.recorders import propagation
+from gradprobe.recorders.capture import DEEP, CallCapture
 from gradprobe.recorders.replay import StackReplayer
 from gradprobe.reference import functional as fn
 

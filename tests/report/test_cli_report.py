@@ -24,7 +24,7 @@ def test_text_report_groups_findings_with_evidence_and_fix(vanishing_log):
     assert "< the 120 steps the task needs in RNN.l0" in out
     assert "evidence: horizon=" in out and "fix: orthogonal recurrent weights" in out
     assert "Gradient vs time step" in out and "RNN.l0  " in out and "T=120, horizon" in out
-    assert "Verdict: FAIL (fail-on error)" in out
+    assert "Verdict: FAIL (fail-on warning)" in out
 
 
 def test_healthy_log_exits_zero(healthy_log):
@@ -47,15 +47,15 @@ def test_fail_on_threshold_and_static_findings_from_attach_time(tmp_path):
     write_run(path, model=lstm, seq_len=8)
     result = run("report", path)
     assert "GP202 forget-gate-bias" in result.output
-    assert result.exit_code == 0  # a warning does not fail the default --fail-on error
-    assert run("report", path, "--fail-on", "warning").exit_code == 1
+    assert result.exit_code == 1  # a warning fails the default fail-on (warning), as in Report.healthy and pytest
+    assert run("report", path, "--fail-on", "error").exit_code == 0
 
 
 def test_json_report_schema(vanishing_log):
     result = run("report", vanishing_log, "--format", "json")
     data = json.loads(result.stdout)
     assert data["schema"] == "gradprobe-report/1"
-    assert data["verdict"] == {"fail_on": "error", "failed": True, "worst": "error"}
+    assert data["verdict"] == {"fail_on": "warning", "failed": True, "worst": "error"}
     assert set(data) == {"schema", "verdict", "logs", "run", "training", "layers", "findings"}
     layer = data["layers"]["RNN.l0"]
     assert layer["seq_len"] == 120 and len(layer["grad_norms"]) == 120 and layer["probes"] == 3
@@ -103,19 +103,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, content, message):
     assert result.output.count("\n") == 1 and message in result.output and "Traceback" not in result.output
 
 
-def test_missing_file_and_bad_pyproject(tmp_path, monkeypatch, vanishing_log):
+def test_missing_file_and_bad_config(tmp_path, vanishing_log):
     result = run("report", tmp_path / "missing.log")
     assert result.exit_code == 2 and "cannot open" in result.output
     (tmp_path / "pyproject.toml").write_text("[tool.gradprobe]\nignore = 'GP101'\n")
-    monkeypatch.chdir(tmp_path)
-    result = run("report", vanishing_log)
+    result = run("report", vanishing_log, "--config", tmp_path / "pyproject.toml")
     assert result.exit_code == 2 and "ignore must be a list" in result.output
 
 
-def test_pyproject_fail_on_and_ignore(tmp_path, monkeypatch, vanishing_log):
+def test_a_log_is_judged_with_the_configuration_its_run_recorded_wherever_the_report_runs(tmp_path, monkeypatch, vanishing_log):
+    first = run("report", vanishing_log, "--format", "json")
+    for folder, table in (("a", 'ignore = ["GP101"]\nfail-on = "info"\n'), ("b", 'fail-on = "error"\n')):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "pyproject.toml").write_text("[tool.gradprobe]\n" + table)
+        monkeypatch.chdir(tmp_path / folder)
+        again = run("report", vanishing_log, "--format", "json")
+        assert (again.exit_code, again.stdout) == (first.exit_code, first.stdout)
+    assert json.loads(first.stdout)["verdict"]["fail_on"] == "warning"
+
+
+def test_config_option_and_logs_without_a_recorded_configuration_use_pyproject(tmp_path, monkeypatch, vanishing_log):
     (tmp_path / "pyproject.toml").write_text('[tool.gradprobe]\nignore = ["GP101"]\nfail-on = "info"\n')
+    result = run("report", vanishing_log, "--config", tmp_path / "pyproject.toml")
+    assert "GP101" not in result.output and "(fail-on info)" in result.output
+    old = tmp_path / "old.log"  # written before runs recorded their configuration
+    lines = vanishing_log.read_text().splitlines()
+    meta = json.loads(lines[0])
+    del meta["config"]
+    old.write_text("\n".join([json.dumps(meta), *lines[1:]]) + "\n")
     monkeypatch.chdir(tmp_path)
-    result = run("report", vanishing_log)
+    result = run("report", old)
     assert "GP101" not in result.output and "(fail-on info)" in result.output
 
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+import gradprobe_tensorboard
 import torch
 from torch import nn
 
 import gradprobe
-import gradprobe_tensorboard
 from gradprobe.plugins import make_plugin_manager
 from gradprobe.probe import Probe, ProbeSettings
 from gradprobe.rules.engine import RuleEngine

@@ -1,0 +1,32 @@
+"""What the probe measures, one object per quantity (the shape of Cockpit's quantities).
+
+Each quantity has its own job and says on which kind of step it runs; the
+:class:`~gradprobe.probe.Probe` keeps the lifecycle (attach, step, close), the
+guard that switches a failing part off, and the event bus. A step goes:
+
+1. :class:`~gradprobe.quantities.schedule.Schedule` chooses the step's capture
+   mode (deep, sampled or off) before its forward pass;
+2. :class:`~gradprobe.quantities.step_statistics.StepStatistics` records the
+   cheap figures of every step (loss, gradient norms per parameter and gate,
+   where non-finite values appeared first);
+3. the quantities that run in this mode compute from what the hooks captured:
+   :class:`~gradprobe.quantities.saturation.SaturationSampling` on sampled
+   steps, :class:`~gradprobe.quantities.deep_profile.DeepProfile` on deep steps.
+"""
+
+from gradprobe.quantities.base import Emit, Quantity, StepContext
+from gradprobe.quantities.deep_profile import DeepProfile, LayerProfile
+from gradprobe.quantities.saturation import SaturationSampling
+from gradprobe.quantities.schedule import Schedule
+from gradprobe.quantities.step_statistics import StepStatistics
+
+__all__ = [
+    "DeepProfile",
+    "Emit",
+    "LayerProfile",
+    "Quantity",
+    "SaturationSampling",
+    "Schedule",
+    "StepContext",
+    "StepStatistics",
+]

@@ -1,0 +1,124 @@
+"""The deep probe: per-step gradient norms, the propagation profile, Jacobian norms and horizon of every track."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gradprobe.discovery import RecurrentSite
+from gradprobe.quantities.base import StepContext
+from gradprobe.quantities.saturation import emit_saturation
+from gradprobe.recorders import propagation
+from gradprobe.recorders.capture import DEEP
+from gradprobe.recorders.replay import SiteReplayers, Track
+
+
+@dataclass
+class LayerProfile:
+    """The latest deep-probe result of one track (layer direction or cell).
+
+    Lists are indexed by time step (``profile`` by distance back from the end).
+    """
+
+    name: str
+    module: str
+    mode: str | None
+    step: int
+    seq_len: int
+    grad_norms: list[float]
+    profile: list[float]
+    jacobian_norms: list[float]
+    rate: float | None
+    horizon: float | None
+    saturation: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> LayerProfile:
+        return cls(
+            name=event["layer"],
+            module=event.get("module", event["layer"]),
+            mode=event.get("mode"),
+            step=event["step"],
+            seq_len=event["seq_len"],
+            grad_norms=list(event["grad_norms"]),
+            profile=list(event["profile"]),
+            jacobian_norms=list(event["jacobian_norms"]),
+            rate=event.get("rate"),
+            horizon=event.get("horizon"),
+        )
+
+
+class DeepProfile:
+    """On deep steps: replays every captured layer and measures how gradients travel through time.
+
+    Args:
+        sites: The recurrent layers.
+        replayers: Their replayers.
+        settings: The probe settings (``deep_rows``, ``spectral_rows``, ``spectral_steps``, ``epsilon``).
+        generator: The probe's private random generator (random projections, Lanczos starts).
+        pause: Pauses the capture hooks while cells are re-run.
+    """
+
+    modes = frozenset({DEEP})
+
+    def __init__(
+        self,
+        sites: list[RecurrentSite],
+        replayers: SiteReplayers,
+        settings: Any,
+        generator: torch.Generator,
+        pause: Callable[[bool], None],
+    ) -> None:
+        self.sites = sites
+        self.replayers = replayers
+        self.settings = settings
+        self.generator = generator
+        self.pause = pause
+        #: Latest profile per track name.
+        self.layers: dict[str, LayerProfile] = {}
+
+    def compute(self, context: StepContext) -> None:
+        for site in self.sites:
+            for track in self._replay(site, context):
+                self._analyze(site, track, context)
+
+    def _replay(self, site: RecurrentSite, context: StepContext) -> list[Track]:
+        if site.kind == "stack":
+            call = context.capture.stack_calls.get(site.name)
+            return [] if call is None else self.replayers.stack(site.name).replay(call)
+        calls = context.capture.cell_calls.get(site.name)
+        if calls is None or not calls.inputs:
+            return []
+        return [self.replayers.cell(site.name).replay(calls, self.pause)]
+
+    def _analyze(self, site: RecurrentSite, track: Track, context: StepContext) -> None:
+        s = self.settings
+        grad_norms = propagation.gradient_norms(track)
+        lin = propagation.TrackLinearization(track, max(s.deep_rows, s.spectral_rows))
+        profile = propagation.propagation_profile(lin.first_rows(s.deep_rows), self.generator)
+        jacobians = propagation.jacobian_norms(lin.first_rows(s.spectral_rows), s.spectral_steps, self.generator)
+        rate, horizon = propagation.fit_decay(profile, s.epsilon)
+        event = {
+            "step": context.step,
+            "layer": track.name,
+            "module": site.name,
+            "mode": track.mode,
+            "seq_len": len(track.states),
+            "batch": int(track.states[0][0].shape[0]),
+            "grad_norms": grad_norms,
+            "profile": profile,
+            "jacobian_norms": jacobians,
+            "rate": rate,
+            "horizon": horizon,
+            "epsilon": s.epsilon,
+            "chained": track.chained,
+        }
+        context.emit("deep", **event)
+        record = LayerProfile.from_event(event)
+        gates = lin.first_rows(s.deep_rows).gates
+        if gates is not None:
+            record.saturation = emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=True)
+        self.layers[track.name] = record

@@ -1,0 +1,87 @@
+"""Gate saturation sampled between deep steps, from a few batch rows of the captured calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradprobe.discovery import RecurrentSite
+from gradprobe.quantities.base import Emit, StepContext
+from gradprobe.recorders.capture import SAMPLE, CellCalls
+from gradprobe.recorders.replay import SiteReplayers
+from gradprobe.recorders.saturation import saturation_fractions, track_gates
+from gradprobe.reference import LayerWeights
+from gradprobe.reference import functional as fn
+
+
+def emit_saturation(emit: Emit, step: int, layer: str, mode: str | None, gates: dict[str, Tensor], deep: bool) -> dict[str, float]:
+    """Emit one ``saturation`` event for a track's gate activations; return the fraction per gate."""
+    summary = saturation_fractions(gates)
+    first = next(iter(gates.values()))
+    emit(
+        "saturation",
+        step=step,
+        layer=layer,
+        mode=mode,
+        **summary,
+        units=int(first.shape[-1]),
+        samples=int(first.shape[0]),
+        deep=deep,
+    )
+    return summary["fractions"]
+
+
+class SaturationSampling:
+    """On sampled steps: gate activations of ``rows`` batch rows per layer, replayed (stacks) or recomputed (cells).
+
+    Args:
+        sites: The recurrent layers.
+        replayers: Their replayers.
+        rows: Batch rows per step to sample.
+    """
+
+    modes = frozenset({SAMPLE})
+
+    def __init__(self, sites: list[RecurrentSite], replayers: SiteReplayers, rows: int) -> None:
+        self.sites = sites
+        self.replayers = replayers
+        self.rows = rows
+
+    def compute(self, context: StepContext) -> None:
+        for site in self.sites:
+            if site.kind == "stack":
+                call = context.capture.stack_calls.get(site.name)
+                if call is None:
+                    continue
+                for track in self.replayers.stack(site.name).replay(call, rows=self.rows):
+                    gates = track_gates(track)
+                    if gates is not None:
+                        emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=False)
+            else:
+                calls = context.capture.cell_calls.get(site.name)
+                if calls is not None and calls.inputs and site.mode is not None:
+                    emit_saturation(context.emit, context.step, site.name, site.mode, cell_gates(site, calls), deep=False)
+
+
+def cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:
+    """Gate activations of a built-in cell over all its captured calls (no replay needed)."""
+    m: Any = site.module
+    assert site.mode is not None  # only built-in cells reach here
+    weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _detached(m.bias_ih), _detached(m.bias_hh))
+    dtype = weights.weight_hh.dtype  # inputs captured under autocast may be half precision
+    x = torch.cat(calls.inputs).to(dtype)
+    states = []
+    for x_t, state in zip(calls.inputs, calls.states_in):
+        if not state:
+            zeros = x_t.new_zeros(x_t.shape[0], m.hidden_size)
+            state = (zeros, zeros) if site.mode == "LSTM" else (zeros,)
+        states.append(tuple(s.to(dtype) for s in state))
+    previous = tuple(torch.cat([s[k] for s in states]) for k in range(len(states[0])))
+    with torch.no_grad():
+        return fn.gate_activations(site.mode, fn.project_input(site.mode, x, weights), previous, weights)
+
+
+def _detached(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()

@@ -1,0 +1,85 @@
+"""The cheap figures of every step: loss, gradient norms per parameter and gate, first non-finite value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor, nn
+
+from gradprobe.discovery import RecurrentSite
+from gradprobe.faults import warn
+from gradprobe.quantities.base import Emit
+from gradprobe.recorders.capture import CallCapture
+from gradprobe.recorders.gradients import GradientRecorder
+
+
+class StepStatistics:
+    """Records a ``step`` event after every backward pass.
+
+    It also notices a loop that records no gradient at all (``probe.step``
+    before ``backward``, or everything frozen) and warns once.
+
+    Args:
+        model: The model whose trainable parameters are read.
+        sites: Its recurrent layers (for per-gate norms).
+    """
+
+    #: Steps without any gradient, from the start, before the probe warns.
+    NO_GRADIENT_STEPS = 3
+
+    def __init__(self, model: nn.Module, sites: list[RecurrentSite]) -> None:
+        self._gradients = GradientRecorder(model, sites)
+        self._gradient_seen = False
+
+    def record(
+        self, step: int, loss: Tensor | float | None, capture: CallCapture, emit: Emit
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, float | None]:
+        """Emit the ``step`` event; return the gradient record, where non-finite values appeared, and the loss."""
+        record = self._gradients.record()
+        self._watch_for_missing_gradients(step, record)
+        loss_value = None
+        if loss is not None:
+            loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value, capture)
+        emit(
+            "step",
+            step=step,
+            loss=loss_value,
+            grad_norm=record["grad_norm"],
+            params=record["params"],
+            gates=record["gates"],
+            nonfinite=nonfinite,
+        )
+        return record, nonfinite, loss_value
+
+    def release(self) -> None:
+        """Drop every reference to the model's parameters."""
+        self._gradients.release()
+
+    def _watch_for_missing_gradients(self, step: int, record: dict[str, Any]) -> None:
+        if self._gradient_seen:
+            return
+        if record["grad_norm"]:
+            self._gradient_seen = True
+        elif step + 1 == self.NO_GRADIENT_STEPS:
+            warn(
+                f"gradprobe recorded no gradient in the first {self.NO_GRADIENT_STEPS} steps: call probe.step() after "
+                "loss.backward() (and before optimizer.zero_grad()), and check that some parameters require grad",
+                stacklevel=8,  # the user's probe.step() call
+            )
+
+    @staticmethod
+    def _locate_nonfinite(bad_params: list[str], loss: float | None, capture: CallCapture) -> dict[str, Any] | None:
+        loss_bad = loss is not None and not math.isfinite(loss)
+        bad_forward = capture.nonfinite_outputs() if (bad_params or loss_bad) else []
+        if not (bad_params or bad_forward or loss_bad):
+            return None
+        where = "forward" if bad_forward else "loss" if loss_bad else "gradient"
+        return {
+            "where": where,
+            "layer": bad_forward[0] if bad_forward else None,
+            "parameter": bad_params[0] if bad_params else None,
+            "parameters": bad_params[:20],
+            "count": len(bad_params),
+        }
