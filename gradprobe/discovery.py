@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from gradprobe.reference import CellBase, RecurrentBase
@@ -24,7 +26,9 @@ class RecurrentSite:
         name: Qualified module name (``""`` is the model itself, shown as its class).
         module: The module.
         kind: ``"stack"`` for fused/reference multi-layer modules driven with
-            a whole sequence; ``"cell"`` for cells called once per time step.
+            a whole sequence; ``"cell"`` for cells called once per time step;
+            ``"scripted"`` for TorchScript recurrent modules, which take no
+            hooks and are reported as not measured (GP001).
         mode: ``RNN_TANH``, ``RNN_RELU``, ``LSTM`` or ``GRU``; ``None`` for a
             custom cell (probed through autograd, without gate statistics).
     """
@@ -105,6 +109,11 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
         if id(module) in inside_stack:
             continue
         mode = mode_of(module)
+        if _scripted_recurrent(module) or (isinstance(module, torch.jit.ScriptModule) and id(module) in custom):
+            kind = "scripted"
+            inside_stack.update(id(m) for m in module.modules())
+            sites.append(RecurrentSite(display_name(name, module), module, kind, None, [display_name(name, module)]))
+            continue
         if isinstance(module, (nn.RNNBase, RecurrentBase)):
             kind = "stack"
             inside_stack.update(id(m) for m in module.modules())
@@ -120,6 +129,14 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
             "module, or a custom cell named with cells=...)"
         )
     return sites
+
+
+_RECURRENT_NAME = re.compile(r"(RNN|LSTM|GRU)", re.IGNORECASE)
+
+
+def _scripted_recurrent(module: nn.Module) -> bool:
+    """A TorchScript module whose original class looks recurrent (``LSTMCell``, ``LayerNormLSTM``, ...)."""
+    return isinstance(module, torch.jit.ScriptModule) and bool(_RECURRENT_NAME.search(getattr(module, "original_name", "")))
 
 
 def gate_names(mode: str | None) -> tuple[str, ...]:

@@ -27,6 +27,15 @@ Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. Kinds:
     ``rate`` (fitted log growth per step; negative means decay),
     ``horizon`` (steps until the propagated signal falls below ``epsilon``;
     ``null`` when it does not decay), ``seq_len``.
+``unmeasured``
+    Written at close for each attached recurrent module that no deep step
+    could measure: ``layer``, ``tracks`` (those not measured) and ``reason``
+    (scripted, never called, called without gradients, ...). GP001 reports it.
+``loop``
+    What the probe learned about the training loop: ``step``, ``layer`` (a
+    recurrent module) and ``truncation``, the truncated-BPTT window detected
+    when each step starts from a detached copy of the previous step's final
+    state (written when first seen and whenever it changes).
 ``fix``
     A fix applied by the probe: ``step``, ``name``, ``detail``.
 ``finding``

@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "gradprobe"
 DISABLE_ENV = "GRADPROBE_DISABLE_PLUGINS"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "gradprobe.rules.gp001_not_measured",
     "gradprobe.rules.gp002_no_gradients",
     "gradprobe.rules.gp101_vanishing_gradient",
     "gradprobe.rules.gp102_exploding_gradient",

@@ -113,6 +113,7 @@ class Probe:
         self.error: str | None = None
         self.rules_error: str | None = None
         self.schedule = Schedule(self.settings.every, self.settings.saturation_every)
+        self._detected_truncation: dict[str, int] = {}
         self._writer = self._open_log(log) if log is not None else None
         self._generator = torch.Generator().manual_seed(self.settings.seed)
         if rules is None:
@@ -216,6 +217,7 @@ class Probe:
             return
         self.closed = True
         try:
+            self._guard("reporting unmeasured layers", self._report_unmeasured)
             for finding in self._rules_call("finishing", self.rules.finish) or []:
                 self._write("finding", **finding.to_dict())
         finally:
@@ -230,6 +232,43 @@ class Probe:
 
     # -- recording --------------------------------------------------------------
 
+    def _report_unmeasured(self) -> None:
+        """An ``unmeasured`` event for every attached layer no deep step could measure (GP001), with the reason."""
+        if self.step_index == 0 or self._deep is None:
+            return  # no step was recorded: GP002 speaks for the run
+        for site in self.sites:
+            missing = [track for track in site.tracks if track not in self._deep.layers]
+            if missing:
+                self._emit("unmeasured", step=self.step_index - 1, layer=site.name, tracks=missing, reason=self._why_unmeasured(site))
+
+    def _why_unmeasured(self, site: RecurrentSite) -> str:
+        if site.kind == "scripted":
+            return (
+                "a TorchScript module takes no hooks: attach to the eager module (before torch.jit.script) "
+                "or to its gradprobe.reference twin"
+            )
+        seen, with_grad = self._capture.calls_seen.get(site.name, [0, 0])
+        if not seen:
+            return "its forward hooks never ran: it was not called, or it runs inside a scripted or compiled parent"
+        if not with_grad:
+            return "it was only called with gradients disabled (torch.no_grad / inference_mode): no backward to measure"
+        return f"it was not called on a deep step (every {self.settings.every} steps), or those steps had non-finite values"
+
+    def _observe_loop(self) -> None:
+        """Truncated BPTT: a step that starts from a detached copy of the previous step's final state."""
+        for name, sequence in self._capture.sequences.items():
+            window = sequence.length if sequence.carried else None
+            if window is not None and self._detected_truncation.get(name) != window:
+                self._detected_truncation[name] = window
+                self._emit("loop", step=self.step_index, layer=name, truncation=window)
+
+    @property
+    def truncation(self) -> int | None:
+        """The loop's truncated-BPTT window: declared with ``attach(truncation=)``, else detected, else ``None``."""
+        if self.settings.truncation is not None:
+            return self.settings.truncation
+        return next(iter(self._detected_truncation.values()), None)
+
     def _pause(self, paused: bool) -> None:
         self._capture.paused = paused
 
@@ -242,6 +281,7 @@ class Probe:
             for quantity in self._quantities:
                 if mode in quantity.modes:
                     quantity.compute(context)
+        self._observe_loop()
         self._capture.clear()
         if self._fixer is not None:
             self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)

@@ -119,6 +119,8 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "fix": (optional(text), False),
         "fixes": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False),
     },
+    "unmeasured": {"layer": (text, True), "reason": (text, True), "step": (optional(integer), False), "tracks": (optional(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), False)},
+    "loop": {"step": (integer, True), "layer": (text, True), "truncation": (optional(count), False)},
     "error": {"where": (optional(text), False), "message": (text, True)},
     "fault": {"part": (text, True), "message": (text, True)},
 }

@@ -87,8 +87,8 @@ class DeepProfile:
 
     def _replay(self, site: RecurrentSite, context: StepContext) -> list[Track]:
         if site.kind == "stack":
-            call = context.capture.stack_calls.get(site.name)
-            return [] if call is None else self.replayers.stack(site.name).replay(call)
+            chain = context.capture.stack_calls.get(site.name)
+            return self.replayers.stack(site.name).replay_chain(chain) if chain else []
         calls = context.capture.cell_calls.get(site.name)
         if calls is None or not calls.inputs:
             return []

@@ -52,10 +52,10 @@ class SaturationSampling:
     def compute(self, context: StepContext) -> None:
         for site in self.sites:
             if site.kind == "stack":
-                call = context.capture.stack_calls.get(site.name)
-                if call is None:
+                chain = context.capture.stack_calls.get(site.name)
+                if not chain:
                     continue
-                for track in self.replayers.stack(site.name).replay(call, rows=self.rows):
+                for track in self.replayers.stack(site.name).replay(chain[-1], rows=self.rows):
                     gates = track_gates(track)
                     if gates is not None:
                         emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=False)

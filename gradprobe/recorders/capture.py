@@ -39,6 +39,50 @@ class StackCall:
     rng_state: Tensor | None = None
     outputs: list[Tensor] = field(default_factory=list)  # output data, h_n (, c_n)
     grads: list[Tensor | None] = field(default_factory=list)
+    final: tuple[Tensor, ...] = ()  # h_n (, c_n), to recognise the next call of a chain
+
+
+#: Calls kept per site and step at most: a longer chain restarts, so capture memory stays bounded.
+MAX_CHAIN_CALLS = 4096
+
+
+def _time_steps(input_: Any, batch_first: bool) -> int:
+    """Time steps of one call's input (packed, batched or unbatched)."""
+    if isinstance(input_, PackedSequence):
+        return len(input_.batch_sizes)
+    return int(input_.shape[1] if (batch_first and input_.dim() == 3) else input_.shape[0])
+
+
+def continues(state: tuple[Tensor, ...], previous_final: tuple[Tensor, ...]) -> bool:
+    """Whether a call whose initial state is ``state`` continues the sequence that ended in ``previous_final``.
+
+    It does when it is handed the previous final state itself, or a state computed
+    from something in the graph (a transformed state, an attention mix). A call
+    with no state, or a state outside the graph (fresh zeros, a detached carry),
+    starts a new sequence: the gradient does not reach back across it.
+    """
+    if not state:
+        return False
+    if previous_final and len(state) == len(previous_final) and all(s is f for s, f in zip(state, previous_final)):
+        return True
+    return any(s.grad_fn is not None for s in state)
+
+
+def carried_detached(state: tuple[Tensor, ...], kept: tuple[Tensor, ...]) -> bool:
+    """Whether ``state`` is a detached copy of ``kept`` (the final state of the previous training step)."""
+    return (
+        bool(state)
+        and len(state) == len(kept)
+        and all(s.grad_fn is None and s.shape == k.shape and _address(s) == _address(k) is not None for s, k in zip(state, kept))
+    )
+
+
+def _address(tensor: Tensor) -> int | None:
+    """Where the tensor's data lives; ``None`` for tensors without storage (functorch wrappers, fake tensors)."""
+    try:
+        return int(tensor.data_ptr())
+    except RuntimeError:
+        return None
 
 
 @dataclass
@@ -49,7 +93,28 @@ class CellCalls:
     states_in: list[tuple[Tensor, ...]] = field(default_factory=list)
     outputs: list[tuple[Tensor, ...]] = field(default_factory=list)
     grads: dict[int, Tensor] = field(default_factory=dict)
-    chained: bool = True
+    chained: bool = True  # every call was handed the previous call's output itself
+
+
+@dataclass
+class Sequence:
+    """The sequence a site is running in this training step, as its calls arrive (kept in every mode).
+
+    Attributes:
+        length: Time steps so far (over all calls of the chain).
+        carried: The chain started from a detached copy of the previous training
+            step's final state (truncated BPTT with a carried state).
+        calls: Calls in the chain.
+    """
+
+    length: int = 0
+    carried: bool = False
+    calls: int = 0
+    final: tuple[Tensor, ...] = ()  # the last call's final state (live, this step only)
+
+    def handed_on(self, state: tuple[Tensor, ...]) -> bool:
+        """Whether ``state`` is this sequence's final state itself."""
+        return bool(state) and len(state) == len(self.final) and all(s is f for s, f in zip(state, self.final))
 
 
 class ModuleHook:
@@ -89,13 +154,19 @@ class CallCapture:
         self.sample_rows = sample_rows
         self.mode = OFF
         self.paused = False
-        self.stack_calls: dict[str, StackCall] = {}
+        self.stack_calls: dict[str, list[StackCall]] = {}  # the latest chain of calls per site
         self.cell_calls: dict[str, CellCalls] = {}
+        self.sequences: dict[str, Sequence] = {}  # this step's latest sequence per site
+        self._finals: dict[str, tuple[Tensor, ...]] = {}  # detached final state of the last sequence, across steps
         self.outputs_seen: list[tuple[str, Tensor]] = []  # checked for Inf/NaN only when a step went bad
         self.handles: list[RemovableHandle] = []
         self._tensor_handles: list[RemovableHandle] = []
         self._pending_rng: tuple[str, Tensor] | None = None  # RNG state before a deep step's forward
+        #: Per site, calls seen in the whole run: ``[any, with gradients enabled]`` (for "not measured" reasons).
+        self.calls_seen: dict[str, list[int]] = {site.name: [0, 0] for site in sites}
         for site in sites:
+            if site.kind == "scripted":  # TorchScript modules take no hooks
+                continue
             self.handles.append(site.module.register_forward_pre_hook(ModuleHook(self._pre_hook(site)), with_kwargs=True))
             self.handles.append(site.module.register_forward_hook(ModuleHook(self._post_hook(site)), with_kwargs=True))
 
@@ -107,6 +178,7 @@ class CallCapture:
     def clear(self) -> None:
         self.stack_calls = {}
         self.cell_calls = {}
+        self.sequences = {}
         self.outputs_seen = []
         for handle in self._tensor_handles:
             handle.remove()
@@ -126,6 +198,7 @@ class CallCapture:
             handle.remove()
         self.handles = []
         self.clear()
+        self._finals = {}
         self.sites = []
         self.mode = OFF
 
@@ -136,7 +209,7 @@ class CallCapture:
 
     def _pre_hook(self, site: RecurrentSite) -> Callable[..., None]:
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if self.mode != DEEP or not self._active() or site.kind != "stack" or site.name in self.stack_calls:
+            if self.mode != DEEP or not self._active() or site.kind != "stack":
                 return
             if module.training and getattr(module, "dropout", 0) and module.num_layers > 1:
                 self.guard(f"forward pre-hook of {site.name}", lambda: self._snapshot_rng(site))
@@ -148,6 +221,10 @@ class CallCapture:
 
     def _post_hook(self, site: RecurrentSite) -> Callable[..., None]:
         def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+            seen = self.calls_seen.get(site.name)
+            if seen is not None:
+                seen[0] += 1
+                seen[1] += int(torch.is_grad_enabled())
             if self._active():
                 self.guard(f"forward hook of {site.name}", lambda: self._record(site, module, args, kwargs, output))
 
@@ -159,37 +236,66 @@ class CallCapture:
         else:
             self._record_cell(site, args, kwargs, output)
 
+    def _begin(self, site: RecurrentSite, state: tuple[Tensor, ...]) -> bool:
+        """Note a call of ``site``; return whether it starts a new sequence (which then replaces the old one)."""
+        sequence = self.sequences.get(site.name)
+        if sequence is not None and continues(state, sequence.final):
+            sequence.calls += 1
+            return False
+        self.sequences[site.name] = Sequence(carried=carried_detached(state, self._finals.get(site.name, ())), calls=1)
+        self.outputs_seen = [(name, t) for name, t in self.outputs_seen if name != site.name]
+        return True
+
+    def _end(self, site: RecurrentSite, steps: int, final: tuple[Tensor, ...]) -> None:
+        sequence = self.sequences[site.name]
+        sequence.length += steps
+        sequence.final = final
+        if final and _address(final[0]) is not None:
+            self._finals[site.name] = tuple(f.detach() for f in final)  # storage only, never the graph
+
     def _record_stack(self, site: RecurrentSite, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        if site.name in self.stack_calls:
-            return
         out, hidden = output
         data = out.data if isinstance(out, PackedSequence) else out
+        input_ = args[0] if args else kwargs["input"]
+        hx = args[1] if len(args) > 1 else kwargs.get("hx")
+        final = as_tuple(hidden)
+        new_sequence = self._begin(site, as_tuple(hx))
+        self._end(site, _time_steps(input_, module.batch_first), final)
         self.outputs_seen.append((site.name, data))
         if self.mode == OFF:
             return
-        hx = args[1] if len(args) > 1 else kwargs.get("hx")
-        call = StackCall(args[0] if args else kwargs["input"], hx, module.training)
+        chain = self.stack_calls.get(site.name, [])
+        call = StackCall(input_, hx, module.training, final=final)
         pending = self._pending_rng
         if pending is not None and pending[0] == site.name:
             call.rng_state = pending[1]
             self._pending_rng = None
         if self.mode == DEEP:
-            call.outputs = [data, *as_tuple(hidden)]
+            call.outputs = [data, *final]
             call.grads = [None] * len(call.outputs)
             for index, tensor in enumerate(call.outputs):
                 if tensor.requires_grad:
                     self._tensor_handles.append(tensor.register_hook(self._grad_sink(call.grads, index)))
-        self.stack_calls[site.name] = call
+        if new_sequence or self.mode == SAMPLE or len(chain) >= MAX_CHAIN_CALLS:
+            chain = []  # a sampled step needs one call; a chain too long to keep restarts (memory stays bounded)
+        chain.append(call)
+        self.stack_calls[site.name] = chain
 
     def _record_cell(self, site: RecurrentSite, args: tuple, kwargs: dict, output: Any) -> None:
-        calls = self.cell_calls.setdefault(site.name, CellCalls())
         outputs = as_tuple(output)
+        x = args[0] if args else kwargs["input"]
+        state = as_tuple(args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state")))
+        sequence = self.sequences.get(site.name)
+        handed_on = sequence is not None and sequence.handed_on(state)
+        new_sequence = self._begin(site, state)
+        self._end(site, 1, outputs)
         self.outputs_seen.append((site.name, outputs[0]))
         if self.mode == OFF:
             return
-        x = args[0] if args else kwargs["input"]
-        state = as_tuple(args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state")))
-        if calls.outputs and (not state or state[0] is not calls.outputs[-1][0]):
+        calls = self.cell_calls.get(site.name)
+        if new_sequence or calls is None or len(calls.inputs) >= MAX_CHAIN_CALLS:
+            calls = self.cell_calls[site.name] = CellCalls()  # the latest sequence replaces the old: memory stays bounded
+        elif not handed_on:
             calls.chained = False
         if self.mode == SAMPLE:
             rows = self.sample_rows

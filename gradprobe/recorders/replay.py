@@ -149,6 +149,45 @@ class StackReplayer:
         return tracks
 
 
+    def replay_chain(self, calls: list[StackCall]) -> list[Track]:
+        """Rebuild every track over a chain of calls (a decoder called once per token) as one sequence.
+
+        Each call is replayed on its own and back-propagates its own captured
+        gradients (those of ``h_n``/``c_n`` already hold everything downstream),
+        so joining the tracks end to end gives the total ``dL/dh_t`` over the
+        whole chain without counting any path twice. A bidirectional module's
+        reverse direction runs backwards inside each call, so there only the
+        last call is measured.
+        """
+        if len(calls) == 1:
+            return self.replay(calls[0])
+        if getattr(self.site.module, "bidirectional", False):
+            tracks = self.replay(calls[-1])
+            for track in tracks:
+                track.notes.append(f"bidirectional module called {len(calls)} times in a step: the last call is measured")
+            return tracks
+        per_call = [self.replay(call) for call in calls]
+        joined = []
+        for index, first in enumerate(per_call[0]):
+            parts = [tracks[index] for tracks in per_call]
+            grads = [g for part in parts for g in (part.output_grads or [None] * len(part.states))]
+            joined.append(
+                Track(
+                    name=first.name,
+                    mode=first.mode,
+                    step_inputs=[x for part in parts for x in part.step_inputs],
+                    previous=[p for part in parts for p in part.previous],
+                    states=[s for part in parts for s in part.states],
+                    step_fn=first.step_fn,
+                    weights=first.weights,
+                    output_grads=grads,
+                    inputs_projected=first.inputs_projected,
+                    notes=[f"{len(calls)} calls in one training step, measured as one sequence"],
+                )
+            )
+        return joined
+
+
 def _fill_output_grads(tracks: list[Track], outputs: list[Tensor], grads: list[Tensor | None]) -> None:
     """Back-propagate captured output gradients through the replay: ``output_grads[t] = dL/dh_t``."""
     pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]

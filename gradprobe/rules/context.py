@@ -30,6 +30,7 @@ class RuleContext:
         self.config = config
         self.registry = registry
         self.meta: dict[str, Any] = {}
+        self.detected_truncation: int | None = None
         self.sites: list[Any] = []
         self.run = run or Observations()
         self._states: dict[str, Any] = {}
@@ -63,6 +64,12 @@ class RuleContext:
         """The probe settings recorded in the ``meta`` event (``fix``, ``every``, declared needs)."""
         settings = self.meta.get("settings")
         return settings if isinstance(settings, dict) else {}
+
+    @property
+    def truncation(self) -> int | None:
+        """The loop's truncated-BPTT window: declared (``attach(truncation=)``), else detected (``loop`` events)."""
+        declared = self.settings.get("truncation")
+        return int(declared) if declared else self.detected_truncation
 
     def finding(
         self,

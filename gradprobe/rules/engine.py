@@ -63,6 +63,8 @@ class RuleEngine:
         """Show one event to every rule; return the findings that are new."""
         if event.get("kind") == "meta":
             self.context.meta = event
+        elif event.get("kind") == "loop" and event.get("truncation"):
+            self.context.detected_truncation = int(event["truncation"])
         self.context.run.feed(event)
         if event.get("kind") == "finding":
             # static findings were judged on the model at attach time and cannot be re-derived from events

@@ -17,16 +17,20 @@ RULE = Rule(
     code="GP402",
     name="truncation-vs-horizon",
     severity="info",
-    summary="Declared BPTT window far from the measured gradient horizon",
+    summary="The loop's BPTT window (declared or detected) far from the measured gradient horizon",
     thresholds={"waste_factor": 4.0, "short_factor": 2.0},
     what_it_does=(
-        "Speaks only when its advice can be followed: a declared truncation window (attach(..., truncation=)) over "
+        "Speaks only when its advice can be followed: a truncation window, declared (attach(..., truncation=)) or "
+        "detected (each step starts from a detached copy of the previous step's final state), over "
         "waste_factor x a healthy horizon (one GP101 has no evidence against) spends compute on steps no gradient "
         "reaches; a window shorter than horizon / short_factor cuts dependencies the model could carry. Never for "
         "bidirectional layers (they see the whole sequence), never a shorter window next to a vanishing gradient."
     ),
     why_bad="Too long: compute and memory for nothing. Too short: the model never sees the dependencies it could carry.",
-    known_problems="Without a declared window it says nothing: the sequence length is not a truncation.",
+    known_problems=(
+        "Without a declared or detected window it says nothing: the sequence length is not a truncation. A carried "
+        "state copied with .clone() rather than .detach() is not recognised as a carry."
+    ),
     example="gradprobe.attach(model, truncation=500)   # horizon 20",
     use_instead="tbptt = gradprobe.fixes.TruncatedBPTT(gradprobe.fixes.truncation_length(horizon, seq_len))",
     fix_safety="Display only: the window is part of your training loop.",
@@ -41,7 +45,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_summarize(context: RuleContext) -> RuleResult:
-    declared = context.settings.get("truncation")
+    declared = context.truncation
     if not isinstance(declared, (int, float)) or isinstance(declared, bool) or declared < 1:
         return None
     window = int(declared)

@@ -21,7 +21,7 @@ from .zoo import lstm_with_forget_bias
 def test_registry_has_the_starting_set_with_docs():
     engine = RuleEngine({})
     assert sorted(engine.registry.rules) == [
-        "GP002", "GP101", "GP102", "GP103", "GP201", "GP202", "GP203", "GP301", "GP302", "GP401", "GP402", "GP403",
+        "GP001", "GP002", "GP101", "GP102", "GP103", "GP201", "GP202", "GP203", "GP301", "GP302", "GP401", "GP402", "GP403",
     ]
     for rule in engine.registry.sorted():
         assert rule.category == CATEGORIES[rule.code[:3]]

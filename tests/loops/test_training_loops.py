@@ -1,0 +1,107 @@
+"""Loops users write: closures called many times per step (L-BFGS) and truncated BPTT with a carried state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradprobe
+from gradprobe.events import iter_events
+
+T = 15
+
+
+class CellLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(2, 6)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x: torch.Tensor, state=None):
+        outputs = []
+        for x_t in x:
+            state = self.cell(x_t, state)
+            outputs.append(self.head(state[0]))
+        return torch.stack(outputs), state
+
+
+class FusedLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(2, 6)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x: torch.Tensor, state=None):
+        out, state = self.lstm(x, state)
+        return self.head(out), state
+
+
+@pytest.mark.parametrize("make", [CellLoop, FusedLoop], ids=["cell-loop", "fused"])
+def test_lbfgs_closure_calls_keep_one_sequence_in_memory(make):
+    torch.manual_seed(0)
+    model = make()
+    x, y = torch.randn(T, 4, 2), torch.randn(T, 4, 1)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=20, history_size=5)
+    kept, events = [], []
+    with gradprobe.attach(model, every=1, config={}, sinks=[events.append]) as probe:
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x)[0], y)
+            loss.backward()
+            capture = probe._capture
+            kept.append(len(capture.cell_calls["cell"].inputs) if make is CellLoop else len(capture.stack_calls["lstm"]))
+            return loss
+
+        for _ in range(2):
+            loss = opt.step(closure)
+            probe.step(loss)
+    assert len(kept) > 10  # the closure ran many times per optimizer step
+    assert max(kept) == (T if make is CellLoop else 1)  # never more than one sequence held
+    deep = [e for e in events if e["kind"] == "deep"]
+    assert [e["seq_len"] for e in deep] == [T, T] and all(e["chained"] for e in deep)
+
+
+def _language_model_loop(model, steps: int, window: int, carry: bool, log=None):
+    stream = torch.randn(steps * window, 3, 2, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradprobe.attach(model, log=log, every=2, config={}) as probe:
+        state = None
+        for k in range(steps):
+            x = stream[k * window : (k + 1) * window]
+            out, state = model(x, state if carry else None)
+            loss = out.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            probe.step(loss)
+            opt.step()
+            state = tuple(s.detach() for s in state)  # truncated BPTT: carry the state, cut the graph
+    return probe
+
+
+@pytest.mark.parametrize(("make", "window"), [(FusedLoop, 35), (CellLoop, 20)], ids=["fused", "cell-loop"])
+def test_truncated_bptt_with_a_carried_state_is_detected(tmp_path, make, window):
+    torch.manual_seed(0)
+    probe = _language_model_loop(make(), steps=4, window=window, carry=True, log=tmp_path / "run.log")
+    assert probe.truncation == window
+    loops = [e for e in iter_events(tmp_path / "run.log") if e["kind"] == "loop"]
+    assert [(e["step"], e["truncation"]) for e in loops] == [(1, window)]  # from the first carried step, once
+
+
+def test_a_loop_that_starts_every_step_afresh_is_not_truncation():
+    torch.manual_seed(0)
+    assert _language_model_loop(FusedLoop(), steps=4, window=35, carry=False).truncation is None
+
+
+def test_a_declared_window_wins_over_the_detected_one():
+    torch.manual_seed(0)
+    model = FusedLoop()
+    with gradprobe.attach(model, every=1, config={}, truncation=50) as probe:
+        state = None
+        for _ in range(3):
+            out, state = model(torch.randn(35, 3, 2), state)
+            out.sum().backward()
+            probe.step()
+            state = tuple(s.detach() for s in state)
+    assert probe.truncation == 50 and probe._detected_truncation == {"lstm": 35}
