@@ -160,10 +160,11 @@ class Probe:
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
         self._deep = DeepProfile(self.sites, self._replayers, self.settings, self._generator, self._pause)
         self._quantities = [SaturationSampling(self.sites, self._replayers, self.settings.sample_rows), self._deep]
+        rank, world_size = distributed.rank_and_world()
         self._emit(
             "meta",
-            rank=distributed.rank_and_world()[0],
-            world_size=distributed.rank_and_world()[1],
+            rank=rank,
+            world_size=world_size,
             gradprobe=__version__,
             torch=torch.__version__,
             model=type(model).__name__,

@@ -10,9 +10,8 @@ from torch import Tensor
 from gradprobe.discovery import RecurrentSite
 from gradprobe.quantities.base import Emit, StepContext
 from gradprobe.recorders.capture import SAMPLE, CellCalls
-from gradprobe.recorders.replay import SiteReplayers
+from gradprobe.recorders.replay import SiteReplayers, cell_weights
 from gradprobe.recorders.saturation import saturation_fractions, track_gates
-from gradprobe.reference import LayerWeights
 from gradprobe.reference import functional as fn
 
 
@@ -69,7 +68,7 @@ def cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:
     """Gate activations of a built-in cell over all its captured calls (no replay needed)."""
     m: Any = site.module
     assert site.mode is not None  # only built-in cells reach here
-    weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _detached(m.bias_ih), _detached(m.bias_hh))
+    weights = cell_weights(m)
     dtype = weights.weight_hh.dtype  # inputs captured under autocast may be half precision
     x = torch.cat(calls.inputs).to(dtype)
     states = []
@@ -82,6 +81,3 @@ def cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:
     with torch.no_grad():
         return fn.gate_activations(site.mode, fn.project_input(site.mode, x, weights), previous, weights)
 
-
-def _detached(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach()

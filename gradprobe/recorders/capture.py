@@ -61,11 +61,12 @@ def continues(state: tuple[Tensor, ...], previous_final: tuple[Tensor, ...]) -> 
     with no state, or a state outside the graph (fresh zeros, a detached carry),
     starts a new sequence: the gradient does not reach back across it.
     """
-    if not state:
-        return False
-    if previous_final and len(state) == len(previous_final) and all(s is f for s, f in zip(state, previous_final)):
-        return True
-    return any(s.grad_fn is not None for s in state)
+    return handed_on(state, previous_final) or any(s.grad_fn is not None for s in state)
+
+
+def handed_on(state: tuple[Tensor, ...], final: tuple[Tensor, ...]) -> bool:
+    """Whether ``state`` is ``final`` itself (the very tensors a previous call returned)."""
+    return bool(state) and len(state) == len(final) and all(s is f for s, f in zip(state, final))
 
 
 def carried_detached(state: tuple[Tensor, ...], kept: tuple[Tensor, ...]) -> bool:
@@ -104,17 +105,13 @@ class Sequence:
         length: Time steps so far (over all calls of the chain).
         carried: The chain started from a detached copy of the previous training
             step's final state (truncated BPTT with a carried state).
-        calls: Calls in the chain.
+        final: The last call's final state (live tensors, this step only).
     """
 
     length: int = 0
     carried: bool = False
-    calls: int = 0
-    final: tuple[Tensor, ...] = ()  # the last call's final state (live, this step only)
+    final: tuple[Tensor, ...] = ()
 
-    def handed_on(self, state: tuple[Tensor, ...]) -> bool:
-        """Whether ``state`` is this sequence's final state itself."""
-        return bool(state) and len(state) == len(self.final) and all(s is f for s, f in zip(state, self.final))
 
 
 class ModuleHook:
@@ -240,9 +237,8 @@ class CallCapture:
         """Note a call of ``site``; return whether it starts a new sequence (which then replaces the old one)."""
         sequence = self.sequences.get(site.name)
         if sequence is not None and continues(state, sequence.final):
-            sequence.calls += 1
             return False
-        self.sequences[site.name] = Sequence(carried=carried_detached(state, self._finals.get(site.name, ())), calls=1)
+        self.sequences[site.name] = Sequence(carried=carried_detached(state, self._finals.get(site.name, ())))
         self.outputs_seen = [(name, t) for name, t in self.outputs_seen if name != site.name]
         return True
 
@@ -286,7 +282,7 @@ class CallCapture:
         x = args[0] if args else kwargs["input"]
         state = as_tuple(args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state")))
         sequence = self.sequences.get(site.name)
-        handed_on = sequence is not None and sequence.handed_on(state)
+        was_handed_on = sequence is not None and handed_on(state, sequence.final)
         new_sequence = self._begin(site, state)
         self._end(site, 1, outputs)
         self.outputs_seen.append((site.name, outputs[0]))
@@ -295,7 +291,7 @@ class CallCapture:
         calls = self.cell_calls.get(site.name)
         if new_sequence or calls is None or len(calls.inputs) >= MAX_CHAIN_CALLS:
             calls = self.cell_calls[site.name] = CellCalls()  # the latest sequence replaces the old: memory stays bounded
-        elif not handed_on:
+        elif not was_handed_on:
             calls.chained = False
         if self.mode == SAMPLE:
             rows = self.sample_rows

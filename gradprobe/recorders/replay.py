@@ -294,8 +294,7 @@ class CellReplayer:
         grads = [calls.grads.get(i) for i in range(len(calls.inputs))]
         weights = None
         if self.site.mode is not None:
-            m: Any = self.site.module
-            weights = LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _d(m.bias_ih), _d(m.bias_hh))
+            weights = cell_weights(self.site.module)
         track = Track(self.site.name, self.site.mode, list(calls.inputs), previous, states, step, weights=weights)
         track.output_grads = grads
         track.chained = calls.chained
@@ -304,7 +303,13 @@ class CellReplayer:
         return track
 
 
-def _d(t: Tensor | None) -> Tensor | None:
+def cell_weights(cell: nn.Module) -> LayerWeights:
+    """The detached weights of a built-in ``*Cell`` (``bias_ih``/``bias_hh`` may be ``None``)."""
+    m: Any = cell
+    return LayerWeights(m.weight_ih.detach(), m.weight_hh.detach(), _detached(m.bias_ih), _detached(m.bias_hh))
+
+
+def _detached(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
 
 

@@ -97,5 +97,4 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
 
 
 def render_json(summary: RunSummary, fail_on: str | None = None) -> str:
-    fail_on = fail_on or summary.fail_on
     return json.dumps(report_dict(summary, fail_on), indent=2, allow_nan=False) + "\n"
