@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gradprobe.config import Config
-from gradprobe.discovery import find_recurrent
+from gradprobe.discovery import find_recurrent, unwrap
 from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing
 from gradprobe.probe import LayerProfile, Probe, ProbeSettings
 from gradprobe.rules.engine import RuleEngine
@@ -66,6 +66,7 @@ def lint(
     Raises:
         gradprobe.discovery.NotRecurrentError: ``model`` has no recurrent layer.
     """
+    model = unwrap(model)
     sites = find_recurrent(model, cells)
     return _engine(config, thresholds, ignore).lint(model, sites)
 

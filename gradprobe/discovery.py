@@ -77,6 +77,33 @@ def display_name(name: str, module: nn.Module) -> str:
     return name or type(module).__name__
 
 
+#: Attribute holding the user's model inside a wrapper: ``DataParallel``/``DistributedDataParallel``
+#: (``module``) and ``torch.compile`` (``_orig_mod``), as prefixes of the wrapped names.
+_WRAPPED = {"DataParallel": "module", "DistributedDataParallel": "module", "OptimizedModule": "_orig_mod"}
+
+
+def unwrap(model: Any) -> Any:
+    """The user's model inside ``DataParallel``, ``DistributedDataParallel`` and ``torch.compile`` wrappers.
+
+    The wrappers call the inner model's modules, so the probe's hooks belong
+    there, and layer and parameter names stay those of the user's model.
+    """
+    for _ in range(8):
+        attribute = _WRAPPED.get(type(model).__name__)
+        inner = getattr(model, attribute, None) if attribute else None
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+    return model
+
+
+def _strip_wrapper_prefix(name: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
 def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> list[RecurrentSite]:
     """List the recurrent modules of ``model`` in registration order.
 
@@ -90,6 +117,7 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
     """
     if not isinstance(model, nn.Module):
         raise NotRecurrentError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     wanted = list(cells or ())
     names = {id(m): n for n, m in model.named_modules()}
     custom: set[int] = set()
@@ -98,7 +126,10 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
             try:
                 custom.add(id(model.get_submodule(item)))
             except AttributeError:
-                raise NotRecurrentError(f"model has no submodule named {item!r}") from None
+                try:
+                    custom.add(id(model.get_submodule(_strip_wrapper_prefix(item))))
+                except AttributeError:
+                    raise NotRecurrentError(f"model has no submodule named {item!r}") from None
         elif isinstance(item, nn.Module) and id(item) in names:
             custom.add(id(item))
         else:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from gradprobe import __version__, distributed
 from gradprobe.bus import EventBus, sink_name
-from gradprobe.discovery import RecurrentSite, find_recurrent
+from gradprobe.discovery import RecurrentSite, find_recurrent, unwrap
 from gradprobe.events import EventWriter
 from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
@@ -48,6 +48,7 @@ from gradprobe.quantities import (
     StepStatistics,
 )
 from gradprobe.recorders.capture import CallCapture
+from gradprobe.recorders.optimizer_loop import LoopStep, OptimizerLoop
 from gradprobe.recorders.replay import SiteReplayers
 
 if TYPE_CHECKING:
@@ -103,8 +104,11 @@ class Probe:
         cells: Iterable[str | nn.Module] = (),
         rules: Any = None,
         sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: Any = None,
     ) -> None:
         self.settings = settings or ProbeSettings()
+        model = unwrap(model)
         self.sites: list[RecurrentSite] = find_recurrent(model, cells)
         self.model: nn.Module | None = model
         self.step_index = 0
@@ -128,8 +132,9 @@ class Probe:
         self._deep: DeepProfile | None = None
         self._quantities: list[Quantity] = []
         self._capture: CallCapture
+        self._loop: OptimizerLoop | None = None
         try:
-            self._start(model)
+            self._start(model, optimizer, scaler)
         except BaseException:
             self._detach()
             self._bus.close()
@@ -154,7 +159,7 @@ class Probe:
             bus.add(sink_name(sink), sink)
         return bus
 
-    def _start(self, model: nn.Module) -> None:
+    def _start(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, scaler: Any) -> None:
         self._statistics = StepStatistics(model, self.sites)
         self._replayers = SiteReplayers(self.sites)
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
@@ -171,6 +176,7 @@ class Probe:
             layers=[site.describe() for site in self.sites],
             settings=vars(self.settings).copy(),
             config=self._recorded_config(),
+            optimizer=type(optimizer).__name__ if optimizer is not None else None,
         )
         for finding in self._rules_call("linting the model", lambda: self.rules.lint(model, self.sites, keep=True)) or []:
             self._write("finding", **finding.to_dict())
@@ -178,15 +184,37 @@ class Probe:
             from gradprobe.fixes.runtime import StepFixer
 
             self._fixer = StepFixer(model, self.settings.fix, self._emit)
+        if optimizer is not None:
+            statistics = self._statistics
+            self._loop = OptimizerLoop(optimizer, model, statistics.read_gradients, self._optimizer_step, self._guard, scaler)
         self._capture.start_step(self.schedule.mode_for(0))
 
     # -- public API -------------------------------------------------------------
 
     def step(self, loss: Tensor | float | None = None) -> None:
-        """Record the step whose ``backward`` just ran. Call before ``optimizer.step()``."""
+        """Record the step whose ``backward`` just ran. Call before ``optimizer.step()``.
+
+        With ``attach(optimizer=...)`` the optimizer's step records the step
+        itself; this call then only hands over ``loss`` for it (optional: the
+        loss is otherwise taken from the backward pass).
+        """
         if self.closed:
             raise RuntimeError("probe.step() called after close()")
+        if self._loop is not None:
+            loop = self._loop
+            self._guard("probe.step", lambda: loop.hand_over(loss))
+            return
         self._guard("probe.step", lambda: self._record(loss))
+        self._advance()
+
+    def _optimizer_step(self, observed: LoopStep) -> None:
+        """One optimizer step (optimizer hooks): record it like ``probe.step`` with what the loop did."""
+        if self.closed:
+            return
+        self._guard("the optimizer step", lambda: self._record(observed.loss, observed))
+        self._advance()
+
+    def _advance(self) -> None:
         self.step_index += 1
         if not self.disabled:
             self._capture.start_step(self.schedule.mode_for(self.step_index))
@@ -249,6 +277,11 @@ class Probe:
                 "or to its gradprobe.reference twin"
             )
         seen, with_grad = self._capture.calls_seen.get(site.name, [0, 0])
+        if self._capture.replica_calls.get(site.name):
+            return (
+                "it ran on nn.DataParallel replicas (several GPUs), whose weights are copies: use "
+                "DistributedDataParallel (one process per GPU), or attach to the model on one device"
+            )
         if not seen:
             return "its forward hooks never ran: it was not called, or it runs inside a scripted or compiled parent"
         if not with_grad:
@@ -273,18 +306,19 @@ class Probe:
     def _pause(self, paused: bool) -> None:
         self._capture.paused = paused
 
-    def _record(self, loss: Tensor | float | None) -> None:
+    def _record(self, loss: Tensor | float | None, observed: LoopStep | None = None) -> None:
         assert self._statistics is not None  # set in _start
-        record, nonfinite, loss_value = self._statistics.record(self.step_index, loss, self._capture, self._emit)
+        record, nonfinite, loss_value = self._statistics.record(self.step_index, loss, self._capture, self._emit, observed)
         mode = self._capture.mode
         if nonfinite is None:  # nothing to learn from replaying NaN/Inf; GP103 reports the step
-            context = StepContext(self.step_index, mode, self._capture, self._emit)
+            scale = observed.grad_scale if observed is not None else 1.0
+            context = StepContext(self.step_index, mode, self._capture, self._emit, grad_scale=scale)
             for quantity in self._quantities:
                 if mode in quantity.modes:
                     quantity.compute(context)
         self._observe_loop()
         self._capture.clear()
-        if self._fixer is not None:
+        if self._fixer is not None and not (observed is not None and observed.closure):
             self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)
 
     # -- events, errors, detaching ---------------------------------------------------
@@ -335,8 +369,14 @@ class Probe:
             except Exception:  # noqa: BLE001, S110 - the log writer reports its own fault
                 pass
         self._capture.remove()
+        if self._loop is not None:
+            self._loop.remove()
+            self._loop = None
 
     def _detach(self) -> None:
+        if self._loop is not None:
+            self._loop.remove()
+            self._loop = None
         capture: CallCapture | None = getattr(self, "_capture", None)
         if capture is not None:
             capture.remove()
@@ -372,6 +412,8 @@ def attach(
     grad_clip: float | None = None,
     seq_len: int | None = None,
     sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
 ) -> Probe:
     """Attach a probe to every recurrent layer of ``model``.
 
@@ -403,6 +445,14 @@ def attach(
             ``probe.step()`` (GP401/GP102 then know the gradients are bounded).
         seq_len: Old name of ``dependency_length``.
         sinks: Callables receiving every event dict (e.g. a TensorBoard writer).
+        optimizer: The training optimizer. Its step hooks then record one probe
+            step per ``optimizer.step()`` (``probe.step()`` becomes optional; the
+            loss is taken from the backward pass), and the probe sees what the
+            loop does between backward and the optimizer: clipping by norm or
+            value (with the threshold) and AMP ``GradScaler`` unscaling. With a
+            closure optimizer (L-BFGS) one ``step(closure)`` is one probe step.
+        scaler: The AMP ``GradScaler``, when it is used (optional: the scale is
+            otherwise found from the scaled loss).
 
     Returns:
         The :class:`Probe`; use it as a context manager or call ``close()``.
@@ -426,4 +476,4 @@ def attach(
     )
     from gradprobe.rules.engine import RuleEngine
 
-    return Probe(model, log, settings, cells=cells, rules=RuleEngine(config), sinks=sinks)
+    return Probe(model, log, settings, cells=cells, rules=RuleEngine(config), sinks=sinks, optimizer=optimizer, scaler=scaler)

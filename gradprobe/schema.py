@@ -87,6 +87,9 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "params": (optional(number_map), False),
         "gates": (optional(lambda v: isinstance(v, dict) and all(number_map(g) for g in v.values())), False),
         "nonfinite": (optional(mapping), False),
+        "clip": (optional(mapping), False),
+        "grad_scale": (optional(number), False),
+        "skipped": (optional(count), False),
     },
     "deep": {
         "layer": (text, True),

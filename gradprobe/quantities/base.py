@@ -23,12 +23,15 @@ class StepContext:
         mode: The capture mode of the step (``deep``, ``sample`` or ``off``).
         capture: The calls the forward hooks captured on this step.
         emit: Where the quantity publishes its events.
+        grad_scale: The AMP loss scale the backward pass ran under: captured
+            gradients are divided by it (1.0 without AMP).
     """
 
     step: int
     mode: str
     capture: CallCapture
     emit: Emit
+    grad_scale: float = 1.0
 
 
 class Quantity(Protocol):

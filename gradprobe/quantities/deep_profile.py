@@ -14,6 +14,7 @@ from gradprobe.quantities.saturation import emit_saturation
 from gradprobe.recorders import propagation
 from gradprobe.recorders.capture import DEEP
 from gradprobe.recorders.replay import SiteReplayers, Track
+from gradprobe.recorders.saturation import output_gates
 
 
 @dataclass
@@ -97,6 +98,8 @@ class DeepProfile:
     def _analyze(self, site: RecurrentSite, track: Track, context: StepContext) -> None:
         s = self.settings
         grad_norms = propagation.gradient_norms(track)
+        if context.grad_scale != 1.0:
+            grad_norms = [v / context.grad_scale for v in grad_norms]
         lin = propagation.TrackLinearization(track, max(s.deep_rows, s.spectral_rows))
         profile = propagation.propagation_profile(lin.first_rows(s.deep_rows), self.generator)
         jacobians = propagation.jacobian_norms(lin.first_rows(s.spectral_rows), s.spectral_steps, self.generator)
@@ -119,6 +122,8 @@ class DeepProfile:
         context.emit("deep", **event)
         record = LayerProfile.from_event(event)
         gates = lin.first_rows(s.deep_rows).gates
+        if gates is None and track.mode is None:  # a custom cell: saturation of its bounded outputs
+            gates = output_gates([state[0][: s.deep_rows] for state in track.states])
         if gates is not None:
             record.saturation = emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=True)
         self.layers[track.name] = record

@@ -11,7 +11,7 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.quantities.base import Emit, StepContext
 from gradprobe.recorders.capture import SAMPLE, CellCalls
 from gradprobe.recorders.replay import SiteReplayers, cell_weights
-from gradprobe.recorders.saturation import saturation_fractions, track_gates
+from gradprobe.recorders.saturation import output_gates, saturation_fractions, track_gates
 from gradprobe.reference import functional as fn
 
 
@@ -60,8 +60,14 @@ class SaturationSampling:
                         emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=False)
             else:
                 calls = context.capture.cell_calls.get(site.name)
-                if calls is not None and calls.inputs and site.mode is not None:
+                if calls is None or not calls.inputs:
+                    continue
+                if site.mode is not None:
                     emit_saturation(context.emit, context.step, site.name, site.mode, cell_gates(site, calls), deep=False)
+                    continue
+                gates = output_gates([out[calls.h_position] for out in calls.outputs if len(out) > calls.h_position])
+                if gates is not None:
+                    emit_saturation(context.emit, context.step, site.name, None, gates, deep=False)
 
 
 def cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:

@@ -12,6 +12,7 @@ from gradprobe.faults import warn
 from gradprobe.quantities.base import Emit
 from gradprobe.recorders.capture import CallCapture
 from gradprobe.recorders.gradients import GradientRecorder
+from gradprobe.recorders.optimizer_loop import LoopStep
 
 
 class StepStatistics:
@@ -32,11 +33,21 @@ class StepStatistics:
         self._gradients = GradientRecorder(model, sites)
         self._gradient_seen = False
 
+    def read_gradients(self) -> dict[str, Any]:
+        """The gradient record of the gradients as they are now."""
+        return self._gradients.record()
+
     def record(
-        self, step: int, loss: Tensor | float | None, capture: CallCapture, emit: Emit
+        self, step: int, loss: Tensor | float | None, capture: CallCapture, emit: Emit, observed: LoopStep | None = None
     ) -> tuple[dict[str, Any], dict[str, Any] | None, float | None]:
-        """Emit the ``step`` event; return the gradient record, where non-finite values appeared, and the loss."""
-        record = self._gradients.record()
+        """Emit the ``step`` event; return the gradient record, where non-finite values appeared, and the loss.
+
+        ``observed`` (optimizer hooks) brings the gradients as they were right
+        after backward, unscaled, and what the loop did to them before the
+        optimizer (``clip``); without it the gradients are read now.
+        """
+        gradients = observed.gradients if observed is not None else None
+        record = gradients if gradients is not None else self._gradients.record()
         self._watch_for_missing_gradients(step, record)
         loss_value = None
         if loss is not None:
@@ -50,8 +61,20 @@ class StepStatistics:
             params=record["params"],
             gates=record["gates"],
             nonfinite=nonfinite,
+            **self._loop_fields(observed),
         )
         return record, nonfinite, loss_value
+
+    @staticmethod
+    def _loop_fields(observed: LoopStep | None) -> dict[str, Any]:
+        if observed is None:
+            return {}
+        fields: dict[str, Any] = {"clip": observed.clip}
+        if observed.grad_scale != 1.0:
+            fields["grad_scale"] = observed.grad_scale
+        if observed.skipped:
+            fields["skipped"] = observed.skipped
+        return fields
 
     def release(self) -> None:
         """Drop every reference to the model's parameters."""

@@ -4,6 +4,17 @@ Only calls made with gradients enabled are captured, so validation passes under
 ``torch.no_grad()`` between training steps never replace the training call.
 Hooks never return a value: they observe and never change a forward result
 or a gradient.
+
+Under ``torch.compile`` the hooks are traced by Dynamo. On steps that are not
+deep they return before touching a tensor, so they add no graph break (Dynamo
+guards on the capture mode and keeps one graph per mode). On deep steps the
+hook body runs eagerly (``torch._dynamo.disable``): one graph break per
+recurrent call on those steps only. Compiled steps therefore skip what cheap
+steps record in eager mode (sampled saturation, the sequence length and the
+truncation window): deep steps still measure them.
+
+Calls on ``DataParallel`` replicas (multi-GPU ``nn.DataParallel``, run in
+worker threads) are counted, not captured: the replica's weights are copies.
 """
 
 from __future__ import annotations
@@ -20,6 +31,60 @@ from torch.utils.hooks import RemovableHandle
 from gradprobe.discovery import RecurrentSite
 
 OFF, SAMPLE, DEEP = "off", "sample", "deep"
+
+
+def compiling() -> bool:
+    """Whether Dynamo is tracing the current code (``torch.compile``)."""
+    compiler = getattr(torch, "compiler", None)
+    check = getattr(compiler, "is_compiling", None)
+    if check is None:  # torch < 2.3
+        check = getattr(getattr(torch, "_dynamo", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+def eager(body: Callable[..., None]) -> Callable[..., None]:
+    """``body`` run outside Dynamo's tracing (a graph break where it is called from compiled code)."""
+    dynamo = getattr(torch, "_dynamo", None)
+    disable = getattr(dynamo, "disable", None)
+    return disable(body) if disable is not None else body
+
+
+#: How a cell returns its next state: the state itself (``h`` or ``(h, c)``), or ``(out, state)``.
+STATE, OUT_STATE = "state", "out_state"
+
+
+def flat_tensors(output: Any) -> tuple[Tensor, ...]:
+    """A cell's output as a flat tuple of tensors: ``(out, (h, c))`` -> ``(out, h, c)``."""
+    if isinstance(output, Tensor):
+        return (output,)
+    flat: list[Tensor] = []
+    for item in output:
+        flat.extend(flat_tensors(item) if isinstance(item, (tuple, list)) else (item,) if isinstance(item, Tensor) else ())
+    return tuple(flat)
+
+
+def cell_convention(output: Any, state_in: tuple[Tensor, ...]) -> str | None:
+    """How this call returned its state (:data:`STATE` or :data:`OUT_STATE`); ``None`` when one call cannot tell.
+
+    ``h`` and ``(h, c)`` are states; ``(out, (h, c))`` is output and state; a
+    pair of tensors is ``(out, h)`` when the call was handed one state tensor,
+    ``(h, c)`` when handed two, and undecided when handed none.
+    """
+    if isinstance(output, Tensor):
+        return STATE
+    items = tuple(output)
+    if len(items) == 2 and isinstance(items[1], (tuple, list)):
+        return OUT_STATE
+    if len(items) != 2:
+        return STATE
+    if state_in:
+        return OUT_STATE if len(state_in) == 1 else STATE
+    return None
+
+
+def state_part(flat: tuple[Tensor, ...], convention: str) -> tuple[Tensor, ...]:
+    """The state within a cell's flat output."""
+    return flat[1:] if convention == OUT_STATE else flat
 
 
 def as_tuple(state: Any) -> tuple[Tensor, ...]:
@@ -65,8 +130,8 @@ def continues(state: tuple[Tensor, ...], previous_final: tuple[Tensor, ...]) -> 
 
 
 def handed_on(state: tuple[Tensor, ...], final: tuple[Tensor, ...]) -> bool:
-    """Whether ``state`` is ``final`` itself (the very tensors a previous call returned)."""
-    return bool(state) and len(state) == len(final) and all(s is f for s, f in zip(state, final))
+    """Whether ``state`` is made of the very tensors a previous call returned (``final``)."""
+    return bool(state) and all(any(s is f for f in final) for s in state)
 
 
 def carried_detached(state: tuple[Tensor, ...], kept: tuple[Tensor, ...]) -> bool:
@@ -88,13 +153,25 @@ def _address(tensor: Tensor) -> int | None:
 
 @dataclass
 class CellCalls:
-    """The calls of a cell within one training step, in call order."""
+    """The calls of a cell within one training step, in call order.
+
+    Attributes:
+        outputs: Each call's output as a flat tuple of tensors (:func:`flat_tensors`).
+        grads: Gradients of the outputs, by ``(call index, position in the flat output)``.
+        convention: How the cell returns its state (:data:`STATE` or :data:`OUT_STATE`).
+    """
 
     inputs: list[Tensor] = field(default_factory=list)
     states_in: list[tuple[Tensor, ...]] = field(default_factory=list)
     outputs: list[tuple[Tensor, ...]] = field(default_factory=list)
-    grads: dict[int, Tensor] = field(default_factory=dict)
+    grads: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     chained: bool = True  # every call was handed the previous call's output itself
+    convention: str = STATE
+
+    @property
+    def h_position(self) -> int:
+        """Where ``h`` sits in the flat output."""
+        return 1 if self.convention == OUT_STATE else 0
 
 
 @dataclass
@@ -161,6 +238,9 @@ class CallCapture:
         self._pending_rng: tuple[str, Tensor] | None = None  # RNG state before a deep step's forward
         #: Per site, calls seen in the whole run: ``[any, with gradients enabled]`` (for "not measured" reasons).
         self.calls_seen: dict[str, list[int]] = {site.name: [0, 0] for site in sites}
+        #: Per site, calls seen on ``DataParallel`` replicas (not captured).
+        self.replica_calls: dict[str, int] = {}
+        self._conventions: dict[str, str] = {}  # per cell site, as last decided (kept across steps)
         for site in sites:
             if site.kind == "scripted":  # TorchScript modules take no hooks
                 continue
@@ -205,11 +285,15 @@ class CallCapture:
         return not self.paused and torch.is_grad_enabled()
 
     def _pre_hook(self, site: RecurrentSite) -> Callable[..., None]:
-        def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if self.mode != DEEP or not self._active() or site.kind != "stack":
-                return
+        @eager
+        def snapshot(module: Any) -> None:
             if module.training and getattr(module, "dropout", 0) and module.num_layers > 1:
                 self.guard(f"forward pre-hook of {site.name}", lambda: self._snapshot_rng(site))
+
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            if self.mode != DEEP or site.kind != "stack" or not self._active():
+                return
+            snapshot(module)
 
         return hook
 
@@ -217,13 +301,22 @@ class CallCapture:
         self._pending_rng = (site.name, torch.get_rng_state())
 
     def _post_hook(self, site: RecurrentSite) -> Callable[..., None]:
-        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        @eager
+        def observe(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
             seen = self.calls_seen.get(site.name)
             if seen is not None:
                 seen[0] += 1
                 seen[1] += int(torch.is_grad_enabled())
+            if getattr(module, "_is_replica", False):
+                self.replica_calls[site.name] = self.replica_calls.get(site.name, 0) + 1
+                return
             if self._active():
                 self.guard(f"forward hook of {site.name}", lambda: self._record(site, module, args, kwargs, output))
+
+        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+            if self.mode != DEEP and compiling():
+                return  # no graph break on steps that are not deep
+            observe(module, args, kwargs, output)
 
         return hook
 
@@ -278,9 +371,14 @@ class CallCapture:
         self.stack_calls[site.name] = chain
 
     def _record_cell(self, site: RecurrentSite, args: tuple, kwargs: dict, output: Any) -> None:
-        outputs = as_tuple(output)
+        outputs = flat_tensors(output)
         x = args[0] if args else kwargs["input"]
-        state = as_tuple(args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state")))
+        raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
+        state = flat_tensors(raw_state) if raw_state is not None else ()
+        decided = cell_convention(output, state)
+        if decided is not None:
+            self._conventions[site.name] = decided
+        convention = self._conventions.get(site.name, STATE)
         sequence = self.sequences.get(site.name)
         was_handed_on = sequence is not None and handed_on(state, sequence.final)
         new_sequence = self._begin(site, state)
@@ -293,18 +391,22 @@ class CallCapture:
             calls = self.cell_calls[site.name] = CellCalls()  # the latest sequence replaces the old: memory stays bounded
         elif not was_handed_on:
             calls.chained = False
+        calls.convention = convention
         if self.mode == SAMPLE:
             rows = self.sample_rows
             calls.inputs.append(x.detach()[:rows])
             calls.states_in.append(tuple(s.detach()[:rows] for s in state))
-            calls.outputs.append(outputs)
+            calls.outputs.append(tuple(o.detach()[:rows] for o in outputs))
             return
         index = len(calls.outputs)
         calls.inputs.append(x.detach())
         calls.states_in.append(tuple(s.detach() for s in state))
         calls.outputs.append(outputs)
-        if outputs[0].requires_grad:
-            self._tensor_handles.append(outputs[0].register_hook(self._cell_grad_sink(calls.grads, index)))
+        positions = (calls.h_position,) if decided is not None or site.name in self._conventions else (0, 1)
+        for position in positions:
+            if position < len(outputs) and outputs[position].requires_grad:
+                sink = self._cell_grad_sink(calls.grads, (index, position))
+                self._tensor_handles.append(outputs[position].register_hook(sink))
 
     @staticmethod
     def _grad_sink(store: list[Tensor | None], index: int) -> Callable[[Tensor], None]:
@@ -315,8 +417,8 @@ class CallCapture:
         return sink
 
     @staticmethod
-    def _cell_grad_sink(store: dict[int, Tensor], index: int) -> Callable[[Tensor], None]:
+    def _cell_grad_sink(store: dict[tuple[int, int], Tensor], key: tuple[int, int]) -> Callable[[Tensor], None]:
         def sink(grad: Tensor) -> None:
-            store[index] = grad.detach()
+            store[key] = grad.detach()
 
         return sink

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gradprobe.discovery import RecurrentSite
-from gradprobe.recorders.capture import CellCalls, StackCall, as_tuple
+from gradprobe.recorders.capture import CellCalls, StackCall, as_tuple, flat_tensors, state_part
 from gradprobe.reference import GRU, LSTM, RNN, LayerWeights, RecurrentBase
 from gradprobe.reference import functional as fn
 
@@ -256,7 +256,7 @@ class CellReplayer:
     def __init__(self, site: RecurrentSite) -> None:
         self.site = site
 
-    def _step_fn(self) -> StepFn:
+    def _step_fn(self, convention: str) -> StepFn:
         module = self.site.module
         params = {name: p.detach() for name, p in module.named_parameters()}
         buffers = dict(module.named_buffers())
@@ -269,17 +269,16 @@ class CellReplayer:
                 x, state = x.to(dtype), tuple(s.to(dtype) for s in state)
             arg = state if (len(state) > 1 or packed_state) else state[0]
             out = torch.func.functional_call(module, {**params, **buffers}, (x, arg))
-            return as_tuple(out)
+            return state_part(flat_tensors(out), convention)
 
         return step
 
     def replay(self, calls: CellCalls, pause: Callable[[bool], None]) -> Track:
         """Rebuild the chain ``s_t = cell(x_t, s_{t-1})`` of the captured calls."""
-        step = self._step_fn()
+        step = self._step_fn(calls.convention)
         first = calls.states_in[0]
         if not first:
-            h0 = torch.zeros_like(calls.outputs[0][0].detach())
-            first = (h0, torch.zeros_like(calls.outputs[0][1].detach())) if len(calls.outputs[0]) > 1 else (h0,)
+            first = tuple(torch.zeros_like(s.detach()) for s in state_part(calls.outputs[0], calls.convention))
         state = tuple(s.detach() for s in first)
         previous, states = [], []
         pause(True)
@@ -291,7 +290,7 @@ class CellReplayer:
                     states.append(state)
         finally:
             pause(False)
-        grads = [calls.grads.get(i) for i in range(len(calls.inputs))]
+        grads = [calls.grads.get((i, calls.h_position)) for i in range(len(calls.inputs))]
         weights = None
         if self.site.mode is not None:
             weights = cell_weights(self.site.module)

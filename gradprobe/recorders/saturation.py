@@ -9,7 +9,7 @@ from torch import Tensor
 
 SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
 TANH_LIMIT = 0.95
-TANH_GATES = frozenset({"cell", "cell_state", "new", "tanh"})
+TANH_GATES = frozenset({"cell", "cell_state", "new", "tanh", "output_state"})
 
 
 def saturation_fractions(gates: dict[str, Tensor]) -> dict[str, Any]:
@@ -69,3 +69,18 @@ def track_gates(track: Any, rows: int | None = None) -> dict[str, Tensor] | None
     previous = tuple(torch.cat([p[k][:n].detach() for p, n in zip(track.previous, counts)]) for k in range(width))
     with torch.no_grad():
         return fn.gate_activations(track.mode, inputs, previous, track.weights)
+
+
+def output_gates(hidden: list[Tensor]) -> dict[str, Tensor] | None:
+    """A custom cell's saturation, read from its hidden outputs ``h_t``: ``{"output_state": [N, H]}``.
+
+    Only for a bounded state (every ``|h| <= 1``, as behind ``tanh`` or
+    ``o * tanh(c)``), where ``|h| > 0.95`` means a flat activation; ``None`` for
+    an unbounded state, whose scale says nothing about saturation.
+    """
+    if not hidden:
+        return None
+    h = torch.cat([t.detach().reshape(-1, t.shape[-1]) for t in hidden]).float()
+    if h.numel() == 0 or not bool(h.abs().max() <= 1 + 1e-6):
+        return None
+    return {"output_state": h}

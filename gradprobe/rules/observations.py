@@ -183,6 +183,8 @@ class Clipping:
             threshold learned from the norms (events of the loss brake, whose
             threshold follows the loss, not typical norms, are not counted).
         braked: Applied clip events of the loss brake (a diverging loss).
+        seen: Steps on which the optimizer hooks saw the loop clip (``attach(optimizer=)``).
+        seen_kind: How the loop clips (``norm`` or ``value``), as last seen.
     """
 
     declared: float | None = None
@@ -192,6 +194,19 @@ class Clipping:
     far_above: int = 0
     braked: int = 0
     far_factor: float = 10.0
+    seen: int = 0
+    seen_kind: str | None = None
+
+    def add_seen(self, clip: Any) -> None:
+        """A step event's ``clip``: what the loop did to the gradients before the optimizer."""
+        if not isinstance(clip, dict) or clip.get("kind") not in ("norm", "value"):
+            return
+        threshold = finite_number(clip.get("threshold"))
+        if threshold is None:
+            return
+        self.seen += 1
+        # A user's fixed threshold is often far below typical norms (0.25 in word LMs): not counted in far_above.
+        self.seen_kind, self.threshold = str(clip["kind"]), threshold
 
     def add_fix(self, event: dict[str, Any]) -> None:
         name = str(event.get("name", ""))
@@ -214,6 +229,8 @@ class Clipping:
         """Whether clipping bounds the consumed gradients, how it was seen, and the threshold in use."""
         if self.declared is not None:
             return True, "declared", self.declared
+        if self.seen:
+            return True, f"the loop clips by {self.seen_kind} before the optimizer step (seen on {self.seen} steps)", self.threshold
         if self.auto or self.applied:
             return True, "the probe clips (fix='auto')", self.threshold
         if norms.pinned >= 3 and norms.pinned_share() >= min_pinned_fraction:
@@ -315,6 +332,7 @@ class Observations:
             step = event.get("step")
             self.loss.add(step, number(event.get("loss")))
             self.last_spike = self.norms.add(step, number(event.get("grad_norm")))
+            self.clipping.add_seen(event.get("clip"))
             if self.last_spike is not None:
                 self.last_spike["step"] = step
         elif kind == "fix":

@@ -1,0 +1,321 @@
+"""The training loop, observed from the optimizer: one probe step per ``optimizer.step()``.
+
+``attach(model, optimizer=opt)`` hands the step to this recorder. It sees the
+gradients twice:
+
+- **right after backward**, from a callback queued on the autograd engine by
+  the parameters' post-accumulate hooks (the gradients as the model produced
+  them, before the loop touches them);
+- **at the optimizer step**, from the optimizer's step pre-hook (post-hook for
+  closure optimizers such as L-BFGS, whose gradients are computed inside
+  ``step``).
+
+Comparing the two tells what the loop did in between: AMP ``GradScaler``
+unscaling (a uniform power-of-two factor, or the scale the scaler or the
+optimizer states), clipping by norm (a uniform factor: the threshold is the
+norm the optimizer receives) or by value (the largest entry the optimizer
+receives). The step's loss is the root of the backward passes since the
+gradients were last reset (the sum over accumulated micro-batches; for a
+closure optimizer, the last closure call).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from gradprobe.recorders import backward_roots
+
+#: Two gradient norms agree when their ratio is within this of 1.
+RELATIVE_TOLERANCE = 1e-5
+
+
+@dataclass
+class LoopStep:
+    """One optimizer step as the probe records it.
+
+    Attributes:
+        loss: The loss of the step (unscaled), when a backward root was seen or handed over.
+        gradients: The gradient record right after backward, unscaled (``None``: read at the step).
+        clip: What the loop did to the gradients between backward and the
+            optimizer: ``{"kind": "norm"|"value"|"other", "threshold": ..., "norm": ..., "norm_after": ...}``.
+        grad_scale: The AMP loss scale the backward pass ran under (1.0 without AMP).
+        skipped: Backward passes since the previous step whose gradients were
+            discarded without an optimizer step (AMP steps skipped on Inf/NaN).
+        closure: A closure optimizer's step, recorded after ``step`` returned
+            (the parameters have moved: no per-step fix may run).
+    """
+
+    loss: float | None = None
+    gradients: dict[str, Any] | None = None
+    clip: dict[str, Any] | None = None
+    grad_scale: float = 1.0
+    skipped: int = 0
+    closure: bool = False
+
+
+@dataclass
+class _Backward:
+    """What the last backward pass left."""
+
+    record: dict[str, Any]
+    l2: dict[str, float]
+    max_abs: dict[str, float]
+
+
+@dataclass
+class _Pending:
+    roots: list[Tensor] = field(default_factory=list)
+    scale_candidate: float | None = None
+    handed_loss: float | None = None
+    backward: _Backward | None = None
+    backwards: int = 0
+    skipped: int = 0
+
+
+def _is_power_of_two(value: float) -> bool:
+    if not (math.isfinite(value) and value > 0):
+        return False
+    exponent = round(math.log2(value))
+    return exponent != 0 and abs(math.log2(value) - exponent) < 1e-9
+
+
+def _scale_of_root(root: Tensor) -> float | None:
+    """The AMP scale when ``root`` is ``GradScaler.scale(loss)`` (``loss * scale``), else ``None``."""
+    node = root.grad_fn
+    if node is None or type(node).__name__ != "MulBackward0":
+        return None
+    other = getattr(node, "_saved_other", None)
+    if not isinstance(other, Tensor) or other.numel() != 1 or other.requires_grad:
+        return None
+    value = float(other.detach().reshape(()))
+    return value if _is_power_of_two(value) and value > 1 else None
+
+
+def _summary(named: Sequence[tuple[str, Tensor]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per parameter: the L2 norm and the largest absolute entry of its gradient (one transfer)."""
+    grads = [g.detach() for _, g in named]
+    if not grads:
+        return {}, {}
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is not None and len({g.device for g in grads}) == 1:
+        l2 = torch.stack([n.float() for n in foreach(grads)])
+        top = torch.stack([n.float() for n in foreach(grads, math.inf)])
+    else:
+        l2 = torch.stack([torch.linalg.vector_norm(g.float()).cpu() for g in grads])
+        top = torch.stack([g.abs().max().float().cpu() if g.numel() else torch.zeros(()) for g in grads])
+    values = torch.cat([l2.cpu(), top.cpu()]).tolist()
+    names = [n for n, _ in named]
+    return dict(zip(names, values[: len(names)])), dict(zip(names, values[len(names) :]))
+
+
+def scaled_record(record: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A gradient record with every norm divided by ``factor`` (an AMP loss scale)."""
+    if factor == 1.0:
+        return record
+    return {
+        **record,
+        "grad_norm": record["grad_norm"] / factor,
+        "params": {k: v / factor for k, v in record["params"].items()},
+        "gates": {k: {g: v / factor for g, v in gates.items()} for k, gates in record["gates"].items()},
+    }
+
+
+def compare(
+    before: _Backward, after_l2: dict[str, float], after_max: dict[str, float], scale_before: float, scale_after: float
+) -> dict[str, Any] | None:
+    """What changed the gradients between backward and the optimizer, in unscaled units (``None``: nothing)."""
+    names = [n for n in after_l2 if n in before.l2]
+    raw = {n: before.l2[n] / scale_before for n in names}
+    got = {n: after_l2[n] / scale_after for n in names}
+    pairs = [(raw[n], got[n]) for n in names if math.isfinite(raw[n]) and math.isfinite(got[n])]
+    if not pairs:
+        return None
+    raw_total = math.sqrt(sum(r * r for r, _ in pairs))
+    got_total = math.sqrt(sum(g * g for _, g in pairs))
+    if all(abs(r - g) <= RELATIVE_TOLERANCE * max(r, 1e-30) for r, g in pairs):
+        return None
+    ratios = [g / r for r, g in pairs if r > 0]
+    base = statistics.median(ratios) if ratios else 1.0
+    uniform = all(abs(q - base) <= 1e-4 * max(base, 1e-30) for q in ratios)
+    if uniform and base < 1:
+        return {"kind": "norm", "threshold": got_total, "norm": raw_total, "norm_after": got_total}
+    top_after = max((after_max[n] / scale_after for n in names), default=0.0)
+    raw_top = {n: before.max_abs[n] / scale_before for n in names}
+    clipped_entries = any(v > top_after * (1 + 1e-6) for v in raw_top.values())
+    untouched = all(
+        abs(raw[n] - got[n]) <= RELATIVE_TOLERANCE * max(raw[n], 1e-30) for n in names if raw_top[n] <= top_after * (1 + 1e-6)
+    )
+    if clipped_entries and untouched:
+        return {"kind": "value", "threshold": top_after, "norm": raw_total, "norm_after": got_total}
+    return {"kind": "other", "threshold": None, "norm": raw_total, "norm_after": got_total}
+
+
+class OptimizerLoop:
+    """Optimizer, parameter and backward hooks that turn each optimizer step into one probe step.
+
+    Args:
+        optimizer: The optimizer whose ``step`` ends a training step.
+        model: The model (its trainable parameters are watched).
+        read_gradients: Reads the gradient record now (the probe's recorder).
+        on_step: Called with a :class:`LoopStep` at each optimizer step.
+        guard: Wraps every hook body; reports and disables the probe on error.
+        scaler: An AMP ``GradScaler`` whose scale is read at each step (optional:
+            the scale is otherwise found from the scaled loss or the gradients).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        read_gradients: Callable[[], dict[str, Any]],
+        on_step: Callable[[LoopStep], None],
+        guard: Callable[[str, Callable[[], None]], None],
+        scaler: Any = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer: torch.optim.Optimizer | None = optimizer
+        self.scaler = scaler
+        self.read_gradients = read_gradients
+        self.on_step = on_step
+        self.guard = guard
+        self.steps = 0
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._pending = _Pending()
+        self._queued = False
+        self._closure_step = False
+        self.handles: list[RemovableHandle] = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+        for _, param in self.named:
+            self.handles.append(param.register_post_accumulate_grad_hook(self._accumulated))
+        self._roots = backward_roots.listen(self._backward_starts)
+
+    # -- what the user hands over ---------------------------------------------
+
+    def hand_over(self, loss: Tensor | float | None) -> None:
+        """``probe.step(loss)`` under optimizer hooks: keep the loss for the coming optimizer step."""
+        if loss is None or self._pending.backward is None:
+            return  # no backward since the last optimizer step: the loss belongs to a step already recorded
+        self._pending.handed_loss = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+
+    # -- hooks ----------------------------------------------------------------
+
+    def _backward_starts(self, roots: Sequence[Tensor]) -> None:
+        self.guard("the backward-pass hook", lambda: self._note_roots(roots))
+
+    def _note_roots(self, roots: Sequence[Tensor]) -> None:
+        if not any(root.requires_grad for root in roots):
+            return
+        pending = self._pending
+        if not any(p.grad is not None for _, p in self.named):  # gradients were reset: a new training step
+            if pending.backwards and not self._closure_step:
+                pending.skipped += 1  # the previous backward's gradients were dropped without an optimizer step
+            skipped = pending.skipped
+            pending = self._pending = _Pending(skipped=skipped)
+        if len(roots) == 1 and roots[0].numel() == 1 and roots[0].is_floating_point():
+            pending.roots.append(roots[0].detach())
+            pending.scale_candidate = _scale_of_root(roots[0])
+
+    def _accumulated(self, param: Tensor) -> None:
+        if self._queued:
+            return
+        self._queued = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._backward_ended)
+
+    def _backward_ended(self) -> None:
+        self._queued = False
+        self.guard("the end-of-backward hook", self._snapshot)
+
+    def _snapshot(self) -> None:
+        present = [(n, p.grad) for n, p in self.named if p.grad is not None]
+        l2, top = _summary(present)
+        self._pending.backward = _Backward(self.read_gradients(), l2, top)
+        self._pending.backwards += 1
+
+    def _before_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        rest = args[1:] if args and args[0] is optimizer else args  # torch passes the optimizer itself first
+        closure = rest[0] if rest else kwargs.get("closure")
+        self._closure_step = closure is not None
+        if not self._closure_step:
+            self.guard("the optimizer step hook", lambda: self._record(optimizer, kwargs, closure=False))
+
+    def _after_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        if self._closure_step:
+            self._closure_step = False
+            self.guard("the optimizer step hook", lambda: self._record(optimizer, kwargs, closure=True))
+
+    # -- one step -------------------------------------------------------------
+
+    def _scales(self, optimizer: Any, kwargs: dict) -> tuple[float | None, float]:
+        """The scale of the gradients at backward (if known) and at the optimizer (grads still scaled: fused AMP)."""
+        scaler = self.scaler if self.scaler is not None else kwargs.get("grad_scaler")
+        still_scaled = getattr(optimizer, "grad_scale", None)
+        at_optimizer = float(still_scaled) if isinstance(still_scaled, Tensor) else 1.0
+        if scaler is not None and hasattr(scaler, "get_scale") and scaler.is_enabled():
+            return float(scaler.get_scale()), at_optimizer
+        if self._pending.scale_candidate is not None:
+            return self._pending.scale_candidate, at_optimizer
+        return None, at_optimizer
+
+    def _record(self, optimizer: Any, kwargs: dict, closure: bool) -> None:
+        found_inf = getattr(optimizer, "found_inf", None)
+        if isinstance(found_inf, Tensor) and float(found_inf) > 0:
+            self._pending.skipped += 1  # fused AMP optimizer skips this step
+            self._pending = _Pending(skipped=self._pending.skipped)
+            return
+        pending = self._pending
+        step = LoopStep(skipped=pending.skipped, closure=closure)
+        before = pending.backward
+        if before is not None:
+            at_backward, at_optimizer = self._scales(optimizer, kwargs)
+            present = [(n, p.grad) for n, p in self.named if p.grad is not None and n in before.l2]
+            after_l2, after_max = _summary(present)
+            if at_backward is None:
+                at_backward = self._detected_scale(before, after_l2, at_optimizer)
+            step.grad_scale = at_backward
+            step.gradients = scaled_record(before.record, at_backward)
+            step.clip = compare(before, after_l2, after_max, at_backward, at_optimizer)
+            step.loss = self._loss(pending, at_backward, closure)
+        self.steps += 1
+        self._pending = _Pending()
+        self.on_step(step)
+
+    @staticmethod
+    def _detected_scale(before: _Backward, after_l2: dict[str, float], at_optimizer: float) -> float:
+        """A uniform power-of-two factor between backward and optimizer is GradScaler unscaling."""
+        ratios = [before.l2[n] / (v / at_optimizer) for n, v in after_l2.items() if v > 0 and before.l2.get(n, 0) > 0]
+        if not ratios:
+            return 1.0
+        base = statistics.median(ratios)
+        uniform = all(abs(q - base) <= 1e-6 * base for q in ratios)
+        return base if uniform and base > 1 and _is_power_of_two(base) else 1.0
+
+    @staticmethod
+    def _loss(pending: _Pending, scale: float, closure: bool) -> float | None:
+        if pending.handed_loss is not None:
+            return pending.handed_loss
+        if not pending.roots:
+            return None
+        roots = pending.roots[-1:] if closure else pending.roots
+        return float(sum(float(r) for r in roots)) / scale
+
+    def remove(self) -> None:
+        """Remove every hook and drop every reference (idempotent)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self._roots.remove()
+        self.named = []
+        self.optimizer = None
+        self.scaler = None
+        self._pending = _Pending()
