@@ -2,13 +2,15 @@
 
 Usage::
 
-    with gradprobe.attach(model, log="run.log", every=50) as probe:
+    with gradprobe.attach(model, log="run.log", every=50, optimizer=opt) as probe:
         for x, y in data:
-            loss = crit(model(x)[0], y)
-            loss.backward()
-            probe.step(loss)          # after backward, before optimizer.step()
-            opt.step(); opt.zero_grad()
+            opt.zero_grad()
+            crit(model(x)[0], y).backward()
+            opt.step()                # one probe step (its hooks); clipping in between is seen
     print(probe.findings)
+
+Without ``optimizer=``, call ``probe.step(loss)`` after ``backward`` and before
+``optimizer.step()``.
 
 The probe never changes a forward result, a gradient or the random stream of
 the training it observes (with ``fix="off"``), and never raises into it. Every

@@ -28,6 +28,7 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
     findings: list[gradprobe.Finding] = field(default_factory=list)
     steps: int = 0
+    truncation: int | None = None  # the probe's truncated-BPTT window (declared or detected)
 
     @property
     def initial_loss(self) -> float:

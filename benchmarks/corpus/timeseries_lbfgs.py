@@ -6,6 +6,7 @@ closure. ``probe.step(loss)`` sits in the closure, after ``backward``.
 
 Variants:
     healthy: clean waves.
+    healthy-hooks: the same with attach(optimizer=opt) and no probe.step: one probe step per opt.step(closure).
     nan-input (broken, GP103): one NaN in the training data.
 
     python benchmarks/corpus/timeseries_lbfgs.py --variant healthy --steps 8
@@ -25,7 +26,7 @@ import common
 
 import gradprobe
 
-VARIANTS = {"healthy": None, "nan-input": "GP103"}
+VARIANTS = {"healthy": None, "healthy-hooks": None, "nan-input": "GP103"}
 QUICK_STEPS = 3  # the test's reduced run
 STEPS = 8  # L-BFGS steps (each runs the closure up to 10 times)
 LENGTH = 100
@@ -66,19 +67,21 @@ def main(variant: str = "healthy", steps: int = STEPS, log: str | None = None, e
     crit = nn.MSELoss()
     opt = torch.optim.LBFGS(model.parameters(), lr=0.8, max_iter=10)
     result = common.RunResult("timeseries_lbfgs", variant, VARIANTS[variant])
-    with gradprobe.attach(model, log=log, every=every, config={}) as probe:
+    hooks = variant == "healthy-hooks"  # attach(optimizer=opt): one probe step per opt.step(closure)
+    with gradprobe.attach(model, log=log, every=every, config={}, optimizer=opt if hooks else None) as probe:
 
         def closure() -> Tensor:
             opt.zero_grad()
             loss = crit(model(x), y)
             loss.backward()
-            probe.step(loss)
+            if not hooks:
+                probe.step(loss)
             result.losses.append(loss.item())
             return loss
 
         for _ in range(steps):
             opt.step(closure)
-    result.findings, result.steps = probe.findings, len(result.losses)
+    result.findings, result.steps = probe.findings, (probe.step_index if hooks else len(result.losses))
     return result
 
 

@@ -7,6 +7,8 @@ window to the next and detached, gradients clipped at 0.25.
 Variants:
     lstm (healthy): probe.step after clip_grad_norm_ (the probe sees clipped gradients).
     gru (healthy): probe.step before clipping, the clip declared with grad_clip=.
+    lstm-hooks (healthy): torch.optim.SGD and attach(optimizer=opt), nothing declared and no
+        probe.step: the probe sees the clipping (0.25) and detects the truncation window (35).
     lstm-forget-bias (broken, GP202): forget-gate bias -3: the cells forget at once.
     rnn-lr20 (broken, GP403): a tanh RNN at the same lr 20 diverges.
 
@@ -26,7 +28,7 @@ import common
 
 import gradprobe
 
-VARIANTS = {"lstm": None, "gru": None, "lstm-forget-bias": "GP202", "rnn-lr20": "GP403"}
+VARIANTS = {"lstm": None, "gru": None, "lstm-hooks": None, "lstm-forget-bias": "GP202", "rnn-lr20": "GP403"}
 QUICK_STEPS = 120  # the test's reduced run
 STEPS = 400
 WINDOW = 35
@@ -57,7 +59,7 @@ def main(variant: str = "gru", steps: int = STEPS, log: str | None = None, every
     torch.manual_seed(0)
     data, vocab = common.words()
     streams = common.stream_batches(data, batch=16)
-    cell = {"lstm": "lstm", "gru": "gru", "lstm-forget-bias": "lstm", "rnn-lr20": "rnn"}[variant]
+    cell = {"lstm": "lstm", "gru": "gru", "lstm-hooks": "lstm", "lstm-forget-bias": "lstm", "rnn-lr20": "rnn"}[variant]
     model = WordLM(cell, len(vocab))
     if variant == "lstm-forget-bias":
         with torch.no_grad():
@@ -72,6 +74,8 @@ def main(variant: str = "gru", steps: int = STEPS, log: str | None = None, every
     result = common.RunResult("word_lm", variant, VARIANTS[variant])
     hidden = None
     model.train()
+    if variant == "lstm-hooks":
+        return _with_optimizer_hooks(model, streams, len(vocab), steps, log, every, result)
     with gradprobe.attach(model, log=log, every=every, truncation=WINDOW, config={}, **declared) as probe:
         for _, (x, y) in zip(range(steps), common.bptt_windows(streams, WINDOW)):
             hidden = None if hidden is None else repackage(hidden)
@@ -91,6 +95,29 @@ def main(variant: str = "gru", steps: int = STEPS, log: str | None = None, every
             result.losses.append(loss.item())
     result.findings = probe.findings
     result.steps = steps
+    return result
+
+
+def _with_optimizer_hooks(
+    model: WordLM, streams: Tensor, vocab: int, steps: int, log: str | None, every: int, result: common.RunResult
+) -> common.RunResult:
+    """The same loop with an optimizer, as most users write it: the probe steps with ``opt.step()``."""
+    criterion = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=20.0)
+    hidden = None
+    with gradprobe.attach(model, log=log, every=every, config={}, optimizer=opt) as probe:
+        for _, (x, y) in zip(range(steps), common.bptt_windows(streams, WINDOW)):
+            hidden = None if hidden is None else repackage(hidden)
+            opt.zero_grad()
+            output, hidden = model(x, hidden)
+            loss = criterion(output.view(-1, vocab), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            opt.step()
+            result.losses.append(loss.item())
+    result.findings = probe.findings
+    result.steps = probe.step_index
+    result.truncation = probe.truncation
     return result
 
 

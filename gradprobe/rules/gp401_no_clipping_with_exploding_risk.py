@@ -21,13 +21,17 @@ RULE = Rule(
     thresholds={"min_pinned_fraction": 0.05},
     what_it_does=(
         "Weighs the exploding risk (GP102's harmful spikes, a profile growing past GP102's max_growth, or a "
-        "diverging loss) against the signs of clipping: a declared threshold (attach(..., grad_clip=)), the probe's "
+        "diverging loss) against the signs of clipping: clipping seen between backward and the optimizer step "
+        "(attach(..., optimizer=opt)), a declared threshold (attach(..., grad_clip=)), the probe's "
         "own clipping (fix='auto'), or a gradient norm pinned at the same maximum in at least min_pinned_fraction of "
         "the steps (clip_grad_norm_ before probe.step). With risk and no clipping it suggests a threshold from the "
         "observed norms; with clipping it stays silent."
     ),
     why_bad="Without clipping one exploding step can undo a whole run of training (Pascanu et al. 2013).",
-    known_problems="Clipping after probe.step() is invisible unless declared: pass grad_clip= to attach().",
+    known_problems=(
+        "Without optimizer hooks, clipping after probe.step() is invisible unless declared: pass optimizer= or "
+        "grad_clip= to attach()."
+    ),
     example="loss.backward(); probe.step(loss); opt.step()",
     use_instead="loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\nprobe.step(loss); opt.step()",
     fix_safety="Clipping by norm is safe: fix='auto' applies it.",

@@ -46,3 +46,18 @@ def test_every_script_has_a_healthy_run_and_a_broken_twin():
         healthy += sum(code is None for code in variants.values())
         broken += sum(code is not None for code in variants.values())
     assert healthy >= 8 and broken >= 6
+
+
+def test_optimizer_hooks_on_the_word_language_model_see_the_loop():
+    """No probe.step and nothing declared: the window (35) and the clipping (0.25) are observed, steps counted."""
+    module = _load("word_lm")
+    result = module.main("lstm-hooks", module.QUICK_STEPS)
+    assert result.steps == module.QUICK_STEPS == len(result.losses)
+    assert result.truncation == module.WINDOW
+    assert not [f for f in result.findings if f.code in ("GP401", "GP402")]
+
+
+def test_optimizer_hooks_count_one_step_per_lbfgs_step():
+    module = _load("timeseries_lbfgs")
+    result = module.main("healthy-hooks", module.QUICK_STEPS)
+    assert result.steps == module.QUICK_STEPS < len(result.losses)  # many closure calls per step
