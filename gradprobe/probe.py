@@ -320,7 +320,7 @@ class Probe:
                     quantity.compute(context)
         self._observe_loop()
         self._capture.clear()
-        if self._fixer is not None and not (observed is not None and observed.closure):
+        if self._fixer is not None:
             self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)
 
     # -- events, errors, detaching ---------------------------------------------------
@@ -451,8 +451,9 @@ def attach(
             step per ``optimizer.step()`` (``probe.step()`` becomes optional; the
             loss is taken from the backward pass), and the probe sees what the
             loop does between backward and the optimizer: clipping by norm or
-            value (with the threshold) and AMP ``GradScaler`` unscaling. With a
-            closure optimizer (L-BFGS) one ``step(closure)`` is one probe step.
+            value (with the threshold) and AMP ``GradScaler`` unscaling. A step
+            given a closure (L-BFGS, Lightning) is one probe step, recorded when
+            the closure's first call returns, before the parameters move.
         scaler: The AMP ``GradScaler``, when it is used (optional: the scale is
             otherwise found from the scaled loss).
 

@@ -6,17 +6,18 @@ gradients twice:
 - **right after backward**, from a callback queued on the autograd engine by
   the parameters' post-accumulate hooks (the gradients as the model produced
   them, before the loop touches them);
-- **at the optimizer step**, from the optimizer's step pre-hook (post-hook for
-  closure optimizers such as L-BFGS, whose gradients are computed inside
-  ``step``).
+- **at the optimizer step**, from the optimizer's step pre-hook; for a step
+  given a closure (L-BFGS, Lightning's automatic optimization), when the
+  closure's first call returns: the pre-hook wraps the closure. That first call
+  evaluates the parameters the step starts from (its loss is the one L-BFGS
+  returns); the re-evaluations L-BFGS makes while searching are not steps.
 
 Comparing the two tells what the loop did in between: AMP ``GradScaler``
 unscaling (a uniform power-of-two factor, or the scale the scaler or the
 optimizer states), clipping by norm (a uniform factor: the threshold is the
 norm the optimizer receives) or by value (the largest entry the optimizer
 receives). The step's loss is the root of the backward passes since the
-gradients were last reset (the sum over accumulated micro-batches; for a
-closure optimizer, the last closure call).
+gradients were last reset (the sum over accumulated micro-batches).
 """
 
 from __future__ import annotations
@@ -49,8 +50,6 @@ class LoopStep:
         grad_scale: The AMP loss scale the backward pass ran under (1.0 without AMP).
         skipped: Backward passes since the previous step whose gradients were
             discarded without an optimizer step (AMP steps skipped on Inf/NaN).
-        closure: A closure optimizer's step, recorded after ``step`` returned
-            (the parameters have moved: no per-step fix may run).
     """
 
     loss: float | None = None
@@ -58,7 +57,6 @@ class LoopStep:
     clip: dict[str, Any] | None = None
     grad_scale: float = 1.0
     skipped: int = 0
-    closure: bool = False
 
 
 @dataclass
@@ -191,7 +189,8 @@ class OptimizerLoop:
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._pending = _Pending()
         self._queued = False
-        self._closure_step = False
+        self._closure_step = False  # between the pre- and post-hook of a step given a closure
+        self._closure_recorded = False
         self.handles: list[RemovableHandle] = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -242,17 +241,36 @@ class OptimizerLoop:
         self._pending.backward = _Backward(self.read_gradients(), l2, top)
         self._pending.backwards += 1
 
-    def _before_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+    def _before_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         rest = args[1:] if args and args[0] is optimizer else args  # torch passes the optimizer itself first
         closure = rest[0] if rest else kwargs.get("closure")
         self._closure_step = closure is not None
-        if not self._closure_step:
-            self.guard("the optimizer step hook", lambda: self._record(optimizer, kwargs, closure=False))
+        if closure is None:
+            self.guard("the optimizer step hook", lambda: self._record(optimizer, kwargs))
+            return None
+        self._closure_recorded = False
+        wrapped = self._first_call_records(closure, optimizer, kwargs)
+        if rest:
+            return (*args[: len(args) - len(rest)], wrapped, *rest[1:]), kwargs
+        return args, {**kwargs, "closure": wrapped}
+
+    def _first_call_records(self, closure: Callable[..., Any], optimizer: Any, kwargs: dict) -> Callable[..., Any]:
+        """``closure``, recording the step when its first call returns (before the optimizer moves anything)."""
+
+        def closure_seen(*args: Any, **kw: Any) -> Any:
+            result = closure(*args, **kw)
+            if self._closure_step and not self._closure_recorded:
+                self._closure_recorded = True
+                self.guard("the optimizer step hook", lambda: self._record(optimizer, kwargs))
+            return result
+
+        return closure_seen
 
     def _after_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
         if self._closure_step:
             self._closure_step = False
-            self.guard("the optimizer step hook", lambda: self._record(optimizer, kwargs, closure=True))
+            if not self._closure_recorded:  # the optimizer never called its closure
+                self.guard("the optimizer step hook", lambda: self._record(optimizer, kwargs))
 
     # -- one step -------------------------------------------------------------
 
@@ -267,14 +285,14 @@ class OptimizerLoop:
             return self._pending.scale_candidate, at_optimizer
         return None, at_optimizer
 
-    def _record(self, optimizer: Any, kwargs: dict, closure: bool) -> None:
+    def _record(self, optimizer: Any, kwargs: dict) -> None:
         found_inf = getattr(optimizer, "found_inf", None)
         if isinstance(found_inf, Tensor) and float(found_inf) > 0:
             self._pending.skipped += 1  # fused AMP optimizer skips this step
             self._pending = _Pending(skipped=self._pending.skipped)
             return
         pending = self._pending
-        step = LoopStep(skipped=pending.skipped, closure=closure)
+        step = LoopStep(skipped=pending.skipped)
         before = pending.backward
         if before is not None:
             at_backward, at_optimizer = self._scales(optimizer, kwargs)
@@ -285,7 +303,7 @@ class OptimizerLoop:
             step.grad_scale = at_backward
             step.gradients = scaled_record(before.record, at_backward)
             step.clip = compare(before, after_l2, after_max, at_backward, at_optimizer)
-            step.loss = self._loss(pending, at_backward, closure)
+            step.loss = self._loss(pending, at_backward)
         self.steps += 1
         self._pending = _Pending()
         self.on_step(step)
@@ -301,13 +319,12 @@ class OptimizerLoop:
         return base if uniform and base > 1 and _is_power_of_two(base) else 1.0
 
     @staticmethod
-    def _loss(pending: _Pending, scale: float, closure: bool) -> float | None:
+    def _loss(pending: _Pending, scale: float) -> float | None:
         if pending.handed_loss is not None:
             return pending.handed_loss
         if not pending.roots:
             return None
-        roots = pending.roots[-1:] if closure else pending.roots
-        return float(sum(float(r) for r in roots)) / scale
+        return float(sum(float(r) for r in pending.roots)) / scale
 
     def remove(self) -> None:
         """Remove every hook and drop every reference (idempotent)."""

@@ -247,7 +247,7 @@ def test_lbfgs_one_probe_step_per_optimizer_step_and_bounded_capture():
     x, y = torch.randn(15, 4, 2), torch.randn(15, 4, 1)
     opt = torch.optim.LBFGS(model.parameters(), max_iter=20, history_size=5)
     events: list[dict] = []
-    calls, kept, last_loss = [0], [], []
+    calls, kept, returned = [0], [], []
     with gradprobe.attach(model, optimizer=opt, every=1, config={}, sinks=[events.append]) as probe:
 
         def closure():
@@ -256,18 +256,19 @@ def test_lbfgs_one_probe_step_per_optimizer_step_and_bounded_capture():
             loss = nn.functional.mse_loss(model(x), y)
             loss.backward()
             kept.append(len(probe._capture.cell_calls["cell"].inputs))
-            last_loss.append(float(loss.detach()))
             return loss
 
         for _ in range(3):
-            opt.step(closure)
+            before = [p.detach().clone() for p in model.parameters()]
+            returned.append(float(opt.step(closure).detach()))  # L-BFGS returns its first evaluation's loss
             assert probe.step_index == len(_steps(events))
+            assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert calls[0] > 3 * 5  # many closure calls per optimizer step
     assert probe.step_index == 3
     assert max(kept) == 15  # one sequence of T calls, whatever the number of closure calls
     steps = _steps(events)
     assert all("skipped" not in e for e in steps)
-    assert steps[-1]["loss"] == pytest.approx(last_loss[-1], rel=1e-7)  # the last closure call's loss
+    assert [e["loss"] for e in steps] == pytest.approx(returned, rel=1e-7)  # measured before the parameters move
     deep = [e for e in events if e["kind"] == "deep"]
     assert [e["seq_len"] for e in deep] == [15, 15, 15]
 
@@ -329,3 +330,41 @@ def test_an_error_in_the_optimizer_hooks_disables_the_probe_not_the_training():
 def test_attach_rejects_something_that_is_not_an_optimizer():
     with pytest.raises(TypeError, match="torch.optim.Optimizer"):
         gradprobe.attach(Tagger(), optimizer=object(), config={})  # type: ignore[arg-type]
+
+
+def _closure_training(hooks: bool) -> tuple[gradprobe.Probe, list[dict], list[float]]:
+    torch.manual_seed(0)
+    model = Tagger(nn.GRU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    events: list[dict] = []
+    raw: list[float] = []
+    with gradprobe.attach(model, optimizer=opt if hooks else None, every=1, config={}, sinks=[events.append]) as probe:
+        for x, y in _data(batches=3):
+
+            def closure():
+                opt.zero_grad()
+                loss = nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                raw.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)))
+                if not hooks:
+                    probe.step(loss)  # by hand, before the update
+                return loss
+
+            assert opt.step(closure) is not None  # the closure's result goes back to the optimizer
+    return probe, events, raw
+
+
+def test_a_closure_that_clips_is_one_step_recorded_before_the_update():
+    """Lightning's automatic optimization: optimizer.step(closure) with backward and clipping inside the closure."""
+    probe, events, raw = _closure_training(hooks=True)
+    _, by_hand, _ = _closure_training(hooks=False)
+    assert probe.step_index == 3
+    steps = _steps(events)
+    assert [e["grad_norm"] for e in steps] == pytest.approx(raw, rel=1e-6)
+    assert all(e["clip"]["kind"] == "norm" and e["clip"]["threshold"] == pytest.approx(0.01, rel=1e-5) for e in steps)
+    deep = [e for e in events if e["kind"] == "deep"]
+    reference = [e for e in by_hand if e["kind"] == "deep"]
+    assert len(deep) == len(reference) == 3
+    for a, b in zip(reference, deep):  # the replay saw the weights before the update, as probe.step by hand does
+        assert b["jacobian_norms"] == pytest.approx(a["jacobian_norms"], rel=1e-9)
+        assert b["profile"] == pytest.approx(a["profile"], rel=1e-9)
