@@ -156,6 +156,22 @@ def compare(
     return {"kind": "other", "threshold": None, "norm": raw_total, "norm_after": got_total}
 
 
+def innermost(optimizer: Any) -> Any:
+    """The torch optimizer inside wrappers (accelerate's ``AcceleratedOptimizer``, ``LightningOptimizer``).
+
+    The hooks go on the optimizer that really steps: a wrapper may call its own
+    ``step`` on every micro-batch and the inner one only when gradients sync.
+    """
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            inner = getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            return optimizer
+        optimizer = inner
+    return optimizer
+
+
 class OptimizerLoop:
     """Optimizer, parameter and backward hooks that turn each optimizer step into one probe step.
 
@@ -178,6 +194,7 @@ class OptimizerLoop:
         guard: Callable[[str, Callable[[], None]], None],
         scaler: Any = None,
     ) -> None:
+        optimizer = innermost(optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.optimizer: torch.optim.Optimizer | None = optimizer

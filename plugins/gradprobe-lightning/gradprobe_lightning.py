@@ -156,6 +156,6 @@ class GradprobeCallback(pl.Callback):
             experiment = getattr(logger, "experiment", None)
             if callable(log_text):
                 log_text(key="gradprobe/findings", columns=["code", "name", "severity", "layer", "message"], data=rows)
-            elif hasattr(experiment, "add_text"):  # TensorBoardLogger
+            elif experiment is not None and hasattr(experiment, "add_text"):  # TensorBoardLogger
                 text = "\n\n".join(f"**{c} {n}** [{s}] {layer}: {m}" for c, n, s, layer, m in rows)
                 experiment.add_text("gradprobe/findings", text, step)

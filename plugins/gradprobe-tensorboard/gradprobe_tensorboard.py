@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
+import gradprobe
 from gradprobe.hookspecs import hookimpl
 
 ENV = "GRADPROBE_TENSORBOARD_DIR"
@@ -28,18 +30,20 @@ def _finite(value: Any) -> float | None:
 class TensorBoardSink:
     """Turns gradprobe events into TensorBoard scalars and text.
 
+    Without the ``tensorboard`` package the sink warns once and does nothing
+    (never an exception into training).
+
     Args:
         log_dir: Where a ``torch.utils.tensorboard.SummaryWriter`` writes.
         writer: Any object with ``add_scalar(tag, value, step)``,
-            ``add_text(tag, text, step)`` and ``flush()`` (tests pass a fake).
+            ``add_text(tag, text, step)``, ``add_histogram(tag, values, step)``
+            and ``flush()`` (tests pass a fake).
         prefix: Tag prefix.
     """
 
     def __init__(self, log_dir: str | None = None, writer: Any = None, prefix: str = "gradprobe") -> None:
         if writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-            writer = SummaryWriter(log_dir)
+            writer = _summary_writer(log_dir)
         self.writer = writer
         self.prefix = prefix
         self.fixes: dict[str, int] = {}
@@ -50,7 +54,17 @@ class TensorBoardSink:
         if number is not None:
             self.writer.add_scalar(f"{self.prefix}/{tag}", number, step)
 
+    def _histogram(self, tag: str, values: list[Any], step: int, log10: bool = False) -> None:
+        numbers = [n for n in (_finite(v) for v in values) if n is not None and (not log10 or n > 0)]
+        if numbers and hasattr(self.writer, "add_histogram"):
+            import numpy as np
+
+            array = np.log10(np.asarray(numbers)) if log10 else np.asarray(numbers)
+            self.writer.add_histogram(f"{self.prefix}/{tag}", array, step)
+
     def __call__(self, event: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
         kind = event.get("kind")
         step = int(event.get("step") or self.last_step)
         if kind == "step":
@@ -59,6 +73,9 @@ class TensorBoardSink:
             self._scalar("grad_norm", event.get("grad_norm"), step)
             for name, norm in (event.get("params") or {}).items():
                 self._scalar(f"grad_norm/{name}", norm, step)
+            for name, gates in (event.get("gates") or {}).items():
+                for gate, norm in gates.items():
+                    self._scalar(f"gates/{name}/{gate}", norm, step)
         elif kind == "deep":
             layer = event["layer"]
             self._scalar(f"{layer}/horizon", event.get("horizon"), step)
@@ -68,6 +85,9 @@ class TensorBoardSink:
             norms = [n for n in (_finite(v) for v in event.get("jacobian_norms") or []) if n is not None]
             if norms:
                 self._scalar(f"{layer}/jacobian_norm_mean", sum(norms) / len(norms), step)
+            self._histogram(f"{layer}/profile_log10", event.get("profile") or [], step, log10=True)
+            self._histogram(f"{layer}/grad_norms_log10", event.get("grad_norms") or [], step, log10=True)
+            self._histogram(f"{layer}/jacobian_norms", norms, step)
         elif kind == "saturation":
             for gate, share in (event.get("fractions") or {}).items():
                 self._scalar(f"{event['layer']}/saturation/{gate}", share, step)
@@ -82,6 +102,17 @@ class TensorBoardSink:
             self.writer.add_text(f"{self.prefix}/errors", str(event.get("message")), step)
         if kind in ("deep", "finding", "error"):
             self.writer.flush()
+
+
+def _summary_writer(log_dir: str | None) -> Any:
+    """A ``SummaryWriter``, or ``None`` with one warning when the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        message = f"gradprobe-tensorboard writes nothing: the 'tensorboard' package cannot be imported ({exc}); pip install tensorboard"
+        warnings.warn(message, gradprobe.GradprobeWarning, stacklevel=4)
+        return None
+    return SummaryWriter(log_dir)
 
 
 _shared: TensorBoardSink | None = None

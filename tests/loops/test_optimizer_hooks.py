@@ -341,7 +341,7 @@ def _closure_training(hooks: bool) -> tuple[gradprobe.Probe, list[dict], list[fl
     with gradprobe.attach(model, optimizer=opt if hooks else None, every=1, config={}, sinks=[events.append]) as probe:
         for x, y in _data(batches=3):
 
-            def closure():
+            def closure(x=x, y=y):
                 opt.zero_grad()
                 loss = nn.functional.mse_loss(model(x), y)
                 loss.backward()

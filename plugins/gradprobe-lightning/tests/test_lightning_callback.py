@@ -11,9 +11,10 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-import gradprobe  # noqa: E402
-from gradprobe.events import iter_events  # noqa: E402
-from gradprobe_lightning import GradprobeCallback  # noqa: E402
+from gradprobe_lightning import GradprobeCallback
+
+import gradprobe
+from gradprobe.events import iter_events
 
 
 class Tagger(pl.LightningModule):

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import math
+import sys
+
 import gradprobe_tensorboard
+import pytest
 import torch
 from torch import nn
 
@@ -14,6 +18,7 @@ class FakeWriter:
     def __init__(self, *args, **kwargs):
         self.scalars: list[tuple[str, float, int]] = []
         self.texts: list[tuple[str, str, int]] = []
+        self.histograms: list[tuple[str, list[float], int]] = []
         self.flushes = 0
 
     def add_scalar(self, tag, value, step):
@@ -21,6 +26,9 @@ class FakeWriter:
 
     def add_text(self, tag, text, step):
         self.texts.append((tag, text, step))
+
+    def add_histogram(self, tag, values, step):
+        self.histograms.append((tag, list(values), step))
 
     def flush(self):
         self.flushes += 1
@@ -75,3 +83,49 @@ def test_hook_is_silent_without_the_variable(monkeypatch):
     monkeypatch.setattr(gradprobe_tensorboard, "_shared", None)
     gradprobe_tensorboard.gradprobe_event_written({"kind": "step", "step": 0, "loss": 1.0})
     assert gradprobe_tensorboard._shared is None
+
+
+def test_gate_norms_and_deep_profiles_as_histograms():
+    torch.manual_seed(0)
+    writer = FakeWriter()
+    model = nn.LSTM(2, 8)
+    events: list[dict] = []
+    sink = gradprobe_tensorboard.TensorBoardSink(writer=writer)
+    with gradprobe.attach(model, every=2, config={}, sinks=[sink, events.append]) as probe:
+        _train(probe, model)
+    gates = [(tag, value, step) for tag, value, step in writer.scalars if tag.startswith("gradprobe/gates/weight_hh_l0/")]
+    assert {tag.rsplit("/", 1)[1] for tag, _, _ in gates} == {"input", "forget", "cell", "output"}
+    first_step = next(e for e in events if e["kind"] == "step")
+    assert {t.rsplit("/", 1)[1]: v for t, v, s in gates if s == 0} == first_step["gates"]["weight_hh_l0"]
+    profiles = [(values, step) for tag, values, step in writer.histograms if tag == "gradprobe/LSTM.l0/profile_log10"]
+    deep = [e for e in events if e["kind"] == "deep"]
+    assert [step for _, step in profiles] == [e["step"] for e in deep] == [0, 2]
+    expected = [math.log10(v) for v in deep[0]["profile"] if v > 0]
+    assert profiles[0][0] == pytest.approx(expected)
+
+
+def test_without_tensorboard_one_warning_and_training_goes_on(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if it were not installed
+    with pytest.warns(gradprobe.GradprobeWarning, match="writes nothing") as caught:
+        sink = gradprobe_tensorboard.TensorBoardSink("runs/never")
+    assert len(caught) == 1 and sink.writer is None
+    model = nn.GRU(2, 4)
+    with gradprobe.attach(model, every=1, config={}, sinks=[sink]) as probe:
+        _train(probe, model, steps=2)
+    assert probe.step_index == 2 and not probe.faults
+
+
+def test_a_real_summary_writer_holds_the_scalars_and_histograms(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    model = nn.GRU(2, 4)
+    sink = gradprobe_tensorboard.TensorBoardSink(str(tmp_path))
+    with gradprobe.attach(model, every=2, config={}, sinks=[sink]) as probe:
+        _train(probe, model)
+    sink.writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    assert [s.step for s in events.Scalars("gradprobe/loss")] == [0, 1, 2]
+    assert [h.step for h in events.Histograms("gradprobe/GRU.l0/profile_log10")] == [0, 2]
+    assert "gradprobe/gates/weight_hh_l0/reset" in events.Tags()["scalars"]
