@@ -122,12 +122,18 @@ def plugins() -> None:
               help="Exit 1 when a finding is at least this severe [default: the run's fail-on, else warning].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Judge with this pyproject.toml's [tool.gradprobe] instead of the configuration the run recorded.")
+@click.option("--compare", "compare", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Another run (its log, or one per rank) to overlay, e.g. the run before a fix. Repeat for its rank logs.")
 @_bad_input_errors
-def report(logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str | None, config_path: Path | None) -> None:
+def report(
+    logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str | None, config_path: Path | None, compare: tuple[Path, ...]
+) -> None:
     """Judge run logs and report findings, gradient profiles and training figures.
 
     Give several LOGS (one per rank) to merge a distributed run; a LOG that does not
     exist stands for its rank files (run.log -> run.rank0.log, run.rank1.log, ...).
+    --compare OTHER.log overlays a second run, kept apart from the first: the exit
+    code is the first run's.
     """
     from gradprobe.config import load_pyproject
     from gradprobe.distributed import expand_rank_logs
@@ -144,8 +150,14 @@ def report(logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str |
     else:
         summary = summarize_logs(logs, config)
     fail_on = fail_on or summary.fail_on
-    renderer = {"text": render_text, "json": render_json, "html": render_html}[fmt]
-    text = renderer(summary, fail_on)
+    other = summarize_logs(compare, config) if compare else None
+    names = (_run_name(logs), _run_name(compare)) if compare else ("run", "other")
+    if fmt == "html":
+        text = render_html(summary, fail_on, other, names)
+    elif fmt == "json":
+        text = render_json(summary, fail_on, other)
+    else:
+        text = render_text(summary, fail_on, other, names)
     if fmt == "text":
         text = strip_control(text)
     if output is not None:
@@ -156,6 +168,10 @@ def report(logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str |
     for path, problem in summary.problems[:5]:
         click.echo(strip_control(f"gradprobe: warning: {path}: {problem} (skipped)"), err=True)
     sys.exit(EXIT_FINDINGS if summary.fails(fail_on) else EXIT_OK)
+
+
+def _run_name(logs: tuple[Path, ...]) -> str:
+    return ", ".join(path.name for path in logs)
 
 
 def _load_factory(spec: str) -> Callable[[], Any]:

@@ -105,5 +105,5 @@ def run_demo(out: Path, setup: TrainingSetup, hidden: int = 32, echo: Callable[[
     left = [f for f in probe.findings if f.severity != "info"]
     echo(f"and the same training then reaches test MSE {after:.4f} (was {before:.4f}) in {time.perf_counter() - start:.0f}s; "
          f"{len(left)} warnings/errors left.")
-    echo(f"Reports: gradprobe report {log}   |   gradprobe report {log} --format html -o report.html")
+    echo(f"Reports: gradprobe report {log}   |   gradprobe report {log} --compare {out / 'fixed.log'} --format html -o report.html")
     return {"before": before, "after": after}

@@ -1,4 +1,9 @@
-"""The HTML report: one self-contained page (inline CSS and SVG, no scripts, no external files)."""
+"""The HTML report: one self-contained page.
+
+With ``plotly`` installed (``gradprobe[html]``) the page is interactive
+(:mod:`gradprobe.report.interactive`); without it, a static page of inline SVG
+(no scripts, no external files), which says how to get the interactive one.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +33,20 @@ def _value(v: object) -> str:
     return str(v)
 
 
-def render_html(summary: RunSummary, fail_on: str | None = None) -> str:
-    """The report page; every string taken from the log is escaped."""
+def render_html(
+    summary: RunSummary, fail_on: str | None = None, other: RunSummary | None = None, names: tuple[str, str] = ("run", "other")
+) -> str:
+    """The report page, with ``other`` overlaid when given (``--compare``); every string from a log is escaped."""
+    from gradprobe.report.interactive import plotly_bundle, render_interactive
+
+    bundle = plotly_bundle()
+    if bundle is not None:
+        return render_interactive(summary, bundle, fail_on, other, names)
+    return render_static(summary, fail_on, compared=other is not None)
+
+
+def render_static(summary: RunSummary, fail_on: str | None = None, compared: bool = False) -> str:
+    """The static SVG page (no plotly installed)."""
     fail_on = fail_on or summary.fail_on
     e = escape
     meta = summary.meta
@@ -40,6 +57,8 @@ def render_html(summary: RunSummary, fail_on: str | None = None) -> str:
     sources = ", ".join(e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs)
     out.append(f"<p>Logs: {sources}. gradprobe {e(str(meta.get('gradprobe')))}, torch {e(str(meta.get('torch')))}, "
                f"{summary.steps} steps{'; ' + e(summary.loss_text()) if summary.loss_text() else ''}.</p>")
+    note = "pip install 'gradprobe[html]' for the interactive report (zoom, hover, trends over training"
+    out.append(f"<p><i>Static page: {note}{', the compared run' if compared else ''}).</i></p>")
     verdict = "FAIL" if failed else "ok"
     out.append(f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{verdict}</b> (fail-on {e(fail_on)}); "
                + ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES)) + "</p>")

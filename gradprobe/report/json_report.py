@@ -19,7 +19,8 @@ Schema ``gradprobe-report/1`` (stable; additions only within a version)::
                          "horizon": float | null, "rate": float | null,
                          "grad_norms": [float], "profile": [float], "jacobian_norms": [float],
                          "saturation": {gate: float}}},
-      "findings": [{"code", "name", "severity", "layer", "step", "message", "evidence", "fix"}]
+      "findings": [{"code", "name", "severity", "layer", "step", "message", "evidence", "fix"}],
+      "compare": {the same object for the run given with --compare, without "compare"}   (only with --compare)
     }
 
 Non-finite numbers are written as the strings "nan", "inf" and "-inf".
@@ -96,5 +97,9 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
     )
 
 
-def render_json(summary: RunSummary, fail_on: str | None = None) -> str:
-    return json.dumps(report_dict(summary, fail_on), indent=2, allow_nan=False) + "\n"
+def render_json(summary: RunSummary, fail_on: str | None = None, other: RunSummary | None = None) -> str:
+    """The JSON report; ``other`` (``--compare``) goes under ``"compare"``, judged on its own."""
+    data = report_dict(summary, fail_on)
+    if other is not None:
+        data["compare"] = report_dict(other, fail_on)
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"

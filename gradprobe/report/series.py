@@ -31,3 +31,82 @@ class Downsampled:
 
     def __iter__(self):
         return iter(self.items)
+
+
+_INF = float("inf")
+
+
+class MinMaxSeries:
+    """A numeric series over training steps, bucketed so that no spike is lost.
+
+    Each bucket covers ``width`` consecutive steps and keeps the smallest and
+    the largest finite value in it (and the steps where they occurred); when
+    there are ``limit`` buckets, neighbours merge and the width doubles. Memory
+    stays below ``limit`` buckets for any run length, and the largest value of
+    the whole run is always one of the kept maxima. Non-finite values are
+    counted per bucket, never plotted as numbers.
+    """
+
+    def __init__(self, limit: int = 2000) -> None:
+        self.limit = limit
+        self.width = 1
+        self.buckets: list[list[Any]] = []  # [start, min_x, min_y, max_x, max_y, nonfinite]
+
+    def add(self, x: int | None, y: float | None) -> None:
+        if x is None:
+            return
+        buckets = self.buckets
+        start = x - x % self.width
+        if buckets and buckets[-1][0] >= start:
+            bucket = buckets[-1]  # this bucket, or a step number going back (a second rank): the last bucket
+        else:
+            bucket = [start, None, None, None, None, 0]
+            buckets.append(bucket)
+            if len(buckets) >= self.limit:
+                self._merge()
+                bucket = self.buckets[-1]
+        if y is None:
+            return
+        if not -_INF < y < _INF:  # NaN and +-inf
+            bucket[5] += 1
+            return
+        low = bucket[2]
+        if low is None or y < low:
+            bucket[1], bucket[2] = x, y
+        high = bucket[4]
+        if high is None or y > high:
+            bucket[3], bucket[4] = x, y
+
+    def _merge(self) -> None:
+        self.width *= 2
+        merged: list[list[Any]] = []
+        for bucket in self.buckets:
+            start = bucket[0] - bucket[0] % self.width
+            if merged and merged[-1][0] == start:
+                into = merged[-1]
+                if bucket[2] is not None and (into[2] is None or bucket[2] < into[2]):
+                    into[1], into[2] = bucket[1], bucket[2]
+                if bucket[4] is not None and (into[4] is None or bucket[4] > into[4]):
+                    into[3], into[4] = bucket[3], bucket[4]
+                into[5] += bucket[5]
+            else:
+                merged.append([start, *bucket[1:]])
+        self.buckets = merged
+
+    def points(self) -> tuple[list[int], list[float]]:
+        """The kept extremes in step order (min and max of each bucket; one point when they coincide)."""
+        xs: list[int] = []
+        ys: list[float] = []
+        for _, min_x, min_y, max_x, max_y, _ in self.buckets:
+            pairs = sorted({(min_x, min_y), (max_x, max_y)}) if min_y is not None else []
+            for x, y in pairs:
+                xs.append(x)
+                ys.append(y)
+        return xs, ys
+
+    def nonfinite_steps(self) -> list[int]:
+        """The first step of every bucket that held a non-finite value."""
+        return [bucket[0] for bucket in self.buckets if bucket[5]]
+
+    def __len__(self) -> int:
+        return len(self.buckets)

@@ -12,7 +12,7 @@ from gradprobe.config import Config, ConfigError, from_mapping, load_pyproject
 from gradprobe.distributed import expand_rank_logs
 from gradprobe.events import LogFormatError, LogProblem, iter_events, number
 from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing, severity_rank
-from gradprobe.report.series import Downsampled
+from gradprobe.report.series import Downsampled, MinMaxSeries
 from gradprobe.rules.engine import RuleEngine, sort_findings
 
 
@@ -26,6 +26,8 @@ class LayerSummary:
     heatmap: Downsampled = field(default_factory=lambda: Downsampled(200))  # (step, grad_norms)
     saturation: dict[str, Any] = field(default_factory=dict)  # the latest saturation event
     probes: int = 0
+    trend: Downsampled = field(default_factory=lambda: Downsampled(2000))  # (step, horizon, rate, seq_len) per deep probe
+    saturation_trend: Downsampled = field(default_factory=lambda: Downsampled(2000))  # (step, {gate: fraction})
 
 
 @dataclass
@@ -57,6 +59,11 @@ class RunSummary:
     max_grad_norm: float | None = None
     max_grad_step: int | None = None
     training: Downsampled = field(default_factory=Downsampled)  # (step, loss, grad_norm)
+    loss_series: MinMaxSeries = field(default_factory=MinMaxSeries)
+    grad_norm_series: MinMaxSeries = field(default_factory=MinMaxSeries)
+    #: Per gated weight (``weight_ih*``, ``weight_hh*``) and gate, its gradient norm over training.
+    gate_series: dict[str, dict[str, MinMaxSeries]] = field(default_factory=dict)
+    clip_series: MinMaxSeries = field(default_factory=lambda: MinMaxSeries(500))  # the loop's clip threshold
     fixes: dict[str, int] = field(default_factory=dict)
     fix_steps: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, name, applied)
     layers: dict[str, LayerSummary] = field(default_factory=dict)
@@ -88,9 +95,13 @@ class RunSummary:
             layer.latest = event
             layer.probes += 1
             layer.heatmap.add((event.get("step"), [number(v) for v in event.get("grad_norms", [])]))
+            horizon = number(event.get("horizon"))
+            layer.trend.add((event.get("step"), horizon, number(event.get("rate")), event.get("seq_len")))
         elif kind == "saturation":
             layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"], event.get("mode")))
             layer.saturation = event
+            fractions = event.get("fractions") or {}
+            layer.saturation_trend.add((event.get("step"), {str(g): number(v) for g, v in fractions.items()}))
         elif kind == "fix":
             name = str(event.get("name"))
             self.fixes[name] = self.fixes.get(name, 0) + 1
@@ -115,6 +126,22 @@ class RunSummary:
         if norm is not None and math.isfinite(norm) and (self.max_grad_norm is None or norm > self.max_grad_norm):
             self.max_grad_norm, self.max_grad_step = norm, step
         self.training.add((step, loss, norm))
+        self.loss_series.add(step, loss)
+        self.grad_norm_series.add(step, norm)
+        for param, gates in (event.get("gates") or {}).items():
+            per_gate = self.gate_series.get(param)
+            if per_gate is None:
+                if "weight_" not in param:  # the weights' gates are plotted; the biases' would double the charts
+                    continue
+                per_gate = self.gate_series[param] = {}
+            for gate, value in gates.items():
+                series = per_gate.get(gate)
+                if series is None:
+                    series = per_gate[gate] = MinMaxSeries(1000)
+                series.add(step, value if type(value) is float else number(value))
+        clip = event.get("clip")
+        if isinstance(clip, dict):
+            self.clip_series.add(step, number(clip.get("threshold")))
         if event.get("nonfinite") and self.first_nonfinite is None:
             self.first_nonfinite = {"step": step, **event["nonfinite"]}
 

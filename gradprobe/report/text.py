@@ -38,8 +38,39 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def render_text(summary: RunSummary, fail_on: str | None = None) -> str:
-    """A readable summary: findings by severity and layer, per-layer gradient profiles, training figures."""
+def render_text(
+    summary: RunSummary, fail_on: str | None = None, other: RunSummary | None = None, names: tuple[str, str] = ("run", "other")
+) -> str:
+    """A readable summary: findings by severity and layer, per-layer gradient profiles, training figures.
+
+    With ``other`` (``--compare``), a last section sets the two runs side by side.
+    """
+    text = _render_one(summary, fail_on)
+    if other is None:
+        return text
+    return text + "\n" + _comparison(summary, other, names, fail_on or summary.fail_on)
+
+
+def _comparison(summary: RunSummary, other: RunSummary, names: tuple[str, str], fail_on: str) -> str:
+    """The two runs side by side: loss, largest gradient norm, horizons, findings."""
+    lines = [f"Compared with {names[1]}:"]
+    for name, run in ((names[0], summary), (names[1], other)):
+        worst = run.max_grad_norm
+        counts = ", ".join(f"{sum(f.severity == s for f in run.findings)} {s}" for s in ("error", "warning", "info"))
+        lines.append(f"  {name}: {run.steps} steps, {run.loss_text() or 'no loss'}, "
+                     f"max grad norm {'n/a' if worst is None else f'{worst:.4g}'}; findings {counts}; "
+                     f"verdict {'FAIL' if run.fails(fail_on) else 'ok'}")
+    for layer in sorted(set(summary.layers) | set(other.layers)):
+        horizons = []
+        for run in (summary, other):
+            latest = run.layers[layer].latest if layer in run.layers else {}
+            horizon = latest.get("horizon") if latest else None
+            horizons.append("n/a" if not latest else "none" if horizon is None else f"{float(horizon):.1f}")
+        lines.append(f"  {layer}: horizon {horizons[0]} vs {horizons[1]}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
     fail_on = fail_on or summary.fail_on
     meta = summary.meta
     lines = []

@@ -1,41 +1,67 @@
-"""The HTML page: self-contained, has its plots, escapes every string from the log."""
+"""The HTML page: self-contained and offline, has its charts and trends, keeps spikes, escapes every log string."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import shutil
+import subprocess
 
+import pytest
 from click.testing import CliRunner
 
 from gradprobe.cli import main
 from gradprobe.events import EventWriter
+from gradprobe.report import interactive, summarize_logs
+from gradprobe.report.html_report import render_html, render_static
+from gradprobe.report.series import MinMaxSeries
 from gradprobe.report.svg import _ticks
 
-HOSTILE = '<script>alert("x")</script>&"\'<img src=x onerror=alert(1)>'
+HOSTILE = '<script>alert("x")</script>&"\'<img src=x onerror=alert(1)>\u2028</script><!--'
+BUNDLE = interactive.plotly_bundle()
+needs_plotly = pytest.mark.skipif(BUNDLE is None, reason="plotly is not installed (pip install 'gradprobe[html]')")
 
 
-def test_page_has_the_four_plots_and_no_external_resources(vanishing_log, tmp_path):
-    out = tmp_path / "r.html"
-    result = CliRunner().invoke(main, ["report", str(vanishing_log), "--format", "html", "-o", str(out)])
-    assert result.exit_code == 1
-    page = out.read_text()
-    for title in (
-        "Gradient norm over training",
-        "||dL/dh_t||: time step x training step",
-        "Propagation profile ||v^T dS_T/dS_(T-k)||",
-        "Per-step Jacobian spectral norm",
-    ):
+def _figures(page: str) -> list[tuple[dict, dict]]:
+    """The (data, layout) of every chart, parsed back from the page's script."""
+    calls = re.findall(r"Plotly\.newPlot\(\"(chart\d+)\",(.*?),(\{\"title\".*?),\{displaylogo", page)
+    return [(json.loads(data), json.loads(layout)) for _, data, layout in calls]
+
+
+def _titles(page: str) -> list[str]:
+    return [layout["title"]["text"] for _, layout in _figures(page)]
+
+
+def _report(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["report", *args])
+    return result.exit_code, result.output
+
+
+# -- the static page (no plotly) --------------------------------------------------------
+
+
+def test_static_page_has_its_plots_and_no_scripts(vanishing_log):
+    page = render_static(summarize_logs([vanishing_log], config={}))
+    for title in ("Gradient norm over training", "||dL/dh_t||: time step x training step",
+                  "Propagation profile ||v^T dS_T/dS_(T-k)||", "Per-step Jacobian spectral norm"):
         assert f'aria-label="{title}' in page
-    assert page.count("<svg") == 5  # training: grad norm, loss; layer: heatmap, profile, jacobian
-    assert len(re.findall(r"<polyline", page)) >= 4 and page.count("<rect") > 100  # lines and heatmap cells
-    assert "fit x" in page  # fitted decay drawn beside the measured profile
+    assert page.count("<svg") == 5 and len(re.findall(r"<polyline", page)) >= 4 and page.count("<rect") > 100
+    assert "gradprobe[html]" in page  # says how to get the interactive page
     assert not re.search(r"(src|href)=\"?https?:", page) and "<script" not in page
 
 
-def test_every_log_string_is_escaped(tmp_path):
-    path = tmp_path / "hostile.log"
+def test_without_plotly_the_static_page_is_written(vanishing_log, tmp_path, monkeypatch):
+    monkeypatch.setattr(interactive, "plotly_bundle", lambda: None)
+    out = tmp_path / "r.html"
+    code, _ = _report(str(vanishing_log), "--format", "html", "-o", str(out))
+    assert code == 1 and "<script" not in out.read_text() and "<svg" in out.read_text()
+
+
+def _hostile_log(path):
     writer = EventWriter(path)
     writer.write("meta", model=HOSTILE, gradprobe=HOSTILE, torch="2", settings={"every": 1, "fix": "off"}, layers=[])
-    writer.write("step", step=0, loss=1.0, grad_norm=1.0, params={}, gates={}, nonfinite=None)
+    writer.write("step", step=0, loss=1.0, grad_norm=1.0, params={HOSTILE: 1.0}, gates={HOSTILE: {HOSTILE: 0.5}}, nonfinite=None)
     writer.write(
         "deep", step=0, layer=HOSTILE, module=HOSTILE, mode=HOSTILE, seq_len=3, grad_norms=[1.0, 0.5, 0.1],
         profile=[1.0, 0.1, 0.01], jacobian_norms=[0.1, 0.1, 0.1], rate=-2.3, horizon=2.0, epsilon=1e-3,
@@ -45,11 +71,154 @@ def test_every_log_string_is_escaped(tmp_path):
     writer.close()
     with open(path, "a") as handle:
         handle.write(HOSTILE + "\n")  # a corrupt line whose text is echoed in the problems list
+    return path
+
+
+def test_static_page_escapes_every_log_string(tmp_path):
+    page = render_static(summarize_logs([_hostile_log(tmp_path / "hostile.log")], config={}))
+    assert "<script" not in page and "<img" not in page and "&lt;script&gt;" in page
+
+
+# -- the interactive page ---------------------------------------------------------------
+
+
+@needs_plotly
+def test_interactive_page_is_self_contained_with_its_charts(vanishing_log, tmp_path):
     out = tmp_path / "r.html"
-    CliRunner().invoke(main, ["report", str(path), "--format", "html", "-o", str(out)])
+    code, _ = _report(str(vanishing_log), "--format", "html", "-o", str(out))
     page = out.read_text()
-    assert "<script" not in page and "<img" not in page
-    assert "&lt;script&gt;" in page
+    assert code == 1
+    assert page.count(BUNDLE) == 1 and page.count("<script") == 2  # the inlined bundle, then the charts
+    body = page.replace(BUNDLE, "")  # (the bundle's own code mentions URLs it never loads for these charts)
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", body) and "<link" not in body
+    titles = _titles(page)
+    for wanted in ("Gradient norm over training", "Loss over training",  # (a vanilla RNN has no gates)
+                   "RNN.l0: horizon and decay rate at each deep probe", "RNN.l0: ||dL/dh_t||",
+                   "RNN.l0: propagation profile", "RNN.l0: per-step Jacobian spectral norm"):
+        assert any(t.startswith(wanted) for t in titles), (wanted, titles)
+    trend = next(data for data, layout in _figures(page) if "horizon and decay" in layout["title"]["text"])
+    assert trend[0]["x"] == [0, 8, 16]  # one point per deep probe
+
+
+@needs_plotly
+def test_interactive_page_escapes_every_log_string(tmp_path):
+    page = render_html(summarize_logs([_hostile_log(tmp_path / "hostile.log")], config={}))
+    body = page.replace(BUNDLE, "")
+    assert body.count("<script") == 2 and body.count("</script>") == 2  # only ours: the log cannot close one
+    assert "<img" not in body and "<!--" not in body
+    script = body[body.rindex("<script>") :]
+    assert "\u2028" not in script and "\\u003c" in script  # no raw line separator or '<' inside the script
+    for data, layout in _figures(page):  # chart text is HTML to Plotly: it arrives escaped
+        text = json.dumps([layout["title"]["text"], [trace.get("name", "") for trace in data]])
+        assert "<script" not in text and "<img" not in text
+
+
+def _long_log(path, steps: int, every: int, spikes: dict[int, float]) -> None:
+    """A synthetic log of ``steps`` steps: noisy norms, a few spikes, a deep probe every ``every`` steps."""
+    writer = EventWriter(path, flush_seconds=60)
+    writer.write("meta", model="LongRun", settings={"every": every, "fix": "off"},
+                 layers=[{"name": "rnn", "type": "LSTM", "kind": "stack", "mode": "LSTM"}])
+    for step in range(steps):
+        norm = spikes.get(step, 1.0 + 0.3 * math.sin(step * 0.37) + 0.1 * ((step * 7919) % 13) / 13)
+        gates = {"rnn.weight_hh_l0": {"input": norm / 4, "forget": norm / 5, "cell": norm / 3, "output": norm / 6}}
+        writer.write("step", step=step, loss=2.0 / (1 + step / 1000), grad_norm=norm, params={}, gates=gates, nonfinite=None)
+        if step % every == 0:
+            profile = [math.exp(-0.05 * k) for k in range(50)]
+            writer.write("deep", step=step, layer="rnn.l0", module="rnn", mode="LSTM", seq_len=50,
+                         grad_norms=[10.0 ** (-22 * (49 - t) / 49) for t in range(50)], profile=profile,
+                         jacobian_norms=[0.95] * 50, rate=-0.05 - step * 1e-7, horizon=60.0 + step / 1000, epsilon=1e-3)
+            writer.write("saturation", step=step, layer="rnn.l0", mode="LSTM",
+                         fractions={"input": 0.1, "forget": 0.2 + step / steps / 2}, low={}, dead_units=None)
+    writer.close()
+
+
+@needs_plotly
+def test_a_100k_step_log_keeps_its_spikes_trends_and_a_bounded_page(tmp_path):
+    steps, every = 100_000, 500
+    spikes = {12_345: 250.0, 60_001: 90.0, 99_998: 400.0}
+    path = tmp_path / "long.log"
+    _long_log(path, steps, every, spikes)
+    out = tmp_path / "long.html"
+    code, _ = _report(str(path), "--format", "html", "-o", str(out))
+    assert code in (0, 1)
+    page = out.read_text()
+    assert len(page) - len(BUNDLE) < 1_500_000  # the data part stays small for any run length
+    figures = {layout["title"]["text"]: data for data, layout in _figures(page)}
+    norm = next(data for title, data in figures.items() if title.startswith("Gradient norm over training"))[0]
+    assert len(norm["x"]) <= 2 * 2000
+    for step, value in spikes.items():  # every spike survives the down-sampling, at its own step
+        assert (step, value) in zip(norm["x"], norm["y"])
+    trend = next(data for title, data in figures.items() if "horizon and decay" in title)
+    assert len(trend[0]["x"]) == steps // every and trend[0]["y"][-1] == pytest.approx(60.0 + (steps - every) / 1000)
+    saturation = next(data for title, data in figures.items() if "saturated share" in title)
+    assert {t["name"] for t in saturation} == {"input", "forget"} and len(saturation[0]["x"]) == steps // every
+    gates = next(data for title, data in figures.items() if title.startswith("Gradient norm per gate"))
+    assert {t["name"] for t in gates} == {"input", "forget", "cell", "output"}
+    heat = next(data for title, data in figures.items() if "||dL/dh_t||" in title)[0]
+    assert heat["zmax"] - heat["zmin"] <= interactive.HEATMAP_DECADES and len(heat["colorbar"]["tickvals"]) <= 7
+
+
+def test_min_max_series_keeps_the_extremes_of_every_bucket():
+    series = MinMaxSeries(limit=64)
+    values = [math.sin(i / 50) for i in range(10_000)]
+    values[7_777] = 99.0
+    values[3_000] = -50.0
+    for step, value in enumerate(values):
+        series.add(step, value)
+    series.add(10_000, float("nan"))
+    xs, ys = series.points()
+    assert len(series) < 64 and xs == sorted(xs)
+    assert (7_777, 99.0) in zip(xs, ys) and (3_000, -50.0) in zip(xs, ys)
+    assert max(ys) == 99.0 and min(ys) == -50.0 and series.nonfinite_steps() == [10_000 - 10_000 % series.width]
+
+
+def test_heatmap_scale_is_legible_over_22_decades():
+    low, high, ticks, labels = interactive.heatmap_scale([-22.0, 0.3])
+    assert high == 1 and high - low == interactive.HEATMAP_DECADES
+    assert 2 <= len(ticks) <= interactive.HEATMAP_LABELS and labels[-1] == "1e1" and all(low <= t <= high for t in ticks)
+
+
+@needs_plotly
+def test_compare_overlays_two_runs_and_keeps_them_apart(vanishing_log, healthy_log, tmp_path):
+    out = tmp_path / "compare.html"
+    code, _ = _report(str(vanishing_log), "--compare", str(healthy_log), "--format", "html", "-o", str(out))
+    assert code == 1  # the first run's verdict
+    page = out.read_text()
+    norm = next(data for data, layout in _figures(page) if layout["title"]["text"].startswith("Gradient norm over training"))
+    names = [trace["name"] for trace in norm]
+    assert names == [f"{vanishing_log.name}: ||grad||", f"{healthy_log.name}: ||grad||"]
+    assert norm[1]["line"]["dash"] == "dot"
+    assert "Findings of healthy.log" in page
+    merged = summarize_logs([vanishing_log, healthy_log], config={})  # passed as LOGS they are ranks of one run
+    assert merged.steps == 24 + 12
+
+
+def test_compare_in_text_and_json(vanishing_log, healthy_log):
+    code, text = _report(str(vanishing_log), "--compare", str(healthy_log))
+    assert code == 1 and "Compared with healthy.log:" in text
+    assert re.search(r"run\.log: 24 steps.*verdict FAIL", text) and re.search(r"healthy\.log: 12 steps.*verdict ok", text)
+    code, out = _report(str(vanishing_log), "--compare", str(healthy_log), "--format", "json")
+    data = json.loads(out)
+    assert data["training"]["steps"] == 24 and data["compare"]["training"]["steps"] == 12
+    assert data["verdict"]["failed"] is True and data["compare"]["verdict"]["failed"] is False
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@needs_plotly
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on this machine (apt-get install chromium)")
+def test_the_page_draws_every_chart_in_a_headless_browser(vanishing_log, tmp_path):
+    out = tmp_path / "r.html"
+    _report(str(vanishing_log), "--format", "html", "-o", str(out))
+    expected = len(_figures(out.read_text()))
+    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+               "--virtual-time-budget=10000", "--dump-dom", out.as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False).stdout
+    assert dom.count('class="main-svg"') >= expected  # Plotly drew each chart (2+ svg layers per chart)
+    assert len(re.findall(r'<div class="chart js-plotly-plot" id="chart\d+">', dom)) == expected
 
 
 def test_nice_ticks():
