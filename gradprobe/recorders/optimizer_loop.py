@@ -208,6 +208,7 @@ class OptimizerLoop:
         self._queued = False
         self._closure_step = False  # between the pre- and post-hook of a step given a closure
         self._closure_recorded = False
+        self._candidate: tuple[bool, Tensor | None, float | None] | None = None
         self.handles: list[RemovableHandle] = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -230,17 +231,28 @@ class OptimizerLoop:
         self.guard("the backward-pass hook", lambda: self._note_roots(roots))
 
     def _note_roots(self, roots: Sequence[Tensor]) -> None:
+        """Keep what this backward pass starts from; it counts only if it reaches our parameters (another
+        model's backward, as in a GAN, goes through the same wrapper)."""
         if not any(root.requires_grad for root in roots):
+            self._candidate = None
             return
+        fresh = not any(p.grad is not None for _, p in self.named)  # gradients were reset: a new training step
+        root = roots[0] if len(roots) == 1 and roots[0].numel() == 1 and roots[0].is_floating_point() else None
+        self._candidate = (fresh, None if root is None else root.detach(), None if root is None else _scale_of_root(root))
+
+    def _take_candidate(self) -> None:
+        candidate, self._candidate = self._candidate, None
+        if candidate is None:
+            return
+        fresh, root, scale = candidate
         pending = self._pending
-        if not any(p.grad is not None for _, p in self.named):  # gradients were reset: a new training step
+        if fresh:
             if pending.backwards and not self._closure_step:
                 pending.skipped += 1  # the previous backward's gradients were dropped without an optimizer step
-            skipped = pending.skipped
-            pending = self._pending = _Pending(skipped=skipped)
-        if len(roots) == 1 and roots[0].numel() == 1 and roots[0].is_floating_point():
-            pending.roots.append(roots[0].detach())
-            pending.scale_candidate = _scale_of_root(roots[0])
+            pending = self._pending = _Pending(skipped=pending.skipped)
+        if root is not None:
+            pending.roots.append(root)
+            pending.scale_candidate = scale
 
     def _accumulated(self, param: Tensor) -> None:
         if self._queued:
@@ -250,6 +262,7 @@ class OptimizerLoop:
 
     def _backward_ended(self) -> None:
         self._queued = False
+        self.guard("the end-of-backward hook", self._take_candidate)
         self.guard("the end-of-backward hook", self._snapshot)
 
     def _snapshot(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from gradprobe.findings import SEVERITIES
+from gradprobe.findings import SEVERITIES, Finding
 from gradprobe.report.summary import RunSummary
 from gradprobe.report.svg import Series, heatmap, line_chart
 
@@ -31,6 +31,23 @@ def _value(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def findings_table(findings: list[Finding]) -> list[str]:
+    """The findings as an HTML table (every string escaped), or a line saying there are none."""
+    e = escape
+    if not findings:
+        return ["<p>No findings.</p>"]
+    out = ["<table><tr><th>severity</th><th>code</th><th>layer</th><th>step</th><th>message</th><th>evidence</th><th>fix</th></tr>"]
+    for f in findings:
+        evidence = "<br>".join(f"{e(str(k))}={e(_value(v))}" for k, v in f.evidence.items())
+        out.append(
+            f"<tr><td class='{e(f.severity)}'>{e(f.severity)}</td><td>{e(f.code)} {e(f.name)}</td>"
+            f"<td>{e(str(f.layer or ''))}</td><td>{e(str(f.step if f.step is not None else ''))}</td>"
+            f"<td>{e(f.message)}</td><td>{evidence}</td><td>{e(f.fix or '')}</td></tr>"
+        )
+    out.append("</table>")
+    return out
 
 
 def render_html(
@@ -64,18 +81,7 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
                + ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES)) + "</p>")
 
     out.append("<h2>Findings</h2>")
-    if summary.findings:
-        out.append("<table><tr><th>severity</th><th>code</th><th>layer</th><th>step</th><th>message</th><th>evidence</th><th>fix</th></tr>")
-        for f in summary.findings:
-            evidence = "<br>".join(f"{e(str(k))}={e(_value(v))}" for k, v in f.evidence.items())
-            out.append(
-                f"<tr><td class='{e(f.severity)}'>{e(f.severity)}</td><td>{e(f.code)} {e(f.name)}</td>"
-                f"<td>{e(str(f.layer or ''))}</td><td>{e(str(f.step if f.step is not None else ''))}</td>"
-                f"<td>{e(f.message)}</td><td>{evidence}</td><td>{e(f.fix or '')}</td></tr>"
-            )
-        out.append("</table>")
-    else:
-        out.append("<p>No findings.</p>")
+    out.extend(findings_table(summary.findings))
 
     out.append("<h2>Training</h2><div class='charts'>")
     steps = [s for s, _, _ in summary.training]

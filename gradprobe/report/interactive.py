@@ -233,27 +233,13 @@ def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
     ]
 
 
-def _findings_table(summary: RunSummary) -> list[str]:
-    e = escape
-    if not summary.findings:
-        return ["<p>No findings.</p>"]
-    out = ["<table><tr><th>severity</th><th>code</th><th>layer</th><th>step</th><th>message</th><th>evidence</th><th>fix</th></tr>"]
-    for f in summary.findings:
-        evidence = "<br>".join(f"{e(str(k))}={e(f'{v:.4g}' if isinstance(v, float) else str(v))}" for k, v in f.evidence.items())
-        out.append(
-            f"<tr><td class='{e(f.severity)}'>{e(f.severity)}</td><td>{e(f.code)} {e(f.name)}</td>"
-            f"<td>{e(str(f.layer or ''))}</td><td>{e(str(f.step if f.step is not None else ''))}</td>"
-            f"<td>{e(f.message)}</td><td>{evidence}</td><td>{e(f.fix or '')}</td></tr>"
-        )
-    out.append("</table>")
-    return out
-
-
 def render_interactive(
     summary: RunSummary, bundle: str, fail_on: str | None = None, other: RunSummary | None = None,
     names: tuple[str, str] = ("run", "other"),
 ) -> str:
     """The interactive page for ``summary`` (and ``other``, overlaid, for ``--compare``)."""
+    from gradprobe.report.html_report import findings_table
+
     e = escape
     fail_on = fail_on or summary.fail_on
     meta = summary.meta
@@ -273,10 +259,10 @@ def render_interactive(
     out.append(f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{verdict}</b> (fail-on {e(fail_on)}); "
                + ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES)) + "</p>")
     out.append("<h2>Findings</h2>")
-    out.extend(_findings_table(summary))
+    out.extend(findings_table(summary.findings))
     if other is not None:
         out.append(f"<h2>Findings of {e(names[1])}</h2>")
-        out.extend(_findings_table(other))
+        out.extend(findings_table(other.findings))
     runs = _runs(summary, other, names)
     out.append("<h2>Training</h2><p>Long runs are drawn from the smallest and largest value of every bucket of steps: "
                "no spike is lost. Drag to zoom, double-click to reset; hover for values.</p><div class='charts'>")

@@ -25,16 +25,10 @@ from typing import Any
 import lightning.pytorch as pl
 
 import gradprobe
+from gradprobe.events import finite_number
 
 __all__ = ["GradprobeCallback"]
 
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 class GradprobeCallback(pl.Callback):
@@ -130,7 +124,7 @@ class GradprobeCallback(pl.Callback):
             return
         layer = event["layer"]
         metrics: dict[str, float] = {}
-        horizon, rate = _finite(event.get("horizon")), _finite(event.get("rate"))
+        horizon, rate = finite_number(event.get("horizon")), finite_number(event.get("rate"))
         if horizon is not None:
             metrics[f"gradprobe/{layer}/horizon"] = horizon
         if rate is not None:

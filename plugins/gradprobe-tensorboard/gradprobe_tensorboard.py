@@ -14,17 +14,11 @@ import warnings
 from typing import Any
 
 import gradprobe
+from gradprobe.events import finite_number
 from gradprobe.hookspecs import hookimpl
 
 ENV = "GRADPROBE_TENSORBOARD_DIR"
 
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 class TensorBoardSink:
@@ -50,12 +44,12 @@ class TensorBoardSink:
         self.last_step = 0
 
     def _scalar(self, tag: str, value: Any, step: int) -> None:
-        number = _finite(value)
+        number = finite_number(value)
         if number is not None:
             self.writer.add_scalar(f"{self.prefix}/{tag}", number, step)
 
     def _histogram(self, tag: str, values: list[Any], step: int, log10: bool = False) -> None:
-        numbers = [n for n in (_finite(v) for v in values) if n is not None and (not log10 or n > 0)]
+        numbers = [n for n in (finite_number(v) for v in values) if n is not None and (not log10 or n > 0)]
         if numbers and hasattr(self.writer, "add_histogram"):
             import numpy as np
 
@@ -79,10 +73,10 @@ class TensorBoardSink:
         elif kind == "deep":
             layer = event["layer"]
             self._scalar(f"{layer}/horizon", event.get("horizon"), step)
-            rate = _finite(event.get("rate"))
+            rate = finite_number(event.get("rate"))
             if rate is not None:
                 self._scalar(f"{layer}/decay_per_step", math.exp(rate), step)
-            norms = [n for n in (_finite(v) for v in event.get("jacobian_norms") or []) if n is not None]
+            norms = [n for n in (finite_number(v) for v in event.get("jacobian_norms") or []) if n is not None]
             if norms:
                 self._scalar(f"{layer}/jacobian_norm_mean", sum(norms) / len(norms), step)
             self._histogram(f"{layer}/profile_log10", event.get("profile") or [], step, log10=True)

@@ -31,17 +31,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gradprobe.events import finite_number
+
 __all__ = ["WandbSink"]
 
 COLUMNS: list[str | int] = ["code", "name", "severity", "layer", "step", "message"]
 
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 class WandbSink:
@@ -77,22 +72,22 @@ class WandbSink:
         p = self.prefix
         if kind == "step":
             self.last_step = step
-            values: dict[str, Any] = {f"{p}/loss": _finite(event.get("loss")), f"{p}/grad_norm": _finite(event.get("grad_norm"))}
+            values: dict[str, Any] = {f"{p}/loss": finite_number(event.get("loss")), f"{p}/grad_norm": finite_number(event.get("grad_norm"))}
             if self.gates:
                 for param, gates in (event.get("gates") or {}).items():
                     for gate, norm in gates.items():
-                        values[f"{p}/gates/{param}/{gate}"] = _finite(norm)
+                        values[f"{p}/gates/{param}/{gate}"] = finite_number(norm)
             clip = event.get("clip")
             if isinstance(clip, dict):
-                values[f"{p}/clip_threshold"] = _finite(clip.get("threshold"))
+                values[f"{p}/clip_threshold"] = finite_number(clip.get("threshold"))
             self._log(values, step)
         elif kind == "deep":
             layer = event["layer"]
-            rate = _finite(event.get("rate"))
-            norms = [n for n in (_finite(v) for v in event.get("jacobian_norms") or []) if n is not None]
+            rate = finite_number(event.get("rate"))
+            norms = [n for n in (finite_number(v) for v in event.get("jacobian_norms") or []) if n is not None]
             self._log(
                 {
-                    f"{p}/{layer}/horizon": _finite(event.get("horizon")),
+                    f"{p}/{layer}/horizon": finite_number(event.get("horizon")),
                     f"{p}/{layer}/decay_per_step": math.exp(rate) if rate is not None else None,
                     f"{p}/{layer}/jacobian_norm_mean": sum(norms) / len(norms) if norms else None,
                 },
@@ -100,7 +95,7 @@ class WandbSink:
             )
         elif kind == "saturation":
             fractions = event.get("fractions") or {}
-            self._log({f"{p}/{event['layer']}/saturation/{gate}": _finite(v) for gate, v in fractions.items()}, step)
+            self._log({f"{p}/{event['layer']}/saturation/{gate}": finite_number(v) for gate, v in fractions.items()}, step)
         elif kind == "finding":
             self._add_finding(event, step)
 

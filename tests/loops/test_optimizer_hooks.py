@@ -368,3 +368,26 @@ def test_a_closure_that_clips_is_one_step_recorded_before_the_update():
     for a, b in zip(reference, deep):  # the replay saw the weights before the update, as probe.step by hand does
         assert b["jacobian_norms"] == pytest.approx(a["jacobian_norms"], rel=1e-9)
         assert b["profile"] == pytest.approx(a["profile"], rel=1e-9)
+
+
+def test_another_models_backward_is_not_this_steps_loss():
+    """Two models trained side by side (as a GAN's two halves): only the probed model's backward counts."""
+    torch.manual_seed(0)
+    model, other = Tagger(), Tagger()
+    opt, other_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(other.parameters(), lr=0.1)
+    events: list[dict] = []
+    losses = []
+    with gradprobe.attach(model, optimizer=opt, config={}, sinks=[events.append]) as probe:
+        for x, y in _data(batches=3):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            other_opt.zero_grad()
+            (100 * nn.functional.mse_loss(other(x), y)).backward()  # between our backward and our step
+            other_opt.step()
+            opt.step()
+    assert probe.step_index == 3
+    steps = _steps(events)
+    assert [e["loss"] for e in steps] == pytest.approx(losses, rel=1e-7)
+    assert all("skipped" not in e for e in steps)

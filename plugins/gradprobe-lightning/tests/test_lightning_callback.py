@@ -38,6 +38,14 @@ class Tagger(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class Spiky(Tagger):
+    """A loss 1e4x larger on batch 10: one extreme gradient spike."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * (1e4 if batch_idx == 10 else 1.0)
+
+
 def _loader(batches: int = 12) -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(batches * 4, 10, 3, generator=g), torch.randn(batches * 4, 1, generator=g)
@@ -90,11 +98,6 @@ def test_one_probe_step_per_optimizer_step_with_accumulation_and_clipping(tmp_pa
 def test_findings_reach_the_logger_and_the_callback(tmp_path):
     """A spike of 1e4x on one step and no clipping: GP401/GP102 are found and logged."""
 
-    class Spiky(Tagger):
-        def training_step(self, batch, batch_idx):
-            loss = super().training_step(batch, batch_idx)
-            return loss * (1e4 if batch_idx == 10 else 1.0)
-
     torch.manual_seed(0)
     model = Spiky(lr=1e-4)
     callback = GradprobeCallback(every=100, config={})
@@ -124,11 +127,6 @@ def test_the_probe_is_closed_when_training_raises(tmp_path):
 
 
 def test_a_clipped_run_gets_no_gp401(tmp_path):
-    class Spiky(Tagger):
-        def training_step(self, batch, batch_idx):
-            loss = super().training_step(batch, batch_idx)
-            return loss * (1e4 if batch_idx == 10 else 1.0)
-
     torch.manual_seed(0)
     callback = GradprobeCallback(every=100, config={})
     _trainer(tmp_path, callback, gradient_clip_val=1.0).fit(Spiky(lr=1e-4), _loader(14))
