@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--amortized-steps", type=int, default=100)
+    parser.add_argument("--budget-steps", type=int, default=600, help="steps measured with every='auto' (0: skip)")
+    parser.add_argument("--budget", type=float, default=0.03)
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for probe in (cheap_probe, deep_probe, amortized_probe):
         probe.close()
         assert probe.error is None, probe.error
+    budgeted = _budgeted(args, x, y, plain) if args.budget_steps else None
 
     base = medians["plain step"]
     print(f"LSTM B={args.batch} T={args.steps} H={args.hidden} threads={torch.get_num_threads()} torch={torch.__version__}")
@@ -123,7 +126,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     per_step = statistics.fmean(loops["probed"]) / chunk
     print(f"  amortized every=50    {per_step * 1e3:8.1f} ms   {amortized:.3f}x (target <= 1.08x, {args.amortized_steps} steps after warm-up)")
     print(f"  first deep probe (one-off warm-up) {first_deep * 1e3:.0f} ms")
+    if budgeted is not None:
+        ratio, every, saturation_every = budgeted
+        ratios["auto budget"] = ratio
+        print(f"  every='auto' budget={args.budget:g}  {ratio:.3f}x (chose every={every}, saturation_every={saturation_every}; "
+              f"{args.budget_steps} steps after its choice)")
     return ratios
+
+
+def _budgeted(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, plain: Callable[[], None]) -> tuple[float, int, int]:
+    """Whole loops with every='auto': after the probe chose, probed and plain chunks interleaved."""
+    model = Model(args.hidden)
+    probe = gradprobe.attach(model, every="auto", budget=args.budget, config={})
+    probed = make_step(model, x, y, probe)
+    for _ in range(20):  # step 0, the plain warm-up, the measured deep step, the choice
+        probed()
+        plain()
+    loops: dict[str, float] = {"plain": 0.0, "probed": 0.0}
+    chunk = 20
+    for _ in range(max(1, args.budget_steps // chunk)):
+        for name, fn in (("plain", plain), ("probed", probed)):
+            start = time.perf_counter()
+            for _ in range(chunk):
+                fn()
+            loops[name] += time.perf_counter() - start
+    probe.close()
+    assert probe.error is None, probe.error
+    return loops["probed"] / loops["plain"], probe.every, probe.schedule.saturation_every
 
 
 if __name__ == "__main__":

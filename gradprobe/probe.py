@@ -27,6 +27,7 @@ the log while the log works):
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from gradprobe.events import EventWriter
 from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
 from gradprobe.quantities import (
+    BudgetSchedule,
     DeepProfile,
     LayerProfile,
     Quantity,
@@ -66,7 +68,7 @@ __all__ = ["GradprobeWarning", "LayerProfile", "Probe", "ProbeSettings", "attach
 class ProbeSettings:
     """Knobs of the probe; see :func:`attach` for their meaning."""
 
-    every: int = 50
+    every: int | str = 50
     fix: str = "off"
     epsilon: float = 1e-3
     saturation_every: int = 20
@@ -79,12 +81,15 @@ class ProbeSettings:
     dependency_length: int | None = None
     truncation: int | None = None
     grad_clip: float | None = None
+    budget: float = 0.03
 
     def __post_init__(self) -> None:
         if self.fix not in FIX_MODES:
             raise ValueError(f"fix must be one of {', '.join(FIX_MODES)}, got {self.fix!r}")
-        if int(self.every) < 1:
-            raise ValueError(f"every must be >= 1, got {self.every}")
+        if self.every != "auto" and (isinstance(self.every, (bool, str)) or int(self.every) < 1):
+            raise ValueError(f"every must be a number of steps >= 1 or 'auto', got {self.every!r}")
+        if not (isinstance(self.budget, (int, float)) and 0 < self.budget < 1):
+            raise ValueError(f"budget must be a share of the step time in (0, 1), got {self.budget!r}")
         if not 0 < self.epsilon < 1:
             raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
         for name in ("dependency_length", "truncation"):
@@ -118,7 +123,7 @@ class Probe:
         self.closed = False
         self.error: str | None = None
         self.rules_error: str | None = None
-        self.schedule = Schedule(self.settings.every, self.settings.saturation_every)
+        self.schedule = self._schedule()
         self._detected_truncation: dict[str, int] = {}
         self._writer = self._open_log(log) if log is not None else None
         self._generator = torch.Generator().manual_seed(self.settings.seed)
@@ -141,6 +146,17 @@ class Probe:
             self._detach()
             self._bus.close()
             raise
+
+    def _schedule(self) -> Schedule:
+        s = self.settings
+        if s.every == "auto":
+            return BudgetSchedule(s.budget, s.saturation_every)
+        return Schedule(int(s.every), s.saturation_every)
+
+    @property
+    def every(self) -> int:
+        """The deep-probe interval in force (chosen by the probe with ``every="auto"``)."""
+        return self.schedule.every
 
     def _open_log(self, log: str | os.PathLike[str]) -> EventWriter:
         return EventWriter(distributed.log_path_for_this_rank(log), self.settings.flush_seconds)
@@ -190,6 +206,8 @@ class Probe:
             statistics = self._statistics
             self._loop = OptimizerLoop(optimizer, model, statistics.read_gradients, self._optimizer_step, self._guard, scaler)
         self._capture.start_step(self.schedule.mode_for(0))
+        if isinstance(self.schedule, BudgetSchedule):
+            self.schedule.start()
 
     # -- public API -------------------------------------------------------------
 
@@ -206,20 +224,29 @@ class Probe:
             loop = self._loop
             self._guard("probe.step", lambda: loop.hand_over(loss))
             return
+        started = time.perf_counter()
         self._guard("probe.step", lambda: self._record(loss))
-        self._advance()
+        self._advance(time.perf_counter() - started)
 
     def _optimizer_step(self, observed: LoopStep) -> None:
         """One optimizer step (optimizer hooks): record it like ``probe.step`` with what the loop did."""
         if self.closed:
             return
+        started = time.perf_counter()
         self._guard("the optimizer step", lambda: self._record(observed.loss, observed))
-        self._advance()
+        self._advance(time.perf_counter() - started)
 
-    def _advance(self) -> None:
+    def _advance(self, probe_seconds: float) -> None:
+        if not self.disabled:
+            schedule, mode, step = self.schedule, self._capture.mode, self.step_index
+            self._guard("scheduling", lambda: self._reschedule(schedule.observe(step, mode, probe_seconds)))
         self.step_index += 1
         if not self.disabled:
             self._capture.start_step(self.schedule.mode_for(self.step_index))
+
+    def _reschedule(self, chosen: dict[str, Any] | None) -> None:
+        if chosen is not None:
+            self._emit("schedule", **chosen)
 
     @property
     def findings(self) -> list[Finding]:
@@ -288,7 +315,7 @@ class Probe:
             return "its forward hooks never ran: it was not called, or it runs inside a scripted or compiled parent"
         if not with_grad:
             return "it was only called with gradients disabled (torch.no_grad / inference_mode): no backward to measure"
-        return f"it was not called on a deep step (every {self.settings.every} steps), or those steps had non-finite values"
+        return f"it was not called on a deep step (every {self.schedule.every} steps), or those steps had non-finite values"
 
     def _observe_loop(self) -> None:
         """Truncated BPTT: a step that starts from a detached copy of the previous step's final state."""
@@ -397,7 +424,7 @@ class Probe:
 def attach(
     model: nn.Module,
     log: str | os.PathLike[str] | None = None,
-    every: int = 50,
+    every: int | str = 50,
     fix: str = "off",
     *,
     cells: Iterable[str | nn.Module] = (),
@@ -416,6 +443,7 @@ def attach(
     sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
     optimizer: torch.optim.Optimizer | None = None,
     scaler: Any = None,
+    budget: float = 0.03,
 ) -> Probe:
     """Attach a probe to every recurrent layer of ``model``.
 
@@ -423,7 +451,11 @@ def attach(
         model: Any module holding torch.nn RNN/LSTM/GRU layers, cells driven
             by a Python loop, gradprobe.reference modules, or custom cells.
         log: Path of the JSON Lines run log (``None``: keep results in memory).
-        every: Deep-probe every ``every`` training steps (step 0 included).
+        every: Deep-probe every ``every`` training steps (step 0 included), or
+            ``"auto"``: the probe measures what deep and sampled steps cost and
+            spaces them so that their extra time stays within ``budget``
+            (:class:`gradprobe.quantities.BudgetSchedule`); each choice is a
+            ``schedule`` event and ``probe.every`` holds the interval in force.
         fix: ``off`` (observe only), ``recommend`` (findings carry fixes), or
             ``auto`` (safe per-step fixes are applied in :meth:`Probe.step`).
         cells: Custom cell modules (or their qualified names) to probe.
@@ -454,6 +486,8 @@ def attach(
             value (with the threshold) and AMP ``GradScaler`` unscaling. A step
             given a closure (L-BFGS, Lightning) is one probe step, recorded when
             the closure's first call returns, before the parameters move.
+        budget: With ``every="auto"``: the extra time of deep and sampled steps
+            allowed, as a share of a plain step (0.03: 3%).
         scaler: The AMP ``GradScaler``, when it is used (optional: the scale is
             otherwise found from the scaled loss).
 
@@ -476,6 +510,7 @@ def attach(
         dependency_length=dependency_length if dependency_length is not None else seq_len,
         truncation=truncation,
         grad_clip=grad_clip,
+        budget=budget,
     )
     from gradprobe.rules.engine import RuleEngine
 

@@ -123,6 +123,8 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "fixes": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False),
     },
     "unmeasured": {"layer": (text, True), "reason": (text, True), "step": (optional(integer), False), "tracks": (optional(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), False)},
+    "schedule": {"step": (integer, True), "every": (count, True), "saturation_every": (optional(count), False),
+                 "budget": (optional(number), False), "expected_overhead": (optional(number), False)},
     "loop": {"step": (integer, True), "layer": (text, True), "truncation": (optional(count), False)},
     "error": {"where": (optional(text), False), "message": (text, True)},
     "fault": {"part": (text, True), "message": (text, True)},

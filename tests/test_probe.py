@@ -171,7 +171,7 @@ def test_model_without_recurrent_layer_is_a_clear_error():
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="fix must be one of"):
         gradprobe.attach(nn.GRU(2, 2), fix="sometimes")
-    with pytest.raises(ValueError, match="every must be >= 1"):
+    with pytest.raises(ValueError, match="every must be a number of steps >= 1"):
         gradprobe.attach(nn.GRU(2, 2), every=0)
 
 

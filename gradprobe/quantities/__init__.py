@@ -5,7 +5,8 @@ Each quantity has its own job and says on which kind of step it runs; the
 guard that switches a failing part off, and the event bus. A step goes:
 
 1. :class:`~gradprobe.quantities.schedule.Schedule` chooses the step's capture
-   mode (deep, sampled or off) before its forward pass;
+   mode (deep, sampled or off) before its forward pass (:class:`BudgetSchedule`
+   for ``every="auto"``: intervals chosen from measured costs);
 2. :class:`~gradprobe.quantities.step_statistics.StepStatistics` records the
    cheap figures of every step (loss, gradient norms per parameter and gate,
    where non-finite values appeared first);
@@ -17,10 +18,11 @@ guard that switches a failing part off, and the event bus. A step goes:
 from gradprobe.quantities.base import Emit, Quantity, StepContext
 from gradprobe.quantities.deep_profile import DeepProfile, LayerProfile
 from gradprobe.quantities.saturation import SaturationSampling
-from gradprobe.quantities.schedule import Schedule
+from gradprobe.quantities.schedule import BudgetSchedule, Schedule
 from gradprobe.quantities.step_statistics import StepStatistics
 
 __all__ = [
+    "BudgetSchedule",
     "DeepProfile",
     "Emit",
     "LayerProfile",

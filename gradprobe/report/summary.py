@@ -26,8 +26,8 @@ class LayerSummary:
     heatmap: Downsampled = field(default_factory=lambda: Downsampled(200))  # (step, grad_norms)
     saturation: dict[str, Any] = field(default_factory=dict)  # the latest saturation event
     probes: int = 0
-    trend: Downsampled = field(default_factory=lambda: Downsampled(2000))  # (step, horizon, rate, seq_len) per deep probe
-    saturation_trend: Downsampled = field(default_factory=lambda: Downsampled(2000))  # (step, {gate: fraction})
+    trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, horizon, rate, seq_len) per deep probe
+    saturation_trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, {gate: fraction})
 
 
 @dataclass
