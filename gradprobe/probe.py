@@ -76,6 +76,7 @@ class ProbeSettings:
     deep_rows: int = 4
     spectral_rows: int = 1
     spectral_steps: int = 12
+    lyapunov_k: int = 4
     seed: int = 0
     flush_seconds: float = 2.0
     dependency_length: int | None = None
@@ -88,6 +89,8 @@ class ProbeSettings:
             raise ValueError(f"fix must be one of {', '.join(FIX_MODES)}, got {self.fix!r}")
         if self.every != "auto" and (isinstance(self.every, (bool, str)) or int(self.every) < 1):
             raise ValueError(f"every must be a number of steps >= 1 or 'auto', got {self.every!r}")
+        if isinstance(self.lyapunov_k, bool) or not isinstance(self.lyapunov_k, int) or self.lyapunov_k < 0:
+            raise ValueError(f"lyapunov_k must be a number of exponents >= 0, got {self.lyapunov_k!r}")
         if not (isinstance(self.budget, (int, float)) and 0 < self.budget < 1):
             raise ValueError(f"budget must be a share of the step time in (0, 1), got {self.budget!r}")
         if not 0 < self.epsilon < 1:
@@ -435,6 +438,7 @@ def attach(
     deep_rows: int = 4,
     spectral_rows: int = 1,
     spectral_steps: int = 12,
+    lyapunov_k: int = 4,
     seed: int = 0,
     dependency_length: int | None = None,
     truncation: int | None = None,
@@ -470,6 +474,8 @@ def attach(
             propagation profile and deep-step saturation.
         spectral_rows: Batch rows per step for the Jacobian spectral-norm estimates.
         spectral_steps: Lanczos steps (products with J) per Jacobian spectral-norm estimate.
+        lyapunov_k: Lyapunov exponents computed per track on deep steps (QR method;
+            0: none); in the deep event and ``LayerProfile.lyapunov``.
         seed: Seed of the probe's private random generator (never the global one).
         dependency_length: The dependency length (steps) the task needs: GP101
             warns when the gradient horizon is shorter. Default: undeclared
@@ -506,6 +512,7 @@ def attach(
         deep_rows=deep_rows,
         spectral_rows=spectral_rows,
         spectral_steps=spectral_steps,
+        lyapunov_k=lyapunov_k,
         seed=seed,
         dependency_length=dependency_length if dependency_length is not None else seq_len,
         truncation=truncation,

@@ -100,6 +100,7 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "jacobian_norms": (optional(numbers), False),
         "rate": (optional(rate), False),
         "horizon": (optional(horizon), False),
+        "lyapunov": (optional(numbers), False),
         "epsilon": (optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1), False),
     },
     "saturation": {

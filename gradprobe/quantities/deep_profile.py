@@ -35,6 +35,8 @@ class LayerProfile:
     rate: float | None
     horizon: float | None
     saturation: dict[str, float] = field(default_factory=dict)
+    #: The top Lyapunov exponents of the state dynamics, natural log per step, largest first.
+    lyapunov: list[float] = field(default_factory=list)
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> LayerProfile:
@@ -49,6 +51,7 @@ class LayerProfile:
             jacobian_norms=list(event["jacobian_norms"]),
             rate=event.get("rate"),
             horizon=event.get("horizon"),
+            lyapunov=list(event.get("lyapunov") or []),
         )
 
 
@@ -104,6 +107,7 @@ class DeepProfile:
         profile = propagation.propagation_profile(lin.first_rows(s.deep_rows), self.generator)
         jacobians = propagation.jacobian_norms(lin.first_rows(s.spectral_rows), s.spectral_steps, self.generator)
         rate, horizon = propagation.fit_decay(profile, s.epsilon)
+        lyapunov = propagation.lyapunov_spectrum(lin.first_rows(1), s.lyapunov_k, self.generator) if s.lyapunov_k else []
         event = {
             "step": context.step,
             "layer": track.name,
@@ -118,6 +122,7 @@ class DeepProfile:
             "horizon": horizon,
             "epsilon": s.epsilon,
             "chained": track.chained,
+            "lyapunov": lyapunov,
         }
         context.emit("deep", **event)
         record = LayerProfile.from_event(event)

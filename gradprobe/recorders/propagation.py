@@ -10,6 +10,8 @@
   with Jacobian-vector products (Golub-Kahan-Lanczos).
 - ``rate``: least-squares slope of ``log profile[k]`` per step (``< 0``
   decays), and ``horizon``: steps until the profile falls below ``epsilon``.
+- ``lyapunov``: the top Lyapunov exponents of the state dynamics (QR method,
+  natural log per step): how fast the k most expanding directions grow.
 
 Profile, Jacobian norms and deep-step saturation use the first ``rows`` batch
 rows that are alive at every step, linearized once per track
@@ -188,6 +190,60 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
         if finite.any():
             sigma[finite] = torch.linalg.matrix_norm(bidiagonal[finite], ord=2)
     return sigma.view(lin.steps, lin.rows).mean(dim=1).tolist()
+
+
+def lyapunov_spectrum(lin: TrackLinearization, k: int, generator: torch.Generator) -> list[float]:
+    """The top ``k`` Lyapunov exponents (natural log per step) of the track, at its first row.
+
+    The QR method (Vogt et al. 2022): with ``Q_0`` random orthonormal ``[S, k]``,
+    ``Q_t R_t = J_t Q_{t-1}`` in the order the state evolves, and
+    ``lambda_i = mean_t log |R_t[i, i]|`` over the steps after a burn-in of
+    ``T // 10`` steps (the random start aligning with the dynamics). For a
+    linear recurrence ``W = diag(w)`` they are ``log |w|``, sorted; for
+    ``W = g Q`` (``Q`` orthogonal) every exponent is ``log g``. Empty when
+    the track has fewer than 2 steps.
+    """
+    steps, size = lin.steps, lin.point.shape[-1]
+    k = max(1, min(k, size))
+    if steps < 2:
+        return []
+    order = list(range(steps))
+    if lin.track.reverse:
+        order.reverse()
+    burn = steps // 10
+    dtype = lin.point.dtype
+    with torch.no_grad():
+        start = torch.randn(size, k, generator=generator, dtype=torch.float64).to(lin.point)
+        rows = torch.linalg.qr(start)[0].t()  # Q as k row vectors
+        diagonals = lin.point.new_empty(steps - burn, k)
+        step_jvp = _step_jvp(lin, k)
+        for n, t in enumerate(order):
+            q, r = torch.linalg.qr(step_jvp(t, rows).t())  # J_t Q = Q' R
+            rows = q.t()
+            if n >= burn:
+                diagonals[n - burn] = r.diagonal()
+        tiny = torch.finfo(torch.float64).tiny
+        exponents = diagonals.double().abs().clamp_min(tiny).log().mean(dim=0)
+    return exponents.sort(descending=True).values.tolist()
+
+
+def _step_jvp(lin: TrackLinearization, k: int) -> Callable[[int, Tensor], Tensor]:
+    """``(t, U [k, S]) -> (J_t U^T)^T``: k tangent vectors through step ``t`` at the track's first row."""
+    if lin._analytic is not None:
+        index = (torch.arange(lin.steps) * lin.rows).repeat_interleave(k)
+        repeated = lin._analytic.subset(index)
+        return lambda t, u: repeated.jvp(u, slice(t * k, (t + 1) * k))
+
+    def generic(t: int, u: Tensor) -> Tensor:
+        row = t * lin.rows
+        x = lin._x[row : row + 1].repeat(k, *([1] * (lin._x.dim() - 1)))
+        point = lin.point[row : row + 1].repeat(k, 1)
+        f, _ = lin._generic(x, point)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.func.jvp(f, (point,), (u,))[1]
+
+    return generic
 
 
 #: A fitted change of the log-profile over the whole window below this is round-off, not decay.

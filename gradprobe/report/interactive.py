@@ -170,6 +170,21 @@ def _trend(page: Page, name: str, runs: list[tuple[str, LayerSummary | None, str
     })
 
 
+def _lyapunov(page: Page, name: str, layer: LayerSummary) -> str | None:
+    """The top Lyapunov exponents at each deep probe (a line per exponent)."""
+    rows = [row for row in layer.trend if row[4]]
+    if not rows:
+        return None
+    count = max(len(row[4]) for row in rows)
+    traces = [{"type": "scatter", "mode": "lines+markers", "name": f"lambda{i + 1}", "x": [r[0] for r in rows],
+               "y": [_finite(r[4][i]) if i < len(r[4]) else None for r in rows], "line": {"color": COLORS[i % len(COLORS)]}}
+              for i in range(count)]
+    return page.chart(f"{name}: top Lyapunov exponents at each deep probe", traces, {
+        "xaxis": _axis("training step"), "yaxis": _axis("natural log per step (> 0 expands)"),
+        "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0, "y1": 0, "line": {"dash": "dot", "color": "#999"}}],
+    })
+
+
 def _saturation(page: Page, name: str, layer: LayerSummary) -> str | None:
     rows = list(layer.saturation_trend)
     gates = sorted({gate for _, fractions in rows for gate in fractions})
@@ -279,7 +294,7 @@ def render_interactive(
         out.append(f"<h2>{e(name)} <small>({e(str(layer.mode))}, {layer.probes} deep probes)</small></h2><div class='charts'>")
         other_layer = other.layers.get(name) if other is not None else None
         out.append(_trend(page, name, [(names[0], layer, None), *([(names[1], other_layer, "dot")] if other is not None else [])]))
-        for chart in (_saturation(page, name, layer), _heatmap(page, name, layer)):
+        for chart in (_lyapunov(page, name, layer), _saturation(page, name, layer), _heatmap(page, name, layer)):
             if chart is not None:
                 out.append(chart)
         out.extend(_latest(page, name, layer))

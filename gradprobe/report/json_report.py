@@ -18,6 +18,7 @@ Schema ``gradprobe-report/1`` (stable; additions only within a version)::
       "layers": {track: {"mode": str | null, "probes": int, "step": int | null, "seq_len": int | null,
                          "horizon": float | null, "rate": float | null,
                          "grad_norms": [float], "profile": [float], "jacobian_norms": [float],
+                         "lyapunov": [float] (top exponents, natural log per step, largest first),
                          "saturation": {gate: float}}},
       "findings": [{"code", "name", "severity", "layer", "step", "message", "evidence", "fix"}],
       "compare": {the same object for the run given with --compare, without "compare"}   (only with --compare)
@@ -54,6 +55,7 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
             "grad_norms": latest.get("grad_norms", []),
             "profile": latest.get("profile", []),
             "jacobian_norms": latest.get("jacobian_norms", []),
+            "lyapunov": latest.get("lyapunov", []),
             "saturation": layer.saturation.get("fractions", {}),
         }
     return _clean(

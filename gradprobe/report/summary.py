@@ -26,7 +26,7 @@ class LayerSummary:
     heatmap: Downsampled = field(default_factory=lambda: Downsampled(200))  # (step, grad_norms)
     saturation: dict[str, Any] = field(default_factory=dict)  # the latest saturation event
     probes: int = 0
-    trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, horizon, rate, seq_len) per deep probe
+    trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, horizon, rate, seq_len, lyapunov)
     saturation_trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, {gate: fraction})
 
 
@@ -96,7 +96,8 @@ class RunSummary:
             layer.probes += 1
             layer.heatmap.add((event.get("step"), [number(v) for v in event.get("grad_norms", [])]))
             horizon = number(event.get("horizon"))
-            layer.trend.add((event.get("step"), horizon, number(event.get("rate")), event.get("seq_len")))
+            lyapunov = [number(v) for v in event.get("lyapunov") or []]
+            layer.trend.add((event.get("step"), horizon, number(event.get("rate")), event.get("seq_len"), lyapunov))
         elif kind == "saturation":
             layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"], event.get("mode")))
             layer.saturation = event

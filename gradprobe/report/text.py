@@ -114,6 +114,9 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
             detail = f"T={latest.get('seq_len')}, horizon {'none' if horizon is None else f'{float(horizon):.0f}'}"
             if rate is not None:
                 detail += f", x{math.exp(float(rate)):.2f}/step"
+            lyapunov = latest.get("lyapunov") or []
+            if lyapunov and isinstance(lyapunov[0], (int, float)):
+                detail += f", lambda1 {float(lyapunov[0]):+.3f}/step"
             norms = [None if v is None else float(v) for v in latest.get("grad_norms", [])]
             lines.append(f"  {name:<{width}}  {sparkline(norms)}  {detail}")
     if summary.steps:

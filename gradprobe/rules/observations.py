@@ -247,6 +247,7 @@ class DeepRecord:
     rate: float | None
     seq_len: int
     reached: list[bool] | None  # per time step: the gradient there is >= epsilon x its maximum
+    lyapunov: list[float] = field(default_factory=list)  # top exponents, natural log per step, largest first
 
 
 @dataclass
@@ -355,6 +356,7 @@ class Observations:
                 rate=finite_number(event.get("rate")),
                 seq_len=int(event.get("seq_len") or 0),
                 reached=reached_steps(grad_norms, epsilon) if isinstance(grad_norms, list) else None,
+                lyapunov=[v for v in (finite_number(x) for x in event.get("lyapunov") or []) if v is not None],
             )
         )
 

@@ -94,7 +94,8 @@ def test_interactive_page_is_self_contained_with_its_charts(vanishing_log, tmp_p
     titles = _titles(page)
     for wanted in ("Gradient norm over training", "Loss over training",  # (a vanilla RNN has no gates)
                    "RNN.l0: horizon and decay rate at each deep probe", "RNN.l0: ||dL/dh_t||",
-                   "RNN.l0: propagation profile", "RNN.l0: per-step Jacobian spectral norm"):
+                   "RNN.l0: propagation profile", "RNN.l0: per-step Jacobian spectral norm",
+                   "RNN.l0: top Lyapunov exponents at each deep probe"):
         assert any(t.startswith(wanted) for t in titles), (wanted, titles)
     trend = next(data for data, layout in _figures(page) if "horizon and decay" in layout["title"]["text"])
     assert trend[0]["x"] == [0, 8, 16]  # one point per deep probe

@@ -1,0 +1,135 @@
+"""The Lyapunov spectrum of a recurrent layer (QR method) against theory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradprobe
+
+
+def _linear_rnn(weight_hh: torch.Tensor) -> nn.RNN:
+    """A tanh RNN run from h=0 with zero input: it stays at 0, where dh_t/dh_(t-1) = W_hh exactly."""
+    size = weight_hh.shape[0]
+    rnn = nn.RNN(1, size).double()
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(weight_hh)
+        rnn.weight_ih_l0.zero_()
+        rnn.bias_ih_l0.zero_()
+        rnn.bias_hh_l0.zero_()
+    return rnn
+
+
+def _spectrum(rnn: nn.Module, steps: int, k: int = 4) -> list[float]:
+    report = gradprobe.check(rnn, torch.zeros(steps, 2, 1, dtype=torch.float64), config={}, lyapunov_k=k)
+    return report.layers["RNN.l0"].lyapunov
+
+
+def test_a_diagonal_recurrence_gives_the_logs_of_its_entries():
+    spectrum = _spectrum(_linear_rnn(torch.diag(torch.tensor([1.2, 0.9, 0.5, 0.1], dtype=torch.float64))), 300)
+    assert spectrum == pytest.approx([0.18232, -0.10536, -0.69315, -2.30259], abs=5e-3)
+
+
+@pytest.mark.parametrize("gain", [0.8, 1.0, 1.1])
+def test_a_scaled_orthogonal_recurrence_gives_log_g_for_every_exponent(gain):
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    spectrum = _spectrum(_linear_rnn(gain * q), 200, k=6)
+    assert len(spectrum) == 6 and spectrum == pytest.approx([math.log(gain)] * 6, abs=5e-3)
+
+
+def test_the_spectrum_is_in_the_deep_event_and_sorted(tmp_path):
+    torch.manual_seed(0)
+    model = nn.LSTM(3, 8, num_layers=2)
+    events: list[dict] = []
+    with gradprobe.attach(model, every=1, config={}, sinks=[events.append]) as probe:
+        model(torch.randn(40, 2, 3))[0].sum().backward()
+        probe.step()
+    deep = {e["layer"]: e for e in events if e["kind"] == "deep"}
+    for layer in ("LSTM.l0", "LSTM.l1"):
+        exponents = deep[layer]["lyapunov"]
+        assert len(exponents) == 4 and exponents == sorted(exponents, reverse=True)
+        assert all(math.isfinite(v) and v < 0.5 for v in exponents)  # a default LSTM contracts
+        assert probe.layers[layer].lyapunov == exponents
+
+
+def test_it_can_be_switched_off():
+    report = gradprobe.check(nn.GRU(2, 4), torch.randn(10, 2, 2), config={}, lyapunov_k=0)
+    assert report.layers["GRU.l0"].lyapunov == []
+    with pytest.raises(ValueError, match="lyapunov_k"):
+        gradprobe.attach(nn.GRU(2, 4), lyapunov_k=-1, config={})
+
+
+class DiagonalCell(nn.Module):
+    """A custom cell ``h' = tanh(W h + U x)`` (measured through torch.func, not the analytic products)."""
+
+    def __init__(self, diagonal: list[float]) -> None:
+        super().__init__()
+        self.rec = nn.Linear(len(diagonal), len(diagonal), bias=False).double()
+        self.inp = nn.Linear(1, len(diagonal), bias=False).double()
+        with torch.no_grad():
+            self.rec.weight.copy_(torch.diag(torch.tensor(diagonal, dtype=torch.float64)))
+            self.inp.weight.zero_()
+
+    def forward(self, x, h):
+        return torch.tanh(self.rec(h) + self.inp(x))
+
+
+def test_a_custom_cell_gets_its_spectrum_through_torch_func():
+    cell = DiagonalCell([1.1, 0.7, 0.3])
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x):
+            h, out = torch.zeros(x.shape[1], 3, dtype=x.dtype), []
+            for x_t in x:
+                h = self.cell(x_t, h)
+                out.append(h)
+            return torch.stack(out)
+
+    report = gradprobe.check(Loop(), torch.zeros(200, 2, 1, dtype=torch.float64), cells=["cell"], config={}, lyapunov_k=3)
+    assert report.layers["cell"].lyapunov == pytest.approx([math.log(1.1), math.log(0.7), math.log(0.3)], abs=5e-3)
+
+
+def test_both_directions_of_a_bidirectional_layer():
+    rnn = nn.RNN(1, 3, bidirectional=True).double()
+    weight = torch.diag(torch.tensor([1.05, 0.6, 0.2], dtype=torch.float64))
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            param.copy_(weight if name.startswith("weight_hh") else torch.zeros_like(param))
+    report = gradprobe.check(rnn, torch.zeros(200, 2, 1, dtype=torch.float64), config={}, lyapunov_k=3)
+    expected = [math.log(1.05), math.log(0.6), math.log(0.2)]
+    assert report.layers["RNN.l0"].lyapunov == pytest.approx(expected, abs=5e-3)
+    assert report.layers["RNN.l0_reverse"].lyapunov == pytest.approx(expected, abs=5e-3)
+
+
+def test_the_reports_carry_the_spectrum(vanishing_log_for_lyapunov):
+    from click.testing import CliRunner
+
+    from gradprobe.cli import main
+
+    out = CliRunner().invoke(main, ["report", str(vanishing_log_for_lyapunov), "--format", "json"]).output
+    import json
+
+    layer = json.loads(out)["layers"]["RNN.l0"]
+    assert len(layer["lyapunov"]) == 4 and layer["lyapunov"] == sorted(layer["lyapunov"], reverse=True)
+    text = CliRunner().invoke(main, ["report", str(vanishing_log_for_lyapunov)]).output
+    assert f"lambda1 {layer['lyapunov'][0]:+.3f}/step" in text
+
+
+@pytest.fixture
+def vanishing_log_for_lyapunov(tmp_path):
+    torch.manual_seed(0)
+    model = nn.RNN(2, 8)
+    log = tmp_path / "run.log"
+    with gradprobe.attach(model, log=log, every=2, config={}) as probe:
+        for _ in range(4):
+            model(torch.randn(30, 2, 2))[0].pow(2).mean().backward()
+            probe.step()
+            model.zero_grad()
+    return log
