@@ -211,7 +211,6 @@ def lyapunov_spectrum(lin: TrackLinearization, k: int, generator: torch.Generato
     if lin.track.reverse:
         order.reverse()
     burn = steps // 10
-    dtype = lin.point.dtype
     with torch.no_grad():
         start = torch.randn(size, k, generator=generator, dtype=torch.float64).to(lin.point)
         rows = torch.linalg.qr(start)[0].t()  # Q as k row vectors
