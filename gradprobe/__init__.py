@@ -52,7 +52,13 @@ if TYPE_CHECKING:
     from gradprobe.probe import LayerProfile, Probe, attach
 
 
+#: Subpackages reachable as attributes after ``import gradprobe`` (``gradprobe.fixes.apply``), imported on first use.
+_SUBPACKAGES = frozenset({"fixes", "reference", "testing"})
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"gradprobe.{name}")
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'gradprobe' has no attribute {name!r}")
@@ -62,4 +68,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+    return sorted([*globals(), *_PUBLIC, *_SUBPACKAGES])

@@ -251,6 +251,16 @@ class Probe:
         if chosen is not None:
             self._emit("schedule", **chosen)
 
+    def log_fix(self, name: str, applied: bool = True, **detail: Any) -> None:
+        """Record a remedy applied outside the probe (e.g. :class:`gradprobe.fixes.HiddenGradClip`).
+
+        It becomes a ``fix`` event in the log and for the rules (a name starting
+        with ``clip`` counts as clipping in place). Never raises.
+        """
+        if self.closed:
+            return
+        self._guard("logging a fix", lambda: self._emit("fix", step=self.step_index, name=str(name), applied=bool(applied), detail=detail))
+
     @property
     def findings(self) -> list[Finding]:
         """Findings so far (all of them once the probe is closed). Never raises."""

@@ -4,6 +4,9 @@ Per-step fixes (safe; applied inside ``probe.step()`` with ``fix="auto"``):
 :class:`ClipGradNorm`, :class:`ClipGradValue`, :class:`AdaptiveClip`,
 :class:`NonFiniteGuard`.
 
+Clipping of ``dL/dh_t`` through time (Graves 2013; unsafe, explicit):
+:class:`HiddenGradClip`.
+
 Structural fixes (unsafe: they change the model; applied only by an explicit
 :func:`apply`): re-initialization (:mod:`.reinit`), residual stacking
 (:func:`residual_stack`). Truncated BPTT is a change to the training loop:
@@ -23,6 +26,7 @@ from gradprobe.findings import Finding, FixAction
 from gradprobe.fixes import reinit
 from gradprobe.fixes.actions import action
 from gradprobe.fixes.clipping import AdaptiveClip, ClipGradNorm, ClipGradValue
+from gradprobe.fixes.hidden_clip import HiddenGradClip
 from gradprobe.fixes.nonfinite import NonFiniteGuard
 from gradprobe.fixes.residual import ResidualRecurrentStack, residual_stack
 from gradprobe.fixes.truncation import TruncatedBPTT, detach_state, length_from_profiles, truncation_length
@@ -216,6 +220,7 @@ __all__ = [
     "AppliedFix",
     "ClipGradNorm",
     "ClipGradValue",
+    "HiddenGradClip",
     "NonFiniteGuard",
     "ResidualRecurrentStack",
     "TruncatedBPTT",

@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils.hooks import RemovableHandle
 
 from gradprobe.reference.functional import GATE_COUNT, LayerWeights, State
 from gradprobe.reference.sequence import DirectionTrace, join_steps, run_direction
@@ -86,6 +88,9 @@ class RecurrentBase(nn.Module):
             raise ValueError("Unrecognized RNN mode: " + mode)
 
         self.mode = mode
+        #: Called with each step's new state (``(h,)`` or ``(h, c)``) while the layers run (see
+        #: :meth:`register_state_hook`); keyed by handle id.
+        self._state_hooks: OrderedDict[int, Callable[[State], None]] = OrderedDict()
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -163,6 +168,21 @@ class RecurrentBase(nn.Module):
 
     # -- forward ------------------------------------------------------------
 
+    def register_state_hook(self, hook: Callable[[State], None]) -> RemovableHandle:
+        """Call ``hook(state)`` with every step's new state, in every layer and direction.
+
+        The hook sees the live tensors of the graph (it may register tensor
+        hooks on them, as :class:`gradprobe.fixes.HiddenGradClip` does) and
+        returns nothing. The handle's ``remove()`` unregisters it.
+        """
+        handle = RemovableHandle(self._state_hooks)
+        self._state_hooks[handle.id] = hook
+        return handle
+
+    def _run_state_hooks(self, state: State) -> None:
+        for hook in list(self._state_hooks.values()):
+            hook(state)
+
     def forward(self, input: Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
         """Same contract as the torch.nn module's ``forward``."""
         output, final, _ = self._forward(input, hx, keep=False)
@@ -228,6 +248,7 @@ class RecurrentBase(nn.Module):
                     self.layer_weights(layer, direction, params),
                     reverse=bool(direction),
                     keep=keep,
+                    state_hook=self._run_state_hooks if self._state_hooks else None,
                 )
                 per_direction.append(trace)
                 finals.append(trace.final)

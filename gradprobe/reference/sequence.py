@@ -10,6 +10,7 @@ always the first ``batch_sizes[t]`` ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,7 @@ def run_direction(
     weights: LayerWeights,
     reverse: bool = False,
     keep: bool = False,
+    state_hook: Callable[[State], None] | None = None,
 ) -> DirectionTrace:
     """Run one direction of a layer.
 
@@ -69,6 +71,7 @@ def run_direction(
         reverse: Run from the last time step to the first.
         keep: Also return every intermediate state and projected input (for
             replaying a layer step by step in the probe).
+        state_hook: Called with each step's new state (live graph tensors).
     """
     previous_h: list[Tensor] | None = None
     if mode != "GRU" and weights.weight_hh.requires_grad and torch.is_grad_enabled():
@@ -93,6 +96,8 @@ def run_direction(
         if previous_h is not None:
             previous_h.append(state[0].detach())
         state = step(mode, steps[t], state, weights)
+        if state_hook is not None:
+            state_hook(state)
         outputs[t] = output_of(state)
         if keep:
             states.append(state)
