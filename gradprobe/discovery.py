@@ -29,7 +29,7 @@ class RecurrentSite:
             a whole sequence; ``"cell"`` for cells called once per time step;
             ``"scripted"`` for TorchScript recurrent modules, which take no
             hooks and are reported as not measured (GP001).
-        mode: ``RNN_TANH``, ``RNN_RELU``, ``LSTM`` or ``GRU``; ``None`` for a
+        mode: ``RNN_TANH``, ``RNN_RELU``, ``RNN_LEAKY_RELU``, ``LSTM`` or ``GRU``; ``None`` for a
             custom cell (probed through autograd, without gate statistics).
     """
 
@@ -51,7 +51,7 @@ class RecurrentSite:
 
 
 def mode_of(module: nn.Module) -> str | None:
-    """``RNN_TANH``, ``RNN_RELU``, ``LSTM`` or ``GRU`` for built-in and reference recurrent modules, else None."""
+    """``RNN_TANH``, ``RNN_RELU`` (``RNN_LEAKY_RELU``: reference modules), ``LSTM`` or ``GRU``; None for custom modules."""
     if isinstance(module, (nn.RNNBase, RecurrentBase)):
         return module.mode
     if isinstance(module, CellBase):

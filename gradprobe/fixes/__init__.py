@@ -30,6 +30,7 @@ from gradprobe.fixes.hidden_clip import HiddenGradClip
 from gradprobe.fixes.nonfinite import NonFiniteGuard
 from gradprobe.fixes.residual import ResidualRecurrentStack, residual_stack
 from gradprobe.fixes.truncation import TruncatedBPTT, detach_state, length_from_profiles, truncation_length
+from gradprobe.reference.functional import is_relu
 
 _TRACK = re.compile(r"\.l\d+(_reverse)?$")
 
@@ -68,6 +69,7 @@ TARGETS = {
     "forget-bias": "gates",
     "orthogonal-recurrent": "recurrent",
     "identity-recurrent": "recurrent",
+    "positive-bias": "bias",
     "xavier-input": "input",
     "he-input": "input",
     "residual-stack": "residual",
@@ -83,11 +85,11 @@ def default_actions(finding: Finding, mode: str) -> tuple[FixAction, ...]:
         length = finding.evidence.get("dependency_length") or finding.evidence.get("seq_len")
         found.append(action("chrono-init", max_timescale=int(length)) if length else action("forget-bias", value=1.0))
     if code in ("GP101", "GP201"):
-        found.append(action("identity-recurrent" if mode == "RNN_RELU" else "orthogonal-recurrent"))
+        found.append(action("identity-recurrent" if is_relu(mode) else "orthogonal-recurrent"))
     if code == "GP302":
         found.append(action("identity-recurrent"))
     if code in ("GP203", "GP301", "GP302"):
-        found.append(action("he-input" if mode == "RNN_RELU" else "xavier-input"))
+        found.append(action("he-input" if is_relu(mode) else "xavier-input"))
     if code == "GP101":
         found.append(action("residual-stack"))
     return tuple(found)
@@ -167,6 +169,9 @@ def _run(model: nn.Module, name: str, module: nn.Module, code: str, fix: FixActi
         return AppliedFix(code, name, "orthogonal recurrent weights", reinit.orthogonal_recurrent_(module), kind)
     if kind == "identity-recurrent":
         return AppliedFix(code, name, "identity recurrent weights, zero biases (IRNN)", reinit.identity_recurrent_(module), kind)
+    if kind == "positive-bias":
+        value = float(fix.params.get("value", 0.1))
+        return AppliedFix(code, name, f"input biases {value:g}, recurrent biases 0", reinit.positive_bias_(module, value), kind)
     if kind == "xavier-input":
         return AppliedFix(code, name, "Xavier input weights", reinit.xavier_input_(module), kind)
     if kind == "he-input":

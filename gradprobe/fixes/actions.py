@@ -51,9 +51,15 @@ ACTIONS: dict[str, ActionSpec] = {
     "chrono-init": ActionSpec("unsafe", "chrono init of the forget/input biases (fixes.reinit.chrono_init_(lstm, max_timescale={max_timescale}))"),
     "xavier-input": ActionSpec("unsafe", "Xavier input weights (fixes.reinit.xavier_input_)"),
     "he-input": ActionSpec("unsafe", "He input weights (fixes.reinit.he_input_)"),
+    "positive-bias": ActionSpec("unsafe", "recurrent-layer biases {value:g} so that ReLU units start active (fixes.reinit.positive_bias_)"),
     "residual-stack": ActionSpec("unsafe", "residual connections across the stacked layers (fixes.residual_stack; fixes.apply(..., residual=True))"),
     # changes to the user's code or data
     "use-gated-cell": ActionSpec("display-only", "use a gated cell (LSTM or GRU)"),
+    "leaky-relu-rnn": ActionSpec(
+        "display-only",
+        "a leaky ReLU, whose units cannot die: torch.nn.RNN has none; gradprobe.reference.RNN(..., nonlinearity='leaky_relu') "
+        "takes the same arguments and state_dict, and the probe measures it like the built-ins",
+    ),
     "lower-learning-rate": ActionSpec("display-only", "lower the learning rate about {factor:g}x"),
     "normalize-inputs": ActionSpec("display-only", "normalize or rescale the inputs"),
     "check-inputs": ActionSpec("display-only", "check the inputs and targets for NaN/Inf"),

@@ -68,6 +68,20 @@ def he_input_(module: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
+def positive_bias_(module: nn.Module, value: float = 0.1) -> list[str]:
+    """Input biases to ``value`` and recurrent biases to zero: ReLU pre-activations start above zero."""
+    changed = []
+    for name, param in module.named_parameters():
+        if name.startswith("bias_ih"):
+            param.fill_(value)
+            changed.append(name)
+        elif name.startswith("bias_hh"):
+            param.zero_()
+            changed.append(name)
+    return changed
+
+
+@torch.no_grad()
 def zero_bias_(module: nn.Module) -> list[str]:
     """All biases to zero."""
     changed = []

@@ -34,6 +34,9 @@ def saturation_fractions(gates: dict[str, Tensor]) -> dict[str, Any]:
             off = value <= 0
             parts += [off.float().mean(), off.all(dim=0).sum().float()]
             layout += [("fractions", "relu"), ("dead", "")]
+        elif name == "leaky_relu_pre":  # the share on the leaky side; a leaky unit never dies
+            parts.append((value <= 0).float().mean())
+            layout.append(("fractions", "leaky_relu"))
         elif name in TANH_GATES:
             parts.append((value.abs() > TANH_LIMIT).float().mean())
             layout.append(("fractions", name))

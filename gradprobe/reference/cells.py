@@ -118,10 +118,11 @@ class RNNCell(CellBase):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        if nonlinearity not in ("tanh", "relu"):
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU", "leaky_relu": "RNN_LEAKY_RELU"}
+        if nonlinearity not in modes:
             raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
         self.nonlinearity = nonlinearity
-        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        self.mode = modes[nonlinearity]
         super().__init__(input_size, hidden_size, bias, device, dtype)
 
     def extra_repr(self) -> str:

@@ -19,11 +19,14 @@ from torch import Tensor
 
 State = tuple[Tensor, ...]
 
-MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
-GATE_COUNT = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+MODES = ("RNN_TANH", "RNN_RELU", "RNN_LEAKY_RELU", "LSTM", "GRU")
+GATE_COUNT = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_LEAKY_RELU": 1, "LSTM": 4, "GRU": 3}
+#: Slope of the leaky ReLU for negative pre-activations (``RNN_LEAKY_RELU``; torch's LeakyReLU default).
+LEAKY_SLOPE = 0.01
 GATE_NAMES = {
     "RNN_TANH": ("",),
     "RNN_RELU": ("",),
+    "RNN_LEAKY_RELU": ("",),
     "LSTM": ("input", "forget", "cell", "output"),
     "GRU": ("reset", "update", "new"),
 }
@@ -72,7 +75,7 @@ def step(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool 
         return lstm_step(x_proj, state[0], state[1], w.weight_hh, b_hh, w.weight_hr)
     if mode == "GRU":
         return (gru_step(x_proj, state[0], w.weight_hh, b_hh),)
-    return (rnn_step(x_proj, state[0], w.weight_hh, b_hh, relu=mode == "RNN_RELU"),)
+    return (rnn_step(x_proj, state[0], w.weight_hh, b_hh, relu=is_relu(mode), leaky=mode == "RNN_LEAKY_RELU"),)
 
 
 def preactivation(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None) -> Tensor:
@@ -81,10 +84,24 @@ def preactivation(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor 
     return pre if bias_hh is None else pre + bias_hh
 
 
-def rnn_step(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool) -> Tensor:
-    """Elman step ``h' = act(x_proj + W_hh h + b_hh)``."""
+def is_relu(mode: str | None) -> bool:
+    """Whether ``mode`` is an Elman RNN with a ReLU (plain or leaky)."""
+    return mode in ("RNN_RELU", "RNN_LEAKY_RELU")
+
+
+def rnn_step(
+    x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool, leaky: bool = False
+) -> Tensor:
+    """Elman step ``h' = act(x_proj + W_hh h + b_hh)`` (tanh, ReLU, or leaky ReLU with :data:`LEAKY_SLOPE`)."""
     pre = preactivation(x_proj, h, weight_hh, bias_hh)
+    if leaky:
+        return F.leaky_relu(pre, LEAKY_SLOPE)
     return torch.relu(pre) if relu else torch.tanh(pre)
+
+
+def _relu_slope(pre: Tensor, leaky: bool) -> Tensor:
+    positive = (pre > 0).to(pre.dtype)
+    return positive + (1 - positive) * LEAKY_SLOPE if leaky else positive
 
 
 def lstm_step(
@@ -149,13 +166,15 @@ def jacobian(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: b
         return lstm_jacobian(x_proj, state[0], state[1], w.weight_hh, b_hh, w.weight_hr)
     if mode == "GRU":
         return gru_jacobian(x_proj, state[0], w.weight_hh, b_hh)
-    return rnn_jacobian(x_proj, state[0], w.weight_hh, b_hh, relu=mode == "RNN_RELU")
+    return rnn_jacobian(x_proj, state[0], w.weight_hh, b_hh, relu=is_relu(mode), leaky=mode == "RNN_LEAKY_RELU")
 
 
-def rnn_jacobian(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool) -> Tensor:
+def rnn_jacobian(
+    x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, relu: bool, leaky: bool = False
+) -> Tensor:
     """``diag(act'(pre)) W_hh``."""
     pre = preactivation(x_proj, h, weight_hh, bias_hh)
-    slope = (pre > 0).to(pre.dtype) if relu else 1 - torch.tanh(pre) ** 2
+    slope = _relu_slope(pre, leaky) if relu else 1 - torch.tanh(pre) ** 2
     return slope.unsqueeze(2) * weight_hh.unsqueeze(0)
 
 
@@ -275,9 +294,10 @@ class Linearization:
             self._h_minus_n = h - n
         else:
             pre = preactivation(x_proj, h, w.weight_hh, b_hh)
-            if mode == "RNN_RELU":
-                self.gates = {"relu_pre": pre}
-                self._slope = (pre > 0).to(pre.dtype)
+            if is_relu(mode):
+                leaky = mode == "RNN_LEAKY_RELU"
+                self.gates = {"leaky_relu_pre" if leaky else "relu_pre": pre}
+                self._slope = _relu_slope(pre, leaky)
             else:
                 y = torch.tanh(pre)
                 self.gates = {"tanh": y}

@@ -333,7 +333,13 @@ class RecurrentBase(nn.Module):
 
 
 class RNN(RecurrentBase):
-    """Elman RNN with ``tanh`` or ``relu``; same signature as :class:`torch.nn.RNN`."""
+    """Elman RNN with ``tanh`` or ``relu``; same signature as :class:`torch.nn.RNN`.
+
+    Also ``nonlinearity="leaky_relu"`` (slope :data:`~gradprobe.reference.functional.LEAKY_SLOPE`
+    below zero), which ``torch.nn.RNN`` lacks: a ReLU RNN whose units cannot die.
+    Load a trained ``nn.RNN(nonlinearity="relu")``'s weights into it with
+    ``load_state_dict`` (the keys are the same).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
@@ -343,14 +349,14 @@ class RNN(RecurrentBase):
             args = args[:3] + args[4:]
         else:
             self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
-        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU", "leaky_relu": "RNN_LEAKY_RELU"}
         if self.nonlinearity not in modes:
-            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh', 'relu' or 'leaky_relu'.")
         super().__init__(modes[self.nonlinearity], *args, **kwargs)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+        return s + (f", nonlinearity='{self.nonlinearity}'" if self.nonlinearity != "tanh" else "")
 
 
 class LSTM(RecurrentBase):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from gradprobe.findings import Finding, FixAction, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
+from gradprobe.reference.functional import is_relu
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.evidence import VANISHING_THRESHOLDS, VanishingEvidence, vanishing_evidence
 from gradprobe.rules.registry import Rule
@@ -121,6 +122,6 @@ def vanishing_fixes(mode: str | None, length: int) -> tuple[FixAction, ...]:
         return (action("chrono-init", max_timescale=max(int(length), 3)), action("orthogonal-recurrent"))
     if mode == "GRU":
         return (action("orthogonal-recurrent"),)
-    if mode == "RNN_RELU":
+    if is_relu(mode):
         return (action("identity-recurrent"), action("use-gated-cell"))
     return (action("orthogonal-recurrent"), action("use-gated-cell"))

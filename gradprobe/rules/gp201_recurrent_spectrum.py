@@ -11,6 +11,7 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
+from gradprobe.reference.functional import is_relu
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
 from gradprobe.rules.weights import candidate_block, each_direction
@@ -59,7 +60,7 @@ def _spectrum(context: RuleContext, site: RecurrentSite, track: str, params: dic
     gated = mode in ("LSTM", "GRU")
     evidence = {"sigma_max": sigma, "gamma": gamma, "product": value}
     block = " (candidate block)" if gated else ""
-    identity = "identity-recurrent" if mode == "RNN_RELU" else "orthogonal-recurrent"
+    identity = "identity-recurrent" if is_relu(mode) else "orthogonal-recurrent"
     if not gated and value < context.threshold("GP201", "vanish_below") * (1 - TOLERANCE):
         return context.finding(
             "GP201",

@@ -12,6 +12,7 @@ from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.fixes.reinit import xavier_std
 from gradprobe.hookspecs import hookimpl
+from gradprobe.reference.functional import is_relu
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
 from gradprobe.rules.weights import each_direction
@@ -50,7 +51,7 @@ def _input_scale(context: RuleContext, site: RecurrentSite, track: str, params: 
     mode = site.mode or ""
     count = gate_count(mode)
     fan_out, fan_in = weight.shape[0] // count, weight.shape[1]
-    relu = mode == "RNN_RELU"
+    relu = is_relu(mode)
     reference = math.sqrt(2.0 / fan_in) if relu else xavier_std(fan_in, fan_out)
     scheme = "He" if relu else "Xavier"
     fixes = (action("he-input" if relu else "xavier-input"),)

@@ -75,7 +75,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
-    if event.get("kind") != "saturation" or event.get("mode") == "RNN_RELU":
+    if event.get("kind") != "saturation" or event.get("mode") in ("RNN_RELU", "RNN_LEAKY_RELU"):
         return None
     state = context.state("GP301", State)
     entry = state.layers.setdefault(str(event["layer"]), LayerSaturation(event.get("mode")))

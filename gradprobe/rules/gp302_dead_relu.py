@@ -25,8 +25,13 @@ RULE = Rule(
     ),
     why_bad="A dead unit has zero slope everywhere: neither it nor its incoming weights ever learn again.",
     example="nn.init.constant_(rnn.bias_ih_l0, -1.0)   # pushes pre-activations below zero",
-    use_instead="gradprobe.fixes.reinit.identity_recurrent_(rnn)   # IRNN: W_hh = I, zero bias",
-    fix_safety="Re-initialization is unsafe: only gradprobe.fixes.apply runs it.",
+    use_instead=(
+        "gradprobe.fixes.reinit.identity_recurrent_(rnn)   # IRNN: W_hh = I, zero bias\n"
+        "gradprobe.fixes.reinit.positive_bias_(rnn, 0.1)    # pre-activations start above zero\n"
+        "gradprobe.reference.RNN(n_in, n_hidden, nonlinearity='leaky_relu')   # nn.RNN has no leaky ReLU"
+    ),
+    known_problems="torch.nn.RNN has no leaky ReLU; gradprobe's reference RNN has one and takes nn.RNN's state_dict.",
+    fix_safety="Re-initialization is unsafe: only gradprobe.fixes.apply runs it. Switching to a leaky ReLU is a code change.",
     references="Le, Jaitly, Hinton 2015 (IRNN).",
 )
 
@@ -82,7 +87,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                 step=entry.step,
                 severity="error" if dead == units else "warning",
                 evidence={"dead_units": dead, "units": units, "dead_fraction": dead_fraction, "zero_fraction": zero},
-                fixes=(action("identity-recurrent"), action("he-input")),
+                fixes=(action("identity-recurrent"), action("positive-bias", value=0.1), action("leaky-relu-rnn")),
             )
         )
     return found

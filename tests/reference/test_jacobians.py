@@ -20,15 +20,19 @@ def _autodiff_jacobian(mode, x_proj, state, weights, hidden, proj):
     return vmap(jacrev(step_flat, argnums=1))(x_proj, fn.flatten_state(state))
 
 
+NONLINEARITY = {"RNN_RELU": "relu", "RNN_LEAKY_RELU": "leaky_relu"}
+
+
 @pytest.mark.parametrize(
     ("mode", "proj"),
-    [("RNN_TANH", 0), ("RNN_RELU", 0), ("LSTM", 0), ("LSTM", 2), ("GRU", 0)],
+    [("RNN_TANH", 0), ("RNN_RELU", 0), ("RNN_LEAKY_RELU", 0), ("LSTM", 0), ("LSTM", 2), ("GRU", 0)],
 )
 @pytest.mark.parametrize("scale", [0.5, 3.0], ids=["moderate", "saturating"])
 def test_layer_jacobian_matches_jacrev(mode, proj, scale):
     torch.manual_seed(1)
-    cls = {"RNN_TANH": reference.RNN, "RNN_RELU": reference.RNN, "LSTM": reference.LSTM, "GRU": reference.GRU}[mode]
-    extra = {"nonlinearity": "relu"} if mode == "RNN_RELU" else {"proj_size": proj} if proj else {}
+    cls = {"RNN_TANH": reference.RNN, "RNN_RELU": reference.RNN, "RNN_LEAKY_RELU": reference.RNN, "LSTM": reference.LSTM,
+           "GRU": reference.GRU}[mode]
+    extra = {"nonlinearity": NONLINEARITY[mode]} if mode in NONLINEARITY else {"proj_size": proj} if proj else {}
     layer = cls(IN, H, dtype=torch.float64, **extra)
     with torch.no_grad():
         for p in layer.parameters():
@@ -95,12 +99,13 @@ def test_lstm_jacobian_cell_block_is_forget_gate():
 
 @pytest.mark.parametrize(
     ("mode", "proj"),
-    [("RNN_TANH", 0), ("RNN_RELU", 0), ("LSTM", 0), ("LSTM", 2), ("GRU", 0)],
+    [("RNN_TANH", 0), ("RNN_RELU", 0), ("RNN_LEAKY_RELU", 0), ("LSTM", 0), ("LSTM", 2), ("GRU", 0)],
 )
 def test_linearization_products_match_the_jacobian(mode, proj):
     torch.manual_seed(5)
-    cls = {"RNN_TANH": reference.RNN, "RNN_RELU": reference.RNN, "LSTM": reference.LSTM, "GRU": reference.GRU}[mode]
-    extra = {"nonlinearity": "relu"} if mode == "RNN_RELU" else {"proj_size": proj} if proj else {}
+    cls = {"RNN_TANH": reference.RNN, "RNN_RELU": reference.RNN, "RNN_LEAKY_RELU": reference.RNN, "LSTM": reference.LSTM,
+           "GRU": reference.GRU}[mode]
+    extra = {"nonlinearity": NONLINEARITY[mode]} if mode in NONLINEARITY else {"proj_size": proj} if proj else {}
     weights = cls(IN, H, dtype=torch.float64, **extra).layer_weights(0)
     x_proj = fn.project_input(mode, torch.randn(B, IN, dtype=torch.float64), weights)
     state = (torch.randn(B, proj or H, dtype=torch.float64),)
