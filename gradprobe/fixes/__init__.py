@@ -5,7 +5,8 @@ Per-step fixes (safe; applied inside ``probe.step()`` with ``fix="auto"``):
 :class:`NonFiniteGuard`.
 
 Clipping of ``dL/dh_t`` through time (Graves 2013; unsafe, explicit):
-:class:`HiddenGradClip`.
+:class:`HiddenGradClip`. The information-flow regularizer (Pascanu et al.
+2013), a term added to the loss: :class:`FlowRegularizer`.
 
 Structural fixes (unsafe: they change the model; applied only by an explicit
 :func:`apply`): re-initialization (:mod:`.reinit`), residual stacking
@@ -26,6 +27,7 @@ from gradprobe.findings import Finding, FixAction
 from gradprobe.fixes import reinit
 from gradprobe.fixes.actions import action
 from gradprobe.fixes.clipping import AdaptiveClip, ClipGradNorm, ClipGradValue
+from gradprobe.fixes.flow import FlowRegularizer
 from gradprobe.fixes.hidden_clip import HiddenGradClip
 from gradprobe.fixes.nonfinite import NonFiniteGuard
 from gradprobe.fixes.residual import ResidualRecurrentStack, residual_stack
@@ -225,6 +227,7 @@ __all__ = [
     "AppliedFix",
     "ClipGradNorm",
     "ClipGradValue",
+    "FlowRegularizer",
     "HiddenGradClip",
     "NonFiniteGuard",
     "ResidualRecurrentStack",

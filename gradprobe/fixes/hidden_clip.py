@@ -93,7 +93,7 @@ class HiddenGradClip:
         if tensor.requires_grad:
             tensor.register_hook(self._clamp)
 
-    def _on_state(self, state: tuple[Tensor, ...]) -> None:
+    def _on_state(self, previous: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> None:
         self._watch(state[0])
 
     def _on_cell_output(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:

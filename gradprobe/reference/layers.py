@@ -90,7 +90,7 @@ class RecurrentBase(nn.Module):
         self.mode = mode
         #: Called with each step's new state (``(h,)`` or ``(h, c)``) while the layers run (see
         #: :meth:`register_state_hook`); keyed by handle id.
-        self._state_hooks: OrderedDict[int, Callable[[State], None]] = OrderedDict()
+        self._state_hooks: OrderedDict[int, Callable[[State, State], None]] = OrderedDict()
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -168,8 +168,8 @@ class RecurrentBase(nn.Module):
 
     # -- forward ------------------------------------------------------------
 
-    def register_state_hook(self, hook: Callable[[State], None]) -> RemovableHandle:
-        """Call ``hook(state)`` with every step's new state, in every layer and direction.
+    def register_state_hook(self, hook: Callable[[State, State], None]) -> RemovableHandle:
+        """Call ``hook(previous, state)`` with every step's previous and new state, in every layer and direction.
 
         The hook sees the live tensors of the graph (it may register tensor
         hooks on them, as :class:`gradprobe.fixes.HiddenGradClip` does) and
@@ -179,9 +179,9 @@ class RecurrentBase(nn.Module):
         self._state_hooks[handle.id] = hook
         return handle
 
-    def _run_state_hooks(self, state: State) -> None:
+    def _run_state_hooks(self, previous: State, state: State) -> None:
         for hook in list(self._state_hooks.values()):
-            hook(state)
+            hook(previous, state)
 
     def forward(self, input: Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
         """Same contract as the torch.nn module's ``forward``."""

@@ -58,7 +58,7 @@ def run_direction(
     weights: LayerWeights,
     reverse: bool = False,
     keep: bool = False,
-    state_hook: Callable[[State], None] | None = None,
+    state_hook: Callable[[State, State], None] | None = None,
 ) -> DirectionTrace:
     """Run one direction of a layer.
 
@@ -71,7 +71,7 @@ def run_direction(
         reverse: Run from the last time step to the first.
         keep: Also return every intermediate state and projected input (for
             replaying a layer step by step in the probe).
-        state_hook: Called with each step's new state (live graph tensors).
+        state_hook: Called with each step's previous and new state (live graph tensors).
     """
     previous_h: list[Tensor] | None = None
     if mode != "GRU" and weights.weight_hh.requires_grad and torch.is_grad_enabled():
@@ -95,9 +95,10 @@ def run_direction(
             previous.append(state)
         if previous_h is not None:
             previous_h.append(state[0].detach())
+        before = state
         state = step(mode, steps[t], state, weights)
         if state_hook is not None:
-            state_hook(state)
+            state_hook(before, state)
         outputs[t] = output_of(state)
         if keep:
             states.append(state)
