@@ -84,7 +84,7 @@ def test_its_gradient_with_respect_to_w_hh_matches_finite_differences():
         model(x)
         found = list(reg.pairs)
         reg.pairs = []
-        return float(flow_penalty(found, grads))
+        return float(flow_penalty(found, grads).detach())
 
     base = cell.weight_hh.detach().clone()
     eps = 1e-6
