@@ -391,3 +391,36 @@ def test_another_models_backward_is_not_this_steps_loss():
     steps = _steps(events)
     assert [e["loss"] for e in steps] == pytest.approx(losses, rel=1e-7)
     assert all("skipped" not in e for e in steps)
+
+
+def test_zero_grad_without_set_to_none_keeps_each_steps_own_loss():
+    torch.manual_seed(0)
+    model = Tagger()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    events: list[dict] = []
+    losses = []
+    with gradprobe.attach(model, optimizer=opt, config={}, sinks=[events.append]):
+        for x, y in _data(batches=3):
+            opt.zero_grad(set_to_none=False)  # gradients stay as zero tensors
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            opt.step()
+    assert [e["loss"] for e in _steps(events)] == pytest.approx(losses, rel=1e-7)
+
+
+def test_fix_auto_clips_at_the_optimizer_step_after_the_loops_own_changes():
+    torch.manual_seed(0)
+    model = nn.GRU(3, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    events: list[dict] = []
+    with gradprobe.attach(model, optimizer=opt, every=100, fix="auto", config={}, sinks=[events.append]) as probe:
+        for step in range(30):
+            opt.zero_grad()
+            out, _ = model(torch.randn(6, 2, 3))
+            (out.pow(2).mean() * (1000.0 if step == 25 else 1.0)).backward()
+            opt.step()
+    applied = [e for e in events if e["kind"] == "fix" and e["applied"] and e["name"] == "clip-grad-norm"]
+    assert applied and applied[0]["step"] == 25 and applied[0]["detail"]["norm"] > applied[0]["detail"]["max_norm"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert probe.step_index == 30 and "GP401" not in {f.code for f in probe.findings}
