@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.discovery import find_recurrent
-from gradprobe.recorders.capture import STATE, cell_convention, flat_tensors, state_part
+from gradprobe.recorders.capture import cell_call_states
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -105,9 +105,7 @@ class FlowRegularizer:
     def _on_cell(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not torch.is_grad_enabled():
             return
-        raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
-        state_in = flat_tensors(raw_state) if raw_state is not None else ()
-        new = state_part(flat_tensors(output), cell_convention(output, state_in) or STATE)
+        state_in, new = cell_call_states(args, kwargs, output)
         if state_in and new:
             self.pairs.append((state_in[0], new[0]))
 

@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.discovery import find_recurrent
-from gradprobe.recorders.capture import STATE, cell_convention, flat_tensors, state_part
+from gradprobe.recorders.capture import cell_call_states
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -97,11 +97,7 @@ class HiddenGradClip:
         self._watch(state[0])
 
     def _on_cell_output(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
-        state_in = flat_tensors(raw_state) if raw_state is not None else ()
-        flat = flat_tensors(output)
-        convention = cell_convention(output, state_in) or STATE
-        state = state_part(flat, convention)
+        _, state = cell_call_states(args, kwargs, output)
         if state:
             self._watch(state[0])
 

@@ -87,6 +87,13 @@ def state_part(flat: tuple[Tensor, ...], convention: str) -> tuple[Tensor, ...]:
     return flat[1:] if convention == OUT_STATE else flat
 
 
+def cell_call_states(args: tuple, kwargs: dict, output: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``(state in, state out)`` of one cell call, as flat tuples (``h`` first), whatever the convention."""
+    raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
+    state_in = flat_tensors(raw_state) if raw_state is not None else ()
+    return state_in, state_part(flat_tensors(output), cell_convention(output, state_in) or STATE)
+
+
 def as_tuple(state: Any) -> tuple[Tensor, ...]:
     """A state as a tuple of tensors (``h`` -> ``(h,)``)."""
     if state is None:
