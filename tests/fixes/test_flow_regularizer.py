@@ -117,3 +117,20 @@ def test_reference_twins_of_fused_modules_are_regularized_and_fused_ones_refused
 
 def test_it_is_reachable_as_documented():
     assert gradprobe.fixes.FlowRegularizer is FlowRegularizer
+
+
+def test_with_clipping_it_learns_a_50_step_dependency_that_clipping_alone_does_not():
+    """benchmarks/flow_regularizer.py, reduced: the sign of the first of 50 inputs, a tanh RNNCell, SGD."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "flow_regularizer.py"
+    spec = importlib.util.spec_from_file_location("flow_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(task="sign", seq_len=50, steps=500, hidden=32, batch=32, lr=0.01, weight=1.0, report=500, seed=0)
+    clipped = bench.run("clip", args)[-1][1]
+    regularized = bench.run("clip+omega", args)[-1][1]
+    assert clipped <= 0.6 and regularized >= 0.95, (clipped, regularized)
