@@ -54,3 +54,14 @@ def test_pytest_usage_example_passes(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", "--gradprobe-report", "findings.json")
     result.assert_outcomes(passed=4)
     assert (pytester.path / "findings.json").exists()
+
+
+def test_remedies(load_example):
+    example = load_example("remedies")
+    result = example.main(["--steps", "400"])
+    assert result["clamped"] > 0
+    clipped, regularized = result["flow"]
+    assert clipped <= 0.6 and regularized >= 0.95
+    assert len(result["lyapunov"]) == 4 and result["lyapunov"][0] < 0.5
+    relu, leaky = result["relu"]
+    assert "GP302" in relu and "GP302" not in leaky
