@@ -179,6 +179,12 @@ class RecurrentBase(nn.Module):
         self._state_hooks[handle.id] = hook
         return handle
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry no state hooks (they belong to the live HiddenGradClip/FlowRegularizer)."""
+        state = super().__getstate__()
+        state["_state_hooks"] = OrderedDict()
+        return state
+
     def _run_state_hooks(self, previous: State, state: State) -> None:
         for hook in list(self._state_hooks.values()):
             hook(previous, state)

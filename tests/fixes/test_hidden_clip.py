@@ -141,3 +141,20 @@ def test_removal_restores_plain_gradients_and_the_fix_is_logged(tmp_path):
 def test_a_bad_bound_is_refused():
     with pytest.raises(ValueError, match="positive bound"):
         gradprobe.fixes.HiddenGradClip(nn.GRU(2, 2), value=0)
+
+
+def test_copies_and_pickles_of_a_clipped_reference_module_carry_no_hooks(tmp_path):
+    import copy
+
+    reference = from_torch(_fused(_weights()))
+    clip = gradprobe.fixes.HiddenGradClip(reference, value=V)
+    twin = copy.deepcopy(reference)
+    torch.save(reference, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert len(reference._state_hooks) == 1 and not twin._state_hooks and not loaded._state_hooks
+    x, r = _inputs()
+    unclipped = _grad_w_hh(from_torch(_fused(_weights())), x, r, clip=False)
+    assert torch.allclose(_grad_w_hh(twin, x, r, clip=False), unclipped)  # the copy is not clipped
+    assert not torch.allclose(_grad_w_hh(reference, x, r, clip=False), unclipped)  # the original still is
+    clip.remove()
+    assert not reference._state_hooks
