@@ -50,7 +50,7 @@ class GradientRecorder:
         if not present:
             return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
         grads = [g for _, g in present]
-        norms = _norms(grads)
+        norms = tensor_norms(grads)
         gate_parts: list[Tensor] = []
         gate_index: list[tuple[int, int, tuple[str, ...]]] = []
         for index, count, labels in self.gated:
@@ -81,10 +81,15 @@ def _finite(value: float) -> bool:
     return math.isfinite(value)
 
 
-def _norms(grads: list[Tensor]) -> Tensor:
-    """L2 norm of each tensor, stacked (one kernel per device where torch has one)."""
+def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:
+    """The ``order``-norm of each tensor (2: L2, ``math.inf``: largest absolute entry), stacked as float32.
+
+    One kernel per device where torch has one; an empty tensor's norm is 0.
+    """
     detached = [g.detach() for g in grads]
     foreach = getattr(torch, "_foreach_norm", None)
-    if foreach is not None and len({g.device for g in detached}) == 1:
-        return torch.stack([n.float() for n in foreach(detached)])
-    return torch.stack([torch.linalg.vector_norm(g.float()).cpu() for g in detached])
+    if foreach is not None and len({g.device for g in detached}) == 1 and all(g.numel() for g in detached):
+        return torch.stack([n.float() for n in foreach(detached, order)])
+    return torch.stack(
+        [torch.linalg.vector_norm(g.float(), order).cpu() if g.numel() else torch.zeros(()) for g in detached]
+    )

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.recorders import backward_roots
+from gradprobe.recorders.gradients import tensor_norms
 
 #: Two gradient norms agree when their ratio is within this of 1.
 RELATIVE_TOLERANCE = 1e-5
@@ -97,21 +98,11 @@ def _scale_of_root(root: Tensor) -> float | None:
     return value if _is_power_of_two(value) and value > 1 else None
 
 
-def _summary(named: Sequence[tuple[str, Tensor]]) -> tuple[dict[str, float], dict[str, float]]:
-    """Per parameter: the L2 norm and the largest absolute entry of its gradient (one transfer)."""
-    grads = [g.detach() for _, g in named]
-    if not grads:
-        return {}, {}
-    foreach = getattr(torch, "_foreach_norm", None)
-    if foreach is not None and len({g.device for g in grads}) == 1:
-        l2 = torch.stack([n.float() for n in foreach(grads)])
-        top = torch.stack([n.float() for n in foreach(grads, math.inf)])
-    else:
-        l2 = torch.stack([torch.linalg.vector_norm(g.float()).cpu() for g in grads])
-        top = torch.stack([g.abs().max().float().cpu() if g.numel() else torch.zeros(()) for g in grads])
-    values = torch.cat([l2.cpu(), top.cpu()]).tolist()
-    names = [n for n, _ in named]
-    return dict(zip(names, values[: len(names)])), dict(zip(names, values[len(names) :]))
+def _norms_by_name(named: Sequence[tuple[str, Tensor]], order: float) -> dict[str, float]:
+    """Per parameter, the ``order``-norm of its gradient (2: L2, ``math.inf``: its largest entry)."""
+    if not named:
+        return {}
+    return dict(zip((n for n, _ in named), tensor_norms([g for _, g in named], order).tolist()))
 
 
 def scaled_record(record: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -197,12 +188,10 @@ class OptimizerLoop:
         optimizer = innermost(optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        self.optimizer: torch.optim.Optimizer | None = optimizer
         self.scaler = scaler
         self.read_gradients = read_gradients
         self.on_step = on_step
         self.guard = guard
-        self.steps = 0
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._pending = _Pending()
         self._queued = False
@@ -266,9 +255,9 @@ class OptimizerLoop:
         self.guard("the end-of-backward hook", self._snapshot)
 
     def _snapshot(self) -> None:
-        present = [(n, p.grad) for n, p in self.named if p.grad is not None]
-        l2, top = _summary(present)
-        self._pending.backward = _Backward(self.read_gradients(), l2, top)
+        record = self.read_gradients()  # its per-parameter norms are the L2 norms: only the largest entries are new
+        top = _norms_by_name([(n, p.grad) for n, p in self.named if p.grad is not None], math.inf)
+        self._pending.backward = _Backward(record, dict(record["params"]), top)
         self._pending.backwards += 1
 
     def _before_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -327,14 +316,13 @@ class OptimizerLoop:
         if before is not None:
             at_backward, at_optimizer = self._scales(optimizer, kwargs)
             present = [(n, p.grad) for n, p in self.named if p.grad is not None and n in before.l2]
-            after_l2, after_max = _summary(present)
+            after_l2, after_max = _norms_by_name(present, 2.0), _norms_by_name(present, math.inf)
             if at_backward is None:
                 at_backward = self._detected_scale(before, after_l2, at_optimizer)
             step.grad_scale = at_backward
             step.gradients = scaled_record(before.record, at_backward)
             step.clip = compare(before, after_l2, after_max, at_backward, at_optimizer)
             step.loss = self._loss(pending, at_backward)
-        self.steps += 1
         self._pending = _Pending()
         self.on_step(step)
 
@@ -363,6 +351,5 @@ class OptimizerLoop:
         self.handles = []
         self._roots.remove()
         self.named = []
-        self.optimizer = None
         self.scaler = None
         self._pending = _Pending()
