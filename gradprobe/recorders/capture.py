@@ -87,10 +87,15 @@ def state_part(flat: tuple[Tensor, ...], convention: str) -> tuple[Tensor, ...]:
     return flat[1:] if convention == OUT_STATE else flat
 
 
+def cell_state_in(args: tuple, kwargs: dict) -> tuple[Tensor, ...]:
+    """The state a cell call was handed (``cell(x, state)``, ``hx=`` or ``state=``), flat; ``()`` for none."""
+    raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
+    return flat_tensors(raw_state) if raw_state is not None else ()
+
+
 def cell_call_states(args: tuple, kwargs: dict, output: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     """``(state in, state out)`` of one cell call, as flat tuples (``h`` first), whatever the convention."""
-    raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
-    state_in = flat_tensors(raw_state) if raw_state is not None else ()
+    state_in = cell_state_in(args, kwargs)
     return state_in, state_part(flat_tensors(output), cell_convention(output, state_in) or STATE)
 
 
@@ -380,8 +385,7 @@ class CallCapture:
     def _record_cell(self, site: RecurrentSite, args: tuple, kwargs: dict, output: Any) -> None:
         outputs = flat_tensors(output)
         x = args[0] if args else kwargs["input"]
-        raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
-        state = flat_tensors(raw_state) if raw_state is not None else ()
+        state = cell_state_in(args, kwargs)
         decided = cell_convention(output, state)
         if decided is not None:
             self._conventions[site.name] = decided

@@ -33,6 +33,28 @@ def _value(v: object) -> str:
     return str(v)
 
 
+def run_heading(summary: RunSummary) -> list[str]:
+    """The page title and the line naming the logs, versions, steps and loss (escaped)."""
+    e = escape
+    meta = summary.meta
+    sources = ", ".join(e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs)
+    return [
+        f"<h1>gradprobe report: {e(str(meta.get('model', 'run')))}</h1>",
+        (
+            f"<p>Logs: {sources}. gradprobe {e(str(meta.get('gradprobe')))}, torch {e(str(meta.get('torch')))}, "
+            f"{summary.steps} steps{'; ' + e(summary.loss_text()) if summary.loss_text() else ''}.</p>"
+        ),
+    ]
+
+
+def verdict_line(summary: RunSummary, fail_on: str) -> str:
+    """``Verdict: FAIL|ok (fail-on ...)`` with the count of findings per severity."""
+    failed = summary.fails(fail_on)
+    counts = ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES))
+    return (f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{'FAIL' if failed else 'ok'}</b> "
+            f"(fail-on {escape(fail_on)}); {counts}</p>")
+
+
 def findings_table(findings: list[Finding]) -> list[str]:
     """The findings as an HTML table (every string escaped), or a line saying there are none."""
     e = escape
@@ -66,19 +88,12 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
     """The static SVG page (no plotly installed)."""
     fail_on = fail_on or summary.fail_on
     e = escape
-    meta = summary.meta
-    failed = summary.fails(fail_on)
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>", "<title>gradprobe report</title>"]
     out.append(f"<style>{STYLE}</style></head><body>")
-    out.append(f"<h1>gradprobe report: {e(str(meta.get('model', 'run')))}</h1>")
-    sources = ", ".join(e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs)
-    out.append(f"<p>Logs: {sources}. gradprobe {e(str(meta.get('gradprobe')))}, torch {e(str(meta.get('torch')))}, "
-               f"{summary.steps} steps{'; ' + e(summary.loss_text()) if summary.loss_text() else ''}.</p>")
+    out.extend(run_heading(summary))
     note = "pip install 'gradprobe[html]' for the interactive report (zoom, hover, trends over training"
     out.append(f"<p><i>Static page: {note}{', the compared run' if compared else ''}).</i></p>")
-    verdict = "FAIL" if failed else "ok"
-    out.append(f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{verdict}</b> (fail-on {e(fail_on)}); "
-               + ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES)) + "</p>")
+    out.append(verdict_line(summary, fail_on))
 
     out.append("<h2>Findings</h2>")
     out.extend(findings_table(summary.findings))

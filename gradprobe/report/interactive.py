@@ -19,7 +19,8 @@ import math
 from html import escape
 from typing import Any
 
-from gradprobe.findings import SEVERITIES
+from gradprobe.events import finite_number
+from gradprobe.report.html_report import findings_table, run_heading, verdict_line
 from gradprobe.report.series import MinMaxSeries
 from gradprobe.report.summary import LayerSummary, RunSummary
 
@@ -55,10 +56,6 @@ def script_json(value: Any) -> str:
     for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(raw, escaped)
     return text
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 class Page:
@@ -157,8 +154,8 @@ def _trend(page: Page, name: str, runs: list[tuple[str, LayerSummary | None, str
         prefix = f"{run_name}: " if len(runs) > 1 else ""
         rows = list(layer.trend)
         steps = [row[0] for row in rows]
-        horizon = [_finite(row[1]) for row in rows]
-        decay = [math.exp(r) if (r := _finite(row[2])) is not None and abs(r) < 700 else None for row in rows]
+        horizon = [finite_number(row[1]) for row in rows]
+        decay = [math.exp(r) if (r := finite_number(row[2])) is not None and abs(r) < 700 else None for row in rows]
         traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{prefix}horizon (steps)", "x": steps,
                        "y": horizon, "line": {"color": COLORS[index], "dash": dash or "solid"}})
         traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{prefix}decay per step", "x": steps,
@@ -177,7 +174,7 @@ def _lyapunov(page: Page, name: str, layer: LayerSummary) -> str | None:
         return None
     count = max(len(row[4]) for row in rows)
     traces = [{"type": "scatter", "mode": "lines+markers", "name": f"lambda{i + 1}", "x": [r[0] for r in rows],
-               "y": [_finite(r[4][i]) if i < len(r[4]) else None for r in rows], "line": {"color": COLORS[i % len(COLORS)]}}
+               "y": [finite_number(r[4][i]) if i < len(r[4]) else None for r in rows], "line": {"color": COLORS[i % len(COLORS)]}}
               for i in range(count)]
     return page.chart(f"{name}: top Lyapunov exponents at each deep probe", traces, {
         "xaxis": _axis("training step"), "yaxis": _axis("natural log per step (> 0 expands)"),
@@ -191,7 +188,7 @@ def _saturation(page: Page, name: str, layer: LayerSummary) -> str | None:
     if not gates:
         return None
     traces = [{"type": "scatter", "mode": "lines", "name": gate, "x": [r[0] for r in rows],
-               "y": [_finite(r[1].get(gate)) for r in rows], "line": {"color": COLORS[i % len(COLORS)]}}
+               "y": [finite_number(r[1].get(gate)) for r in rows], "line": {"color": COLORS[i % len(COLORS)]}}
               for i, gate in enumerate(gates)]
     return page.chart(f"{name}: saturated share per gate", traces,
                       {"xaxis": _axis("training step"), "yaxis": _axis("share saturated", range=[0, 1])})
@@ -212,7 +209,7 @@ def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
     if not rows:
         return None
     width = max(len(norms) for _, norms in rows)
-    z = [[math.log10(v) if (v := _finite(norms[t] if t < len(norms) else None)) and v > 0 else None for t in range(width)]
+    z = [[math.log10(v) if (v := finite_number(norms[t] if t < len(norms) else None)) and v > 0 else None for t in range(width)]
          for _, norms in rows]
     finite = [v for row in z for v in row if v is not None]
     if not finite:
@@ -227,15 +224,15 @@ def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
 
 def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
     latest = layer.latest
-    profile = [_finite(v) for v in latest.get("profile", [])]
-    rate = _finite(latest.get("rate"))
+    profile = [finite_number(v) for v in latest.get("profile", [])]
+    rate = finite_number(latest.get("rate"))
     ks = list(range(len(profile)))
     traces: list[dict[str, Any]] = [{"type": "scatter", "mode": "lines", "name": "measured", "x": ks, "y": profile}]
     if rate is not None and profile and abs(rate) < 700:
         fit = [math.exp(rate * k) if abs(rate * k) < 700 else None for k in ks]
         traces.append({"type": "scatter", "mode": "lines", "name": f"fit x{math.exp(rate):.3f}/step", "x": ks, "y": fit,
                        "line": {"dash": "dash"}})
-    jac = [_finite(v) for v in latest.get("jacobian_norms", [])]
+    jac = [finite_number(v) for v in latest.get("jacobian_norms", [])]
     step = latest.get("step")
     return [
         page.chart(f"{name}: propagation profile at step {step}", traces,
@@ -253,26 +250,17 @@ def render_interactive(
     names: tuple[str, str] = ("run", "other"),
 ) -> str:
     """The interactive page for ``summary`` (and ``other``, overlaid, for ``--compare``)."""
-    from gradprobe.report.html_report import findings_table
-
     e = escape
     fail_on = fail_on or summary.fail_on
-    meta = summary.meta
-    failed = summary.fails(fail_on)
     page = Page()
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gradprobe report</title>",
            f"<style>{STYLE}</style><script>{bundle}</script></head><body>"]
-    out.append(f"<h1>gradprobe report: {e(str(meta.get('model', 'run')))}</h1>")
-    sources = ", ".join(e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs)
-    out.append(f"<p>Logs: {sources}. gradprobe {e(str(meta.get('gradprobe')))}, torch {e(str(meta.get('torch')))}, "
-               f"{summary.steps} steps{'; ' + e(summary.loss_text()) if summary.loss_text() else ''}.</p>")
+    out.extend(run_heading(summary))
     if other is not None:
         compared = ", ".join(e(log.path) for log in other.logs)
         out.append(f"<p>Compared with {e(names[1])}: {compared} ({other.steps} steps"
                    f"{'; ' + e(other.loss_text()) if other.loss_text() else ''}); its curves are dotted.</p>")
-    verdict = "FAIL" if failed else "ok"
-    out.append(f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{verdict}</b> (fail-on {e(fail_on)}); "
-               + ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES)) + "</p>")
+    out.append(verdict_line(summary, fail_on))
     out.append("<h2>Findings</h2>")
     out.extend(findings_table(summary.findings))
     if other is not None:
