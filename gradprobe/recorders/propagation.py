@@ -90,35 +90,42 @@ class TrackLinearization:
     def _step_rows(self, t: int) -> slice:
         return slice(t * self.rows, (t + 1) * self.rows)
 
-    def _generic(self, x: Tensor, point: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], tuple[Tensor, ...]]]:
+    def _step_function(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """The custom cell's step as a function of the flat state, at inputs ``x``."""
+
         def f(flat: Tensor) -> Tensor:
             return _flat(self.track.step_fn(x, self._split(flat)))
 
-        vjp_fn = torch.func.vjp(f, point)[1]
-        return f, vjp_fn
+        return f
+
+    def generic_jvp(self, x: Tensor, point: Tensor, u: Tensor) -> Tensor:
+        """``J u`` through ``torch.func`` (custom cells) at inputs ``x`` and states ``point``."""
+        with warnings.catch_warnings():
+            # torch scripts its forward-AD decompositions on first use and warns that torch.jit.script is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.func.jvp(self._step_function(x), (point,), (u,))[1]
+
+    def _generic_vjp(self, x: Tensor, point: Tensor, w: Tensor) -> Tensor:
+        return torch.func.vjp(self._step_function(x), point)[1](w)[0]
 
     def jvp(self, u: Tensor) -> Tensor:
         """``J u`` for all rows of all steps."""
         if self._analytic is not None:
             return self._analytic.jvp(u)
-        f, _ = self._generic(self._x, self.point)
-        with warnings.catch_warnings():
-            # torch scripts its forward-AD decompositions on first use and warns that torch.jit.script is deprecated
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.func.jvp(f, (self.point,), (u,))[1]
+        return self.generic_jvp(self._x, self.point, u)
 
     def vjp(self, w: Tensor) -> Tensor:
         """``w^T J`` for all rows of all steps."""
         if self._analytic is not None:
             return self._analytic.vjp(w)
-        return self._generic(self._x, self.point)[1](w)[0]
+        return self._generic_vjp(self._x, self.point, w)
 
     def step_vjp(self, t: int, w: Tensor) -> Tensor:
         """``w^T J_t`` for the ``R`` rows of step ``t``."""
         rows = self._step_rows(t)
         if self._analytic is not None:
             return self._analytic.vjp(w, rows)
-        return self._generic(self._x[rows], self.point[rows])[1](w)[0]
+        return self._generic_vjp(self._x[rows], self.point[rows], w)
 
 
 def gradient_norms(track: Track) -> list[float]:
@@ -236,11 +243,7 @@ def _step_jvp(lin: TrackLinearization, k: int) -> Callable[[int, Tensor], Tensor
     def generic(t: int, u: Tensor) -> Tensor:
         row = t * lin.rows
         x = lin._x[row : row + 1].repeat(k, *([1] * (lin._x.dim() - 1)))
-        point = lin.point[row : row + 1].repeat(k, 1)
-        f, _ = lin._generic(x, point)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.func.jvp(f, (point,), (u,))[1]
+        return lin.generic_jvp(x, lin.point[row : row + 1].repeat(k, 1), u)
 
     return generic
 
