@@ -410,18 +410,19 @@ class Probe:
                 self._writer.flush()
             except Exception:  # noqa: BLE001, S110 - the log writer reports its own fault
                 pass
-        self._capture.remove()
-        if self._loop is not None:
-            self._loop.remove()
-            self._loop = None
+        self._remove_hooks()
 
-    def _detach(self) -> None:
+    def _remove_hooks(self) -> None:
+        """Every hook on the model, the optimizer and autograd, and the captured tensors."""
         if self._loop is not None:
             self._loop.remove()
             self._loop = None
         capture: CallCapture | None = getattr(self, "_capture", None)
         if capture is not None:
             capture.remove()
+
+    def _detach(self) -> None:
+        self._remove_hooks()
         if self._statistics is not None:
             self._statistics.release()
         if self._replayers is not None:
