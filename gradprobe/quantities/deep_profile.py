@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite
 from gradprobe.quantities.base import StepContext
 from gradprobe.quantities.saturation import emit_saturation
-from gradprobe.recorders import propagation
-from gradprobe.recorders.capture import DEEP
-from gradprobe.recorders.replay import SiteReplayers, Track
+from gradprobe.recorders import propagation, sweep
+from gradprobe.recorders.capture import DEEP, StackCall
+from gradprobe.recorders.replay import SiteReplayers, StackReplayer, Track
 from gradprobe.recorders.saturation import output_gates
 
 
@@ -86,8 +87,41 @@ class DeepProfile:
 
     def compute(self, context: StepContext) -> None:
         for site in self.sites:
+            chain = context.capture.stack_calls.get(site.name) if site.kind == "stack" else None
+            if chain and len(chain) == 1:
+                replayer = self.replayers.stack(site.name)
+                if sweep.supported(replayer.twin, chain[0]):
+                    self._sweep(site, replayer, chain[0], context)
+                    continue
             for track in self._replay(site, context):
                 self._analyze(site, track, context)
+
+    def _sweep(self, site: RecurrentSite, replayer: StackReplayer, call: StackCall, context: StepContext) -> None:
+        """One padded call of a built-in stack: one forward pass and one backward sweep per direction."""
+        s = self.settings
+        params = {name: p.detach() for name, p in site.module.named_parameters()}
+        rows = max(s.deep_rows, s.spectral_rows)
+        measured = sweep.sweep_stack(replayer.twin, site.tracks, call, params, s.deep_rows, s.lyapunov_k, self.generator, rows)
+        for direction in measured:
+            run, result = direction.run, direction.result
+            r = run.x_head.shape[1]
+            previous: tuple[Tensor, ...] = (run.chronological(run.h[:-1, :r]),)
+            if run.c is not None:
+                previous += (run.chronological(run.c[:-1, :r]),)
+            lin = propagation.TrackLinearization.analytic(run.mode, run.weights, run.chronological(run.x_head), previous, run.reverse)
+            self._emit(
+                site,
+                context,
+                name=run.name,
+                mode=run.mode,
+                batch=int(run.h.shape[1]),
+                grad_norms=result.grad_norms,
+                profile=result.profile,
+                lin=lin,
+                lyapunov=result.lyapunov,
+                chained=True,
+                gates=lin.first_rows(s.deep_rows).gates,
+            )
 
     def _replay(self, site: RecurrentSite, context: StepContext) -> list[Track]:
         if site.kind == "stack":
@@ -100,35 +134,65 @@ class DeepProfile:
 
     def _analyze(self, site: RecurrentSite, track: Track, context: StepContext) -> None:
         s = self.settings
-        grad_norms = propagation.gradient_norms(track)
-        if context.grad_scale != 1.0:
-            grad_norms = [v / context.grad_scale for v in grad_norms]
         lin = propagation.TrackLinearization(track, max(s.deep_rows, s.spectral_rows))
         profile = propagation.propagation_profile(lin.first_rows(s.deep_rows), self.generator)
+        lyapunov = propagation.lyapunov_spectrum(lin.first_rows(1), s.lyapunov_k, self.generator) if s.lyapunov_k else []
+        gates = lin.first_rows(s.deep_rows).gates
+        if gates is None and track.mode is None:  # a custom cell: saturation of its bounded outputs
+            gates = output_gates([state[0][: s.deep_rows] for state in track.states])
+        self._emit(
+            site,
+            context,
+            name=track.name,
+            mode=track.mode,
+            batch=int(track.states[0][0].shape[0]),
+            grad_norms=propagation.gradient_norms(track),
+            profile=profile,
+            lin=lin,
+            lyapunov=lyapunov,
+            chained=track.chained,
+            gates=gates,
+        )
+
+    def _emit(
+        self,
+        site: RecurrentSite,
+        context: StepContext,
+        *,
+        name: str,
+        mode: str | None,
+        batch: int,
+        grad_norms: list[float],
+        profile: list[float],
+        lin: propagation.TrackLinearization,
+        lyapunov: list[float],
+        chained: bool,
+        gates: dict[str, Tensor] | None,
+    ) -> None:
+        """Finish one track: Jacobian norms and decay fit, then the deep and saturation events and the record."""
+        s = self.settings
+        if context.grad_scale != 1.0:
+            grad_norms = [v / context.grad_scale for v in grad_norms]
         jacobians = propagation.jacobian_norms(lin.first_rows(s.spectral_rows), s.spectral_steps, self.generator)
         rate, horizon = propagation.fit_decay(profile, s.epsilon)
-        lyapunov = propagation.lyapunov_spectrum(lin.first_rows(1), s.lyapunov_k, self.generator) if s.lyapunov_k else []
         event = {
             "step": context.step,
-            "layer": track.name,
+            "layer": name,
             "module": site.name,
-            "mode": track.mode,
-            "seq_len": len(track.states),
-            "batch": int(track.states[0][0].shape[0]),
+            "mode": mode,
+            "seq_len": lin.steps,
+            "batch": batch,
             "grad_norms": grad_norms,
             "profile": profile,
             "jacobian_norms": jacobians,
             "rate": rate,
             "horizon": horizon,
             "epsilon": s.epsilon,
-            "chained": track.chained,
+            "chained": chained,
             "lyapunov": lyapunov,
         }
         context.emit("deep", **event)
         record = LayerProfile.from_event(event)
-        gates = lin.first_rows(s.deep_rows).gates
-        if gates is None and track.mode is None:  # a custom cell: saturation of its bounded outputs
-            gates = output_gates([state[0][: s.deep_rows] for state in track.states])
         if gates is not None:
-            record.saturation = emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=True)
-        self.layers[track.name] = record
+            record.saturation = emit_saturation(context.emit, context.step, name, mode, gates, deep=True)
+        self.layers[name] = record

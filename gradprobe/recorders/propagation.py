@@ -49,7 +49,8 @@ class TrackLinearization:
     """
 
     def __init__(self, track: Track, rows: int) -> None:
-        self.track = track
+        self.track: Track | None = track
+        self.reverse = track.reverse
         self.rows = max(1, min(rows, track.alive_rows))
         self.steps = len(track.previous)
         r = self.rows
@@ -72,13 +73,38 @@ class TrackLinearization:
                 self.gates = self._analytic.gates
         self._x = x
 
+    @classmethod
+    def analytic(cls, mode: str, weights: fn.LayerWeights, x_proj: Tensor, previous: tuple[Tensor, ...], reverse: bool) -> TrackLinearization:
+        """The linearization of a built-in cell's steps from tensors laid out ``[T, R, *]``, chronological.
+
+        Args:
+            mode: Cell math.
+            weights: The layer direction's weights.
+            x_proj: Projected inputs (biases folded as :func:`fn.project_input` folds them).
+            previous: The state each step started from.
+            reverse: Whether the direction runs backwards in time.
+        """
+        lin = object.__new__(cls)
+        steps, rows = x_proj.shape[0], x_proj.shape[1]
+        flat = tuple(p.reshape(steps * rows, -1) for p in previous)
+        lin.track, lin.reverse, lin.rows, lin.steps = None, reverse, rows, steps
+        lin.sizes = [p.shape[-1] for p in flat]
+        lin.point, lin._x = _flat(flat), x_proj.reshape(steps * rows, -1)
+        with torch.no_grad():
+            lin._analytic = fn.Linearization(mode, lin._x, flat, weights)
+        lin.gates = lin._analytic.gates
+        return lin
+
     def first_rows(self, rows: int) -> TrackLinearization:
         """The linearization of only the first ``rows`` rows of each step (shared, not recomputed)."""
         if rows >= self.rows or self._analytic is None:
-            return self if rows >= self.rows else TrackLinearization(self.track, rows)
+            if rows >= self.rows:
+                return self
+            assert self.track is not None  # only analytic linearizations are built without a track
+            return TrackLinearization(self.track, rows)
         index = (torch.arange(self.steps).unsqueeze(1) * self.rows + torch.arange(rows)).flatten()
         part = object.__new__(TrackLinearization)
-        part.track, part.rows, part.steps, part.sizes = self.track, rows, self.steps, self.sizes
+        part.track, part.reverse, part.rows, part.steps, part.sizes = self.track, self.reverse, rows, self.steps, self.sizes
         part.point, part._x = self.point[index], self._x[index]
         part._analytic = self._analytic.subset(index)
         part.gates = part._analytic.gates
@@ -93,8 +119,11 @@ class TrackLinearization:
     def _step_function(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """The custom cell's step as a function of the flat state, at inputs ``x``."""
 
+        track = self.track
+        assert track is not None  # custom cells always come from a track
+
         def f(flat: Tensor) -> Tensor:
-            return _flat(self.track.step_fn(x, self._split(flat)))
+            return _flat(track.step_fn(x, self._split(flat)))
 
         return f
 
@@ -146,7 +175,7 @@ def _unit_rows(shape: tuple[int, ...], like: Tensor, generator: torch.Generator)
 def propagation_profile(lin: TrackLinearization, generator: torch.Generator) -> list[float]:
     """``profile[k]`` for ``k = 0..T-1``: ``v^T J_end ... J_{end-k+1}`` for unit ``v``, mean norm over rows."""
     order = list(range(lin.steps))
-    if lin.track.reverse:
+    if lin.reverse:
         order.reverse()  # the reverse direction ends at t = 0
     u = _unit_rows((lin.rows, lin.point.shape[-1]), lin.point, generator)
     norms = [u.norm(dim=-1).mean()]
@@ -169,29 +198,33 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
     """
     n, size = lin.point.shape
     m = max(1, min(steps, size))
-    dtype = lin.point.dtype
-    right = lin.point.new_zeros(n, m, size)
-    left = lin.point.new_zeros(n, m, size)
-    alphas = lin.point.new_zeros(n, m)
-    betas = lin.point.new_zeros(n, m)
-    tiny = torch.finfo(dtype).eps * 16
+    tiny = torch.finfo(lin.point.dtype).eps * 16
+    alphas: list[Tensor] = []
+    betas: list[Tensor] = []
     with torch.no_grad():
-        right[:, 0] = _unit_rows((n, size), lin.point, generator)
-        u = lin.jvp(right[:, 0])
+        right = _unit_rows((n, size), lin.point, generator)
+        u = lin.jvp(right)
+        left = u
+        floor = None
         for j in range(m):
             if j:
-                u = u - betas[:, j - 1 : j] * left[:, j - 1]
-            alphas[:, j] = u.norm(dim=1)
-            left[:, j] = u / alphas[:, j : j + 1].clamp_min(tiny)
+                u = torch.addcmul(u, betas[-1], left, value=-1)
+            alpha = u.norm(dim=1, keepdim=True)
+            alphas.append(alpha)
+            left = u / alpha.clamp_min(tiny)
             if j == m - 1:
                 break
-            v = lin.vjp(left[:, j]) - alphas[:, j : j + 1] * right[:, j]
-            betas[:, j] = v.norm(dim=1)
-            alive = (betas[:, j : j + 1] > tiny * alphas[:, :1].clamp_min(tiny)).to(dtype)
-            right[:, j + 1] = alive * v / betas[:, j : j + 1].clamp_min(tiny)
-            betas[:, j] *= alive.squeeze(1)
-            u = lin.jvp(right[:, j + 1])
-        bidiagonal = torch.diag_embed(alphas.double()) + torch.diag_embed(betas[:, : m - 1].double(), offset=1)
+            if floor is None:
+                floor = tiny * alpha.clamp_min(tiny)
+            v = torch.addcmul(lin.vjp(left), alpha, right, value=-1)
+            beta = v.norm(dim=1, keepdim=True)
+            alive = beta > floor  # a row whose Krylov space is exhausted stops growing
+            right = torch.where(alive, v / beta.clamp_min(tiny), 0.0)
+            betas.append(beta * alive)
+            u = lin.jvp(right)
+        bidiagonal = torch.diag_embed(torch.cat(alphas, dim=1).double())
+        if betas:
+            bidiagonal = bidiagonal + torch.diag_embed(torch.cat(betas, dim=1).double(), offset=1)
         finite = torch.isfinite(bidiagonal).flatten(1).all(dim=1)
         sigma = torch.full((n,), float("nan"), dtype=torch.float64, device=bidiagonal.device)
         if finite.any():
@@ -215,7 +248,7 @@ def lyapunov_spectrum(lin: TrackLinearization, k: int, generator: torch.Generato
     if steps < 2:
         return []
     order = list(range(steps))
-    if lin.track.reverse:
+    if lin.reverse:
         order.reverse()
     burn = steps // 10
     with torch.no_grad():

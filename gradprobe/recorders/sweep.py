@@ -1,0 +1,508 @@
+"""The deep step of a fused stack: one forward pass and one backward sweep per layer direction.
+
+The general replay (:mod:`gradprobe.recorders.replay`) rebuilds a stack's
+states with the reference step functions under autograd, back-propagates the
+captured gradients through that graph (about ten autograd nodes per time step),
+and then the propagation profile and the Lyapunov spectrum each walk the
+sequence once more. For the common case, one call of a ``nn.RNN``/``nn.LSTM``/
+``nn.GRU`` (or reference) stack on a padded batch, this module does the same
+work in two passes with analytic products and no graph:
+
+1. **forward**, bottom layer first: the input projection of all steps in one
+   matrix product, then per step one recurrent product and the cell's
+   elementwise math, keeping the pre-activations and the states;
+2. **backward**, top layer first: per step one vector-Jacobian product for a
+   block of rows that holds at once
+   - the batch's total ``dL/dh_t`` (the captured gradients of the output and
+     of the final state injected where they enter, so the rows carry exactly
+     what autograd would),
+   - the propagation profile's random unit vectors (``profile[k]``), and
+   - the Lyapunov vectors, re-orthonormalized by a QR step.
+
+   The pre-activation cotangents of the gradient rows give, in one matrix
+   product, the gradient that enters the layer below.
+
+Every direction is processed in its own order of time (a reverse direction
+runs from the last step to the first), and every result is returned in
+chronological order.
+
+The Lyapunov spectrum is taken on the adjoint products ``J_t^T``: the singular
+values of ``J_T ... J_1`` and of its transpose are the same, so the QR method
+on either gives the same exponents (exactly for normal Jacobians, and in the
+limit of long products in general).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradprobe.reference import functional as fn
+from gradprobe.reference.functional import LayerWeights
+
+#: Cell modes the sweep handles (every fused mode, and the reference leaky ReLU).
+SWEEP_MODES = frozenset(fn.MODES)
+#: Floating types the sweep runs in; others (half precision weights) take the general replay.
+SWEEP_DTYPES = frozenset({torch.float32, torch.float64})
+#: Time steps whose activations are expanded at once in the backward sweep (bounds its temporaries).
+CHUNK_STEPS = 64
+
+
+@dataclass
+class DirectionRun:
+    """One layer direction after the forward pass, in its processing order of time.
+
+    Per-step tensors are ``[T, B, *]`` (states ``[T + 1, B, *]``: index 0 is the
+    initial state, ``t + 1`` the state after step ``t``).
+
+    Attributes:
+        name: Track name (``module.l{k}`` or ``module.l{k}_reverse``).
+        mode: Cell math.
+        weights: The direction's detached weights.
+        reverse: Whether processing order runs backwards in time.
+        x_head: Projected inputs of the first rows (biases folded as
+            :func:`fn.project_input` folds them), ``[T, R, G]``.
+        h: Hidden states (the direction's outputs).
+        activations: LSTM: ``(i, f, g, o)`` after their nonlinearities;
+            GRU: ``(r, z)``; RNN: unused (the slope is read from ``h``).
+        c: LSTM cell states.
+        tanh_c: LSTM: ``tanh(c_t)`` of each step.
+        hh: GRU: ``W_hh h_{t-1} + b_hh`` of each step.
+        new: GRU: the candidate ``n`` of each step.
+    """
+
+    name: str
+    mode: str
+    weights: LayerWeights
+    reverse: bool
+    x_head: Tensor
+    h: Tensor
+    activations: Tensor | None = None
+    c: Tensor | None = None
+    tanh_c: Tensor | None = None
+    hh: Tensor | None = None
+    new: Tensor | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.h.shape[0] - 1
+
+    def chronological(self, t: Tensor) -> Tensor:
+        """A per-step tensor in processing order, put in order of time."""
+        return t.flip(0) if self.reverse else t
+
+    def outputs(self) -> Tensor:
+        """``h_t`` of every step, ``[T, B, P]``, chronological."""
+        return self.chronological(self.h[1:])
+
+
+@dataclass
+class SweepResult:
+    """What the backward sweep measured on one direction (chronological where per step)."""
+
+    grad_norms: list[float]
+    profile: list[float]
+    lyapunov: list[float]
+
+
+# --------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------
+
+#: Below this many elements torch's tanh is cheaper than ``2 sigmoid(2x) - 1``.
+_TANH_DIRECT_BELOW = 4096
+
+
+def _tanh(x: Tensor, out: Tensor) -> Tensor:
+    """``tanh(x)`` into ``out``; on large tensors as ``2 sigmoid(2x) - 1`` (torch's CPU sigmoid is ~3x faster)."""
+    if x.numel() < _TANH_DIRECT_BELOW or x.dtype != torch.float32:
+        return torch.tanh(x, out=out)
+    return torch.sigmoid(x * 2, out=out).mul_(2).sub_(1)
+
+
+def forward(
+    name: str, mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w: LayerWeights, reverse: bool, head_rows: int
+) -> DirectionRun:
+    """Run one direction over the padded time-major input ``x`` ``[T, B, I]`` and keep what the sweep needs.
+
+    Args:
+        head_rows: Rows whose projected inputs are kept (the Jacobian estimates and saturation use them).
+    """
+    if reverse:
+        x = x.flip(0)
+    steps, batch = x.shape[0], x.shape[1]
+    pre = fn.project_input(mode, x.reshape(steps * batch, -1), w).view(steps, batch, -1)
+    x_head = pre[:, :head_rows].clone()
+    h = h0.new_empty(steps + 1, *h0.shape)
+    h[0] = h0
+    hs = h.unbind(0)
+    w_hh_t = w.weight_hh.t()
+    run = DirectionRun(name, mode, w, reverse, x_head, h)
+    if mode == "LSTM":
+        assert c0 is not None
+        hidden = c0.shape[-1]
+        c = c0.new_empty(steps + 1, *c0.shape)
+        c[0] = c0
+        tanh_c = c0.new_empty(steps, *c0.shape)
+        cs, tcs = c.unbind(0), tanh_c.unbind(0)
+        w_hr_t = w.weight_hr.t() if w.weight_hr is not None else None
+        # the cell candidate's rows scaled by 2, so one sigmoid over all gates gives tanh(a) = 2 sigmoid(2a) - 1 there
+        pre[..., 2 * hidden : 3 * hidden] *= 2
+        w_hh_t = w.weight_hh.t().clone()
+        w_hh_t[:, 2 * hidden : 3 * hidden] *= 2
+        # per-step views of each gate, made once (slicing in the loop costs more than the arithmetic at small sizes)
+        i_s, f_s, g_s, o_s = (gate.unbind(0) for gate in pre.view(steps, batch, 4, hidden).unbind(2))
+        for t, gates in enumerate(pre.unbind(0)):  # pre-activations become activations in place
+            gates.addmm_(hs[t], w_hh_t).sigmoid_()
+            # c' = f c + i g with g = 2 s - 1 (s the sigmoid of the doubled pre-activation): f c - i + 2 i s
+            torch.addcmul(torch.addcmul(i_s[t].neg(), i_s[t], g_s[t], value=2), f_s[t], cs[t], out=cs[t + 1])
+            _tanh(cs[t + 1], out=tcs[t])
+            if w_hr_t is None:
+                torch.mul(o_s[t], tcs[t], out=hs[t + 1])
+            else:
+                torch.mm(o_s[t] * tcs[t], w_hr_t, out=hs[t + 1])
+        pre[..., 2 * hidden : 3 * hidden].mul_(2).sub_(1)  # the candidate's tanh, for the sweep
+        run.activations, run.c, run.tanh_c = pre, c, tanh_c
+    elif mode == "GRU":
+        hidden = h0.shape[-1]
+        hh = pre.new_empty(pre.shape)
+        new = pre.new_empty(steps, batch, hidden)
+        b_hh = w.bias_hh
+        rz_all = pre[..., : 2 * hidden]
+        x_n, rzs, ns = pre[..., 2 * hidden :].unbind(0), rz_all.unbind(0), new.unbind(0)
+        for t, hh_t in enumerate(hh.unbind(0)):
+            if b_hh is None:
+                torch.mm(hs[t], w_hh_t, out=hh_t)
+            else:
+                torch.addmm(b_hh, hs[t], w_hh_t, out=hh_t)
+            rz = rzs[t].add_(hh_t[:, : 2 * hidden]).sigmoid_()
+            _tanh(torch.addcmul(x_n[t], rz[:, :hidden], hh_t[:, 2 * hidden :]), out=ns[t])
+            torch.lerp(ns[t], hs[t], rz[:, hidden:], out=hs[t + 1])
+        run.activations, run.hh, run.new = rz_all, hh, new
+    else:
+        activation = _activation(mode)
+        for t, pre_t in enumerate(pre.unbind(0)):
+            pre_t.addmm_(hs[t], w_hh_t)
+            activation(pre_t, hs[t + 1])
+    return run
+
+
+def _activation(mode: str) -> Any:
+    if mode == "RNN_TANH":
+        return _tanh
+    if mode == "RNN_RELU":
+        return lambda pre, out: torch.clamp_min(pre, 0, out=out)
+    return lambda pre, out: torch.where(pre > 0, pre, pre * fn.LEAKY_SLOPE, out=out)
+
+
+# --------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------
+
+
+class _Factors:
+    """The derivative factors of the steps ``start .. stop - 1``, expanded to the sweep's rows (``index``)."""
+
+    def __init__(self, run: DirectionRun, start: int, stop: int, index: Tensor) -> None:
+        rows = lambda t: t.index_select(1, index)
+        if run.mode == "LSTM":
+            assert run.activations is not None and run.c is not None and run.tanh_c is not None
+            i, f, g, o = run.activations[start:stop].chunk(4, dim=-1)
+            tc = run.tanh_c[start:stop]
+            c_prev = run.c[start:stop]
+            dgates = torch.cat(
+                [g * (i - i * i), c_prev * (f - f * f), i * (1 - g * g), tc * (o - o * o)], dim=-1
+            )
+            self.dgates = rows(dgates).unbind(0)
+            self.through_c = rows(o * (1 - tc * tc)).unbind(0)
+            self.forget = rows(f).unbind(0)
+        elif run.mode == "GRU":
+            assert run.activations is not None and run.hh is not None and run.new is not None
+            r, z = run.activations[start:stop].chunk(2, dim=-1)
+            n = run.new[start:stop]
+            h_n = run.hh[start:stop, :, 2 * r.shape[-1] :]
+            keep_n = (1 - z) * (1 - n * n)
+            # cotangents of the (r, z, n) parts of W_hh h are v times these, all three at once
+            to_hidden = torch.stack([keep_n * h_n * (r - r * r), (run.h[start:stop] - n) * (z - z * z), keep_n * r], dim=-2)
+            self.to_hidden = rows(to_hidden).unbind(0)
+            self.update = rows(z).unbind(0)
+            self.keep_n = keep_n  # batch rows only: the input's n pre-activation
+        else:
+            y = run.h[start + 1 : stop + 1]
+            if fn.is_relu(run.mode):
+                positive = (y > 0).to(y.dtype)
+                slope = positive + (1 - positive) * fn.LEAKY_SLOPE if run.mode == "RNN_LEAKY_RELU" else positive
+            else:
+                slope = 1 - y * y
+            self.slope = rows(slope).unbind(0)
+
+
+def sweep(
+    run: DirectionRun,
+    direct: Tensor | None,
+    final_h: Tensor | None,
+    final_c: Tensor | None,
+    profile_rows: int,
+    lyapunov_k: int,
+    generator: torch.Generator,
+    need_input_grads: bool,
+) -> tuple[SweepResult, Tensor | None]:
+    """Back-propagate through one direction; measure its gradients, profile and Lyapunov spectrum.
+
+    Args:
+        run: The direction's forward pass.
+        direct: ``[T, B, P]`` gradient reaching each ``h_t`` from outside the
+            direction (the layer's output, the layer above), chronological;
+            ``None`` when nothing arrives.
+        final_h: Gradient of the direction's final ``h`` (``h_n``), or ``None``.
+        final_c: Gradient of the final ``c`` (``c_n``, LSTM), or ``None``.
+        profile_rows: ``R``: random unit vectors started at the last state,
+            one per batch row ``0 .. R-1``.
+        lyapunov_k: Lyapunov exponents wanted (0: none), at batch row 0.
+        generator: Draws the profile's vectors and the Lyapunov start.
+        need_input_grads: Also return ``dL/d input`` ``[T, B, I]`` (chronological)
+            for the layer below.
+
+    Returns:
+        The measurements and the input gradient (or ``None``).
+
+    The sweep walks back in chunks of :data:`CHUNK_STEPS` steps: the
+    cotangents and derivative factors exist for one chunk at a time.
+    """
+    mode, w = run.mode, run.weights
+    steps, batch = run.steps, run.h.shape[1]
+    out_size = run.h.shape[-1]
+    cell = run.c.shape[-1] if run.c is not None else 0
+    size = out_size + cell
+    r = max(1, min(profile_rows, batch))
+    k = min(lyapunov_k, size) if steps >= 2 else 0
+    lyap = slice(batch + r, batch + r + k)
+    index = torch.cat([torch.arange(batch), torch.arange(r), torch.zeros(k, dtype=torch.long)]).to(run.h.device)
+    rows = batch + r + k
+    dtype, device = run.h.dtype, run.h.device
+    direct = run.chronological(direct.to(dtype)) if direct is not None else None
+
+    # the cotangent of the state after the last step: what enters there, and the random starts
+    carry_h = run.h.new_zeros(rows, out_size)
+    carry_c = run.h.new_zeros(rows, cell)
+    if direct is not None:
+        carry_h[:batch] = direct[steps - 1]
+    if final_h is not None:
+        carry_h[:batch] += final_h.to(dtype)
+    if final_c is not None and cell:
+        carry_c[:batch] = final_c.to(dtype)
+    start = torch.randn(r, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    start = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    carry_h[batch : batch + r], carry_c[batch : batch + r] = start[:, :out_size], start[:, out_size:]
+    burn = steps // 10
+    diagonals = run.h.new_empty(max(steps - burn, 0), k)
+    if k:
+        q = torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype))[0]
+        carry_h[lyap], carry_c[lyap] = q.t()[:, :out_size], q.t()[:, out_size:]
+
+    grad_sq = run.h.new_empty(steps, dtype=torch.float64)
+    profile_sq = run.h.new_empty(steps, r, dtype=torch.float64)
+    input_grads = run.h.new_empty(steps, batch, w.weight_ih.shape[1]) if need_input_grads else None
+    for stop in range(steps, 0, -CHUNK_STEPS):
+        first = max(0, stop - CHUNK_STEPS)
+        span = stop - first
+        factors = _Factors(run, first, stop, index)
+        # local j holds the cotangent of the state after step first + j - 1; j = span is carried in
+        v_h = run.h.new_zeros(span + 1, rows, out_size)
+        v_c = run.h.new_zeros(span + 1, rows, cell)
+        v_h[span], v_c[span] = carry_h, carry_c
+        if direct is not None and stop > 1:
+            lo = max(first, 1)
+            v_h[lo - first : span, :batch] = direct[lo - 1 : stop - 1]
+        hs, cs = v_h.unbind(0), v_c.unbind(0)
+        lyap_h, lyap_c = v_h[:, lyap].unbind(0), v_c[:, lyap].unbind(0)
+        gate_grads = run.h.new_empty(span, batch, factors_width(run)) if input_grads is not None else None
+        grads_out = gate_grads.unbind(0) if gate_grads is not None else ()
+        for j in range(span - 1, -1, -1):
+            vh = hs[j + 1]
+            if mode == "LSTM":
+                raw = vh.matmul(w.weight_hr) if w.weight_hr is not None else vh
+                vc = torch.addcmul(cs[j + 1], raw, factors.through_c[j])
+                delta = torch.cat([vc, vc, vc, raw], dim=1).mul_(factors.dgates[j])
+                hs[j].addmm_(delta, w.weight_hh)
+                cs[j].addcmul_(vc, factors.forget[j])
+            elif mode == "GRU":
+                delta = (vh.unsqueeze(1) * factors.to_hidden[j]).flatten(1)
+                hs[j].addmm_(delta, w.weight_hh).addcmul_(vh, factors.update[j])
+            else:
+                delta = vh * factors.slope[j]
+                hs[j].addmm_(delta, w.weight_hh)
+            if grads_out:
+                grads_out[j].copy_(delta[:batch])
+            if k:  # re-orthonormalize the Lyapunov vectors: Q R = J_t^T Q
+                flat = torch.cat([lyap_h[j], lyap_c[j]], dim=1) if cell else lyap_h[j]
+                q, upper = torch.linalg.qr(flat.t())
+                done = steps - 1 - (first + j)
+                if done >= burn:
+                    diagonals[done - burn] = upper.diagonal()
+                if cell:
+                    q_h, q_c = q.t().split([out_size, cell], dim=1)
+                    lyap_h[j].copy_(q_h)
+                    lyap_c[j].copy_(q_c)
+                else:
+                    lyap_h[j].copy_(q.t())
+        grad_sq[first:stop] = v_h[1:, :batch].pow(2).sum(dim=(1, 2), dtype=torch.float64)
+        profile_sq[first:stop] = v_h[1:, batch : batch + r].pow(2).sum(-1, dtype=torch.float64)
+        if cell:
+            profile_sq[first:stop] += v_c[1:, batch : batch + r].pow(2).sum(-1, dtype=torch.float64)
+        if gate_grads is not None and input_grads is not None:
+            if mode == "GRU":
+                # the input's n pre-activation is outside the reset product: its cotangent is v (1 - z)(1 - n^2)
+                gate_grads[..., 2 * out_size :] = v_h[1:, :batch] * factors.keep_n
+            torch.matmul(gate_grads, w.weight_ih, out=input_grads[first:stop])
+        carry_h, carry_c = hs[0], cs[0]
+    grad_norms = run.chronological(grad_sq.sqrt())
+    profile = profile_sq.sqrt().mean(-1).flip(0)  # profile[k]: k steps back from the last state
+    lyapunov: list[float] = []
+    if k and diagonals.shape[0]:
+        tiny = torch.finfo(torch.float64).tiny
+        lyapunov = diagonals.double().abs().clamp_min(tiny).log().mean(dim=0).sort(descending=True).values.tolist()
+    grads_in = run.chronological(input_grads) if input_grads is not None else None
+    return SweepResult(grad_norms.tolist(), profile.tolist(), lyapunov), grads_in
+
+
+def factors_width(run: DirectionRun) -> int:
+    """Width of the pre-activations (``G * H``) whose cotangents reach the input projection."""
+    return run.weights.weight_ih.shape[0]
+
+
+# --------------------------------------------------------------------------
+# a whole stack call
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class MeasuredDirection:
+    """One track of a swept stack call: its forward pass and what the sweep measured."""
+
+    run: DirectionRun
+    result: SweepResult
+
+
+def supported(twin: Any, call: Any) -> bool:
+    """Whether the sweep handles this captured call (else the general replay does).
+
+    It does for one padded, batched call (``[T, B, I]`` or batch first) with
+    captured gradients, in single or double precision. Packed sequences,
+    unbatched inputs and half-precision weights take the general replay.
+    """
+    input_ = call.input
+    if not isinstance(input_, Tensor) or input_.dim() != 3 or not call.grads:
+        return False
+    if twin.mode not in SWEEP_MODES or input_.shape[1 if twin.batch_first else 0] == 0:
+        return False
+    weight = twin.layer_weights(0, 0, None).weight_ih
+    return weight is None or weight.dtype in SWEEP_DTYPES
+
+
+def sweep_stack(
+    twin: Any,
+    names: list[str],
+    call: Any,
+    params: dict[str, Tensor],
+    profile_rows: int,
+    lyapunov_k: int,
+    generator: torch.Generator,
+    head_rows: int,
+) -> list[MeasuredDirection]:
+    """Forward every layer direction of one stack call, then sweep them top layer first.
+
+    Args:
+        twin: The stack's reference twin (configuration and dropout masks).
+        names: Track names, layer-major, forward direction first.
+        call: The captured call (input, initial state, RNG state, gradients).
+        params: The module's detached parameters by name.
+        profile_rows: Rows of the propagation profile.
+        lyapunov_k: Lyapunov exponents per track.
+        generator: The probe's random generator.
+        head_rows: Batch rows kept for the Jacobian estimates and saturation (:attr:`DirectionRun.x_head`).
+    """
+    dtype = next(iter(params.values())).dtype
+    x = call.input.detach().to(dtype)
+    if twin.batch_first:
+        x = x.transpose(0, 1)
+    batch = x.shape[1]
+    directions = 2 if twin.bidirectional else 1
+    layers = twin.num_layers
+    init = _initial_states(twin, call.hx, batch, x, dtype)
+    grads = list(call.grads) + [None] * (3 - len(call.grads))
+    out_grad, hn_grad, cn_grad = grads[0], grads[1], grads[2] if twin.mode == "LSTM" else None
+    if out_grad is not None:
+        out_grad = out_grad.detach()
+        if twin.batch_first:
+            out_grad = out_grad.transpose(0, 1)
+
+    was_training = twin.training
+    twin.train(call.training)
+    masks: list[Tensor | None] = [None]
+    runs: list[list[DirectionRun]] = []
+    rng = torch.random.fork_rng(devices=[]) if call.rng_state is not None else nullcontext()
+    try:
+        with rng, torch.no_grad():
+            if call.rng_state is not None:
+                torch.set_rng_state(call.rng_state)
+            layer_input = x
+            for layer in range(layers):
+                if layer:
+                    mask = twin._dropout_mask(layer_input)
+                    masks.append(mask)
+                    if mask is not None:
+                        layer_input = layer_input * mask
+                per_direction = []
+                for direction in range(directions):
+                    index = layer * directions + direction
+                    weights = twin.layer_weights(layer, direction, params)
+                    c0 = init[1][index] if twin.mode == "LSTM" else None
+                    per_direction.append(
+                        forward(names[index], twin.mode, layer_input, init[0][index], c0, weights, bool(direction), head_rows)
+                    )
+                runs.append(per_direction)
+                outputs = [run.outputs() for run in per_direction]
+                layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+    finally:
+        twin.train(was_training)
+
+    measured: dict[str, MeasuredDirection] = {}
+    with torch.no_grad():
+        direct = out_grad.to(dtype) if out_grad is not None else None
+        for layer in range(layers - 1, -1, -1):
+            below: Tensor | None = None
+            for direction, run in enumerate(runs[layer]):
+                index = layer * directions + direction
+                width = run.h.shape[-1]
+                part = direct[..., direction * width : (direction + 1) * width] if direct is not None else None
+                result, input_grads = sweep(
+                    run,
+                    part,
+                    hn_grad[index].detach() if hn_grad is not None else None,
+                    cn_grad[index].detach() if cn_grad is not None else None,
+                    profile_rows,
+                    lyapunov_k,
+                    generator,
+                    need_input_grads=layer > 0,
+                )
+                measured[run.name] = MeasuredDirection(run, result)
+                if input_grads is not None:
+                    below = input_grads if below is None else below + input_grads
+            mask = masks[layer]
+            if below is not None and mask is not None:
+                below = below * mask
+            direct = below
+    return [measured[name] for name in names]
+
+
+def _initial_states(twin: Any, hx: Any, batch: int, like: Tensor, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """``(h0,)`` or ``(h0, c0)``, each ``[layers * directions, B, *]``."""
+    if hx is None:
+        return tuple(like.new_zeros(shape, dtype=dtype) for shape in twin._expected_state_shapes(batch))
+    states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+    return tuple(s.detach().to(dtype) for s in states)

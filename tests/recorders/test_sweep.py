@@ -1,0 +1,150 @@
+"""The deep step of fused stacks (one forward pass, one backward sweep) against the general replay and theory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gradprobe
+from gradprobe.recorders import sweep
+from gradprobe.reference import RNN as ReferenceRNN
+from gradprobe.reference import functional as fn
+
+
+def _deep_events(model, x, hx=None, general=False, monkeypatch=None, train=True):
+    """The deep and saturation events of one probed step, by the sweep or (``general``) the autograd replay."""
+    if general:
+        monkeypatch.setattr(sweep, "supported", lambda twin, call: False)
+    events: list[dict] = []
+    model.train(train)
+    torch.manual_seed(11)  # the same dropout masks in both runs
+    with gradprobe.attach(model, every=1, config={}, sinks=[events.append]) as probe:
+        out, hidden = model(x) if hx is None else model(x, hx)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        loss = out.pow(2).sum() + sum((0.3 + 0.2 * k) * s.sin().sum() for k, s in enumerate(states))
+        loss.backward()
+        probe.step(loss)
+    assert probe.error is None, probe.error
+    if general:
+        monkeypatch.undo()
+    deep = {e["layer"]: e for e in events if e["kind"] == "deep"}
+    saturation = {e["layer"]: e for e in events if e["kind"] == "saturation"}
+    return deep, saturation
+
+
+CONFIGS = {
+    "lstm": (nn.LSTM, {}, 20),
+    "lstm_2layer_bi_dropout": (nn.LSTM, {"num_layers": 2, "bidirectional": True, "dropout": 0.4}, 20),
+    "lstm_proj_batch_first": (nn.LSTM, {"proj_size": 3, "batch_first": True, "num_layers": 2}, 20),
+    "lstm_long": (nn.LSTM, {"num_layers": 2}, 150),  # more than one chunk of the sweep
+    "gru_2layer_bi": (nn.GRU, {"num_layers": 2, "bidirectional": True}, 20),
+    "gru_long": (nn.GRU, {"bidirectional": True}, 150),
+    "rnn_tanh_3layer": (nn.RNN, {"num_layers": 3, "dropout": 0.3}, 20),
+    "rnn_relu_bi": (nn.RNN, {"nonlinearity": "relu", "bidirectional": True}, 20),
+    "leaky_reference": (ReferenceRNN, {"nonlinearity": "leaky_relu", "num_layers": 2}, 20),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("with_state", [False, True])
+def test_the_sweep_measures_what_the_autograd_replay_measures(name, with_state, monkeypatch):
+    """Per-step ||dL/dh_t|| (the loss reaches every layer through outputs and final states), Jacobian norms and saturation."""
+    cls, options, steps = CONFIGS[name]
+    torch.manual_seed(0)
+    model = cls(4, 7, dtype=torch.float64, **options)
+    batch_first = options.get("batch_first", False)
+    x = torch.randn((5, steps, 4) if batch_first else (steps, 5, 4), dtype=torch.float64)
+    hx = None
+    if with_state:
+        layers = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
+        h0 = torch.randn(layers, 5, options.get("proj_size") or 7, dtype=torch.float64)
+        hx = (h0, torch.randn(layers, 5, 7, dtype=torch.float64)) if cls is nn.LSTM else h0
+    fast, fast_saturation = _deep_events(model, x, hx)
+    general, general_saturation = _deep_events(model, x, hx, general=True, monkeypatch=monkeypatch)
+    assert fast.keys() == general.keys() and len(fast) == getattr(model, "num_layers", 1) * (2 if options.get("bidirectional") else 1)
+    for layer, event in fast.items():
+        reference = general[layer]
+        assert event["seq_len"] == reference["seq_len"] == steps and event["batch"] == reference["batch"] == 5
+        assert event["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-10, abs=1e-14)
+        assert min(event["grad_norms"]) > 0
+        assert event["jacobian_norms"] == pytest.approx(reference["jacobian_norms"], rel=1e-10)
+        assert fast_saturation[layer]["fractions"] == pytest.approx(general_saturation[layer]["fractions"], abs=1e-12)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_single_precision_large_layers_agree_with_the_autograd_replay(cls, monkeypatch):
+    """B*H >= 4096: tanh is taken as 2 sigmoid(2x) - 1; the gradients still agree to single-precision round-off."""
+    torch.manual_seed(2)
+    model = cls(8, 256)
+    x = torch.randn(15, 16, 8)
+    fast, _ = _deep_events(model, x)
+    general, _ = _deep_events(model, x, general=True, monkeypatch=monkeypatch)
+    for layer, event in fast.items():
+        assert event["grad_norms"] == pytest.approx(general[layer]["grad_norms"], rel=2e-5)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [nn.LSTM(3, 6, proj_size=2, dtype=torch.float64), nn.GRU(3, 5, dtype=torch.float64), nn.RNN(3, 5, nonlinearity="relu", dtype=torch.float64)],
+    ids=["lstm_proj", "gru", "rnn_relu"],
+)
+def test_the_profile_is_the_product_of_analytic_jacobians(module):
+    """profile[k] = mean_b ||v_b^T J_T ... J_(T-k+1)|| with the sweep's own random v, Jacobians formed explicitly."""
+    torch.manual_seed(3)
+    x = torch.randn(9, 4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        out, _ = module(x)
+    twin = gradprobe.recorders.replay._twin_for(module)
+    call = type("Call", (), {"input": x, "hx": None, "training": False, "rng_state": None, "grads": [torch.ones_like(out)]})()
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    (measured,) = sweep.sweep_stack(twin, ["l0"], call, params, 2, 0, torch.Generator().manual_seed(5), head_rows=2)
+    run = measured.run
+    states = [run.h] if run.c is None else [run.h, run.c]
+    size = sum(s.shape[-1] for s in states)
+    v = torch.randn(2, size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    u = v / v.norm(dim=-1, keepdim=True)
+    weights = run.weights
+    x_proj = fn.project_input(run.mode, x[:, :2], weights)
+    expected = [1.0]
+    for t in range(8, 0, -1):
+        jac = fn.jacobian(run.mode, x_proj[t], tuple(s[t, :2] for s in states), weights)
+        u = torch.einsum("bi,bij->bj", u, jac)
+        expected.append(float(u.norm(dim=-1).mean()))
+    assert measured.result.profile == pytest.approx(expected, rel=1e-9, abs=1e-14)
+
+
+def test_the_lyapunov_spectrum_of_a_non_normal_recurrence():
+    """W upper triangular: the exponents are log |diag W| although W != W^T (the sweep walks the adjoint products)."""
+    diagonal = torch.tensor([1.15, 0.8, 0.45, 0.2], dtype=torch.float64)
+    weight = torch.diag(diagonal) + torch.triu(torch.full((4, 4), 0.6, dtype=torch.float64), diagonal=1)
+    rnn = nn.RNN(1, 4).double()
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            param.copy_(weight if name == "weight_hh_l0" else torch.zeros_like(param))
+    report = gradprobe.check(rnn, torch.zeros(400, 2, 1, dtype=torch.float64), config={}, lyapunov_k=4)
+    assert report.layers["RNN.l0"].lyapunov == pytest.approx(diagonal.log().tolist(), abs=5e-3)
+
+
+def test_padded_calls_take_the_sweep_and_packed_calls_the_general_replay(monkeypatch):
+    taken: list[bool] = []
+    real = sweep.sweep_stack
+    monkeypatch.setattr(sweep, "sweep_stack", lambda *a, **k: taken.append(True) or real(*a, **k))
+    model = nn.GRU(3, 4)
+    gradprobe.check(model, torch.randn(6, 2, 3), config={})
+    assert taken == [True]
+
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = model
+
+        def forward(self, x):
+            return self.gru(pack_padded_sequence(x, [6, 4, 2]))[1]
+
+    report = gradprobe.check(Packed(), torch.randn(6, 3, 3), loss_fn=lambda h: h.pow(2).sum(), config={})
+    assert taken == [True] and report.layers["gru.l0"].seq_len == 6
+    assert math.isfinite(report.layers["gru.l0"].grad_norms[0])
