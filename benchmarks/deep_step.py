@@ -19,10 +19,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import make_step
 
 import gradprobe
 
@@ -52,20 +55,6 @@ def grid(name: str) -> list[tuple[str, int, int, int, bool]]:
     if name == "full":
         rows += [(kind, hidden, steps, 1, False) for kind in KINDS for hidden in (64, 256) for steps in (25, 400, 1000)]
     return rows
-
-
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe: gradprobe.Probe | None) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        if probe is not None:
-            probe.step(loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def ratios(kind: str, hidden: int, steps: int, layers: int, bidirectional: bool, repeats: int) -> tuple[list[float], float]:
