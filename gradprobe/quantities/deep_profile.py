@@ -90,7 +90,7 @@ class DeepProfile:
             chain = context.capture.stack_calls.get(site.name) if site.kind == "stack" else None
             if chain and len(chain) == 1:
                 replayer = self.replayers.stack(site.name)
-                if sweep.supported(replayer.twin, chain[0]):
+                if sweep.supported(replayer.twin, chain[0], next(site.module.parameters()).dtype):
                     self._sweep(site, replayer, chain[0], context)
                     continue
             for track in self._replay(site, context):

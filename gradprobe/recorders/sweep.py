@@ -41,11 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradprobe.recorders.replay import _detached_input
 from gradprobe.reference import functional as fn
 from gradprobe.reference.functional import LayerWeights
 
-#: Cell modes the sweep handles (every fused mode, and the reference leaky ReLU).
-SWEEP_MODES = frozenset(fn.MODES)
 #: Floating types the sweep runs in; others (half precision weights) take the general replay.
 SWEEP_DTYPES = frozenset({torch.float32, torch.float64})
 #: Time steps whose activations are expanded at once in the backward sweep (bounds its temporaries).
@@ -233,11 +232,8 @@ class _Factors:
             self.keep_n = keep_n  # batch rows only: the input's n pre-activation
         else:
             y = run.h[start + 1 : stop + 1]
-            if fn.is_relu(run.mode):
-                positive = (y > 0).to(y.dtype)
-                slope = positive + (1 - positive) * fn.LEAKY_SLOPE if run.mode == "RNN_LEAKY_RELU" else positive
-            else:
-                slope = 1 - y * y
+            # an (leaky) ReLU output has the sign of its pre-activation
+            slope = fn._relu_slope(y, run.mode == "RNN_LEAKY_RELU") if fn.is_relu(run.mode) else 1 - y * y
             self.slope = rows(slope).unbind(0)
 
 
@@ -320,7 +316,7 @@ def sweep(
             v_h[lo - first : span, :batch] = direct[lo - 1 : stop - 1]
         hs, cs = v_h.unbind(0), v_c.unbind(0)
         lyap_h, lyap_c = v_h[:, lyap].unbind(0), v_c[:, lyap].unbind(0)
-        gate_grads = run.h.new_empty(span, batch, factors_width(run)) if input_grads is not None else None
+        gate_grads = run.h.new_empty(span, batch, w.weight_ih.shape[0]) if input_grads is not None else None
         grads_out = gate_grads.unbind(0) if gate_grads is not None else ()
         for j in range(span - 1, -1, -1):
             vh = hs[j + 1]
@@ -370,11 +366,6 @@ def sweep(
     return SweepResult(grad_norms.tolist(), profile.tolist(), lyapunov), grads_in
 
 
-def factors_width(run: DirectionRun) -> int:
-    """Width of the pre-activations (``G * H``) whose cotangents reach the input projection."""
-    return run.weights.weight_ih.shape[0]
-
-
 # --------------------------------------------------------------------------
 # a whole stack call
 # --------------------------------------------------------------------------
@@ -388,7 +379,7 @@ class MeasuredDirection:
     result: SweepResult
 
 
-def supported(twin: Any, call: Any) -> bool:
+def supported(twin: Any, call: Any, weight_dtype: torch.dtype) -> bool:
     """Whether the sweep handles this captured call (else the general replay does).
 
     It does for one padded, batched call (``[T, B, I]`` or batch first) with
@@ -398,10 +389,7 @@ def supported(twin: Any, call: Any) -> bool:
     input_ = call.input
     if not isinstance(input_, Tensor) or input_.dim() != 3 or not call.grads:
         return False
-    if twin.mode not in SWEEP_MODES or input_.shape[1 if twin.batch_first else 0] == 0:
-        return False
-    weight = twin.layer_weights(0, 0, None).weight_ih
-    return weight is None or weight.dtype in SWEEP_DTYPES
+    return input_.shape[1 if twin.batch_first else 0] > 0 and weight_dtype in SWEEP_DTYPES
 
 
 def sweep_stack(
@@ -427,13 +415,13 @@ def sweep_stack(
         head_rows: Batch rows kept for the Jacobian estimates and saturation (:attr:`DirectionRun.x_head`).
     """
     dtype = next(iter(params.values())).dtype
-    x = call.input.detach().to(dtype)
+    x, hx = _detached_input(call.input, call.hx, None, twin.batch_first, dtype)
     if twin.batch_first:
         x = x.transpose(0, 1)
     batch = x.shape[1]
     directions = 2 if twin.bidirectional else 1
     layers = twin.num_layers
-    init = _initial_states(twin, call.hx, batch, x, dtype)
+    init = twin._initial_states(x, batch, hx)
     grads = list(call.grads) + [None] * (3 - len(call.grads))
     out_grad, hn_grad, cn_grad = grads[0], grads[1], grads[2] if twin.mode == "LSTM" else None
     if out_grad is not None:
@@ -498,11 +486,3 @@ def sweep_stack(
                 below = below * mask
             direct = below
     return [measured[name] for name in names]
-
-
-def _initial_states(twin: Any, hx: Any, batch: int, like: Tensor, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """``(h0,)`` or ``(h0, c0)``, each ``[layers * directions, B, *]``."""
-    if hx is None:
-        return tuple(like.new_zeros(shape, dtype=dtype) for shape in twin._expected_state_shapes(batch))
-    states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
-    return tuple(s.detach().to(dtype) for s in states)

@@ -18,7 +18,7 @@ from gradprobe.reference import functional as fn
 def _deep_events(model, x, hx=None, general=False, monkeypatch=None, train=True):
     """The deep and saturation events of one probed step, by the sweep or (``general``) the autograd replay."""
     if general:
-        monkeypatch.setattr(sweep, "supported", lambda twin, call: False)
+        monkeypatch.setattr(sweep, "supported", lambda twin, call, dtype: False)
     events: list[dict] = []
     model.train(train)
     torch.manual_seed(11)  # the same dropout masks in both runs
