@@ -10,14 +10,19 @@ work in two passes with analytic products and no graph:
 
 1. **forward**, bottom layer first: the input projection of all steps in one
    matrix product, then per step one recurrent product and the cell's
-   elementwise math, keeping the pre-activations and the states;
+   elementwise math, keeping the activations and the states. The top layer's
+   outputs are the call's own output, captured by the probe: there every
+   ``h_{t-1}`` is known, so its pre-activations are two matrix products over
+   all steps at once and only the LSTM cell state is a scan
+   (:func:`forward_known`);
 2. **backward**, top layer first: per step one vector-Jacobian product for a
    block of rows that holds at once
    - the batch's total ``dL/dh_t`` (the captured gradients of the output and
      of the final state injected where they enter, so the rows carry exactly
      what autograd would),
    - the propagation profile's random unit vectors (``profile[k]``), and
-   - the Lyapunov vectors, re-orthonormalized by a QR step.
+   - the Lyapunov vectors, re-orthonormalized by a QR step every
+     :data:`LYAPUNOV_EVERY` steps.
 
    The pre-activation cotangents of the gradient rows give, in one matrix
    product, the gradient that enters the layer below.
@@ -49,6 +54,9 @@ from gradprobe.reference.functional import LayerWeights
 SWEEP_DTYPES = frozenset({torch.float32, torch.float64})
 #: Time steps whose activations are expanded at once in the backward sweep (bounds its temporaries).
 CHUNK_STEPS = 64
+#: Steps between two QR re-orthonormalizations of the Lyapunov vectors. Two steps of growth between the
+#: largest and the k-th exponent stay far inside floating-point range, and the QR is most of their cost.
+LYAPUNOV_EVERY = 2
 
 
 @dataclass
@@ -190,6 +198,57 @@ def forward(
     return run
 
 
+def forward_known(
+    name: str,
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w: LayerWeights,
+    reverse: bool,
+    head_rows: int,
+    outputs: Tensor,
+) -> DirectionRun:
+    """:func:`forward` for a direction whose outputs ``h_t`` are known (the top layer: the call's output).
+
+    With every ``h_{t-1}`` at hand the pre-activations of all steps are two
+    matrix products and the activations one elementwise pass each, with no
+    loop over time; only the LSTM cell state is a scan, one fused
+    multiply-add per step. ``outputs`` is ``[T, B, P]``, chronological.
+    """
+    if reverse:
+        x, outputs = x.flip(0), outputs.flip(0)
+    steps, batch = x.shape[0], x.shape[1]
+    pre = fn.project_input(mode, x.reshape(steps * batch, -1), w).view(steps, batch, -1)
+    x_head = pre[:, :head_rows].clone()
+    h = torch.cat([h0.unsqueeze(0), outputs.to(h0.dtype)])
+    previous = h[:-1].reshape(steps * batch, -1)
+    run = DirectionRun(name, mode, w, reverse, x_head, h)
+    if mode == "LSTM":
+        assert c0 is not None
+        hidden = c0.shape[-1]
+        pre.view(steps * batch, -1).addmm_(previous, w.weight_hh.t())
+        pre[..., : 2 * hidden].sigmoid_()
+        pre[..., 3 * hidden :].sigmoid_()
+        i, f, g, _ = pre.split(hidden, dim=-1)
+        _tanh(g, out=g)
+        update = i * g
+        c = c0.new_empty(steps + 1, *c0.shape)
+        c[0] = c0
+        cs, fs, us = c.unbind(0), f.unbind(0), update.unbind(0)
+        for t in range(steps):
+            torch.addcmul(us[t], fs[t], cs[t], out=cs[t + 1])
+        run.activations, run.c, run.tanh_c = pre, c, _tanh(c[1:], out=torch.empty_like(c[1:]))
+    elif mode == "GRU":
+        hidden = h0.shape[-1]
+        hh = torch.mm(previous, w.weight_hh.t()) if w.bias_hh is None else torch.addmm(w.bias_hh, previous, w.weight_hh.t())
+        hh = hh.view(steps, batch, -1)
+        rz = pre[..., : 2 * hidden].add_(hh[..., : 2 * hidden]).sigmoid_()
+        candidate = torch.addcmul(pre[..., 2 * hidden :], rz[..., :hidden], hh[..., 2 * hidden :])
+        run.activations, run.hh, run.new = rz, hh, _tanh(candidate, out=candidate)
+    return run
+
+
 def _activation(mode: str) -> Any:
     if mode == "RNN_TANH":
         return _tanh
@@ -204,37 +263,69 @@ def _activation(mode: str) -> Any:
 
 
 class _Factors:
-    """The derivative factors of the steps ``start .. stop - 1``, expanded to the sweep's rows (``index``)."""
+    """The derivative factors of the steps ``start .. stop - 1``, laid out on the sweep's rows.
 
-    def __init__(self, run: DirectionRun, start: int, stop: int, index: Tensor) -> None:
-        rows = lambda t: t.index_select(1, index)
+    Rows ``0 .. B-1`` are the batch; the extra rows repeat batch rows
+    (``extra``: the profile's rows ``0 .. R-1``, then row 0 for each Lyapunov
+    vector). Each factor is computed on the batch rows straight into its
+    buffer, and only the extra rows are copied.
+    """
+
+    def __init__(self, run: DirectionRun, start: int, stop: int, batch: int, extra: Tensor) -> None:
+        self._span, self._batch, self._extra = stop - start, batch, extra
         if run.mode == "LSTM":
             assert run.activations is not None and run.c is not None and run.tanh_c is not None
-            i, f, g, o = run.activations[start:stop].chunk(4, dim=-1)
+            act = run.activations[start:stop]
+            hidden = act.shape[-1] // 4
+            i, f, g, o = act.split(hidden, dim=-1)
             tc = run.tanh_c[start:stop]
-            c_prev = run.c[start:stop]
-            dgates = torch.cat(
-                [g * (i - i * i), c_prev * (f - f * f), i * (1 - g * g), tc * (o - o * o)], dim=-1
-            )
-            self.dgates = rows(dgates).unbind(0)
-            self.through_c = rows(o * (1 - tc * tc)).unbind(0)
-            self.forget = rows(f).unbind(0)
+            dgates, main = self._buffer(4 * hidden, act)
+            torch.addcmul(act, act, act, value=-1, out=main)  # a (1 - a) for every gate; the candidate's is replaced
+            d_i, d_f, d_g, d_o = main.split(hidden, dim=-1)
+            torch.addcmul(i, i * g, g, value=-1, out=d_g)  # i (1 - g^2)
+            d_i.mul_(g)
+            d_f.mul_(run.c[start:stop])
+            d_o.mul_(tc)
+            through_c, main = self._buffer(hidden, act)
+            torch.addcmul(o, o * tc, tc, value=-1, out=main)  # o (1 - tanh(c)^2)
+            forget, main = self._buffer(hidden, act)
+            main.copy_(f)
+            self.dgates, self.through_c, self.forget = (self._fill(t).unbind(0) for t in (dgates, through_c, forget))
         elif run.mode == "GRU":
             assert run.activations is not None and run.hh is not None and run.new is not None
             r, z = run.activations[start:stop].chunk(2, dim=-1)
             n = run.new[start:stop]
             h_n = run.hh[start:stop, :, 2 * r.shape[-1] :]
-            keep_n = (1 - z) * (1 - n * n)
+            keep_n = torch.addcmul(1 - z, n * n, z - 1)  # (1 - z)(1 - n^2)
             # cotangents of the (r, z, n) parts of W_hh h are v times these, all three at once
-            to_hidden = torch.stack([keep_n * h_n * (r - r * r), (run.h[start:stop] - n) * (z - z * z), keep_n * r], dim=-2)
-            self.to_hidden = rows(to_hidden).unbind(0)
-            self.update = rows(z).unbind(0)
+            to_hidden, main = self._buffer(3 * r.shape[-1], r)
+            d_r, d_z, d_n = main.view(self._span, batch, 3, -1).unbind(2)
+            torch.mul(keep_n * h_n, torch.addcmul(r, r, r, value=-1), out=d_r)
+            torch.mul(run.h[start:stop] - n, torch.addcmul(z, z, z, value=-1), out=d_z)
+            torch.mul(keep_n, r, out=d_n)
+            update, main = self._buffer(r.shape[-1], r)
+            main.copy_(z)
+            self.to_hidden = self._fill(to_hidden).view(self._span, -1, 3, r.shape[-1]).unbind(0)
+            self.update = self._fill(update).unbind(0)
             self.keep_n = keep_n  # batch rows only: the input's n pre-activation
         else:
             y = run.h[start + 1 : stop + 1]
-            # an (leaky) ReLU output has the sign of its pre-activation
-            slope = fn._relu_slope(y, run.mode == "RNN_LEAKY_RELU") if fn.is_relu(run.mode) else 1 - y * y
-            self.slope = rows(slope).unbind(0)
+            slope, main = self._buffer(y.shape[-1], y)
+            if fn.is_relu(run.mode):  # an (leaky) ReLU output has the sign of its pre-activation
+                main.copy_(fn._relu_slope(y, run.mode == "RNN_LEAKY_RELU"))
+            else:
+                torch.addcmul(torch.ones_like(y), y, y, value=-1, out=main)
+            self.slope = self._fill(slope).unbind(0)
+
+    def _buffer(self, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """A ``[span, rows, width]`` factor and its batch rows."""
+        buffer = like.new_empty(self._span, self._batch + len(self._extra), width)
+        return buffer, buffer[:, : self._batch]
+
+    def _fill(self, buffer: Tensor) -> Tensor:
+        if len(self._extra):
+            buffer[:, self._batch :] = buffer.index_select(1, self._extra)
+        return buffer
 
 
 def sweep(
@@ -277,28 +368,28 @@ def sweep(
     r = max(1, min(profile_rows, batch))
     k = min(lyapunov_k, size) if steps >= 2 else 0
     lyap = slice(batch + r, batch + r + k)
-    index = torch.cat([torch.arange(batch), torch.arange(r), torch.zeros(k, dtype=torch.long)]).to(run.h.device)
+    extra = torch.cat([torch.arange(r), torch.zeros(k, dtype=torch.long)]).to(run.h.device)
     rows = batch + r + k
     dtype, device = run.h.dtype, run.h.device
     direct = run.chronological(direct.to(dtype)) if direct is not None else None
 
-    # the cotangent of the state after the last step: what enters there, and the random starts
-    carry_h = run.h.new_zeros(rows, out_size)
-    carry_c = run.h.new_zeros(rows, cell)
+    # the cotangent of the state after the last step, (h, c) side by side: what enters there, and the random starts
+    carry = run.h.new_zeros(rows, size)
     if direct is not None:
-        carry_h[:batch] = direct[steps - 1]
+        carry[:batch, :out_size] = direct[steps - 1]
     if final_h is not None:
-        carry_h[:batch] += final_h.to(dtype)
+        carry[:batch, :out_size] += final_h.to(dtype)
     if final_c is not None and cell:
-        carry_c[:batch] = final_c.to(dtype)
+        carry[:batch, out_size:] = final_c.to(dtype)
     start = torch.randn(r, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    start = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    carry_h[batch : batch + r], carry_c[batch : batch + r] = start[:, :out_size], start[:, out_size:]
-    burn = steps // 10
-    diagonals = run.h.new_empty(max(steps - burn, 0), k)
+    carry[batch : batch + r] = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    # the Lyapunov QR runs every LYAPUNOV_EVERY steps (the diagonal of the product of the skipped R factors is
+    # the product of their diagonals); the burn-in, steps // 10, is rounded up to a whole number of QR periods
+    burn = -(-(steps // 10) // LYAPUNOV_EVERY)
+    uppers: list[Tensor] = []  # the R factors of the Lyapunov QR steps, in processing order back from the end
     if k:
         q = torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype))[0]
-        carry_h[lyap], carry_c[lyap] = q.t()[:, :out_size], q.t()[:, out_size:]
+        carry[lyap] = q.t()
 
     grad_sq = run.h.new_empty(steps, dtype=torch.float64)
     profile_sq = run.h.new_empty(steps, r, dtype=torch.float64)
@@ -306,16 +397,15 @@ def sweep(
     for stop in range(steps, 0, -CHUNK_STEPS):
         first = max(0, stop - CHUNK_STEPS)
         span = stop - first
-        factors = _Factors(run, first, stop, index)
+        factors = _Factors(run, first, stop, batch, extra)
         # local j holds the cotangent of the state after step first + j - 1; j = span is carried in
-        v_h = run.h.new_zeros(span + 1, rows, out_size)
-        v_c = run.h.new_zeros(span + 1, rows, cell)
-        v_h[span], v_c[span] = carry_h, carry_c
+        v = run.h.new_zeros(span + 1, rows, size)
+        v[span] = carry
         if direct is not None and stop > 1:
             lo = max(first, 1)
-            v_h[lo - first : span, :batch] = direct[lo - 1 : stop - 1]
-        hs, cs = v_h.unbind(0), v_c.unbind(0)
-        lyap_h, lyap_c = v_h[:, lyap].unbind(0), v_c[:, lyap].unbind(0)
+            v[lo - first : span, :batch, :out_size] = direct[lo - 1 : stop - 1]
+        states = v.unbind(0)
+        hs, cs = v[..., :out_size].unbind(0), v[..., out_size:].unbind(0)
         gate_grads = run.h.new_empty(span, batch, w.weight_ih.shape[0]) if input_grads is not None else None
         grads_out = gate_grads.unbind(0) if gate_grads is not None else ()
         for j in range(span - 1, -1, -1):
@@ -334,34 +424,28 @@ def sweep(
                 hs[j].addmm_(delta, w.weight_hh)
             if grads_out:
                 grads_out[j].copy_(delta[:batch])
-            if k:  # re-orthonormalize the Lyapunov vectors: Q R = J_t^T Q
-                flat = torch.cat([lyap_h[j], lyap_c[j]], dim=1) if cell else lyap_h[j]
-                q, upper = torch.linalg.qr(flat.t())
-                done = steps - 1 - (first + j)
-                if done >= burn:
-                    diagonals[done - burn] = upper.diagonal()
-                if cell:
-                    q_h, q_c = q.t().split([out_size, cell], dim=1)
-                    lyap_h[j].copy_(q_h)
-                    lyap_c[j].copy_(q_c)
-                else:
-                    lyap_h[j].copy_(q.t())
-        grad_sq[first:stop] = v_h[1:, :batch].pow(2).sum(dim=(1, 2), dtype=torch.float64)
-        profile_sq[first:stop] = v_h[1:, batch : batch + r].pow(2).sum(-1, dtype=torch.float64)
-        if cell:
-            profile_sq[first:stop] += v_c[1:, batch : batch + r].pow(2).sum(-1, dtype=torch.float64)
+            done = steps - first - j  # steps swept so far, this one included
+            if k and (done % LYAPUNOV_EVERY == 0 or done == steps):  # re-orthonormalize: Q R = (J^T ...) Q
+                block = states[j][lyap]
+                q, upper = torch.linalg.qr(block.t())
+                block.copy_(q.t())
+                uppers.append(upper)
+        grad_sq[first:stop] = v[1:, :batch, :out_size].pow(2).sum(dim=(1, 2), dtype=torch.float64)
+        profile_sq[first:stop] = v[1:, batch : batch + r].pow(2).sum(-1, dtype=torch.float64)
         if gate_grads is not None and input_grads is not None:
             if mode == "GRU":
                 # the input's n pre-activation is outside the reset product: its cotangent is v (1 - z)(1 - n^2)
-                gate_grads[..., 2 * out_size :] = v_h[1:, :batch] * factors.keep_n
+                gate_grads[..., 2 * out_size :] = v[1:, :batch, :out_size] * factors.keep_n
             torch.matmul(gate_grads, w.weight_ih, out=input_grads[first:stop])
-        carry_h, carry_c = hs[0], cs[0]
+        carry = states[0]
     grad_norms = run.chronological(grad_sq.sqrt())
     profile = profile_sq.sqrt().mean(-1).flip(0)  # profile[k]: k steps back from the last state
     lyapunov: list[float] = []
-    if k and diagonals.shape[0]:
+    if len(uppers) > burn:
+        diagonals = torch.stack(uppers[burn:]).diagonal(dim1=-2, dim2=-1)
         tiny = torch.finfo(torch.float64).tiny
-        lyapunov = diagonals.double().abs().clamp_min(tiny).log().mean(dim=0).sort(descending=True).values.tolist()
+        per_step = diagonals.double().abs().clamp_min(tiny).log().sum(dim=0) / (steps - burn * LYAPUNOV_EVERY)
+        lyapunov = per_step.sort(descending=True).values.tolist()
     grads_in = run.chronological(input_grads) if input_grads is not None else None
     return SweepResult(grad_norms.tolist(), profile.tolist(), lyapunov), grads_in
 
@@ -429,6 +513,10 @@ def sweep_stack(
         if twin.batch_first:
             out_grad = out_grad.transpose(0, 1)
 
+    known = call.layer_output()  # the top layer's outputs: its forward pass needs no loop over time
+    if known is not None and twin.batch_first:
+        known = known.transpose(0, 1)
+
     was_training = twin.training
     twin.train(call.training)
     masks: list[Tensor | None] = [None]
@@ -450,9 +538,12 @@ def sweep_stack(
                     index = layer * directions + direction
                     weights = twin.layer_weights(layer, direction, params)
                     c0 = init[1][index] if twin.mode == "LSTM" else None
-                    per_direction.append(
-                        forward(names[index], twin.mode, layer_input, init[0][index], c0, weights, bool(direction), head_rows)
-                    )
+                    args = (names[index], twin.mode, layer_input, init[0][index], c0, weights, bool(direction), head_rows)
+                    if layer == layers - 1 and known is not None:
+                        width = known.shape[-1] // directions
+                        per_direction.append(forward_known(*args, known[..., direction * width : (direction + 1) * width]))
+                    else:
+                        per_direction.append(forward(*args))
                 runs.append(per_direction)
                 outputs = [run.outputs() for run in per_direction]
                 layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)

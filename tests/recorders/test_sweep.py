@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradprobe
 from gradprobe.recorders import sweep
+from gradprobe.recorders.capture import StackCall
 from gradprobe.reference import RNN as ReferenceRNN
 from gradprobe.reference import functional as fn
 
@@ -92,14 +93,21 @@ def test_single_precision_large_layers_agree_with_the_autograd_replay(cls, monke
     [nn.LSTM(3, 6, proj_size=2, dtype=torch.float64), nn.GRU(3, 5, dtype=torch.float64), nn.RNN(3, 5, nonlinearity="relu", dtype=torch.float64)],
     ids=["lstm_proj", "gru", "rnn_relu"],
 )
-def test_the_profile_is_the_product_of_analytic_jacobians(module):
-    """profile[k] = mean_b ||v_b^T J_T ... J_(T-k+1)|| with the sweep's own random v, Jacobians formed explicitly."""
+@pytest.mark.parametrize("output_known", [False, True], ids=["loop", "from_output"])
+def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known):
+    """profile[k] = mean_b ||v_b^T J_T ... J_(T-k+1)|| with the sweep's own random v, Jacobians formed explicitly.
+
+    Both forward passes: the loop over time, and the one from the call's captured output.
+    """
     torch.manual_seed(3)
     x = torch.randn(9, 4, 3, dtype=torch.float64)
     with torch.no_grad():
         out, _ = module(x)
     twin = gradprobe.recorders.replay._twin_for(module)
-    call = type("Call", (), {"input": x, "hx": None, "training": False, "rng_state": None, "grads": [torch.ones_like(out)]})()
+    call = StackCall(x, None, False, grads=[torch.ones_like(out)])
+    if output_known:
+        call.outputs, call.output_versions = [out], (out._version,)
+    assert (call.layer_output() is not None) == output_known
     params = {name: p.detach() for name, p in module.named_parameters()}
     (measured,) = sweep.sweep_stack(twin, ["l0"], call, params, 2, 0, torch.Generator().manual_seed(5), head_rows=2)
     run = measured.run
@@ -148,3 +156,48 @@ def test_padded_calls_take_the_sweep_and_packed_calls_the_general_replay(monkeyp
     report = gradprobe.check(Packed(), torch.randn(6, 3, 3), loss_fn=lambda h: h.pow(2).sum(), config={})
     assert taken == [True] and report.layers["gru.l0"].seq_len == 6
     assert math.isfinite(report.layers["gru.l0"].grad_norms[0])
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+@pytest.mark.parametrize("steps", [37, 40])
+def test_lyapunov_exponents_do_not_depend_on_how_often_the_vectors_are_re_orthonormalized(every, steps, monkeypatch):
+    """W = g P (P a cyclic permutation, orthogonal): every exponent is ln g exactly, whatever the QR period,
+    burn-in and sequence parity."""
+    monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", every)
+    g = 0.7
+    q = torch.eye(6, dtype=torch.float64).roll(1, dims=0)
+    rnn = nn.RNN(1, 6, nonlinearity="relu").double()  # P keeps positive states positive: the relu's slope is 1
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            param.copy_(g * q if name == "weight_hh_l0" else torch.zeros_like(param))
+    taken: list[bool] = []
+    real = sweep.sweep_stack
+    monkeypatch.setattr(sweep, "sweep_stack", lambda *a, **k: taken.append(True) or real(*a, **k))
+    h0 = torch.rand(1, 2, 6, dtype=torch.float64) + 1  # positive: the dynamics are h' = g P h
+    with gradprobe.attach(rnn, every=1, config={}, lyapunov_k=4) as probe:
+        out, hn = rnn(torch.zeros(steps, 2, 1, dtype=torch.float64), h0)
+        (out.sum() + hn.sum()).backward()
+        probe.step()
+    assert taken == [True]
+    assert probe.layers["RNN.l0"].lyapunov == pytest.approx([math.log(g)] * 4, abs=1e-9)
+
+
+def test_an_output_changed_in_place_is_not_taken_for_the_layer_output(monkeypatch):
+    """The top layer's forward pass reads h_t from the captured output only while that tensor is unchanged."""
+
+    class Doubled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 5, dtype=torch.float64)
+
+        def forward(self, x):
+            out, hidden = self.rnn(x)
+            return out.mul_(2), hidden  # in place: the captured output tensor no longer holds h_t
+
+    torch.manual_seed(2)
+    model = Doubled()
+    x = torch.randn(12, 4, 3, dtype=torch.float64)
+    fast, _ = _deep_events(model, x)
+    general, _ = _deep_events(model, x, general=True, monkeypatch=monkeypatch)
+    assert fast["rnn.l0"]["grad_norms"] == pytest.approx(general["rnn.l0"]["grad_norms"], rel=1e-10)
+    assert fast["rnn.l0"]["jacobian_norms"] == pytest.approx(general["rnn.l0"]["jacobian_norms"], rel=1e-10)
