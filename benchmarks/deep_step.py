@@ -7,7 +7,7 @@ table gives min/median/max of the per-pair ratio deep/plain. ``--memory`` also
 measures, in a fresh process per configuration, the peak resident memory of a
 plain step and the extra peak of a deep step.
 
-    python benchmarks/deep_step.py [--threads 1] [--repeats 5] [--grid default|quick|full] [--memory]
+    python benchmarks/deep_step.py [--threads 1] [--repeats 5] [--grid default|quick|full] [--memory] [--lyapunov-k 4]
 """
 
 from __future__ import annotations
@@ -57,14 +57,16 @@ def grid(name: str) -> list[tuple[str, int, int, int, bool]]:
     return rows
 
 
-def ratios(kind: str, hidden: int, steps: int, layers: int, bidirectional: bool, repeats: int) -> tuple[list[float], float]:
+def ratios(
+    kind: str, hidden: int, steps: int, layers: int, bidirectional: bool, repeats: int, lyapunov_k: int = 4
+) -> tuple[list[float], float]:
     """Per-pair deep/plain ratios and the median plain step in seconds."""
     torch.manual_seed(0)
     x = torch.randn(steps, BATCH, hidden)
     y = torch.randn(steps, BATCH, 1)
     plain_model = Model(kind, hidden, layers, bidirectional)
     deep_model = Model(kind, hidden, layers, bidirectional)
-    probe = gradprobe.attach(deep_model, every=1, config={})
+    probe = gradprobe.attach(deep_model, every=1, config={}, lyapunov_k=lyapunov_k)
     plain, deep = make_step(plain_model, x, y, None), make_step(deep_model, x, y, probe)
     for fn in (plain, deep, plain, deep):  # warm-up, including the first deep step's one-off costs
         fn()
@@ -110,17 +112,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--grid", choices=("quick", "default", "full"), default="default")
     parser.add_argument("--memory", action="store_true", help="also measure the deep step's extra peak memory")
+    parser.add_argument("--lyapunov-k", type=int, default=4, help="Lyapunov exponents per track (the probe's default: 4; 0: off)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_of:
         print(json.dumps(memory(*json.loads(args.memory_of))))
         return
-    print(f"B={BATCH}, threads={torch.get_num_threads()}, torch {torch.__version__}, {args.repeats} interleaved pairs\n")
+    print(f"B={BATCH}, threads={torch.get_num_threads()}, torch {torch.__version__}, {args.repeats} interleaved pairs, "
+          f"lyapunov_k={args.lyapunov_k}\n")
     print("| layer | H | T | plain step | deep / plain: min | median | max |" + (" plain peak | deep extra |" if args.memory else ""))
     print("|---|---|---|---|---|---|---|" + ("---|---|" if args.memory else ""))
     for kind, hidden, steps, layers, bidirectional in grid(args.grid):
-        pairs, plain = ratios(kind, hidden, steps, layers, bidirectional, args.repeats)
+        pairs, plain = ratios(kind, hidden, steps, layers, bidirectional, args.repeats, args.lyapunov_k)
         label = kind + (f" x{layers}" if layers > 1 else "") + (" bi" if bidirectional else "")
         row = f"| {label} | {hidden} | {steps} | {plain * 1e3:.1f} ms | {min(pairs):.2f}x | {statistics.median(pairs):.2f}x | {max(pairs):.2f}x |"
         if args.memory:

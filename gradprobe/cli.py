@@ -143,14 +143,15 @@ def report(
     from gradprobe.report.text import render_text
 
     config = load_pyproject(config_path.parent) if config_path is not None else None
+    charts = fmt == "html"  # only the HTML report plots series over training
     if sys.stderr.isatty():
         total = sum(p.stat().st_size for path in logs for p in expand_rank_logs(path) if p.is_file())
         with click.progressbar(length=total, label="reading logs", file=sys.stderr, show_pos=False) as bar:
-            summary = summarize_logs(logs, config, progress=bar.update)
+            summary = summarize_logs(logs, config, progress=bar.update, charts=charts)
     else:
-        summary = summarize_logs(logs, config)
+        summary = summarize_logs(logs, config, charts=charts)
     fail_on = fail_on or summary.fail_on
-    other = summarize_logs(compare, config) if compare else None
+    other = summarize_logs(compare, config, charts=charts) if compare else None
     names = (_run_name(logs), _run_name(compare)) if compare else ("run", "other")
     if fmt == "html":
         text = render_html(summary, fail_on, other, names)

@@ -95,7 +95,7 @@ def run_demo(out: Path, setup: TrainingSetup, hidden: int = 32, echo: Callable[[
     with gradprobe.attach(model, log=log, every=25, config={}, dependency_length=setup.seq_len) as probe:
         before = train(model, setup, probe)
     echo(f"test MSE {before:.4f} (predicting the mean: {BASELINE_MSE:.3f}) after {time.perf_counter() - start:.0f}s\n")
-    echo(render_text(summarize_logs([log], config={})))
+    echo(render_text(summarize_logs([log], config={}, charts=False)))
     echo("How to fix it: gradprobe.fixes.apply(model, probe.findings) on the same initial weights does")
     for action in fixes.apply(fixed, probe.findings):
         echo(f"  {action}")

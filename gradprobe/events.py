@@ -66,7 +66,28 @@ from typing import IO, Any
 
 from gradprobe.printable import strip_control
 
+try:  # optional (gradprobe[fast]): parses a run log's lines about 5x faster than the standard library
+    import orjson
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    orjson = None  # type: ignore[assignment]
+
 SCHEMA_VERSION = 1
+
+
+def parse_line(raw: bytes) -> Any:
+    """One JSON line, with orjson when it is installed.
+
+    What orjson refuses (``NaN`` literals, text that is not UTF-8) goes to the
+    standard parser, which reads the first and raises ``UnicodeDecodeError``
+    on the second as it always did, so both parsers accept the same lines.
+    One difference stays: orjson reads an integer beyond 64 bits as a float.
+    """
+    if orjson is not None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def schema_problem(event: dict[str, Any]) -> str | None:
@@ -200,7 +221,7 @@ def iter_events(
                 continue
             truncated = not raw.endswith(b"\n")
             try:
-                event = json.loads(raw)
+                event = parse_line(raw)
                 if not isinstance(event, dict) or "kind" not in event or "v" not in event:
                     raise ValueError("not a gradprobe event (no 'v'/'kind')")
             except (ValueError, UnicodeDecodeError) as exc:

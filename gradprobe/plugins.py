@@ -77,6 +77,26 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.statuses: dict[str, PluginStatus] = {}
+        #: Per hook, its plain implementations in call order as ``(plugin name, function, argument names)``;
+        #: a report calls ``gradprobe_observe`` once per event, so the list is built once, not per call.
+        self._callers: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        self._callers.clear()
+        return super().register(plugin, name=name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        self._callers.clear()
+        return super().unregister(plugin, name=name)
+
+    def _implementations(self, hook: str) -> list[tuple[str, Any, tuple[str, ...]]]:
+        found = self._callers.get(hook)
+        if found is None:
+            impls = reversed(getattr(self.hook, hook).get_hookimpls())
+            # gradprobe hooks are plain calls; wrappers are not supported
+            found = [(impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in impls if not (impl.hookwrapper or impl.wrapper)]
+            self._callers[hook] = found
+        return found
 
     def add(self, plugin: object, name: str, source: str) -> None:
         """Register a plugin and record it as active."""
@@ -103,16 +123,13 @@ class PluginManager(pluggy.PluginManager):
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call every implementation of ``hook`` in pluggy's order, each plugin isolated; return the results that are not ``None``."""
         results = []
-        caller = getattr(self.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):
-            if impl.hookwrapper or impl.wrapper:
-                continue  # gradprobe hooks are plain calls; wrappers are not supported
+        for plugin_name, function, argnames in self._implementations(hook):
             try:
-                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
-                if isinstance(result, Iterator):
+                result = function(*[kwargs[arg] for arg in argnames])
+                if result is not None and type(result) is not list and isinstance(result, Iterator):
                     result = list(result)  # a generator raises while it is consumed: consume it here
             except Exception as exc:  # noqa: BLE001 - one plugin must not take the others (or training) down
-                self.switch_off(impl.plugin_name, hook, exc)
+                self.switch_off(plugin_name, hook, exc)
                 continue
             if result is not None:
                 results.append(result)

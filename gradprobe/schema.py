@@ -20,17 +20,36 @@ Check = Callable[[Any], bool]
 MAX_RATE = 700.0
 
 
+#: What a JSON parser gives for a number (``bool`` is not one of them: ``type(True) is bool``).
+_NUMBER_TYPES = frozenset({int, float})
+_ENCODED = frozenset({"nan", "inf", "-inf"})
+
+
 def number(value: Any) -> bool:
     """An int/float, or the encoded ``"nan"``/``"inf"``/``"-inf"``."""
+    if type(value) in _NUMBER_TYPES:
+        return True
     if isinstance(value, bool):
         return False
     if isinstance(value, (int, float)):
         return True
-    return value in ("nan", "inf", "-inf")
+    return isinstance(value, str) and value in _ENCODED
+
+
+class _Optional:
+    """A check that also accepts ``None`` (:func:`problem` reads ``check`` to skip the call for ``None``)."""
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+
+    def __call__(self, value: Any) -> bool:
+        return value is None or self.check(value)
 
 
 def optional(check: Check) -> Check:
-    return lambda value: value is None or check(value)
+    return _Optional(check)
 
 
 def integer(value: Any) -> bool:
@@ -53,12 +72,17 @@ def mapping(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def _all_numbers(values: Any) -> bool:
+    # the common case (every value a parsed float or int) without a call per value
+    return _NUMBER_TYPES.issuperset(map(type, values)) or all(number(v) for v in values)
+
+
 def numbers(value: Any) -> bool:
-    return isinstance(value, list) and all(number(v) for v in value)
+    return isinstance(value, list) and _all_numbers(value)
 
 
 def number_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(number(v) for v in value.values())
+    return isinstance(value, dict) and _all_numbers(value.values())
 
 
 def share_map(value: Any) -> bool:
@@ -132,21 +156,34 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
 }
 
 
+#: FIELDS as :func:`problem` walks them: kind -> ((field, check, required, accepts None), ...).
+_WALK: dict[str, tuple[tuple[str, Check, bool, bool], ...]] = {
+    kind: tuple(
+        (name, check.check if isinstance(check, _Optional) else check, required, isinstance(check, _Optional))
+        for name, (check, required) in fields.items()
+    )
+    for kind, fields in FIELDS.items()
+}
+_MISSING = object()
+
+
 def problem(event: dict[str, Any]) -> str | None:
     """Why ``event`` does not fit the schema, in a few words; ``None`` when it fits."""
     kind = event.get("kind")
     if not isinstance(kind, str):
         return "'kind' is not a string"
-    fields = FIELDS.get(kind)
+    fields = _WALK.get(kind)
     if fields is None:
         return None
-    for name, (check, required) in fields.items():
-        if name not in event:
+    for name, check, required, nullable in fields:
+        value = event.get(name, _MISSING)
+        if value is _MISSING:
             if required:
                 return f"{kind} event without {name!r}"
             continue
-        if not check(event[name]):
-            return f"{kind} event with a bad {name!r} ({_show(event[name])})"
+        if (value is None and nullable) or check(value):
+            continue
+        return f"{kind} event with a bad {name!r} ({_show(value)})"
     return None
 
 

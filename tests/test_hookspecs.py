@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import inspect
 
-from gradprobe import hookspecs
+import pytest
+
+from gradprobe import GradprobeWarning, hookspecs
 from gradprobe.plugins import make_plugin_manager
+from gradprobe.rules.engine import RuleEngine
 
 SPECS = [name for name in dir(hookspecs) if name.startswith("gradprobe_")]
 
@@ -46,3 +49,36 @@ def test_every_hookspec_is_exercised(tmp_path):
         probe.step()
     assert seen[:2] == ["meta", "step"] and "deep" in seen
     assert gradprobe.__version__
+
+
+def test_hook_calls_follow_plugins_registered_switched_off_and_removed_between_calls():
+    """The manager keeps each hook's implementations between calls; registering or removing a plugin renews them."""
+    engine = RuleEngine({})
+    pm, context = engine.pm, engine.context
+    event = {"v": 1, "kind": "step", "step": 0}
+    seen: list[str] = []
+
+    class Recorder:
+        @hookspecs.hookimpl
+        def gradprobe_observe(self, event, context):
+            seen.append("recorder")
+
+    class Broken:
+        @hookspecs.hookimpl
+        def gradprobe_observe(self, event, context):
+            seen.append("broken")
+            raise RuntimeError("boom")
+
+    pm.call("gradprobe_observe", event=event, context=context)
+    assert seen == []
+    pm.add(Recorder(), "recorder", "test")
+    pm.add(Broken(), "broken", "test")
+    with pytest.warns(GradprobeWarning, match="switched off plugin 'broken'"):
+        pm.call("gradprobe_observe", event=event, context=context)
+    assert sorted(seen) == ["broken", "recorder"]
+    seen.clear()
+    pm.call("gradprobe_observe", event=event, context=context)
+    assert seen == ["recorder"] and pm.statuses["broken"].status == "failed"
+    pm.unregister(name="recorder")
+    pm.call("gradprobe_observe", event=event, context=context)
+    assert seen == ["recorder"]

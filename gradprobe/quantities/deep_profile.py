@@ -108,7 +108,9 @@ class DeepProfile:
             previous: tuple[Tensor, ...] = (run.chronological(run.h[:-1, :r]),)
             if run.c is not None:
                 previous += (run.chronological(run.c[:-1, :r]),)
-            lin = propagation.TrackLinearization.analytic(run.mode, run.weights, run.chronological(run.x_head), previous, run.reverse)
+            lin = propagation.TrackLinearization.analytic(
+                run.mode, run.weights, run.chronological(run.x_head), previous, run.reverse, gates=run.head_gates(r)
+            )
             self._emit(
                 site,
                 context,

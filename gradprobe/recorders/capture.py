@@ -121,11 +121,12 @@ class StackCall:
     output_versions: tuple[int, ...] = ()
 
     def layer_output(self) -> Tensor | None:
-        """The call's output (the top layer's ``h_t``), detached; ``None`` when not captured or changed in place since."""
+        """The call's output (the top layer's ``h_t``; packed rows for packed input), detached;
+        ``None`` when not captured or changed in place since."""
         if not self.outputs or not self.output_versions:
             return None
         output = self.outputs[0]
-        if isinstance(self.input, PackedSequence) or output._version != self.output_versions[0]:
+        if output._version != self.output_versions[0]:
             return None
         return output.detach()
 

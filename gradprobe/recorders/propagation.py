@@ -74,7 +74,15 @@ class TrackLinearization:
         self._x = x
 
     @classmethod
-    def analytic(cls, mode: str, weights: fn.LayerWeights, x_proj: Tensor, previous: tuple[Tensor, ...], reverse: bool) -> TrackLinearization:
+    def analytic(
+        cls,
+        mode: str,
+        weights: fn.LayerWeights,
+        x_proj: Tensor,
+        previous: tuple[Tensor, ...],
+        reverse: bool,
+        gates: dict[str, Tensor] | None = None,
+    ) -> TrackLinearization:
         """The linearization of a built-in cell's steps from tensors laid out ``[T, R, *]``, chronological.
 
         Args:
@@ -83,6 +91,9 @@ class TrackLinearization:
             x_proj: Projected inputs (biases folded as :func:`fn.project_input` folds them).
             previous: The state each step started from.
             reverse: Whether the direction runs backwards in time.
+            gates: The gate activations at those rows, ``[T, R, *]``, when a forward pass
+                kept them (GRU adds ``hh_new``, ``W_hn h + b_hn``): the factors are
+                then taken from them instead of recomputed (see :meth:`fn.Linearization.from_gates`).
         """
         lin = object.__new__(cls)
         steps, rows = x_proj.shape[0], x_proj.shape[1]
@@ -91,7 +102,12 @@ class TrackLinearization:
         lin.sizes = [p.shape[-1] for p in flat]
         lin.point, lin._x = _flat(flat), x_proj.reshape(steps * rows, -1)
         with torch.no_grad():
-            lin._analytic = fn.Linearization(mode, lin._x, flat, weights)
+            known = None
+            if gates is not None:
+                rows_of = {name: t.reshape(steps * rows, -1) for name, t in gates.items()}
+                hh_new = rows_of.pop("hh_new", None)
+                known = fn.Linearization.from_gates(mode, weights, flat, rows_of, hh_new)
+            lin._analytic = known or fn.Linearization(mode, lin._x, flat, weights)
         lin.gates = lin._analytic.gates
         return lin
 
@@ -167,8 +183,9 @@ def gradient_norms(track: Track) -> list[float]:
     return [next(it) if v is not None else 0.0 for v in values]
 
 
-def _unit_rows(shape: tuple[int, ...], like: Tensor, generator: torch.Generator) -> Tensor:
-    u = torch.randn(shape, generator=generator, dtype=torch.float64).to(like)
+def _unit_rows(shape: tuple[int, ...], like: Tensor, generator: torch.Generator, draw: torch.dtype = torch.float64) -> Tensor:
+    """Random unit rows in ``like``'s dtype and device, drawn in ``draw`` (the same vectors for every model dtype)."""
+    u = torch.randn(shape, generator=generator, dtype=draw).to(like)
     return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
@@ -202,7 +219,8 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     with torch.no_grad():
-        right = _unit_rows((n, size), lin.point, generator)
+        # any start with a component along the top singular vector will do; torch draws float32 normals ~5x faster
+        right = _unit_rows((n, size), lin.point, generator, draw=torch.float32)
         u = lin.jvp(right)
         left = u
         floor = None

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
 
 from gradprobe.recorders.replay import _detached_input
 from gradprobe.reference import functional as fn
@@ -80,6 +81,9 @@ class DirectionRun:
         tanh_c: LSTM: ``tanh(c_t)`` of each step.
         hh: GRU: ``W_hh h_{t-1} + b_hh`` of each step.
         new: GRU: the candidate ``n`` of each step.
+        sizes: Packed input: rows alive at each step, in processing order
+            (the first ``sizes[t]`` rows; the others carry their state
+            unchanged, a step with the identity Jacobian); ``None``: all.
     """
 
     name: str
@@ -93,6 +97,7 @@ class DirectionRun:
     tanh_c: Tensor | None = None
     hh: Tensor | None = None
     new: Tensor | None = None
+    sizes: list[int] | None = None
 
     @property
     def steps(self) -> int:
@@ -105,6 +110,22 @@ class DirectionRun:
     def outputs(self) -> Tensor:
         """``h_t`` of every step, ``[T, B, P]``, chronological."""
         return self.chronological(self.h[1:])
+
+    def head_gates(self, rows: int) -> dict[str, Tensor] | None:
+        """The gate activations of the first ``rows`` batch rows, ``[T, rows, *]``, chronological, named as
+        :attr:`fn.Linearization.gates` names them (GRU adds ``hh_new``); ``None`` for ReLU modes."""
+        head = lambda t: self.chronological(t[:, :rows])
+        if self.mode == "LSTM":
+            assert self.activations is not None and self.tanh_c is not None
+            i, f, g, o = head(self.activations).chunk(4, dim=-1)
+            return {"input": i, "forget": f, "cell": g, "output": o, "cell_state": head(self.tanh_c)}
+        if self.mode == "GRU":
+            assert self.activations is not None and self.new is not None and self.hh is not None
+            r, z = head(self.activations).chunk(2, dim=-1)
+            return {"reset": r, "update": z, "new": head(self.new), "hh_new": head(self.hh[..., 2 * r.shape[-1] :])}
+        if self.mode == "RNN_TANH":
+            return {"tanh": head(self.h[1:])}
+        return None
 
 
 @dataclass
@@ -131,16 +152,32 @@ def _tanh(x: Tensor, out: Tensor) -> Tensor:
     return torch.sigmoid(x * 2, out=out).mul_(2).sub_(1)
 
 
+def _carry(states: tuple[Tensor, ...], sizes: list[int] | None, t: int) -> None:
+    """Rows past ``sizes[t]`` (ended, or in a reverse direction not yet started) keep the state of step ``t``."""
+    if sizes is not None and sizes[t] < states[0].shape[0]:
+        states[t + 1][sizes[t] :] = states[t][sizes[t] :]
+
+
 def forward(
-    name: str, mode: str, x: Tensor, h0: Tensor, c0: Tensor | None, w: LayerWeights, reverse: bool, head_rows: int
+    name: str,
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w: LayerWeights,
+    reverse: bool,
+    head_rows: int,
+    sizes: list[int] | None = None,
 ) -> DirectionRun:
     """Run one direction over the padded time-major input ``x`` ``[T, B, I]`` and keep what the sweep needs.
 
     Args:
         head_rows: Rows whose projected inputs are kept (the Jacobian estimates and saturation use them).
+        sizes: Packed input: rows alive at each step, chronological (see :attr:`DirectionRun.sizes`).
     """
     if reverse:
         x = x.flip(0)
+        sizes = sizes[::-1] if sizes is not None else None
     steps, batch = x.shape[0], x.shape[1]
     pre = fn.project_input(mode, x.reshape(steps * batch, -1), w).view(steps, batch, -1)
     x_head = pre[:, :head_rows].clone()
@@ -148,7 +185,7 @@ def forward(
     h[0] = h0
     hs = h.unbind(0)
     w_hh_t = w.weight_hh.t()
-    run = DirectionRun(name, mode, w, reverse, x_head, h)
+    run = DirectionRun(name, mode, w, reverse, x_head, h, sizes=sizes)
     if mode == "LSTM":
         assert c0 is not None
         hidden = c0.shape[-1]
@@ -172,6 +209,8 @@ def forward(
                 torch.mul(o_s[t], tcs[t], out=hs[t + 1])
             else:
                 torch.mm(o_s[t] * tcs[t], w_hr_t, out=hs[t + 1])
+            _carry(hs, sizes, t)
+            _carry(cs, sizes, t)
         pre[..., 2 * hidden : 3 * hidden].mul_(2).sub_(1)  # the candidate's tanh, for the sweep
         run.activations, run.c, run.tanh_c = pre, c, tanh_c
     elif mode == "GRU":
@@ -189,12 +228,14 @@ def forward(
             rz = rzs[t].add_(hh_t[:, : 2 * hidden]).sigmoid_()
             _tanh(torch.addcmul(x_n[t], rz[:, :hidden], hh_t[:, 2 * hidden :]), out=ns[t])
             torch.lerp(ns[t], hs[t], rz[:, hidden:], out=hs[t + 1])
+            _carry(hs, sizes, t)
         run.activations, run.hh, run.new = rz_all, hh, new
     else:
         activation = _activation(mode)
         for t, pre_t in enumerate(pre.unbind(0)):
             pre_t.addmm_(hs[t], w_hh_t)
             activation(pre_t, hs[t + 1])
+            _carry(hs, sizes, t)
     return run
 
 
@@ -208,36 +249,53 @@ def forward_known(
     reverse: bool,
     head_rows: int,
     outputs: Tensor,
+    sizes: list[int] | None = None,
 ) -> DirectionRun:
     """:func:`forward` for a direction whose outputs ``h_t`` are known (the top layer: the call's output).
 
     With every ``h_{t-1}`` at hand the pre-activations of all steps are two
     matrix products and the activations one elementwise pass each, with no
     loop over time; only the LSTM cell state is a scan, one fused
-    multiply-add per step. ``outputs`` is ``[T, B, P]``, chronological.
+    multiply-add per step. ``outputs`` is ``[T, B, P]``, chronological
+    (for packed input, anything where a row is not alive: those entries are
+    replaced by the state the row carries).
     """
     if reverse:
         x, outputs = x.flip(0), outputs.flip(0)
+        sizes = sizes[::-1] if sizes is not None else None
     steps, batch = x.shape[0], x.shape[1]
     pre = fn.project_input(mode, x.reshape(steps * batch, -1), w).view(steps, batch, -1)
     x_head = pre[:, :head_rows].clone()
     h = torch.cat([h0.unsqueeze(0), outputs.to(h0.dtype)])
+    if sizes is not None:
+        hs = h.unbind(0)
+        for t in range(steps):
+            _carry(hs, sizes, t)
     previous = h[:-1].reshape(steps * batch, -1)
-    run = DirectionRun(name, mode, w, reverse, x_head, h)
+    run = DirectionRun(name, mode, w, reverse, x_head, h, sizes=sizes)
     if mode == "LSTM":
         assert c0 is not None
         hidden = c0.shape[-1]
-        pre.view(steps * batch, -1).addmm_(previous, w.weight_hh.t())
-        pre[..., : 2 * hidden].sigmoid_()
-        pre[..., 3 * hidden :].sigmoid_()
         i, f, g, _ = pre.split(hidden, dim=-1)
-        _tanh(g, out=g)
+        if pre.dtype == torch.float32 and g.numel() >= _TANH_DIRECT_BELOW:
+            # the candidate's rows doubled: one sigmoid over all gates gives its tanh as 2 sigmoid(2a) - 1
+            w_hh_t = w.weight_hh.t().clone()
+            w_hh_t[:, 2 * hidden : 3 * hidden] *= 2
+            g.mul_(2)
+            pre.view(steps * batch, -1).addmm_(previous, w_hh_t).sigmoid_()
+            g.mul_(2).sub_(1)
+        else:
+            pre.view(steps * batch, -1).addmm_(previous, w.weight_hh.t())
+            pre[..., : 2 * hidden].sigmoid_()
+            pre[..., 3 * hidden :].sigmoid_()
+            torch.tanh(g, out=g)
         update = i * g
         c = c0.new_empty(steps + 1, *c0.shape)
         c[0] = c0
         cs, fs, us = c.unbind(0), f.unbind(0), update.unbind(0)
         for t in range(steps):
             torch.addcmul(us[t], fs[t], cs[t], out=cs[t + 1])
+            _carry(cs, sizes, t)
         run.activations, run.c, run.tanh_c = pre, c, _tanh(c[1:], out=torch.empty_like(c[1:]))
     elif mode == "GRU":
         hidden = h0.shape[-1]
@@ -271,8 +329,12 @@ class _Factors:
     buffer, and only the extra rows are copied.
     """
 
-    def __init__(self, run: DirectionRun, start: int, stop: int, batch: int, extra: Tensor) -> None:
+    def __init__(self, run: DirectionRun, start: int, stop: int, batch: int, extra: Tensor, dead: Tensor | None = None) -> None:
+        """``dead``: ``[span, B]``, the batch rows not alive at those steps (packed input): their step is the identity."""
         self._span, self._batch, self._extra = stop - start, batch, extra
+        off = dead.unsqueeze(-1) if dead is not None else None
+        zero = (lambda t: t.masked_fill_(off, 0)) if off is not None else (lambda t: t)
+        one = (lambda t: t.masked_fill_(off, 1)) if off is not None else (lambda t: t)
         if run.mode == "LSTM":
             assert run.activations is not None and run.c is not None and run.tanh_c is not None
             act = run.activations[start:stop]
@@ -286,25 +348,27 @@ class _Factors:
             d_i.mul_(g)
             d_f.mul_(run.c[start:stop])
             d_o.mul_(tc)
+            zero(dgates[:, :batch])
             through_c, main = self._buffer(hidden, act)
-            torch.addcmul(o, o * tc, tc, value=-1, out=main)  # o (1 - tanh(c)^2)
+            zero(torch.addcmul(o, o * tc, tc, value=-1, out=main))  # o (1 - tanh(c)^2)
             forget, main = self._buffer(hidden, act)
-            main.copy_(f)
+            one(main.copy_(f))
             self.dgates, self.through_c, self.forget = (self._fill(t).unbind(0) for t in (dgates, through_c, forget))
         elif run.mode == "GRU":
             assert run.activations is not None and run.hh is not None and run.new is not None
             r, z = run.activations[start:stop].chunk(2, dim=-1)
             n = run.new[start:stop]
             h_n = run.hh[start:stop, :, 2 * r.shape[-1] :]
-            keep_n = torch.addcmul(1 - z, n * n, z - 1)  # (1 - z)(1 - n^2)
+            keep_n = zero(torch.addcmul(1 - z, n * n, z - 1))  # (1 - z)(1 - n^2)
             # cotangents of the (r, z, n) parts of W_hh h are v times these, all three at once
             to_hidden, main = self._buffer(3 * r.shape[-1], r)
             d_r, d_z, d_n = main.view(self._span, batch, 3, -1).unbind(2)
             torch.mul(keep_n * h_n, torch.addcmul(r, r, r, value=-1), out=d_r)
             torch.mul(run.h[start:stop] - n, torch.addcmul(z, z, z, value=-1), out=d_z)
             torch.mul(keep_n, r, out=d_n)
+            zero(to_hidden[:, :batch])
             update, main = self._buffer(r.shape[-1], r)
-            main.copy_(z)
+            one(main.copy_(z))
             self.to_hidden = self._fill(to_hidden).view(self._span, -1, 3, r.shape[-1]).unbind(0)
             self.update = self._fill(update).unbind(0)
             self.keep_n = keep_n  # batch rows only: the input's n pre-activation
@@ -315,6 +379,7 @@ class _Factors:
                 main.copy_(fn._relu_slope(y, run.mode == "RNN_LEAKY_RELU"))
             else:
                 torch.addcmul(torch.ones_like(y), y, y, value=-1, out=main)
+            zero(main)
             self.slope = self._fill(slope).unbind(0)
 
     def _buffer(self, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -391,13 +456,15 @@ def sweep(
         q = torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype))[0]
         carry[lyap] = q.t()
 
+    sizes = run.sizes
+    dead = torch.arange(batch, device=device) >= torch.tensor(sizes, device=device).unsqueeze(1) if sizes is not None else None
     grad_sq = run.h.new_empty(steps, dtype=torch.float64)
     profile_sq = run.h.new_empty(steps, r, dtype=torch.float64)
     input_grads = run.h.new_empty(steps, batch, w.weight_ih.shape[1]) if need_input_grads else None
     for stop in range(steps, 0, -CHUNK_STEPS):
         first = max(0, stop - CHUNK_STEPS)
         span = stop - first
-        factors = _Factors(run, first, stop, batch, extra)
+        factors = _Factors(run, first, stop, batch, extra, dead[first:stop] if dead is not None else None)
         # local j holds the cotangent of the state after step first + j - 1; j = span is carried in
         v = run.h.new_zeros(span + 1, rows, size)
         v[span] = carry
@@ -422,6 +489,9 @@ def sweep(
             else:
                 delta = vh * factors.slope[j]
                 hs[j].addmm_(delta, w.weight_hh)
+            if sizes is not None and mode != "GRU" and sizes[first + j] < batch:
+                alive = sizes[first + j]  # the rows past it stepped with the identity: their h passes unchanged
+                hs[j][alive:batch] += hs[j + 1][alive:batch]
             if grads_out:
                 grads_out[j].copy_(delta[:batch])
             done = steps - first - j  # steps swept so far, this one included
@@ -430,7 +500,10 @@ def sweep(
                 q, upper = torch.linalg.qr(block.t())
                 block.copy_(q.t())
                 uppers.append(upper)
-        grad_sq[first:stop] = v[1:, :batch, :out_size].pow(2).sum(dim=(1, 2), dtype=torch.float64)
+        squares = v[1:, :batch, :out_size].pow(2).sum(dim=2, dtype=torch.float64)
+        if dead is not None:
+            squares.masked_fill_(dead[first:stop], 0)  # a row's h_t exists only where it is alive
+        grad_sq[first:stop] = squares.sum(dim=1)
         profile_sq[first:stop] = v[1:, batch : batch + r].pow(2).sum(-1, dtype=torch.float64)
         if gate_grads is not None and input_grads is not None:
             if mode == "GRU":
@@ -455,6 +528,26 @@ def sweep(
 # --------------------------------------------------------------------------
 
 
+class _Packed:
+    """A packed call's layout: step ``t`` holds the first ``sizes[t]`` rows (sorted longest first).
+
+    :meth:`pad` puts packed rows ``[N, F]`` into a zero-filled ``[T, B, F]``
+    tensor, :meth:`pack` takes them back out.
+    """
+
+    def __init__(self, sizes: list[int], device: torch.device) -> None:
+        self.sizes = sizes
+        self.steps, self.batch = len(sizes), sizes[0]
+        self._rows = torch.cat([torch.arange(n) + t * self.batch for t, n in enumerate(sizes)]).to(device)
+
+    def pad(self, packed: Tensor) -> Tensor:
+        padded = packed.new_zeros(self.steps * self.batch, *packed.shape[1:])
+        return padded.index_copy_(0, self._rows, packed).view(self.steps, self.batch, *packed.shape[1:])
+
+    def pack(self, padded: Tensor) -> Tensor:
+        return padded.reshape(self.steps * self.batch, *padded.shape[2:]).index_select(0, self._rows)
+
+
 @dataclass
 class MeasuredDirection:
     """One track of a swept stack call: its forward pass and what the sweep measured."""
@@ -466,14 +559,16 @@ class MeasuredDirection:
 def supported(twin: Any, call: Any, weight_dtype: torch.dtype) -> bool:
     """Whether the sweep handles this captured call (else the general replay does).
 
-    It does for one padded, batched call (``[T, B, I]`` or batch first) with
-    captured gradients, in single or double precision. Packed sequences,
-    unbatched inputs and half-precision weights take the general replay.
+    It does for one batched call, padded (``[T, B, I]`` or batch first) or
+    packed, with captured gradients, in single or double precision.
+    Unbatched inputs and half-precision weights take the general replay.
     """
     input_ = call.input
-    if not isinstance(input_, Tensor) or input_.dim() != 3 or not call.grads:
+    if not call.grads or weight_dtype not in SWEEP_DTYPES:
         return False
-    return input_.shape[1 if twin.batch_first else 0] > 0 and weight_dtype in SWEEP_DTYPES
+    if isinstance(input_, PackedSequence):
+        return len(input_.batch_sizes) > 0
+    return isinstance(input_, Tensor) and input_.dim() == 3 and input_.shape[1 if twin.batch_first else 0] > 0
 
 
 def sweep_stack(
@@ -499,23 +594,37 @@ def sweep_stack(
         head_rows: Batch rows kept for the Jacobian estimates and saturation (:attr:`DirectionRun.x_head`).
     """
     dtype = next(iter(params.values())).dtype
-    x, hx = _detached_input(call.input, call.hx, None, twin.batch_first, dtype)
-    if twin.batch_first:
-        x = x.transpose(0, 1)
+    grads = list(call.grads) + [None] * (3 - len(call.grads))
+    out_grad, hn_grad, cn_grad = grads[0], grads[1], grads[2] if twin.mode == "LSTM" else None
+    out_grad = out_grad.detach() if out_grad is not None else None
+    known = call.layer_output()  # the top layer's outputs: its forward pass needs no loop over time
+    layout: _Packed | None = None
+    if isinstance(call.input, PackedSequence):
+        layout = _Packed(call.input.batch_sizes.tolist(), call.input.data.device)
+        order = call.input.sorted_indices  # initial and final states are in the caller's row order
+        x, hx = _detached_input(call.input.data, call.hx, None, False, dtype)
+        x = layout.pad(x)
+        if order is not None:
+            hx = None if hx is None else tuple(h.index_select(1, order) for h in hx) if isinstance(hx, tuple) else hx.index_select(1, order)
+            hn_grad = hn_grad.index_select(1, order) if hn_grad is not None else None
+            cn_grad = cn_grad.index_select(1, order) if cn_grad is not None else None
+        out_grad = layout.pad(out_grad) if out_grad is not None else None
+        known = layout.pad(known) if known is not None else None
+    else:
+        x, hx = _detached_input(call.input, call.hx, None, twin.batch_first, dtype)
+        if twin.batch_first:
+            x = x.transpose(0, 1)
+            out_grad = out_grad.transpose(0, 1) if out_grad is not None else None
+            known = known.transpose(0, 1) if known is not None else None
+    sizes = layout.sizes if layout is not None else None
     batch = x.shape[1]
     directions = 2 if twin.bidirectional else 1
     layers = twin.num_layers
     init = twin._initial_states(x, batch, hx)
-    grads = list(call.grads) + [None] * (3 - len(call.grads))
-    out_grad, hn_grad, cn_grad = grads[0], grads[1], grads[2] if twin.mode == "LSTM" else None
-    if out_grad is not None:
-        out_grad = out_grad.detach()
-        if twin.batch_first:
-            out_grad = out_grad.transpose(0, 1)
 
-    known = call.layer_output()  # the top layer's outputs: its forward pass needs no loop over time
-    if known is not None and twin.batch_first:
-        known = known.transpose(0, 1)
+    # the Jacobian estimates, saturation and the profile use rows alive at every step (packed: the longest)
+    head = head_rows if sizes is None else max(1, min(head_rows, sizes[-1]))
+    profile_rows = profile_rows if sizes is None else max(1, min(profile_rows, sizes[-1]))
 
     was_training = twin.training
     twin.train(call.training)
@@ -529,7 +638,9 @@ def sweep_stack(
             layer_input = x
             for layer in range(layers):
                 if layer:
-                    mask = twin._dropout_mask(layer_input)
+                    # drawn on the layer input's own shape (packed rows for packed input), as torch draws it
+                    mask = twin._dropout_mask(layer_input if layout is None else layout.pack(layer_input))
+                    mask = layout.pad(mask) if layout is not None and mask is not None else mask
                     masks.append(mask)
                     if mask is not None:
                         layer_input = layer_input * mask
@@ -538,12 +649,13 @@ def sweep_stack(
                     index = layer * directions + direction
                     weights = twin.layer_weights(layer, direction, params)
                     c0 = init[1][index] if twin.mode == "LSTM" else None
-                    args = (names[index], twin.mode, layer_input, init[0][index], c0, weights, bool(direction), head_rows)
+                    args = (names[index], twin.mode, layer_input, init[0][index], c0, weights, bool(direction), head)
                     if layer == layers - 1 and known is not None:
                         width = known.shape[-1] // directions
-                        per_direction.append(forward_known(*args, known[..., direction * width : (direction + 1) * width]))
+                        part = known[..., direction * width : (direction + 1) * width]
+                        per_direction.append(forward_known(*args, part, sizes=sizes))
                     else:
-                        per_direction.append(forward(*args))
+                        per_direction.append(forward(*args, sizes=sizes))
                 runs.append(per_direction)
                 outputs = [run.outputs() for run in per_direction]
                 layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)

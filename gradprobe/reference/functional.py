@@ -273,25 +273,14 @@ class Linearization:
             gates = preactivation(x_proj, h, w.weight_hh, b_hh)
             a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
             i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
-            tc = torch.tanh(f * state[1] + i * g)
-            self.gates = {"input": i, "forget": f, "cell": g, "output": o, "cell_state": tc}
-            # derivative factors of (c', c', c', h_raw) with respect to the (i, f, g, o) pre-activations
-            self._dgates = torch.cat([g * i * (1 - i), state[1] * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], dim=1)
-            self._f = f
-            self._through_c = o * (1 - tc * tc)
+            self._lstm_factors(i, f, g, o, torch.tanh(f * state[1] + i * g), state[1])
         elif mode == "GRU":
             hh = F.linear(h, w.weight_hh, b_hh)
             x_r, x_z, x_n = x_proj.chunk(3, dim=1)
             h_r, h_z, h_n = hh.chunk(3, dim=1)
             r = torch.sigmoid(x_r + h_r)
             z = torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + r * h_n)
-            self.gates = {"reset": r, "update": z, "new": n}
-            self._r, self._z, self._hn = r, z, h_n
-            self._dr = r * (1 - r)
-            self._dz = z * (1 - z)
-            self._dn = 1 - n * n
-            self._h_minus_n = h - n
+            self._gru_factors(r, z, torch.tanh(x_n + r * h_n), h_n, h)
         else:
             pre = preactivation(x_proj, h, w.weight_hh, b_hh)
             if is_relu(mode):
@@ -302,6 +291,49 @@ class Linearization:
                 y = torch.tanh(pre)
                 self.gates = {"tanh": y}
                 self._slope = 1 - y * y
+
+    @classmethod
+    def from_gates(
+        cls, mode: str, w: LayerWeights, state: State, gates: dict[str, Tensor], hh_new: Tensor | None = None
+    ) -> Linearization | None:
+        """The linearization from gate activations a forward pass already computed: no matrix product.
+
+        Args:
+            mode: ``LSTM``, ``GRU`` or ``RNN_TANH`` (a ReLU's pre-activation is
+                not recoverable from its output: ``None`` for those modes).
+            w: The layer weights.
+            state: The state each row started from.
+            gates: As :attr:`gates` holds them (LSTM with ``cell_state``).
+            hh_new: GRU: ``W_hn h + b_hn``, the recurrent part inside the reset product.
+        """
+        if mode not in ("LSTM", "GRU", "RNN_TANH"):
+            return None
+        lin = object.__new__(cls)
+        lin.mode, lin.w, lin.out_size = mode, w, state[0].shape[-1]
+        if mode == "LSTM":
+            lin._lstm_factors(gates["input"], gates["forget"], gates["cell"], gates["output"], gates["cell_state"], state[1])
+        elif mode == "GRU":
+            assert hh_new is not None
+            lin._gru_factors(gates["reset"], gates["update"], gates["new"], hh_new, state[0])
+        else:
+            y = gates["tanh"]
+            lin.gates, lin._slope = {"tanh": y}, 1 - y * y
+        return lin
+
+    def _lstm_factors(self, i: Tensor, f: Tensor, g: Tensor, o: Tensor, tc: Tensor, c: Tensor) -> None:
+        self.gates = {"input": i, "forget": f, "cell": g, "output": o, "cell_state": tc}
+        # derivative factors of (c', c', c', h_raw) with respect to the (i, f, g, o) pre-activations
+        self._dgates = torch.cat([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], dim=1)
+        self._f = f
+        self._through_c = o * (1 - tc * tc)
+
+    def _gru_factors(self, r: Tensor, z: Tensor, n: Tensor, h_n: Tensor, h: Tensor) -> None:
+        self.gates = {"reset": r, "update": z, "new": n}
+        self._r, self._z, self._hn = r, z, h_n
+        self._dr = r * (1 - r)
+        self._dz = z * (1 - z)
+        self._dn = 1 - n * n
+        self._h_minus_n = h - n
 
     def subset(self, index: Tensor) -> Linearization:
         """The same linearization restricted to the rows in ``index`` (no recomputation)."""

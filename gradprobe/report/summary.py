@@ -70,6 +70,8 @@ class RunSummary:
     first_nonfinite: dict[str, Any] | None = None
     findings: list[Finding] = field(default_factory=list)
     fail_on: str = DEFAULT_FAIL_ON  # of the configuration the logs were judged with
+    #: Whether the series over training (the HTML report's charts) are built; a text or JSON report skips them.
+    charts: bool = True
 
     @property
     def problems(self) -> list[tuple[str, LogProblem]]:
@@ -94,6 +96,8 @@ class RunSummary:
             layer.mode = event.get("mode")
             layer.latest = event
             layer.probes += 1
+            if not self.charts:
+                return
             layer.heatmap.add((event.get("step"), [number(v) for v in event.get("grad_norms", [])]))
             horizon = number(event.get("horizon"))
             lyapunov = [number(v) for v in event.get("lyapunov") or []]
@@ -101,6 +105,8 @@ class RunSummary:
         elif kind == "saturation":
             layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"], event.get("mode")))
             layer.saturation = event
+            if not self.charts:
+                return
             fractions = event.get("fractions") or {}
             layer.saturation_trend.add((event.get("step"), {str(g): number(v) for g, v in fractions.items()}))
         elif kind == "fix":
@@ -126,6 +132,10 @@ class RunSummary:
                 self.first_nonfinite_loss_step = step
         if norm is not None and math.isfinite(norm) and (self.max_grad_norm is None or norm > self.max_grad_norm):
             self.max_grad_norm, self.max_grad_step = norm, step
+        if event.get("nonfinite") and self.first_nonfinite is None:
+            self.first_nonfinite = {"step": step, **event["nonfinite"]}
+        if not self.charts:
+            return
         self.training.add((step, loss, norm))
         self.loss_series.add(step, loss)
         self.grad_norm_series.add(step, norm)
@@ -143,8 +153,6 @@ class RunSummary:
         clip = event.get("clip")
         if isinstance(clip, dict):
             self.clip_series.add(step, number(clip.get("threshold")))
-        if event.get("nonfinite") and self.first_nonfinite is None:
-            self.first_nonfinite = {"step": step, **event["nonfinite"]}
 
     def loss_text(self) -> str:
         """``loss A -> B (min C)``, saying so when the loss ended non-finite or turned non-finite on the way."""
@@ -164,6 +172,7 @@ def summarize_logs(
     paths: Iterable[str | os.PathLike[str]],
     config: Config | Mapping[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    charts: bool = True,
 ) -> RunSummary:
     """Read the logs (one per rank for distributed runs) and judge them with the rules.
 
@@ -178,12 +187,14 @@ def summarize_logs(
             in its meta event (so a log is judged as it was live, wherever the
             report runs), else pyproject.toml of the current directory.
         progress: Called with the number of bytes read since the last call.
+        charts: Build the series over training that the HTML report plots
+            (a text or JSON report passes ``False`` and reads the log faster).
 
     Raises:
         gradprobe.events.LogFormatError: A file is missing, is not a run log,
             or holds no readable event.
     """
-    summary = RunSummary()
+    summary = RunSummary(charts=charts)
     per_key: dict[tuple[str, str | None], list[tuple[Finding, int | None]]] = {}
     for path in [found for given in paths for found in expand_rank_logs(given)]:
         log = LogSummary(str(path))

@@ -7,6 +7,7 @@ Everything here runs in constant memory in the length of the run.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import deque
@@ -134,6 +135,7 @@ class NormHistory:
     top: float = 0.0
     pinned: int = 0
     maximum: float | None = None
+    _sorted: list[float] = field(default_factory=list)  # the window's norms in order
 
     def add(self, step: int | None, norm: float | None) -> dict[str, Any] | None:
         """Record one step's norm; return the spike it is (norm, median, ratio), if it is one."""
@@ -150,7 +152,7 @@ class NormHistory:
             self.top, self.pinned = norm, 1
         spike = None
         if len(self.recent) >= self.min_history:
-            median = statistics.median(self.recent)
+            median = self._window_median()
             if median > 0 and norm > self.spike_factor * median:
                 self.spikes += 1
                 self.max_spike_ratio = max(self.max_spike_ratio, norm / median)
@@ -158,9 +160,15 @@ class NormHistory:
                     self.first_spike_step = step
                 spike = {"grad_norm": norm, "running_median": median, "ratio": norm / median}
         self.recent.append(norm)
+        bisect.insort(self._sorted, norm)
         while len(self.recent) > self.window:
-            self.recent.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, self.recent.popleft())]
         return spike
+
+    def _window_median(self) -> float:
+        """``statistics.median(self.recent)``, read off the window kept sorted (no sort per step)."""
+        ordered, n = self._sorted, len(self._sorted)
+        return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
     @property
     def median(self) -> float | None:

@@ -137,7 +137,7 @@ def test_the_lyapunov_spectrum_of_a_non_normal_recurrence():
     assert report.layers["RNN.l0"].lyapunov == pytest.approx(diagonal.log().tolist(), abs=5e-3)
 
 
-def test_padded_calls_take_the_sweep_and_packed_calls_the_general_replay(monkeypatch):
+def test_padded_and_packed_calls_take_the_sweep_and_unbatched_calls_the_general_replay(monkeypatch):
     taken: list[bool] = []
     real = sweep.sweep_stack
     monkeypatch.setattr(sweep, "sweep_stack", lambda *a, **k: taken.append(True) or real(*a, **k))
@@ -154,8 +154,12 @@ def test_padded_calls_take_the_sweep_and_packed_calls_the_general_replay(monkeyp
             return self.gru(pack_padded_sequence(x, [6, 4, 2]))[1]
 
     report = gradprobe.check(Packed(), torch.randn(6, 3, 3), loss_fn=lambda h: h.pow(2).sum(), config={})
-    assert taken == [True] and report.layers["gru.l0"].seq_len == 6
+    assert taken == [True, True] and report.layers["gru.l0"].seq_len == 6
     assert math.isfinite(report.layers["gru.l0"].grad_norms[0])
+
+    report = gradprobe.check(model, torch.randn(6, 3), config={})  # unbatched: the general replay
+    (layer,) = report.layers.values()
+    assert taken == [True, True] and layer.seq_len == 6 and math.isfinite(layer.grad_norms[0])
 
 
 @pytest.mark.parametrize("every", [1, 2, 3])
@@ -201,3 +205,65 @@ def test_an_output_changed_in_place_is_not_taken_for_the_layer_output(monkeypatc
     general, _ = _deep_events(model, x, general=True, monkeypatch=monkeypatch)
     assert fast["rnn.l0"]["grad_norms"] == pytest.approx(general["rnn.l0"]["grad_norms"], rel=1e-10)
     assert fast["rnn.l0"]["jacobian_norms"] == pytest.approx(general["rnn.l0"]["jacobian_norms"], rel=1e-10)
+
+
+PACKED_CONFIGS = {
+    "lstm_bi_2layer_dropout": (nn.LSTM, {"num_layers": 2, "bidirectional": True, "dropout": 0.4}),
+    "lstm_proj": (nn.LSTM, {"proj_size": 3}),
+    "gru_bi": (nn.GRU, {"bidirectional": True}),
+    "gru_2layer_dropout": (nn.GRU, {"num_layers": 2, "dropout": 0.3}),
+    "rnn_tanh_bi_2layer": (nn.RNN, {"num_layers": 2, "bidirectional": True}),
+    "rnn_relu": (nn.RNN, {"nonlinearity": "relu"}),
+    "leaky_reference_bi": (ReferenceRNN, {"nonlinearity": "leaky_relu", "bidirectional": True}),
+}
+
+
+def _packed_deep_events(model, x, lengths, hx, general, monkeypatch):
+    """The deep events of one probed step on a packed batch (unsorted lengths), by the sweep or the autograd replay."""
+    if general:
+        monkeypatch.setattr(sweep, "supported", lambda twin, call, dtype: False)
+    events: list[dict] = []
+    model.train(True)
+    torch.manual_seed(11)
+    with gradprobe.attach(model, every=1, config={}, sinks=[events.append]) as probe:
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, hidden = model(packed) if hx is None else model(packed, hx)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        loss = out.data.pow(2).sum() + sum((0.3 + 0.2 * k) * s.sin().sum() for k, s in enumerate(states))
+        loss.backward()
+        probe.step(loss)
+    assert probe.error is None, probe.error
+    if general:
+        monkeypatch.undo()
+    deep = {e["layer"]: e for e in events if e["kind"] == "deep"}
+    saturation = {e["layer"]: e for e in events if e["kind"] == "saturation"}
+    return deep, saturation
+
+
+@pytest.mark.parametrize("name", list(PACKED_CONFIGS))
+@pytest.mark.parametrize("with_state", [False, True])
+def test_packed_calls_are_swept_and_measure_what_the_autograd_replay_measures(name, with_state, monkeypatch):
+    """Rows that end early (or, in a reverse direction, start late) step with the identity and count only while alive."""
+    cls, options = PACKED_CONFIGS[name]
+    torch.manual_seed(0)
+    model = cls(4, 7, dtype=torch.float64, **options)
+    steps, lengths = 20, [13, 20, 6, 20, 17, 1]
+    x = torch.randn(steps, len(lengths), 4, dtype=torch.float64)
+    hx = None
+    if with_state:
+        layers = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
+        h0 = torch.randn(layers, len(lengths), options.get("proj_size") or 7, dtype=torch.float64)
+        hx = (h0, torch.randn(layers, len(lengths), 7, dtype=torch.float64)) if cls is nn.LSTM else h0
+    taken: list[bool] = []
+    real = sweep.sweep_stack
+    monkeypatch.setattr(sweep, "sweep_stack", lambda *a, **k: taken.append(True) or real(*a, **k))
+    fast, fast_saturation = _packed_deep_events(model, x, lengths, hx, False, monkeypatch)
+    assert taken == [True]
+    general, general_saturation = _packed_deep_events(model, x, lengths, hx, True, monkeypatch)
+    assert fast.keys() == general.keys() and len(fast) == getattr(model, "num_layers", 1) * (2 if options.get("bidirectional") else 1)
+    for layer, event in fast.items():
+        reference = general[layer]
+        assert event["seq_len"] == reference["seq_len"] == steps and event["batch"] == reference["batch"] == len(lengths)
+        assert event["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-10, abs=1e-14)
+        assert event["jacobian_norms"] == pytest.approx(reference["jacobian_norms"], rel=1e-10)
+        assert fast_saturation[layer]["fractions"] == pytest.approx(general_saturation[layer]["fractions"], abs=1e-12)

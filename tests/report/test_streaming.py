@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import tracemalloc
 
+import pytest
+
 from gradprobe.report.series import Downsampled
 from gradprobe.report.summary import RunSummary
 from gradprobe.rules.engine import RuleEngine
@@ -51,3 +53,21 @@ def test_memory_is_flat_in_the_log_length():
     large, summary = _peak(50_000)
     assert len(summary.training) < 2000 and len(summary.layers["rnn.l0"].heatmap) < 200
     assert large < 1.3 * small, (small, large)  # five times the events, about the same memory
+
+
+@pytest.mark.parametrize("log", ["vanishing_log", "healthy_log"])
+def test_a_report_without_chart_series_says_exactly_what_the_full_reading_says(log, request):
+    """charts=False (text and JSON reports) skips only the series the HTML report plots."""
+    from gradprobe.report import summarize_logs
+    from gradprobe.report.json_report import render_json
+    from gradprobe.report.text import render_text
+
+    path = request.getfixturevalue(log)
+    full = summarize_logs([path], config={})
+    lean = summarize_logs([path], config={}, charts=False)
+    assert render_text(lean) == render_text(full)
+    assert render_json(lean, "error", None) == render_json(full, "error", None)
+    assert len(full.training) and len(full.grad_norm_series)
+    assert bool(full.gate_series) == (log == "healthy_log")  # the LSTM's gated weights
+    assert not len(lean.training) and not len(lean.grad_norm_series) and not lean.gate_series
+    assert all(not len(layer.heatmap) and not len(layer.trend) for layer in lean.layers.values())
