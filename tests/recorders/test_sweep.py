@@ -16,15 +16,20 @@ from gradprobe.reference import RNN as ReferenceRNN
 from gradprobe.reference import functional as fn
 
 
-def _deep_events(model, x, hx=None, general=False, monkeypatch=None, train=True):
-    """The deep and saturation events of one probed step, by the sweep or (``general``) the autograd replay."""
+def _deep_events(model, x, hx=None, general=False, monkeypatch=None, train=True, lengths=None):
+    """The deep and saturation events of one probed step, by the sweep or (``general``) the autograd replay.
+
+    ``lengths``: feed ``x`` packed with these (unsorted) lengths.
+    """
     if general:
         monkeypatch.setattr(sweep, "supported", lambda twin, call, dtype: False)
     events: list[dict] = []
     model.train(train)
     torch.manual_seed(11)  # the same dropout masks in both runs
     with gradprobe.attach(model, every=1, config={}, sinks=[events.append]) as probe:
-        out, hidden = model(x) if hx is None else model(x, hx)
+        given = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None else x
+        out, hidden = model(given) if hx is None else model(given, hx)
+        out = out.data if lengths is not None else out
         states = hidden if isinstance(hidden, tuple) else (hidden,)
         loss = out.pow(2).sum() + sum((0.3 + 0.2 * k) * s.sin().sum() for k, s in enumerate(states))
         loss.backward()
@@ -218,28 +223,6 @@ PACKED_CONFIGS = {
 }
 
 
-def _packed_deep_events(model, x, lengths, hx, general, monkeypatch):
-    """The deep events of one probed step on a packed batch (unsorted lengths), by the sweep or the autograd replay."""
-    if general:
-        monkeypatch.setattr(sweep, "supported", lambda twin, call, dtype: False)
-    events: list[dict] = []
-    model.train(True)
-    torch.manual_seed(11)
-    with gradprobe.attach(model, every=1, config={}, sinks=[events.append]) as probe:
-        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out, hidden = model(packed) if hx is None else model(packed, hx)
-        states = hidden if isinstance(hidden, tuple) else (hidden,)
-        loss = out.data.pow(2).sum() + sum((0.3 + 0.2 * k) * s.sin().sum() for k, s in enumerate(states))
-        loss.backward()
-        probe.step(loss)
-    assert probe.error is None, probe.error
-    if general:
-        monkeypatch.undo()
-    deep = {e["layer"]: e for e in events if e["kind"] == "deep"}
-    saturation = {e["layer"]: e for e in events if e["kind"] == "saturation"}
-    return deep, saturation
-
-
 @pytest.mark.parametrize("name", list(PACKED_CONFIGS))
 @pytest.mark.parametrize("with_state", [False, True])
 def test_packed_calls_are_swept_and_measure_what_the_autograd_replay_measures(name, with_state, monkeypatch):
@@ -257,9 +240,9 @@ def test_packed_calls_are_swept_and_measure_what_the_autograd_replay_measures(na
     taken: list[bool] = []
     real = sweep.sweep_stack
     monkeypatch.setattr(sweep, "sweep_stack", lambda *a, **k: taken.append(True) or real(*a, **k))
-    fast, fast_saturation = _packed_deep_events(model, x, lengths, hx, False, monkeypatch)
+    fast, fast_saturation = _deep_events(model, x, hx, lengths=lengths)
     assert taken == [True]
-    general, general_saturation = _packed_deep_events(model, x, lengths, hx, True, monkeypatch)
+    general, general_saturation = _deep_events(model, x, hx, general=True, monkeypatch=monkeypatch, lengths=lengths)
     assert fast.keys() == general.keys() and len(fast) == getattr(model, "num_layers", 1) * (2 if options.get("bidirectional") else 1)
     for layer, event in fast.items():
         reference = general[layer]
