@@ -31,6 +31,12 @@ Every direction is processed in its own order of time (a reverse direction
 runs from the last step to the first), and every result is returned in
 chronological order.
 
+A packed batch is swept padded, its rows sorted longest first: a row that has
+ended (or, in a reverse direction, not yet started) carries its state, a step
+with the identity Jacobian. The sweep's row block puts the profile and
+Lyapunov rows (copies of rows alive at every step) before the batch, so the
+rows that step at ``t`` are a prefix and only they are computed.
+
 The Lyapunov spectrum is taken on the adjoint products ``J_t^T``: the singular
 values of ``J_T ... J_1`` and of its transpose are the same, so the QR method
 on either gives the same exponents (exactly for normal Jacobians, and in the
@@ -39,6 +45,7 @@ limit of long products in general).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -323,18 +330,17 @@ def _activation(mode: str) -> Any:
 class _Factors:
     """The derivative factors of the steps ``start .. stop - 1``, laid out on the sweep's rows.
 
-    Rows ``0 .. B-1`` are the batch; the extra rows repeat batch rows
-    (``extra``: the profile's rows ``0 .. R-1``, then row 0 for each Lyapunov
-    vector). Each factor is computed on the batch rows straight into its
-    buffer, and only the extra rows are copied.
+    The first rows repeat batch rows (``extra``: the profile's rows
+    ``0 .. R-1``, then row 0 for each Lyapunov vector), the batch follows.
+    Each factor is computed on the batch rows straight into its buffer, and
+    only the extra rows are copied.
     """
 
-    def __init__(self, run: DirectionRun, start: int, stop: int, batch: int, extra: Tensor, dead: Tensor | None = None) -> None:
-        """``dead``: ``[span, B]``, the batch rows not alive at those steps (packed input): their step is the identity."""
+    def __init__(self, run: DirectionRun, start: int, stop: int, extra: Tensor, dead: Tensor | None = None) -> None:
+        """``dead``: ``[span, B]``, the batch rows not alive at those steps (packed input). The sweep does not
+        step them; only ``keep_n``, read for the input gradient of every row, is zero there."""
+        batch = run.h.shape[1]
         self._span, self._batch, self._extra = stop - start, batch, extra
-        off = dead.unsqueeze(-1) if dead is not None else None
-        zero = (lambda t: t.masked_fill_(off, 0)) if off is not None else (lambda t: t)
-        one = (lambda t: t.masked_fill_(off, 1)) if off is not None else (lambda t: t)
         if run.mode == "LSTM":
             assert run.activations is not None and run.c is not None and run.tanh_c is not None
             act = run.activations[start:stop]
@@ -348,27 +354,27 @@ class _Factors:
             d_i.mul_(g)
             d_f.mul_(run.c[start:stop])
             d_o.mul_(tc)
-            zero(dgates[:, :batch])
             through_c, main = self._buffer(hidden, act)
-            zero(torch.addcmul(o, o * tc, tc, value=-1, out=main))  # o (1 - tanh(c)^2)
+            torch.addcmul(o, o * tc, tc, value=-1, out=main)  # o (1 - tanh(c)^2)
             forget, main = self._buffer(hidden, act)
-            one(main.copy_(f))
+            main.copy_(f)
             self.dgates, self.through_c, self.forget = (self._fill(t).unbind(0) for t in (dgates, through_c, forget))
         elif run.mode == "GRU":
             assert run.activations is not None and run.hh is not None and run.new is not None
             r, z = run.activations[start:stop].chunk(2, dim=-1)
             n = run.new[start:stop]
             h_n = run.hh[start:stop, :, 2 * r.shape[-1] :]
-            keep_n = zero(torch.addcmul(1 - z, n * n, z - 1))  # (1 - z)(1 - n^2)
+            keep_n = torch.addcmul(1 - z, n * n, z - 1)  # (1 - z)(1 - n^2)
+            if dead is not None:
+                keep_n.masked_fill_(dead.unsqueeze(-1), 0)
             # cotangents of the (r, z, n) parts of W_hh h are v times these, all three at once
             to_hidden, main = self._buffer(3 * r.shape[-1], r)
             d_r, d_z, d_n = main.view(self._span, batch, 3, -1).unbind(2)
             torch.mul(keep_n * h_n, torch.addcmul(r, r, r, value=-1), out=d_r)
             torch.mul(run.h[start:stop] - n, torch.addcmul(z, z, z, value=-1), out=d_z)
             torch.mul(keep_n, r, out=d_n)
-            zero(to_hidden[:, :batch])
             update, main = self._buffer(r.shape[-1], r)
-            one(main.copy_(z))
+            main.copy_(z)
             self.to_hidden = self._fill(to_hidden).view(self._span, -1, 3, r.shape[-1]).unbind(0)
             self.update = self._fill(update).unbind(0)
             self.keep_n = keep_n  # batch rows only: the input's n pre-activation
@@ -379,18 +385,26 @@ class _Factors:
                 main.copy_(fn._relu_slope(y, run.mode == "RNN_LEAKY_RELU"))
             else:
                 torch.addcmul(torch.ones_like(y), y, y, value=-1, out=main)
-            zero(main)
             self.slope = self._fill(slope).unbind(0)
 
     def _buffer(self, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """A ``[span, rows, width]`` factor and its batch rows."""
-        buffer = like.new_empty(self._span, self._batch + len(self._extra), width)
-        return buffer, buffer[:, : self._batch]
+        buffer = like.new_empty(self._span, len(self._extra) + self._batch, width)
+        return buffer, buffer[:, len(self._extra) :]
 
     def _fill(self, buffer: Tensor) -> Tensor:
         if len(self._extra):
-            buffer[:, self._batch :] = buffer.index_select(1, self._extra)
+            buffer[:, : len(self._extra)] = buffer[:, len(self._extra) :].index_select(1, self._extra)
         return buffer
+
+
+def _whole(t: Tensor) -> Tensor:
+    return t
+
+
+def _prefix(n: int) -> Callable[[Tensor], Tensor]:
+    """The first ``n`` rows of a per-step tensor (a packed step's rows that are alive)."""
+    return lambda t: t[:n]
 
 
 def sweep(
@@ -432,22 +446,24 @@ def sweep(
     size = out_size + cell
     r = max(1, min(profile_rows, batch))
     k = min(lyapunov_k, size) if steps >= 2 else 0
-    lyap = slice(batch + r, batch + r + k)
+    # rows: the profile's r, the k Lyapunov vectors, then the batch (a packed step's alive rows are a prefix)
+    e = r + k
+    lyap = slice(r, e)
     extra = torch.cat([torch.arange(r), torch.zeros(k, dtype=torch.long)]).to(run.h.device)
-    rows = batch + r + k
+    rows = e + batch
     dtype, device = run.h.dtype, run.h.device
     direct = run.chronological(direct.to(dtype)) if direct is not None else None
 
     # the cotangent of the state after the last step, (h, c) side by side: what enters there, and the random starts
     carry = run.h.new_zeros(rows, size)
     if direct is not None:
-        carry[:batch, :out_size] = direct[steps - 1]
+        carry[e:, :out_size] = direct[steps - 1]
     if final_h is not None:
-        carry[:batch, :out_size] += final_h.to(dtype)
+        carry[e:, :out_size] += final_h.to(dtype)
     if final_c is not None and cell:
-        carry[:batch, out_size:] = final_c.to(dtype)
+        carry[e:, out_size:] = final_c.to(dtype)
     start = torch.randn(r, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    carry[batch : batch + r] = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    carry[:r] = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     # the Lyapunov QR runs every LYAPUNOV_EVERY steps (the diagonal of the product of the skipped R factors is
     # the product of their diagonals); the burn-in, steps // 10, is rounded up to a whole number of QR periods
     burn = -(-(steps // 10) // LYAPUNOV_EVERY)
@@ -464,51 +480,53 @@ def sweep(
     for stop in range(steps, 0, -CHUNK_STEPS):
         first = max(0, stop - CHUNK_STEPS)
         span = stop - first
-        factors = _Factors(run, first, stop, batch, extra, dead[first:stop] if dead is not None else None)
+        factors = _Factors(run, first, stop, extra, dead[first:stop] if dead is not None else None)
         # local j holds the cotangent of the state after step first + j - 1; j = span is carried in
         v = run.h.new_zeros(span + 1, rows, size)
         v[span] = carry
         if direct is not None and stop > 1:
             lo = max(first, 1)
-            v[lo - first : span, :batch, :out_size] = direct[lo - 1 : stop - 1]
+            v[lo - first : span, e:, :out_size] = direct[lo - 1 : stop - 1]
         states = v.unbind(0)
         hs, cs = v[..., :out_size].unbind(0), v[..., out_size:].unbind(0)
-        gate_grads = run.h.new_empty(span, batch, w.weight_ih.shape[0]) if input_grads is not None else None
+        new_gate_grads = run.h.new_zeros if sizes is not None else run.h.new_empty  # packed: dead rows get none
+        gate_grads = new_gate_grads(span, batch, w.weight_ih.shape[0]) if input_grads is not None else None
         grads_out = gate_grads.unbind(0) if gate_grads is not None else ()
         for j in range(span - 1, -1, -1):
-            vh = hs[j + 1]
+            n = rows if sizes is None else e + sizes[first + j]  # rows that step (the rest step with the identity)
+            if n < rows:
+                states[j][n:] += states[j + 1][n:]
+            cut: Callable[[Tensor], Tensor] = _whole if n == rows else _prefix(n)
+            vh, into = cut(hs[j + 1]), cut(hs[j])
             if mode == "LSTM":
                 raw = vh.matmul(w.weight_hr) if w.weight_hr is not None else vh
-                vc = torch.addcmul(cs[j + 1], raw, factors.through_c[j])
-                delta = torch.cat([vc, vc, vc, raw], dim=1).mul_(factors.dgates[j])
-                hs[j].addmm_(delta, w.weight_hh)
-                cs[j].addcmul_(vc, factors.forget[j])
+                vc = torch.addcmul(cut(cs[j + 1]), raw, cut(factors.through_c[j]))
+                delta = torch.cat([vc, vc, vc, raw], dim=1).mul_(cut(factors.dgates[j]))
+                into.addmm_(delta, w.weight_hh)
+                cut(cs[j]).addcmul_(vc, cut(factors.forget[j]))
             elif mode == "GRU":
-                delta = (vh.unsqueeze(1) * factors.to_hidden[j]).flatten(1)
-                hs[j].addmm_(delta, w.weight_hh).addcmul_(vh, factors.update[j])
+                delta = (vh.unsqueeze(1) * cut(factors.to_hidden[j])).flatten(1)
+                into.addmm_(delta, w.weight_hh).addcmul_(vh, cut(factors.update[j]))
             else:
-                delta = vh * factors.slope[j]
-                hs[j].addmm_(delta, w.weight_hh)
-            if sizes is not None and mode != "GRU" and sizes[first + j] < batch:
-                alive = sizes[first + j]  # the rows past it stepped with the identity: their h passes unchanged
-                hs[j][alive:batch] += hs[j + 1][alive:batch]
+                delta = vh * cut(factors.slope[j])
+                into.addmm_(delta, w.weight_hh)
             if grads_out:
-                grads_out[j].copy_(delta[:batch])
+                grads_out[j][: n - e].copy_(delta[e:])
             done = steps - first - j  # steps swept so far, this one included
             if k and (done % LYAPUNOV_EVERY == 0 or done == steps):  # re-orthonormalize: Q R = (J^T ...) Q
                 block = states[j][lyap]
                 q, upper = torch.linalg.qr(block.t())
                 block.copy_(q.t())
                 uppers.append(upper)
-        squares = v[1:, :batch, :out_size].pow(2).sum(dim=2, dtype=torch.float64)
+        squares = v[1:, e:, :out_size].pow(2).sum(dim=2, dtype=torch.float64)
         if dead is not None:
             squares.masked_fill_(dead[first:stop], 0)  # a row's h_t exists only where it is alive
         grad_sq[first:stop] = squares.sum(dim=1)
-        profile_sq[first:stop] = v[1:, batch : batch + r].pow(2).sum(-1, dtype=torch.float64)
+        profile_sq[first:stop] = v[1:, :r].pow(2).sum(-1, dtype=torch.float64)
         if gate_grads is not None and input_grads is not None:
             if mode == "GRU":
                 # the input's n pre-activation is outside the reset product: its cotangent is v (1 - z)(1 - n^2)
-                gate_grads[..., 2 * out_size :] = v[1:, :batch, :out_size] * factors.keep_n
+                gate_grads[..., 2 * out_size :] = v[1:, e:, :out_size] * factors.keep_n
             torch.matmul(gate_grads, w.weight_ih, out=input_grads[first:stop])
         carry = states[0]
     grad_norms = run.chronological(grad_sq.sqrt())
