@@ -97,7 +97,7 @@ class DeepProfile:
                 self._analyze(site, track, context)
 
     def _sweep(self, site: RecurrentSite, replayer: StackReplayer, call: StackCall, context: StepContext) -> None:
-        """One padded call of a built-in stack: one forward pass and one backward sweep per direction."""
+        """One batched call (padded or packed) of a built-in stack: one forward pass and one backward sweep per direction."""
         s = self.settings
         params = {name: p.detach() for name, p in site.module.named_parameters()}
         rows = max(s.deep_rows, s.spectral_rows)

@@ -117,18 +117,15 @@ class StackCall:
     outputs: list[Tensor] = field(default_factory=list)  # output data, h_n (, c_n)
     grads: list[Tensor | None] = field(default_factory=list)
     final: tuple[Tensor, ...] = ()  # h_n (, c_n), to recognise the next call of a chain
-    #: ``_version`` of each of ``outputs`` when captured (an output changed in place since is not the layer's output).
-    output_versions: tuple[int, ...] = ()
+    #: ``_version`` of the output data when captured (an output changed in place since is not the layer's output).
+    output_version: int | None = None
 
     def layer_output(self) -> Tensor | None:
         """The call's output (the top layer's ``h_t``; packed rows for packed input), detached;
         ``None`` when not captured or changed in place since."""
-        if not self.outputs or not self.output_versions:
+        if not self.outputs or self.outputs[0]._version != self.output_version:
             return None
-        output = self.outputs[0]
-        if output._version != self.output_versions[0]:
-            return None
-        return output.detach()
+        return self.outputs[0].detach()
 
 
 #: Calls kept per site and step at most: a longer chain restarts, so capture memory stays bounded.
@@ -385,7 +382,7 @@ class CallCapture:
             self._pending_rng = None
         if self.mode == DEEP:
             call.outputs = [data, *final]
-            call.output_versions = tuple(tensor._version for tensor in call.outputs)
+            call.output_version = data._version
             call.grads = [None] * len(call.outputs)
             for index, tensor in enumerate(call.outputs):
                 if tensor.requires_grad:

@@ -152,9 +152,15 @@ class SweepResult:
 _TANH_DIRECT_BELOW = 4096
 
 
+def _tanh_by_sigmoid(x: Tensor) -> bool:
+    """Whether ``tanh(x)`` is cheaper as ``2 sigmoid(2x) - 1`` (large single-precision tensors: torch's CPU
+    sigmoid is ~3x faster than its tanh)."""
+    return x.dtype == torch.float32 and x.numel() >= _TANH_DIRECT_BELOW
+
+
 def _tanh(x: Tensor, out: Tensor) -> Tensor:
-    """``tanh(x)`` into ``out``; on large tensors as ``2 sigmoid(2x) - 1`` (torch's CPU sigmoid is ~3x faster)."""
-    if x.numel() < _TANH_DIRECT_BELOW or x.dtype != torch.float32:
+    """``tanh(x)`` into ``out``, through the sigmoid where that is cheaper (:func:`_tanh_by_sigmoid`)."""
+    if not _tanh_by_sigmoid(x):
         return torch.tanh(x, out=out)
     return torch.sigmoid(x * 2, out=out).mul_(2).sub_(1)
 
@@ -163,6 +169,19 @@ def _carry(states: tuple[Tensor, ...], sizes: list[int] | None, t: int) -> None:
     """Rows past ``sizes[t]`` (ended, or in a reverse direction not yet started) keep the state of step ``t``."""
     if sizes is not None and sizes[t] < states[0].shape[0]:
         states[t + 1][sizes[t] :] = states[t][sizes[t] :]
+
+
+def _project(
+    mode: str, x: Tensor, w: LayerWeights, reverse: bool, head_rows: int, sizes: list[int] | None
+) -> tuple[Tensor, Tensor, list[int] | None]:
+    """The input projection of every step in processing order, its first ``head_rows`` rows kept apart,
+    and the alive rows per step in processing order."""
+    if reverse:
+        x = x.flip(0)
+        sizes = sizes[::-1] if sizes is not None else None
+    steps, batch = x.shape[0], x.shape[1]
+    pre = fn.project_input(mode, x.reshape(steps * batch, -1), w).view(steps, batch, -1)
+    return pre, pre[:, :head_rows].clone(), sizes
 
 
 def forward(
@@ -182,12 +201,8 @@ def forward(
         head_rows: Rows whose projected inputs are kept (the Jacobian estimates and saturation use them).
         sizes: Packed input: rows alive at each step, chronological (see :attr:`DirectionRun.sizes`).
     """
-    if reverse:
-        x = x.flip(0)
-        sizes = sizes[::-1] if sizes is not None else None
-    steps, batch = x.shape[0], x.shape[1]
-    pre = fn.project_input(mode, x.reshape(steps * batch, -1), w).view(steps, batch, -1)
-    x_head = pre[:, :head_rows].clone()
+    pre, x_head, sizes = _project(mode, x, w, reverse, head_rows, sizes)
+    steps, batch = pre.shape[0], pre.shape[1]
     h = h0.new_empty(steps + 1, *h0.shape)
     h[0] = h0
     hs = h.unbind(0)
@@ -267,13 +282,9 @@ def forward_known(
     (for packed input, anything where a row is not alive: those entries are
     replaced by the state the row carries).
     """
-    if reverse:
-        x, outputs = x.flip(0), outputs.flip(0)
-        sizes = sizes[::-1] if sizes is not None else None
-    steps, batch = x.shape[0], x.shape[1]
-    pre = fn.project_input(mode, x.reshape(steps * batch, -1), w).view(steps, batch, -1)
-    x_head = pre[:, :head_rows].clone()
-    h = torch.cat([h0.unsqueeze(0), outputs.to(h0.dtype)])
+    pre, x_head, sizes = _project(mode, x, w, reverse, head_rows, sizes)
+    steps, batch = pre.shape[0], pre.shape[1]
+    h = torch.cat([h0.unsqueeze(0), (outputs.flip(0) if reverse else outputs).to(h0.dtype)])
     if sizes is not None:
         hs = h.unbind(0)
         for t in range(steps):
@@ -284,7 +295,7 @@ def forward_known(
         assert c0 is not None
         hidden = c0.shape[-1]
         i, f, g, _ = pre.split(hidden, dim=-1)
-        if pre.dtype == torch.float32 and g.numel() >= _TANH_DIRECT_BELOW:
+        if _tanh_by_sigmoid(g):
             # the candidate's rows doubled: one sigmoid over all gates gives its tanh as 2 sigmoid(2a) - 1
             w_hh_t = w.weight_hh.t().clone()
             w_hh_t[:, 2 * hidden : 3 * hidden] *= 2
@@ -348,6 +359,7 @@ class _Factors:
             i, f, g, o = act.split(hidden, dim=-1)
             tc = run.tanh_c[start:stop]
             dgates, main = self._buffer(4 * hidden, act)
+            # fn.Linearization's factors, written in place into the row layout (that one must stay differentiable)
             torch.addcmul(act, act, act, value=-1, out=main)  # a (1 - a) for every gate; the candidate's is replaced
             d_i, d_f, d_g, d_o = main.split(hidden, dim=-1)
             torch.addcmul(i, i * g, g, value=-1, out=d_g)  # i (1 - g^2)
@@ -623,7 +635,7 @@ def sweep_stack(
         x, hx = _detached_input(call.input.data, call.hx, None, False, dtype)
         x = layout.pad(x)
         if order is not None:
-            hx = None if hx is None else tuple(h.index_select(1, order) for h in hx) if isinstance(hx, tuple) else hx.index_select(1, order)
+            hx = twin._map_hidden(hx, lambda h: h.index_select(1, order)) if hx is not None else None
             hn_grad = hn_grad.index_select(1, order) if hn_grad is not None else None
             cn_grad = cn_grad.index_select(1, order) if cn_grad is not None else None
         out_grad = layout.pad(out_grad) if out_grad is not None else None

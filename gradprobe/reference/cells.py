@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gradprobe.reference import functional as fn
-from gradprobe.reference.functional import LayerWeights, State
+from gradprobe.reference.functional import RNN_NONLINEARITIES, LayerWeights, State
 
 
 class CellBase(nn.Module):
@@ -118,11 +118,10 @@ class RNNCell(CellBase):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU", "leaky_relu": "RNN_LEAKY_RELU"}
-        if nonlinearity not in modes:
+        if nonlinearity not in RNN_NONLINEARITIES:
             raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
         self.nonlinearity = nonlinearity
-        self.mode = modes[nonlinearity]
+        self.mode = RNN_NONLINEARITIES[nonlinearity]
         super().__init__(input_size, hidden_size, bias, device, dtype)
 
     def extra_repr(self) -> str:

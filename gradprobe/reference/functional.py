@@ -23,6 +23,8 @@ MODES = ("RNN_TANH", "RNN_RELU", "RNN_LEAKY_RELU", "LSTM", "GRU")
 GATE_COUNT = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_LEAKY_RELU": 1, "LSTM": 4, "GRU": 3}
 #: Slope of the leaky ReLU for negative pre-activations (``RNN_LEAKY_RELU``; torch's LeakyReLU default).
 LEAKY_SLOPE = 0.01
+#: The Elman RNN's ``nonlinearity`` argument and the mode it selects (``leaky_relu``: gradprobe's modules only).
+RNN_NONLINEARITIES = {"tanh": "RNN_TANH", "relu": "RNN_RELU", "leaky_relu": "RNN_LEAKY_RELU"}
 GATE_NAMES = {
     "RNN_TANH": ("",),
     "RNN_RELU": ("",),
@@ -288,9 +290,7 @@ class Linearization:
                 self.gates = {"leaky_relu_pre" if leaky else "relu_pre": pre}
                 self._slope = _relu_slope(pre, leaky)
             else:
-                y = torch.tanh(pre)
-                self.gates = {"tanh": y}
-                self._slope = 1 - y * y
+                self._tanh_factors(torch.tanh(pre))
 
     @classmethod
     def from_gates(
@@ -316,8 +316,7 @@ class Linearization:
             assert hh_new is not None
             lin._gru_factors(gates["reset"], gates["update"], gates["new"], hh_new, state[0])
         else:
-            y = gates["tanh"]
-            lin.gates, lin._slope = {"tanh": y}, 1 - y * y
+            lin._tanh_factors(gates["tanh"])
         return lin
 
     def _lstm_factors(self, i: Tensor, f: Tensor, g: Tensor, o: Tensor, tc: Tensor, c: Tensor) -> None:
@@ -326,6 +325,10 @@ class Linearization:
         self._dgates = torch.cat([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], dim=1)
         self._f = f
         self._through_c = o * (1 - tc * tc)
+
+    def _tanh_factors(self, y: Tensor) -> None:
+        self.gates = {"tanh": y}
+        self._slope = 1 - y * y
 
     def _gru_factors(self, r: Tensor, z: Tensor, n: Tensor, h_n: Tensor, h: Tensor) -> None:
         self.gates = {"reset": r, "update": z, "new": n}

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
-from gradprobe.reference.functional import GATE_COUNT, LayerWeights, State
+from gradprobe.reference.functional import GATE_COUNT, RNN_NONLINEARITIES, LayerWeights, State
 from gradprobe.reference.sequence import DirectionTrace, join_steps, run_direction
 
 
@@ -355,10 +355,9 @@ class RNN(RecurrentBase):
             args = args[:3] + args[4:]
         else:
             self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
-        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU", "leaky_relu": "RNN_LEAKY_RELU"}
-        if self.nonlinearity not in modes:
+        if self.nonlinearity not in RNN_NONLINEARITIES:
             raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh', 'relu' or 'leaky_relu'.")
-        super().__init__(modes[self.nonlinearity], *args, **kwargs)
+        super().__init__(RNN_NONLINEARITIES[self.nonlinearity], *args, **kwargs)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -10,6 +10,7 @@ from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.recorders.saturation import TANH_GATES
+from gradprobe.reference.functional import is_relu
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
 
@@ -75,7 +76,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
-    if event.get("kind") != "saturation" or event.get("mode") in ("RNN_RELU", "RNN_LEAKY_RELU"):
+    if event.get("kind") != "saturation" or is_relu(event.get("mode")):
         return None
     state = context.state("GP301", State)
     entry = state.layers.setdefault(str(event["layer"]), LayerSaturation(event.get("mode")))

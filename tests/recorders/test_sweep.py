@@ -111,7 +111,7 @@ def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known):
     twin = gradprobe.recorders.replay._twin_for(module)
     call = StackCall(x, None, False, grads=[torch.ones_like(out)])
     if output_known:
-        call.outputs, call.output_versions = [out], (out._version,)
+        call.outputs, call.output_version = [out], out._version
     assert (call.layer_output() is not None) == output_known
     params = {name: p.detach() for name, p in module.named_parameters()}
     (measured,) = sweep.sweep_stack(twin, ["l0"], call, params, 2, 0, torch.Generator().manual_seed(5), head_rows=2)
