@@ -7,7 +7,7 @@ reading it with ``json.loads`` line by line, and ``summarize_logs`` + text
 rendering (as ``gradprobe report`` does; also with the HTML report's chart series). ``--memory-gb`` also grows the log to that size and reports the
 peak memory of the report against a log ten times smaller (it stays flat).
 
-    python benchmarks/report_speed.py [--steps 100000] [--memory-gb 1.0]
+    python benchmarks/report_speed.py [--steps 100000] [--repeats 5] [--no-fast] [--memory-gb 1.0]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,12 @@ def report(path: Path, charts: bool = False) -> str:
     return render_text(summarize_logs([path], config={}, charts=charts))
 
 
+def parser_name() -> str:
+    from gradprobe import fast_lines
+
+    return "msgspec (gradprobe[fast])" if fast_lines.msgspec is not None else "standard json (no gradprobe[fast])"
+
+
 def peak_rss_mb(path: Path) -> float:
     code = (
         "import resource, sys; sys.path.insert(0, sys.argv[2]); import report_speed as r; r.report(__import__('pathlib').Path(sys.argv[1]));"
@@ -102,26 +109,32 @@ def grow(path: Path, target_bytes: int, chunk_steps: int) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-fast", action="store_true", help="read as without gradprobe[fast] (the standard json parser)")
     parser.add_argument("--memory-gb", type=float, default=0.0, help="also measure peak memory on a log of this size")
     args = parser.parse_args(argv)
+    if args.no_fast:
+        from gradprobe import fast_lines
+
+        fast_lines.msgspec = None
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "run.log"
         write_log(path, args.steps)
         size = os.path.getsize(path)
-        times = {}
         cases = (("json.loads", plain_json), ("gradprobe report", report), ("... with charts", lambda p: report(p, charts=True)))
-        for name, fn in cases:
-            best = math.inf
-            for _ in range(2):
+        times: dict[str, list[float]] = {name: [] for name, _ in cases}
+        report(path)  # imports and plugin loading once, outside the timings
+        for _ in range(args.repeats):  # interleaved: each repeat times every case once
+            for name, fn in cases:
                 start = time.perf_counter()
                 fn(path)
-                best = min(best, time.perf_counter() - start)
-            times[name] = best
-        print(f"log: {args.steps} steps, {size / 1e6:.0f} MB")
+                times[name].append(time.perf_counter() - start)
+        print(f"log: {args.steps} steps, {size / 1e6:.0f} MB; {args.repeats} interleaved repeats; {parser_name()}")
         for name, seconds in times.items():
-            print(f"  {name:<18}{seconds:7.2f} s  {size / 1e6 / seconds:6.0f} MB/s")
-        print(f"  ratio report / json.loads = {times['gradprobe report'] / times['json.loads']:.2f}x "
-              f"(reading for the HTML report, with its chart series: {times['... with charts'] / times['json.loads']:.2f}x)")
+            print(f"  {name:<18}{statistics.median(seconds):7.2f} s  {size / 1e6 / statistics.median(seconds):6.0f} MB/s (median)")
+        for name in ("gradprobe report", "... with charts"):
+            ratios = sorted(t / base for t, base in zip(times[name], times["json.loads"]))
+            print(f"  ratio {name} / json.loads: min {ratios[0]:.2f}x  median {statistics.median(ratios):.2f}x  max {ratios[-1]:.2f}x")
         if args.memory_gb:
             small = Path(folder) / "small.log"
             write_log(small, args.steps)

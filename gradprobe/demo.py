@@ -75,13 +75,30 @@ def evaluate(model: nn.Module, seq_len: int) -> float:
 
 
 def run_demo(out: Path, setup: TrainingSetup, hidden: int = 32, echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Train torch's default LSTM under the probe, report, apply the fixes, train again."""
+    """Train torch's default LSTM under the probe, report, apply the fixes, train again.
+
+    Denormal floats are flushed to zero while it runs (vanishing gradients are
+    denormals, slow on CPUs); the process's setting is restored afterwards.
+    """
+    flushing = _flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        return _run_demo(out, setup, hidden, echo)
+    finally:
+        torch.set_flush_denormal(flushing)
+
+
+def _flushing_denormals() -> bool:
+    """Whether the CPU flushes denormal floats to zero now (torch has a setter, no getter)."""
+    return bool((torch.tensor([5e-324], dtype=torch.float64) * 1.0).item() == 0.0)
+
+
+def _run_demo(out: Path, setup: TrainingSetup, hidden: int, echo: Callable[[str], None]) -> dict[str, float]:
     import gradprobe
     from gradprobe import fixes
     from gradprobe.report import summarize_logs
     from gradprobe.report.text import render_text
 
-    torch.set_flush_denormal(True)  # vanishing gradients are denormal floats: slow on CPUs
     out.mkdir(parents=True, exist_ok=True)
     log = out / "run.log"
     torch.manual_seed(setup.seed)

@@ -80,13 +80,17 @@ class PluginManager(pluggy.PluginManager):
         #: Per hook, its plain implementations in call order as ``(plugin name, function, argument names)``;
         #: a report calls ``gradprobe_observe`` once per event, so the list is built once, not per call.
         self._callers: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
+        #: Per event kind, the ``gradprobe_observe`` implementations that read it (see :func:`hookspecs.observes`).
+        self._observers: dict[str, list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]] = {}
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         self._callers.clear()
+        self._observers.clear()
         return super().register(plugin, name=name)
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
         self._callers.clear()
+        self._observers.clear()
         return super().unregister(plugin, name=name)
 
     def _implementations(self, hook: str) -> list[tuple[str, Any, tuple[str, ...]]]:
@@ -120,12 +124,38 @@ class PluginManager(pluggy.PluginManager):
             self.statuses[name] = PluginStatus(name, status.source if status else "?", "failed", reason, status.hooks if status else [])
             warn(f"gradprobe switched off plugin {name!r}: {reason}", stacklevel=4)
 
+    def _observers_of(self, kind: str) -> list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]:
+        """``gradprobe_observe``'s implementations that read ``kind``, each with the field it needs (or ``None``)."""
+        found = self._observers.get(kind)
+        if found is None:
+            found = []
+            for entry in self._implementations("gradprobe_observe"):
+                kinds, having = getattr(entry[1], hookspecs.OBSERVES_ATTRIBUTE, (None, None))
+                if kinds is None or kind in kinds:
+                    found.append((having, entry))
+            self._observers[kind] = found
+        return found
+
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call every implementation of ``hook`` in pluggy's order, each plugin isolated; return the results that are not ``None``."""
+        return self._call_each(hook, self._implementations(hook), kwargs)
+
+    def observe(self, event: dict[str, Any], **kwargs: Any) -> list[Any]:
+        """``gradprobe_observe`` for one event: only the implementations that read it (:func:`hookspecs.observes`)."""
+        observers = self._observers_of(str(event.get("kind")))
+        if not observers:
+            return []
+        reading = [entry for having, entry in observers if having is None or event.get(having) is not None]
+        if not reading:
+            return []
+        kwargs["event"] = event
+        return self._call_each("gradprobe_observe", reading, kwargs)
+
+    def _call_each(self, hook: str, implementations: list[tuple[str, Any, tuple[str, ...]]], kwargs: dict[str, Any]) -> list[Any]:
         results = []
-        for plugin_name, function, argnames in self._implementations(hook):
+        for plugin_name, function, argnames in implementations:
             try:
-                result = function(*[kwargs[arg] for arg in argnames])
+                result = function(*map(kwargs.__getitem__, argnames))
                 if result is not None and type(result) is not list and isinstance(result, Iterator):
                     result = list(result)  # a generator raises while it is consumed: consume it here
             except Exception as exc:  # noqa: BLE001 - one plugin must not take the others (or training) down

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from gradprobe.findings import SEVERITIES
@@ -52,8 +53,12 @@ def optional(check: Check) -> Check:
     return _Optional(check)
 
 
+#: Integers (steps, counts) lie strictly within +-INTEGER_LIMIT.
+INTEGER_LIMIT = 1 << 62
+
+
 def integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 62
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < INTEGER_LIMIT
 
 
 def count(value: Any) -> bool:
@@ -167,8 +172,49 @@ _WALK: dict[str, tuple[tuple[str, Check, bool, bool], ...]] = {
 _MISSING = object()
 
 
+_NUMBER_OR_NONE = frozenset({int, float, type(None)})
+_MAPPING_OR_NONE = frozenset({dict, type(None)})
+_MAPPING = frozenset({dict})
+#: The fields of a step event that :func:`_plain_step` reads; with any other, the walk decides.
+_PLAIN_STEP_FIELDS = frozenset({"v", "kind", "time", "step", "loss", "grad_norm", "params", "gates", "nonfinite", "clip", "grad_scale", "skipped"})
+
+
+def _plain_step(event: dict[str, Any]) -> bool:
+    """A step event as the probe writes it, every value of a plain JSON type: it fits ``FIELDS["step"]``.
+
+    Most lines of a run log are step events; this checks one with a few type
+    tests instead of a call per field and per gate. ``False`` means *not
+    sure*: :func:`problem` then walks the fields and says what is wrong.
+    """
+    step = event.get("step")
+    if type(step) is not int or not -INTEGER_LIMIT < step < INTEGER_LIMIT or not _PLAIN_STEP_FIELDS.issuperset(event):
+        return False
+    if not _NUMBER_OR_NONE.issuperset((type(event.get("loss")), type(event.get("grad_norm")), type(event.get("grad_scale")))):
+        return False
+    if not _MAPPING_OR_NONE.issuperset((type(event.get("nonfinite")), type(event.get("clip")))):
+        return False
+    skipped = event.get("skipped")
+    if skipped is not None and not (type(skipped) is int and 0 <= skipped < INTEGER_LIMIT):
+        return False
+    params, gates = event.get("params"), event.get("gates")
+    if params is not None and not (type(params) is dict and _NUMBER_TYPES.issuperset(map(type, params.values()))):
+        return False
+    if gates is None:
+        return True
+    if type(gates) is not dict or not _MAPPING.issuperset(map(type, gates.values())):
+        return False
+    return _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(map(dict.values, gates.values()))))
+
+
 def problem(event: dict[str, Any]) -> str | None:
     """Why ``event`` does not fit the schema, in a few words; ``None`` when it fits."""
+    if event.get("kind") == "step" and _plain_step(event):
+        return None
+    return _walk(event)
+
+
+def _walk(event: dict[str, Any]) -> str | None:
+    """:func:`problem`, field by field."""
     kind = event.get("kind")
     if not isinstance(kind, str):
         return "'kind' is not a string"

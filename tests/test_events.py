@@ -98,31 +98,36 @@ def test_sigkilled_run_leaves_a_readable_log_up_to_the_last_flush(tmp_path):
     assert all(p.message == "truncated last line" for p in problems) and len(problems) <= 1
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "json"])
+@pytest.mark.parametrize("fast", [True, False], ids=["msgspec", "json"])
 def test_both_parsers_read_the_same_events_and_problems(tmp_path, monkeypatch, fast):
-    """orjson (gradprobe[fast]) and the standard parser agree, line for line, on what orjson refuses too."""
-    from gradprobe import events as events_module
+    """msgspec (gradprobe[fast]) and the standard parser agree, line for line, on what msgspec refuses too."""
+    from gradprobe import fast_lines
 
-    if fast and events_module.orjson is None:
-        pytest.skip("orjson is not installed (pip install 'gradprobe[fast]')")
+    if fast and fast_lines.msgspec is None:
+        pytest.skip("msgspec is not installed (pip install 'gradprobe[fast]')")
     if not fast:
-        monkeypatch.setattr(events_module, "orjson", None)
+        monkeypatch.setattr(fast_lines, "msgspec", None)
     path = tmp_path / "run.log"
     lines = [
         b'{"v": 1, "kind": "step", "step": 0, "loss": 0.5}',
-        b'{"v": 1, "kind": "step", "step": 1, "loss": NaN}',  # a NaN literal: orjson refuses, json reads it
+        b'{"v": 1, "kind": "step", "step": 1, "loss": NaN}',  # a NaN literal: msgspec refuses, json reads it
         b'{"v": 1, "kind": "step", "step": 2, "params": {"w": 123456789012345678901234567890}}',  # beyond 64 bits
         b'{"v": 1, "kind": "step", "step": 123456789012345678901234567890}',  # no step number: a schema problem
         b'{"v": 1, "kind": "step", "step": 3, "note": "\xff"}',  # not UTF-8: corrupt for both
         b"{not json",
         b'{"v": 1, "kind": "step", "step": 4, "grad_norm": 1e3}',
+        b'{"v":1,"kind":"step","step":5,"grad_norm":1e400,"lr":0.1}',  # the step struct refuses both: the generic path reads them
+        b'{"v":1,"kind":"step","step":6,"loss":true}',  # a schema problem, whichever path sees it first
+        b'{"v":2,"kind":"step","step":7}',
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     problems = []
     read = list(iter_events(path, problems))
-    assert [e["step"] for e in read] == [0, 1, 2, 4]
+    assert [e["step"] for e in read] == [0, 1, 2, 4, 5]
     assert read[1]["loss"] != read[1]["loss"]  # NaN
-    assert float(read[2]["params"]["w"]) == 1.2345678901234568e29  # orjson reads it as a float, json as an int
+    assert float(read[2]["params"]["w"]) == 1.2345678901234568e29  # the step struct reads it as a float, json as an int
     assert read[3]["grad_norm"] == 1000.0 and isinstance(read[3]["grad_norm"], float)
+    assert read[4]["grad_norm"] == float("inf") and read[4]["lr"] == 0.1  # nothing dropped
     assert [(p.line, p.message.split(" (")[0]) for p in problems] == [
-        (4, "step event with a bad 'step'"), (5, "corrupt line"), (6, "corrupt line")]
+        (4, "step event with a bad 'step'"), (5, "corrupt line"), (6, "corrupt line"), (9, "step event with a bad 'loss'"),
+        (10, "unsupported schema version 2")]

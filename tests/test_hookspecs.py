@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import pytest
@@ -82,3 +83,59 @@ def test_hook_calls_follow_plugins_registered_switched_off_and_removed_between_c
     pm.unregister(name="recorder")
     pm.call("gradprobe_observe", event=event, context=context)
     assert seen == ["recorder"]
+
+
+def test_observers_see_only_the_kinds_and_fields_they_declare():
+    """``@observes`` narrows ``gradprobe_observe`` to event kinds (and a field); unmarked implementations see everything."""
+    engine = RuleEngine({})
+    pm = engine.pm
+    seen: list[tuple[str, int]] = []
+
+    class Deep:
+        @hookspecs.hookimpl
+        @hookspecs.observes("deep", "saturation")
+        def gradprobe_observe(self, event, context):
+            seen.append(("deep", event["step"]))
+
+    class NonFinite:
+        @hookspecs.hookimpl
+        @hookspecs.observes("step", having="nonfinite")
+        def gradprobe_observe(self, event, context):
+            seen.append(("nonfinite", event["step"]))
+
+    class Everything:
+        @hookspecs.hookimpl
+        def gradprobe_observe(self, event, context):
+            seen.append(("all", event["step"]))
+
+    engine.feed({"v": 1, "kind": "step", "step": 0, "nonfinite": None})  # cached before the plugins arrive: renewed below
+    for plugin, name in ((Deep(), "deep"), (NonFinite(), "nonfinite"), (Everything(), "all")):
+        pm.add(plugin, name, "test")
+    engine.feed({"v": 1, "kind": "step", "step": 1, "nonfinite": None})
+    engine.feed({"v": 1, "kind": "step", "step": 2, "nonfinite": {"where": "loss"}})
+    engine.feed({"v": 1, "kind": "deep", "step": 3, "layer": "rnn"})
+    engine.feed({"v": 1, "kind": "saturation", "step": 4, "layer": "rnn", "fractions": {}})
+    engine.feed({"v": 1, "kind": "fix", "step": 5, "name": "clip"})
+    # pluggy's order: the last registered first
+    assert seen == [("all", 1), ("all", 2), ("nonfinite", 2), ("all", 3), ("deep", 3), ("all", 4), ("deep", 4), ("all", 5)]
+    pm.unregister(name="all")
+    seen.clear()
+    engine.feed({"v": 1, "kind": "deep", "step": 6, "layer": "rnn"})
+    assert seen == [("deep", 6)]
+
+
+@pytest.mark.parametrize("args", [(), (1,), ("step", None)])
+def test_observes_refuses_what_is_not_a_kind(args):
+    with pytest.raises(TypeError, match="event kinds"):
+        hookspecs.observes(*args)
+
+
+def test_the_built_in_rules_declare_what_they_observe():
+    """Each built-in ``gradprobe_observe`` reads only some kinds; an unmarked one would be called for every step line."""
+    from gradprobe.plugins import DEFAULT_PLUGINS
+
+    for name in DEFAULT_PLUGINS:
+        module = importlib.import_module(name)
+        function = getattr(module, "gradprobe_observe", None)
+        if function is not None:
+            assert hasattr(function, hookspecs.OBSERVES_ATTRIBUTE), name

@@ -87,12 +87,12 @@ class RunSummary:
 
     def add(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
-        if kind == "meta" and not self.meta:
-            self.meta = event
-        elif kind == "step":
+        if kind == "step":
             self._add_step(event)
+        elif kind == "meta" and not self.meta:
+            self.meta = event
         elif kind == "deep":
-            layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"]))
+            layer = self._layer(event["layer"])
             layer.mode = event.get("mode")
             layer.latest = event
             layer.probes += 1
@@ -103,7 +103,7 @@ class RunSummary:
             lyapunov = [number(v) for v in event.get("lyapunov") or []]
             layer.trend.add((event.get("step"), horizon, number(event.get("rate")), event.get("seq_len"), lyapunov))
         elif kind == "saturation":
-            layer = self.layers.setdefault(event["layer"], LayerSummary(event["layer"], event.get("mode")))
+            layer = self._layer(event["layer"], event.get("mode"))
             layer.saturation = event
             if not self.charts:
                 return
@@ -114,9 +114,16 @@ class RunSummary:
             self.fixes[name] = self.fixes.get(name, 0) + 1
             self.fix_steps.add((event.get("step"), name, bool(event.get("applied"))))
 
+    def _layer(self, name: str, mode: str | None = None) -> LayerSummary:
+        layer = self.layers.get(name)
+        if layer is None:
+            layer = self.layers[name] = LayerSummary(name, mode)
+        return layer
+
     def _add_step(self, event: dict[str, Any]) -> None:
-        step = event.get("step")
-        loss, norm = number(event.get("loss")), number(event.get("grad_norm"))
+        step, loss, norm = event.get("step"), event.get("loss"), event.get("grad_norm")
+        loss = loss if type(loss) is float else number(loss)
+        norm = norm if type(norm) is float else number(norm)
         self.steps += 1
         self.first_step = step if self.first_step is None else self.first_step
         self.last_step = step
@@ -204,9 +211,10 @@ def summarize_logs(
             if engine is None:
                 engine = _engine_for(config, event, log)
                 summary.fail_on = engine.config.fail_on
-            if event.get("kind") == "meta":
+            kind = event["kind"]
+            if kind == "meta":
                 log.rank = event.get("rank")
-            elif event.get("kind") == "error" and log.error is None:
+            elif kind == "error" and log.error is None:
                 log.error = event
             summary.add(event)
             engine.feed(event)

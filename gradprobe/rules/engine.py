@@ -60,13 +60,14 @@ class RuleEngine:
                 raise ConfigError(f"unknown rule code {code!r} in ignore")
 
     def feed(self, event: dict[str, Any]) -> list[Finding]:
-        """Show one event to every rule; return the findings that are new."""
-        if event.get("kind") == "meta":
+        """Show one event to every rule that reads its kind; return the findings that are new."""
+        kind = event.get("kind")
+        if kind == "meta":
             self.context.meta = event
-        elif event.get("kind") == "loop" and event.get("truncation"):
+        elif kind == "loop" and event.get("truncation"):
             self.context.detected_truncation = int(event["truncation"])
         self.context.run.feed(event)
-        if event.get("kind") == "finding":
+        if kind == "finding":
             # static findings were judged on the model at attach time and cannot be re-derived from events
             code = str(event.get("code"))
             if code in self.registry and self.registry[code].static and self.context.enabled(code):
@@ -76,7 +77,7 @@ class RuleEngine:
                     return [finding]
             return []
         fresh = []
-        for result in self.call_hook("gradprobe_observe", event=event, context=self.context):
+        for result in self.pm.observe(event, context=self.context):
             for finding in result or ():
                 if isinstance(finding, Finding) and self._keep(finding):
                     fresh.append(finding)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gradprobe.findings import RuleResult
-from gradprobe.hookspecs import hookimpl
+from gradprobe.hookspecs import hookimpl, observes
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
 
@@ -36,6 +36,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
+@observes("unmeasured")
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") != "unmeasured":
         return None

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from gradprobe.events import number
 from gradprobe.findings import RuleResult
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
@@ -30,37 +27,21 @@ RULE = Rule(
 )
 
 
-@dataclass
-class State:
-    steps: int = 0
-    without: int = 0
-
-
 @hookimpl
 def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
     register(RULE)
 
 
 @hookimpl
-def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
-    if event.get("kind") == "step":
-        state = context.state("GP002", State)
-        state.steps += 1
-        if not number(event.get("grad_norm")):
-            state.without += 1
-    return None
-
-
-@hookimpl
 def gradprobe_summarize(context: RuleContext) -> RuleResult:
-    state = context.state("GP002", State)
-    if not state.steps or state.without < state.steps:
+    norms = context.run.norms  # counts the step events and those without a gradient
+    if not norms.recorded or norms.without_gradient < norms.recorded:
         return None
     return [
         context.finding(
             "GP002",
-            f"no gradient in any of the {state.steps} recorded steps: call probe.step() after loss.backward(), "
+            f"no gradient in any of the {norms.recorded} recorded steps: call probe.step() after loss.backward(), "
             "and check that some parameters require grad",
-            evidence={"steps": state.steps, "steps_without_gradient": state.without},
+            evidence={"steps": norms.recorded, "steps_without_gradient": norms.without_gradient},
         )
     ]

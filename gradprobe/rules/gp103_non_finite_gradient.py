@@ -7,7 +7,7 @@ from typing import Any
 
 from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
-from gradprobe.hookspecs import hookimpl
+from gradprobe.hookspecs import hookimpl, observes
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
 
@@ -30,6 +30,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
+@observes("step", having="nonfinite")
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") != "step":
         return None

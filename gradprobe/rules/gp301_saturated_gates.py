@@ -8,7 +8,7 @@ from typing import Any
 
 from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
-from gradprobe.hookspecs import hookimpl
+from gradprobe.hookspecs import hookimpl, observes
 from gradprobe.recorders.saturation import TANH_GATES
 from gradprobe.reference.functional import is_relu
 from gradprobe.rules.context import RuleContext
@@ -75,11 +75,15 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
+@observes("saturation")
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") != "saturation" or is_relu(event.get("mode")):
         return None
     state = context.state("GP301", State)
-    entry = state.layers.setdefault(str(event["layer"]), LayerSaturation(event.get("mode")))
+    layer = str(event["layer"])
+    entry = state.layers.get(layer)
+    if entry is None:
+        entry = state.layers[layer] = LayerSaturation(event.get("mode"))
     entry.count += 1
     entry.step = event.get("step")
     early = entry.early_count < EARLY_SAMPLES

@@ -9,7 +9,7 @@ from typing import Any
 
 from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
-from gradprobe.hookspecs import hookimpl
+from gradprobe.hookspecs import hookimpl, observes
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
 
@@ -56,10 +56,14 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 
 @hookimpl
+@observes("saturation")
 def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult:
     if event.get("kind") != "saturation" or event.get("mode") != "RNN_RELU":
         return None
-    entry = context.state("GP302", State).layers.setdefault(str(event["layer"]), LayerActivity())
+    layers, layer = context.state("GP302", State).layers, str(event["layer"])
+    entry = layers.get(layer)
+    if entry is None:
+        entry = layers[layer] = LayerActivity()
     entry.count += 1
     entry.step = event.get("step")
     entry.units = int(event.get("units") or 0)

@@ -12,6 +12,7 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from gradprobe.events import finite_number, number
@@ -129,6 +130,9 @@ class NormHistory:
     kept: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     steps: int = 0
     zero_steps: int = 0
+    #: Step events seen, and those among them without a gradient (the norm missing or zero).
+    recorded: int = 0
+    without_gradient: int = 0
     spikes: int = 0
     max_spike_ratio: float = 0.0
     first_spike_step: int | None = None
@@ -139,36 +143,38 @@ class NormHistory:
 
     def add(self, step: int | None, norm: float | None) -> dict[str, Any] | None:
         """Record one step's norm; return the spike it is (norm, median, ratio), if it is one."""
+        self.recorded += 1
+        if not norm:
+            self.without_gradient += 1
         if norm is None or not math.isfinite(norm):
             return None
         self.steps += 1
         if norm == 0:
             self.zero_steps += 1
         self.kept.append(norm)
-        self.maximum = norm if self.maximum is None else max(self.maximum, norm)
-        if self.top and abs(norm - self.top) <= 1e-4 * self.top:
+        if self.maximum is None or norm > self.maximum:
+            self.maximum = norm
+        top = self.top
+        if top and abs(norm - top) <= 1e-4 * top:
             self.pinned += 1
-        elif norm > self.top:
+        elif norm > top:
             self.top, self.pinned = norm, 1
         spike = None
-        if len(self.recent) >= self.min_history:
-            median = self._window_median()
+        recent, ordered = self.recent, self._sorted
+        n = len(recent)
+        if n >= self.min_history:
+            median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2  # the window's median
             if median > 0 and norm > self.spike_factor * median:
                 self.spikes += 1
                 self.max_spike_ratio = max(self.max_spike_ratio, norm / median)
                 if self.first_spike_step is None:
                     self.first_spike_step = step
                 spike = {"grad_norm": norm, "running_median": median, "ratio": norm / median}
-        self.recent.append(norm)
-        bisect.insort(self._sorted, norm)
-        while len(self.recent) > self.window:
-            del self._sorted[bisect.bisect_left(self._sorted, self.recent.popleft())]
+        recent.append(norm)
+        bisect.insort(ordered, norm)
+        if len(recent) > self.window:
+            del ordered[bisect.bisect_left(ordered, recent.popleft())]
         return spike
-
-    def _window_median(self) -> float:
-        """``statistics.median(self.recent)``, read off the window kept sorted (no sort per step)."""
-        ordered, n = self._sorted, len(self._sorted)
-        return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
     @property
     def median(self) -> float | None:
@@ -254,8 +260,14 @@ class DeepRecord:
     horizon: float  # math.inf when the signal does not decay
     rate: float | None
     seq_len: int
-    reached: list[bool] | None  # per time step: the gradient there is >= epsilon x its maximum
+    grad_norms: list[Any] | None  # ||dL/dh_t|| per time step, as logged
+    epsilon: float = 1e-3
     lyapunov: list[float] = field(default_factory=list)  # top exponents, natural log per step, largest first
+
+    @cached_property
+    def reached(self) -> list[bool] | None:
+        """Per time step: the gradient there is >= epsilon x its maximum (``None``: no gradient recorded)."""
+        return None if self.grad_norms is None else reached_steps(self.grad_norms, self.epsilon)
 
 
 @dataclass
@@ -300,7 +312,7 @@ class TrackHistory:
 
 def reached_steps(grad_norms: list[Any], epsilon: float) -> list[bool] | None:
     """Per time step, whether ``||dL/dh_t||`` is at least ``epsilon`` x its largest value."""
-    values = [finite_number(v) or 0.0 for v in grad_norms]
+    values = [v if type(v) is float and math.isfinite(v) else finite_number(v) or 0.0 for v in grad_norms]
     top = max(values, default=0.0)
     if top <= 0:
         return None
@@ -329,7 +341,16 @@ class Observations:
         """Update the observations with one event (call before the rules see it)."""
         kind = event.get("kind")
         self.last_spike = None
-        if kind == "meta":
+        if kind == "step":  # most events
+            step, loss, norm = event.get("step"), event.get("loss"), event.get("grad_norm")
+            self.loss.add(step, loss if type(loss) is float else number(loss))
+            spike = self.last_spike = self.norms.add(step, norm if type(norm) is float else number(norm))
+            clip = event.get("clip")
+            if clip is not None:
+                self.clipping.add_seen(clip)
+            if spike is not None:
+                spike["step"] = step
+        elif kind == "meta":
             settings = event.get("settings")
             self.settings = dict(settings) if isinstance(settings, dict) else {}
             self.clipping.declared = finite_number(self.settings.get("grad_clip"))
@@ -337,13 +358,6 @@ class Observations:
             for layer in event.get("layers") or []:
                 if isinstance(layer, dict) and layer.get("bidirectional"):
                     self.bidirectional.add(str(layer.get("name")))
-        elif kind == "step":
-            step = event.get("step")
-            self.loss.add(step, number(event.get("loss")))
-            self.last_spike = self.norms.add(step, number(event.get("grad_norm")))
-            self.clipping.add_seen(event.get("clip"))
-            if self.last_spike is not None:
-                self.last_spike["step"] = step
         elif kind == "fix":
             self.clipping.add_fix(event)
         elif kind == "deep":
@@ -363,7 +377,8 @@ class Observations:
                 horizon=math.inf if horizon is None else horizon,
                 rate=finite_number(event.get("rate")),
                 seq_len=int(event.get("seq_len") or 0),
-                reached=reached_steps(grad_norms, epsilon) if isinstance(grad_norms, list) else None,
+                grad_norms=grad_norms if isinstance(grad_norms, list) else None,
+                epsilon=epsilon,
                 lyapunov=[v for v in (finite_number(x) for x in event.get("lyapunov") or []) if v is not None],
             )
         )

@@ -73,3 +73,11 @@ def test_demo_flags_then_fixes(tmp_path):
     assert "chrono init of forget/input biases (T_max=60)" in result.output
     assert (tmp_path / "run.log").exists() and (tmp_path / "fixed.log").exists()
     assert "reaches test MSE" in result.output
+
+
+def test_the_demo_leaves_the_denormal_setting_as_it_found_it(tmp_path):
+    from gradprobe.demo import TrainingSetup, _flushing_denormals, run_demo
+
+    before = _flushing_denormals()
+    run_demo(tmp_path, TrainingSetup(steps=2, seq_len=5, batch=4, lr=1e-2, seed=0), hidden=4, echo=lambda _: None)
+    assert _flushing_denormals() == before
