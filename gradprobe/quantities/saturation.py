@@ -9,6 +9,7 @@ from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite
 from gradprobe.quantities.base import Emit, StepContext
+from gradprobe.recorders import sweep
 from gradprobe.recorders.capture import SAMPLE, CellCalls
 from gradprobe.recorders.replay import SiteReplayers, cell_weights
 from gradprobe.recorders.saturation import output_gates, saturation_fractions, track_gates
@@ -33,7 +34,9 @@ def emit_saturation(emit: Emit, step: int, layer: str, mode: str | None, gates: 
 
 
 class SaturationSampling:
-    """On sampled steps: gate activations of ``rows`` batch rows per layer, replayed (stacks) or recomputed (cells).
+    """On sampled steps: gate activations of ``rows`` batch rows per layer, recomputed in one batched forward
+    pass per layer direction (batched stacks in single or double precision), replayed (other stacks), or
+    recomputed from the captured calls (cells).
 
     Args:
         sites: The recurrent layers.
@@ -54,7 +57,14 @@ class SaturationSampling:
                 chain = context.capture.stack_calls.get(site.name)
                 if not chain:
                     continue
-                for track in self.replayers.stack(site.name).replay(chain[-1], rows=self.rows):
+                replayer = self.replayers.stack(site.name)
+                if sweep.supported(replayer.twin, chain[-1], next(site.module.parameters()).dtype, gradients=False):
+                    # one batched forward pass per layer direction (the top layer's from the call's output)
+                    params = {name: p.detach() for name, p in site.module.named_parameters()}
+                    for run in sweep.sample_stack(replayer.twin, site.tracks, chain[-1], params, self.rows):
+                        emit_saturation(context.emit, context.step, run.name, run.mode, run.saturation_gates(), deep=False)
+                    continue
+                for track in replayer.replay(chain[-1], rows=self.rows):
                     gates = track_gates(track)
                     if gates is not None:
                         emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=False)

@@ -380,6 +380,9 @@ class CallCapture:
         if pending is not None and pending[0] == site.name:
             call.rng_state = pending[1]
             self._pending_rng = None
+        if self.mode == SAMPLE:  # sampled saturation computes the top layer from its output
+            call.outputs = [data]
+            call.output_version = data._version
         if self.mode == DEEP:
             call.outputs = [data, *final]
             call.output_version = data._version

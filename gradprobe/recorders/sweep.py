@@ -134,6 +134,34 @@ class DirectionRun:
             return {"tanh": head(self.h[1:])}
         return None
 
+    def saturation_gates(self) -> dict[str, Tensor]:
+        """The gate activations of every row alive at every step, ``[N, *]`` each, named as
+        :func:`gradprobe.recorders.saturation.saturation_fractions` reads them.
+
+        ReLU modes have the outputs in place of the pre-activations: they are
+        zero (ReLU) or negative (leaky ReLU) exactly where the pre-activation
+        is at most zero, all that the saturation of a ReLU counts.
+        """
+        h = self.h[1:]
+        gates: dict[str, Tensor]
+        if self.mode == "LSTM":
+            assert self.activations is not None and self.tanh_c is not None
+            i, f, g, o = self.activations.chunk(4, dim=-1)
+            gates = {"input": i, "forget": f, "cell": g, "output": o, "cell_state": self.tanh_c}
+        elif self.mode == "GRU":
+            assert self.activations is not None and self.new is not None
+            r, z = self.activations.chunk(2, dim=-1)
+            gates = {"reset": r, "update": z, "new": self.new}
+        elif self.mode == "RNN_TANH":
+            gates = {"tanh": h}
+        else:
+            gates = {"leaky_relu_pre" if self.mode == "RNN_LEAKY_RELU" else "relu_pre": h}
+        if self.sizes is None:
+            return {name: value.reshape(-1, value.shape[-1]) for name, value in gates.items()}
+        batch = h.shape[1]
+        alive = torch.arange(batch, device=h.device) < torch.tensor(self.sizes, device=h.device).unsqueeze(1)
+        return {name: value[alive] for name, value in gates.items()}
+
 
 @dataclass
 class SweepResult:
@@ -586,19 +614,124 @@ class MeasuredDirection:
     result: SweepResult
 
 
-def supported(twin: Any, call: Any, weight_dtype: torch.dtype) -> bool:
-    """Whether the sweep handles this captured call (else the general replay does).
+def supported(twin: Any, call: Any, weight_dtype: torch.dtype, gradients: bool = True) -> bool:
+    """Whether the sweep (or, without ``gradients``, :func:`sample_stack`) handles this captured call,
+    else the general replay does.
 
     It does for one batched call, padded (``[T, B, I]`` or batch first) or
-    packed, with captured gradients, in single or double precision.
-    Unbatched inputs and half-precision weights take the general replay.
+    packed, in single or double precision, and for the sweep with captured
+    gradients. Unbatched inputs and half-precision weights take the general replay.
     """
     input_ = call.input
-    if not call.grads or weight_dtype not in SWEEP_DTYPES:
+    if (gradients and not call.grads) or weight_dtype not in SWEEP_DTYPES:
         return False
     if isinstance(input_, PackedSequence):
         return len(input_.batch_sizes) > 0
     return isinstance(input_, Tensor) and input_.dim() == 3 and input_.shape[1 if twin.batch_first else 0] > 0
+
+
+@dataclass
+class _StackInput:
+    """One captured stack call, made ready for the forward pass: padded, time-major, rows in processing order."""
+
+    x: Tensor  # [T, B, I]
+    init: Any  # the twin's initial states per layer direction
+    known: Tensor | None  # the top layer's outputs [T, B, D*P], when kept
+    layout: _Packed | None  # packed input: how to pack and pad
+    sizes: list[int] | None  # packed input: rows alive per step
+    out_grad: Tensor | None = None
+    hn_grad: Tensor | None = None
+    cn_grad: Tensor | None = None
+
+
+def _stack_input(twin: Any, call: Any, dtype: torch.dtype, rows: int | None = None) -> _StackInput:
+    """The call's input, initial state, output and gradients as the forward pass and the sweep take them.
+
+    ``rows``: keep the first rows only (packed input: the longest sequences).
+    """
+    grads = list(call.grads) + [None] * (3 - len(call.grads))
+    out_grad, hn_grad, cn_grad = grads[0], grads[1], grads[2] if twin.mode == "LSTM" else None
+    out_grad = out_grad.detach() if out_grad is not None else None
+    known = call.layer_output()  # the top layer's outputs: its forward pass needs no loop over time
+    layout: _Packed | None = None
+    if isinstance(call.input, PackedSequence):
+        layout = _Packed(call.input.batch_sizes.tolist(), call.input.data.device)
+        order = call.input.sorted_indices  # initial and final states are in the caller's row order
+        x, hx = _detached_input(call.input.data, call.hx, None, False, dtype)
+        x = layout.pad(x)
+        if order is not None:
+            hx = twin._map_hidden(hx, lambda h: h.index_select(1, order)) if hx is not None else None
+            hn_grad = hn_grad.index_select(1, order) if hn_grad is not None else None
+            cn_grad = cn_grad.index_select(1, order) if cn_grad is not None else None
+        out_grad = layout.pad(out_grad) if out_grad is not None else None
+        known = layout.pad(known) if known is not None else None
+    else:
+        x, hx = _detached_input(call.input, call.hx, None, twin.batch_first, dtype)
+        if twin.batch_first:
+            x = x.transpose(0, 1)
+            out_grad = out_grad.transpose(0, 1) if out_grad is not None else None
+            known = known.transpose(0, 1) if known is not None else None
+    sizes = layout.sizes if layout is not None else None
+    if rows is not None:
+        x = x[:, :rows]
+        hx = twin._map_hidden(hx, lambda h: h[:, :rows]) if hx is not None else None
+        known = known[:, :rows] if known is not None else None
+        sizes = [min(size, rows) for size in sizes] if sizes is not None else None
+    return _StackInput(x, twin._initial_states(x, x.shape[1], hx), known, layout, sizes, out_grad, hn_grad, cn_grad)
+
+
+def _forward_stack(
+    twin: Any, names: list[str], given: _StackInput, params: dict[str, Tensor], head: int, training: bool
+) -> tuple[list[list[DirectionRun]], list[Tensor | None]]:
+    """Every layer direction's forward pass, the top layer from the call's outputs where they were kept;
+    with ``training``, the inter-layer dropout masks drawn as torch drew them (the call's random state)."""
+    directions = 2 if twin.bidirectional else 1
+    layout, sizes = given.layout, given.sizes
+    was_training = twin.training
+    twin.train(training)
+    masks: list[Tensor | None] = [None]
+    runs: list[list[DirectionRun]] = []
+    try:
+        layer_input = given.x
+        for layer in range(twin.num_layers):
+            if layer:
+                # drawn on the layer input's own shape (packed rows for packed input), as torch draws it
+                mask = None if not training else twin._dropout_mask(layer_input if layout is None else layout.pack(layer_input))
+                mask = layout.pad(mask) if layout is not None and mask is not None else mask
+                masks.append(mask)
+                if mask is not None:
+                    layer_input = layer_input * mask
+            per_direction = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                weights = twin.layer_weights(layer, direction, params)
+                c0 = given.init[1][index] if twin.mode == "LSTM" else None
+                args = (names[index], twin.mode, layer_input, given.init[0][index], c0, weights, bool(direction), head)
+                if layer == twin.num_layers - 1 and given.known is not None:
+                    width = given.known.shape[-1] // directions
+                    part = given.known[..., direction * width : (direction + 1) * width]
+                    per_direction.append(forward_known(*args, part, sizes=sizes))
+                else:
+                    per_direction.append(forward(*args, sizes=sizes))
+            runs.append(per_direction)
+            outputs = [run.outputs() for run in per_direction]
+            layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+    finally:
+        twin.train(was_training)
+    return runs, masks
+
+
+def sample_stack(twin: Any, names: list[str], call: Any, params: dict[str, Tensor], rows: int) -> list[DirectionRun]:
+    """The forward pass of every layer direction of one stack call on its first ``rows`` batch rows, without
+    dropout, as sampled saturation reads it (the top layer from the call's output where it was kept).
+
+    Takes the calls :func:`supported` takes, gradients or not.
+    """
+    dtype = next(iter(params.values())).dtype
+    given = _stack_input(twin, call, dtype, rows)
+    with torch.no_grad():
+        runs, _ = _forward_stack(twin, names, given, params, given.x.shape[1], training=False)
+    return [run for per_direction in runs for run in per_direction]
 
 
 def sweep_stack(
@@ -624,77 +757,25 @@ def sweep_stack(
         head_rows: Batch rows kept for the Jacobian estimates and saturation (:attr:`DirectionRun.x_head`).
     """
     dtype = next(iter(params.values())).dtype
-    grads = list(call.grads) + [None] * (3 - len(call.grads))
-    out_grad, hn_grad, cn_grad = grads[0], grads[1], grads[2] if twin.mode == "LSTM" else None
-    out_grad = out_grad.detach() if out_grad is not None else None
-    known = call.layer_output()  # the top layer's outputs: its forward pass needs no loop over time
-    layout: _Packed | None = None
-    if isinstance(call.input, PackedSequence):
-        layout = _Packed(call.input.batch_sizes.tolist(), call.input.data.device)
-        order = call.input.sorted_indices  # initial and final states are in the caller's row order
-        x, hx = _detached_input(call.input.data, call.hx, None, False, dtype)
-        x = layout.pad(x)
-        if order is not None:
-            hx = twin._map_hidden(hx, lambda h: h.index_select(1, order)) if hx is not None else None
-            hn_grad = hn_grad.index_select(1, order) if hn_grad is not None else None
-            cn_grad = cn_grad.index_select(1, order) if cn_grad is not None else None
-        out_grad = layout.pad(out_grad) if out_grad is not None else None
-        known = layout.pad(known) if known is not None else None
-    else:
-        x, hx = _detached_input(call.input, call.hx, None, twin.batch_first, dtype)
-        if twin.batch_first:
-            x = x.transpose(0, 1)
-            out_grad = out_grad.transpose(0, 1) if out_grad is not None else None
-            known = known.transpose(0, 1) if known is not None else None
-    sizes = layout.sizes if layout is not None else None
-    batch = x.shape[1]
+    given = _stack_input(twin, call, dtype)
+    sizes = given.sizes
     directions = 2 if twin.bidirectional else 1
     layers = twin.num_layers
-    init = twin._initial_states(x, batch, hx)
+    hn_grad, cn_grad = given.hn_grad, given.cn_grad
 
     # the Jacobian estimates, saturation and the profile use rows alive at every step (packed: the longest)
     head = head_rows if sizes is None else max(1, min(head_rows, sizes[-1]))
     profile_rows = profile_rows if sizes is None else max(1, min(profile_rows, sizes[-1]))
 
-    was_training = twin.training
-    twin.train(call.training)
-    masks: list[Tensor | None] = [None]
-    runs: list[list[DirectionRun]] = []
     rng = torch.random.fork_rng(devices=[]) if call.rng_state is not None else nullcontext()
-    try:
-        with rng, torch.no_grad():
-            if call.rng_state is not None:
-                torch.set_rng_state(call.rng_state)
-            layer_input = x
-            for layer in range(layers):
-                if layer:
-                    # drawn on the layer input's own shape (packed rows for packed input), as torch draws it
-                    mask = twin._dropout_mask(layer_input if layout is None else layout.pack(layer_input))
-                    mask = layout.pad(mask) if layout is not None and mask is not None else mask
-                    masks.append(mask)
-                    if mask is not None:
-                        layer_input = layer_input * mask
-                per_direction = []
-                for direction in range(directions):
-                    index = layer * directions + direction
-                    weights = twin.layer_weights(layer, direction, params)
-                    c0 = init[1][index] if twin.mode == "LSTM" else None
-                    args = (names[index], twin.mode, layer_input, init[0][index], c0, weights, bool(direction), head)
-                    if layer == layers - 1 and known is not None:
-                        width = known.shape[-1] // directions
-                        part = known[..., direction * width : (direction + 1) * width]
-                        per_direction.append(forward_known(*args, part, sizes=sizes))
-                    else:
-                        per_direction.append(forward(*args, sizes=sizes))
-                runs.append(per_direction)
-                outputs = [run.outputs() for run in per_direction]
-                layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-    finally:
-        twin.train(was_training)
+    with rng, torch.no_grad():
+        if call.rng_state is not None:
+            torch.set_rng_state(call.rng_state)
+        runs, masks = _forward_stack(twin, names, given, params, head, training=call.training)
 
     measured: dict[str, MeasuredDirection] = {}
     with torch.no_grad():
-        direct = out_grad.to(dtype) if out_grad is not None else None
+        direct = given.out_grad.to(dtype) if given.out_grad is not None else None
         for layer in range(layers - 1, -1, -1):
             below: Tensor | None = None
             for direction, run in enumerate(runs[layer]):

@@ -22,7 +22,7 @@ def _deep_events(model, x, hx=None, general=False, monkeypatch=None, train=True,
     ``lengths``: feed ``x`` packed with these (unsorted) lengths.
     """
     if general:
-        monkeypatch.setattr(sweep, "supported", lambda twin, call, dtype: False)
+        monkeypatch.setattr(sweep, "supported", lambda *args, **options: False)
     events: list[dict] = []
     model.train(train)
     torch.manual_seed(11)  # the same dropout masks in both runs
@@ -250,3 +250,55 @@ def test_packed_calls_are_swept_and_measure_what_the_autograd_replay_measures(na
         assert event["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-10, abs=1e-14)
         assert event["jacobian_norms"] == pytest.approx(reference["jacobian_norms"], rel=1e-10)
         assert fast_saturation[layer]["fractions"] == pytest.approx(general_saturation[layer]["fractions"], abs=1e-12)
+
+
+def _sampled_saturation(model, x, hx=None, lengths=None, batch_first=False, general=False, monkeypatch=None):
+    """The saturation events of sampled (not deep) steps, by ``sample_stack`` or (``general``) the replay."""
+    taken: list[bool] = []
+    if general:
+        monkeypatch.setattr(sweep, "supported", lambda *args, **options: False)
+    else:
+        real = sweep.sample_stack
+        monkeypatch.setattr(sweep, "sample_stack", lambda *a, **k: taken.append(True) or real(*a, **k))
+    events: list[dict] = []
+    with gradprobe.attach(model, every=10**9, saturation_every=1, sample_rows=3, config={}, sinks=[events.append]) as probe:
+        for _ in range(3):  # step 0 is deep; 1 and 2 are sampled
+            given = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False) if lengths else x
+            out, _ = model(given) if hx is None else model(given, hx)
+            (out.data if lengths else out).pow(2).sum().backward()
+            probe.step()
+    assert probe.error is None, probe.error
+    monkeypatch.undo()
+    assert general or taken == [True, True]
+    return [e for e in events if e["kind"] == "saturation" and not e["deep"]]
+
+
+SAMPLED_CONFIGS = {
+    "lstm_bi_2layer_dropout": (nn.LSTM, {"num_layers": 2, "bidirectional": True, "dropout": 0.4}),
+    "lstm_proj_batch_first": (nn.LSTM, {"proj_size": 3, "batch_first": True}),
+    "gru_2layer": (nn.GRU, {"num_layers": 2}),
+    "rnn_tanh_bi": (nn.RNN, {"bidirectional": True}),
+    "rnn_relu_2layer": (nn.RNN, {"nonlinearity": "relu", "num_layers": 2}),
+    "leaky_reference": (ReferenceRNN, {"nonlinearity": "leaky_relu"}),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLED_CONFIGS))
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_sampled_saturation_from_one_batched_forward_pass_equals_the_replay(name, packed, monkeypatch):
+    """Sampled steps read the gates of a few rows from one batched forward pass per layer direction (the top
+    layer from the call's output); the replay of the same rows gives the same shares, dead units included."""
+    cls, options = SAMPLED_CONFIGS[name]
+    torch.manual_seed(0)
+    model = cls(4, 7, dtype=torch.float64, **options).train()
+    batch_first = options.get("batch_first", False)
+    lengths = [9, 14, 3, 14, 11] if packed else None
+    x = torch.randn(5, 14, 4, dtype=torch.float64) if batch_first else torch.randn(14, 5, 4, dtype=torch.float64)
+    fast = _sampled_saturation(model, x, lengths=lengths, batch_first=batch_first, monkeypatch=monkeypatch)
+    general = _sampled_saturation(model, x, lengths=lengths, batch_first=batch_first, general=True, monkeypatch=monkeypatch)
+    assert len(fast) == len(general) == 2 * len(model.all_weights if hasattr(model, "all_weights") else [0])
+    for mine, theirs in zip(fast, general):
+        assert (mine["layer"], mine["samples"], mine["units"]) == (theirs["layer"], theirs["samples"], theirs["units"])
+        assert mine["fractions"] == pytest.approx(theirs["fractions"], abs=1e-12)
+        assert mine["low"] == pytest.approx(theirs["low"], abs=1e-12)
+        assert mine["dead_units"] == theirs["dead_units"]
