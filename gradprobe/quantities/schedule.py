@@ -56,8 +56,11 @@ class BudgetSchedule(Schedule):
     and the probe's own recording time within it. On steps captured ``off``,
     the training step alone is the wall time minus the recording (``plain``,
     the median over recent steps) and the recording is the cheap cost paid on
-    every step (``cheap``). A deep (or sampled) step's extra time is its wall
-    time minus ``plain + cheap``, the median of its recent measurements. What the
+    every step (``cheap``). A deep (or sampled) step's extra time is its
+    recording time minus ``cheap``, plus what its wall time outside the probe
+    exceeds ``plain`` by (the capture's hooks; at most :data:`OUTSIDE_SHARE` of
+    ``plain``, so that a pause between steps is not taken for probe time), the
+    median of its recent measurements. What the
     budget leaves after the cheap cost goes to sampling (a third at most) and
     deep steps:
 
@@ -82,6 +85,9 @@ class BudgetSchedule(Schedule):
 
     #: Largest interval chosen (a deep step at least this often, however costly).
     MAX_EVERY = 100_000
+    #: Most of a plain step that the capture's hooks may add to a deep or sampled step's forward and backward
+    #: passes; time beyond it outside the probe is a pause between steps (an evaluation, a checkpoint).
+    OUTSIDE_SHARE = 0.5
 
     def __init__(
         self, budget: float, saturation_every: int, warmup: int = 8, clock: Callable[[], float] = time.perf_counter
@@ -124,8 +130,10 @@ class BudgetSchedule(Schedule):
         elif mode == DEEP and not self._first_deep_done:
             self._first_deep_done = True  # the process's first deep probe may hold a one-off warm-up: not used
         elif self._plain:  # beyond a cheap step: the plain step and its recording
-            cheap_step = statistics.median(self._plain) + statistics.median(self._cheap)
-            self._extra[mode].append(max(seconds - cheap_step, 0.0))
+            plain, cheap = statistics.median(self._plain), statistics.median(self._cheap)
+            inside = probe_seconds - cheap  # the recording beyond a cheap step's
+            outside = seconds - probe_seconds - plain  # the capture's hooks in forward and backward, or a pause
+            self._extra[mode].append(max(inside + min(outside, self.OUTSIDE_SHARE * plain), 0.0))
         if len(self._plain) < self.warmup or not self._extra[DEEP] or (self.chosen and mode != DEEP):
             return None
         return self._choose(step)

@@ -22,7 +22,10 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def run(self, schedule: BudgetSchedule, steps: int, first_deep_extra: float | None = None) -> list[dict]:
+    def run(
+        self, schedule: BudgetSchedule, steps: int, first_deep_extra: float | None = None, pauses: dict[int, float] | None = None
+    ) -> list[dict]:
+        """``pauses``: seconds spent after a step, outside training and the probe (an evaluation)."""
         chosen, modes = [], []
         schedule.start()
         for step in range(steps):
@@ -31,8 +34,9 @@ class FakeClock:
             extra = self.extra.get(mode, 0.0)
             if step == 0 and first_deep_extra is not None:
                 extra = first_deep_extra  # the one-off warm-up of the first deep probe
-            self.now += self.plain + self.cheap + extra
-            event = schedule.observe(step, mode, probe_seconds=self.cheap)
+            hooks = 0.05 * extra  # a little of the extra in the capture's hooks, the rest in probe.step
+            self.now += self.plain + self.cheap + extra + (pauses or {}).get(step - 1, 0.0)
+            event = schedule.observe(step, mode, probe_seconds=self.cheap + extra - hooks)
             if event is not None:
                 chosen.append(event)
         self.modes = modes
@@ -87,6 +91,19 @@ def test_the_first_deep_steps_warmup_is_left_out():
     chosen = clock.run(schedule, 400, first_deep_extra=2.0)
     assert [s for s, m in enumerate(clock.modes) if m == DEEP][:2] == [0, 9]  # warm-up, 8 plain steps, a measured deep step
     assert chosen[0]["step"] == 9 and chosen[0]["every"] == 40 == schedule.every  # 20 ms / 0.5 ms, not 2 s / 0.5 ms
+
+
+def test_pauses_between_steps_are_not_taken_for_probe_time():
+    """A 5 s evaluation before the first measured deep step, a sampled and a plain step leaves the intervals
+    of test_intervals_follow_from_the_measured_costs, from the first choice on."""
+    clock = FakeClock(0.010, {DEEP: 0.060, SAMPLE: 0.002})
+    schedule = BudgetSchedule(0.03, saturation_every=20, clock=clock)
+    chosen = clock.run(schedule, 3000, first_deep_extra=0.5, pauses={8: 5.0, 19: 5.0, 40: 5.0})
+    assert [clock.modes[s] for s in (9, 20, 41)] == [DEEP, SAMPLE, OFF]
+    # the pause counts for at most half a plain step (5 ms), not 5 s
+    assert chosen[0]["step"] == 9 and 60.0 <= chosen[0]["deep_extra_ms"] <= 60.0 + 5.0 + 1e-9
+    assert schedule.saturation_every == 20 and schedule.every == 300
+    assert chosen[-1]["sample_extra_ms"] == pytest.approx(2.0)
 
 
 def test_a_real_run_chooses_and_says_so(tmp_path):
