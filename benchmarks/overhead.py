@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=100, help="sequence length T")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--amortized-steps", type=int, default=100)
+    parser.add_argument("--amortized-steps", type=int, default=300, help="steps per amortized loop (a deep step every 50)")
     parser.add_argument("--budget-steps", type=int, default=600, help="steps measured with every='auto' (0: skip)")
     parser.add_argument("--budget", type=float, default=0.03)
     args = parser.parse_args(argv)
