@@ -100,6 +100,8 @@ def _clean(value: Any) -> Any:
 
 def number(value: Any) -> float | None:
     """A number read from an event: undoes the ``"nan"``/``"inf"`` encoding; ``None`` (or junk) gives ``None``."""
+    if type(value) is float:  # most values, read without a conversion
+        return value
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -110,6 +112,8 @@ def number(value: Any) -> float | None:
 
 def finite_number(value: Any) -> float | None:
     """:func:`number`, with non-finite values as ``None``."""
+    if type(value) is float:  # most values, read without a conversion
+        return value if math.isfinite(value) else None
     result = number(value)
     return result if result is not None and math.isfinite(result) else None
 
@@ -199,7 +203,7 @@ def iter_events(
         raise LogFormatError(f"cannot open {path}: {exc.strerror or exc}") from None
     seen_valid = False
     pending = 0
-    fast_loads, fast_error, decode_known = fast_lines.readers()
+    _, _, decode_known = fast_lines.readers()
     try:
         for number, raw in enumerate(handle, start=1):
             if progress is not None:
@@ -213,13 +217,10 @@ def iter_events(
                     seen_valid = True
                     yield event
                     continue
+            if raw.isspace():
+                continue
             try:
-                try:
-                    event = fast_loads(raw)
-                except fast_error:  # what msgspec refuses goes to the standard parser, as in parse_line
-                    if raw.isspace():
-                        continue
-                    event = json.loads(raw)
+                event = parse_line(raw)
                 if type(event) is not dict or "kind" not in event or "v" not in event:
                     raise ValueError("not a gradprobe event (no 'v'/'kind')")
             except (ValueError, UnicodeDecodeError) as exc:

@@ -14,6 +14,7 @@ from torch import nn
 
 import gradprobe
 from gradprobe import fast_lines, schema
+from gradprobe.demo import _flushing_denormals
 
 pytestmark = pytest.mark.skipif(fast_lines.msgspec is None, reason="msgspec is not installed (pip install 'gradprobe[fast]')")
 
@@ -144,7 +145,7 @@ def test_the_structs_judge_alike_where_the_cpu_flushes_denormals():
     _, _, decode_known = fast_lines.readers()
     assert decode_known is not None
     line = _line("deep", {**CANONICAL["deep"], "epsilon": 0})
-    previous = bool((torch.tensor([5e-324], dtype=torch.float64) * 1.0).item() == 0.0)
+    previous = _flushing_denormals()
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush denormals (no SSE3)")
     try:

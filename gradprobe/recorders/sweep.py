@@ -118,21 +118,32 @@ class DirectionRun:
         """``h_t`` of every step, ``[T, B, P]``, chronological."""
         return self.chronological(self.h[1:])
 
+    def _gates(self) -> dict[str, Tensor] | None:
+        """The gate activations of every row and step, ``[T, B, *]`` in processing order, named as
+        :attr:`fn.Linearization.gates` names them; ``None`` for ReLU modes."""
+        if self.mode == "LSTM":
+            assert self.activations is not None and self.tanh_c is not None
+            i, f, g, o = self.activations.chunk(4, dim=-1)
+            return {"input": i, "forget": f, "cell": g, "output": o, "cell_state": self.tanh_c}
+        if self.mode == "GRU":
+            assert self.activations is not None and self.new is not None
+            r, z = self.activations.chunk(2, dim=-1)
+            return {"reset": r, "update": z, "new": self.new}
+        if self.mode == "RNN_TANH":
+            return {"tanh": self.h[1:]}
+        return None
+
     def head_gates(self, rows: int) -> dict[str, Tensor] | None:
         """The gate activations of the first ``rows`` batch rows, ``[T, rows, *]``, chronological, named as
         :attr:`fn.Linearization.gates` names them (GRU adds ``hh_new``); ``None`` for ReLU modes."""
-        head = lambda t: self.chronological(t[:, :rows])
-        if self.mode == "LSTM":
-            assert self.activations is not None and self.tanh_c is not None
-            i, f, g, o = head(self.activations).chunk(4, dim=-1)
-            return {"input": i, "forget": f, "cell": g, "output": o, "cell_state": head(self.tanh_c)}
+        gates = self._gates()
+        if gates is None:
+            return None
+        head = {name: self.chronological(value[:, :rows]) for name, value in gates.items()}
         if self.mode == "GRU":
-            assert self.activations is not None and self.new is not None and self.hh is not None
-            r, z = head(self.activations).chunk(2, dim=-1)
-            return {"reset": r, "update": z, "new": head(self.new), "hh_new": head(self.hh[..., 2 * r.shape[-1] :])}
-        if self.mode == "RNN_TANH":
-            return {"tanh": head(self.h[1:])}
-        return None
+            assert self.hh is not None and self.new is not None
+            head["hh_new"] = self.chronological(self.hh[:, :rows, 2 * self.new.shape[-1] :])
+        return head
 
     def saturation_gates(self) -> dict[str, Tensor]:
         """The gate activations of every row alive at every step, ``[N, *]`` each, named as
@@ -143,19 +154,7 @@ class DirectionRun:
         is at most zero, all that the saturation of a ReLU counts.
         """
         h = self.h[1:]
-        gates: dict[str, Tensor]
-        if self.mode == "LSTM":
-            assert self.activations is not None and self.tanh_c is not None
-            i, f, g, o = self.activations.chunk(4, dim=-1)
-            gates = {"input": i, "forget": f, "cell": g, "output": o, "cell_state": self.tanh_c}
-        elif self.mode == "GRU":
-            assert self.activations is not None and self.new is not None
-            r, z = self.activations.chunk(2, dim=-1)
-            gates = {"reset": r, "update": z, "new": self.new}
-        elif self.mode == "RNN_TANH":
-            gates = {"tanh": h}
-        else:
-            gates = {"leaky_relu_pre" if self.mode == "RNN_LEAKY_RELU" else "relu_pre": h}
+        gates = self._gates() or {"leaky_relu_pre" if self.mode == "RNN_LEAKY_RELU" else "relu_pre": h}
         if self.sizes is None:
             return {name: value.reshape(-1, value.shape[-1]) for name, value in gates.items()}
         batch = h.shape[1]

@@ -121,9 +121,8 @@ class RunSummary:
         return layer
 
     def _add_step(self, event: dict[str, Any]) -> None:
-        step, loss, norm = event.get("step"), event.get("loss"), event.get("grad_norm")
-        loss = loss if type(loss) is float else number(loss)
-        norm = norm if type(norm) is float else number(norm)
+        step = event.get("step")
+        loss, norm = number(event.get("loss")), number(event.get("grad_norm"))
         self.steps += 1
         self.first_step = step if self.first_step is None else self.first_step
         self.last_step = step
@@ -156,7 +155,7 @@ class RunSummary:
                 series = per_gate.get(gate)
                 if series is None:
                     series = per_gate[gate] = MinMaxSeries(1000)
-                series.add(step, value if type(value) is float else number(value))
+                series.add(step, number(value))
         clip = event.get("clip")
         if isinstance(clip, dict):
             self.clip_series.add(step, number(clip.get("threshold")))

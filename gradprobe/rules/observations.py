@@ -312,7 +312,7 @@ class TrackHistory:
 
 def reached_steps(grad_norms: list[Any], epsilon: float) -> list[bool] | None:
     """Per time step, whether ``||dL/dh_t||`` is at least ``epsilon`` x its largest value."""
-    values = [v if type(v) is float and math.isfinite(v) else finite_number(v) or 0.0 for v in grad_norms]
+    values = [finite_number(v) or 0.0 for v in grad_norms]
     top = max(values, default=0.0)
     if top <= 0:
         return None
@@ -342,9 +342,9 @@ class Observations:
         kind = event.get("kind")
         self.last_spike = None
         if kind == "step":  # most events
-            step, loss, norm = event.get("step"), event.get("loss"), event.get("grad_norm")
-            self.loss.add(step, loss if type(loss) is float else number(loss))
-            spike = self.last_spike = self.norms.add(step, norm if type(norm) is float else number(norm))
+            step = event.get("step")
+            self.loss.add(step, number(event.get("loss")))
+            spike = self.last_spike = self.norms.add(step, number(event.get("grad_norm")))
             clip = event.get("clip")
             if clip is not None:
                 self.clipping.add_seen(clip)
