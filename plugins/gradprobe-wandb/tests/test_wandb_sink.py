@@ -15,8 +15,8 @@ from gradprobe_wandb import WandbSink
 import gradprobe
 
 
-def _history(run_dir) -> list[dict]:
-    """The logged rows, read back from the offline run's ``.wandb`` file.
+def _records(path) -> list[bytes]:
+    """The raw protobuf records of an offline run's ``.wandb`` file.
 
     The file is a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB
     blocks of chunks with a 7-byte header: checksum, length, type) of protobuf
@@ -24,9 +24,6 @@ def _history(run_dir) -> list[dict]:
     """
     import struct
 
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = run_dir.glob("run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B"
     block, pos, pending, records = 32768, 7, b"", []
@@ -37,18 +34,42 @@ def _history(run_dir) -> list[dict]:
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0:
+        if kind == 0 or len(chunk) < length:  # zero padding, or a chunk not fully written yet
             break
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             records.append(pending)
-    rows = []
-    for raw in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
-    return rows
+    return records
+
+
+def _history(run_dir, wait_s: float = 30.0) -> list[dict]:
+    """The logged rows, read back from the offline run's ``.wandb`` file once its ``exit`` record is there.
+
+    ``run.finish()`` can return before wandb's writer has flushed the file's
+    last records, so the file is read again until the run's ``exit`` record,
+    written after every history row, has reached it.
+    """
+    import time
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("run-*.wandb")
+    deadline = time.monotonic() + wait_s
+    while True:
+        parsed = []
+        for raw in _records(path):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            parsed.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in parsed) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(r.WhichOneof("record_type") == "exit" for r in parsed), f"no exit record in {path} after {wait_s} s"
+    return [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in parsed
+        if r.WhichOneof("record_type") == "history"
+    ]
 
 
 def test_steps_gates_horizons_and_findings_reach_an_offline_run(tmp_path, monkeypatch):
