@@ -246,7 +246,10 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
         finite = torch.isfinite(bidiagonal).flatten(1).all(dim=1)
         sigma = torch.full((n,), float("nan"), dtype=torch.float64, device=bidiagonal.device)
         if finite.any():
-            sigma[finite] = torch.linalg.matrix_norm(bidiagonal[finite], ord=2)
+            # the largest singular value of B: the root of B^T B's largest eigenvalue (tridiagonal; in double
+            # precision as accurate as an SVD of B, and about a third cheaper)
+            small = bidiagonal[finite]
+            sigma[finite] = torch.linalg.eigvalsh(small.mT @ small)[..., -1].clamp_min(0).sqrt()
     return sigma.view(lin.steps, lin.rows).mean(dim=1).tolist()
 
 

@@ -21,8 +21,8 @@ work in two passes with analytic products and no graph:
      of the final state injected where they enter, so the rows carry exactly
      what autograd would),
    - the propagation profile's random unit vectors (``profile[k]``), and
-   - the Lyapunov vectors, re-orthonormalized by a QR step every
-     :data:`LYAPUNOV_EVERY` steps.
+   - the Lyapunov vectors, re-orthonormalized by a QR step every few steps
+     (:class:`_LyapunovPeriods`).
 
    The pre-activation cotangents of the gradient rows give, in one matrix
    product, the gradient that enters the layer below.
@@ -45,6 +45,7 @@ limit of long products in general).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -62,9 +63,14 @@ from gradprobe.reference.functional import LayerWeights
 SWEEP_DTYPES = frozenset({torch.float32, torch.float64})
 #: Time steps whose activations are expanded at once in the backward sweep (bounds its temporaries).
 CHUNK_STEPS = 64
-#: Steps between two QR re-orthonormalizations of the Lyapunov vectors. Two steps of growth between the
-#: largest and the k-th exponent stay far inside floating-point range, and the QR is most of their cost.
+#: Steps between two QR re-orthonormalizations of the Lyapunov vectors: the first period, and every period
+#: off the CPU (see :class:`_LyapunovPeriods`).
 LYAPUNOV_EVERY = 2
+#: Longest period between two QR steps on the CPU, where periods adapt to how fast the vectors pull apart.
+LYAPUNOV_MAX_EVERY = 8
+#: Largest growth ratio between the Lyapunov vectors allowed to build up within one period (its float32
+#: rounding, ``1e3 * 6e-8``, stays far below what the exponents are read to).
+LYAPUNOV_SPREAD = 1e3
 
 
 @dataclass
@@ -437,6 +443,64 @@ class _Factors:
         return buffer
 
 
+class _LyapunovPeriods:
+    """When the backward sweep re-orthonormalizes its Lyapunov vectors, and which QR steps the burn-in drops.
+
+    Between two QR steps the vectors grow at their own rates; the QR must come
+    before the fastest outgrows the slowest beyond floating-point resolution,
+    and it is most of the spectrum's cost. After each QR step the ratio of the
+    largest to the smallest ``|R_ii|`` gives how fast they pulled apart per
+    step, and the next period lets them pull apart by at most
+    :data:`LYAPUNOV_SPREAD`, growing at most twofold and shrinking at once
+    (down to one step). On the CPU that costs one tiny read-back per QR step;
+    elsewhere, where a read-back would stall the device's queue, the period
+    stays at :data:`LYAPUNOV_EVERY`. The exponents do not depend on the periods:
+    the diagonal of a product of triangular factors is the product of their
+    diagonals.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.adapt = device.type == "cpu" and LYAPUNOV_MAX_EVERY > LYAPUNOV_EVERY
+        self.period = LYAPUNOV_EVERY
+        self.last = 0  # steps swept at the last QR step
+        self.uppers: list[Tensor] = []  # the R factors, in processing order back from the end
+        self.covered: list[int] = []  # steps each of them covers
+
+    def due(self, done: int, steps: int) -> bool:
+        """Whether a QR step follows the ``done``-th swept step."""
+        return done - self.last >= self.period or done == steps
+
+    def add(self, upper: Tensor, done: int) -> None:
+        """Keep the R factor of the QR step after the ``done``-th swept step and choose the next period."""
+        span = done - self.last
+        self.uppers.append(upper)
+        self.covered.append(span)
+        self.last = done
+        if not self.adapt:
+            return
+        lowest, highest = torch.stack([upper.diagonal().abs().min(), upper.diagonal().abs().max()]).tolist()
+        if not (lowest > 0 and math.isfinite(highest)):
+            self.period = 1
+            return
+        per_step = math.log(highest / lowest) / span
+        allowed = math.log(LYAPUNOV_SPREAD) / per_step if per_step > 0 else float(LYAPUNOV_MAX_EVERY)
+        self.period = max(1, min(int(allowed), 2 * self.period, LYAPUNOV_MAX_EVERY))
+
+    def exponents(self, steps: int) -> list[float]:
+        """``lambda_i = mean log |R_ii|`` over the steps after the burn-in (``steps // 10``, rounded up to whole
+        periods), largest first; empty when no period is left."""
+        burn, dropped = 0, 0
+        while burn < len(self.covered) and dropped < steps // 10:
+            dropped += self.covered[burn]
+            burn += 1
+        if len(self.uppers) <= burn:
+            return []
+        diagonals = torch.stack(self.uppers[burn:]).diagonal(dim1=-2, dim2=-1)
+        tiny = torch.finfo(torch.float64).tiny
+        per_step = diagonals.double().abs().clamp_min(tiny).log().sum(dim=0) / (steps - dropped)
+        return per_step.sort(descending=True).values.tolist()
+
+
 def _whole(t: Tensor) -> Tensor:
     return t
 
@@ -503,10 +567,7 @@ def sweep(
         carry[e:, out_size:] = final_c.to(dtype)
     start = torch.randn(r, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
     carry[:r] = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    # the Lyapunov QR runs every LYAPUNOV_EVERY steps (the diagonal of the product of the skipped R factors is
-    # the product of their diagonals); the burn-in, steps // 10, is rounded up to a whole number of QR periods
-    burn = -(-(steps // 10) // LYAPUNOV_EVERY)
-    uppers: list[Tensor] = []  # the R factors of the Lyapunov QR steps, in processing order back from the end
+    periods = _LyapunovPeriods(device)
     if k:
         q = torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype))[0]
         carry[lyap] = q.t()
@@ -552,11 +613,11 @@ def sweep(
             if grads_out:
                 grads_out[j][: n - e].copy_(delta[e:])
             done = steps - first - j  # steps swept so far, this one included
-            if k and (done % LYAPUNOV_EVERY == 0 or done == steps):  # re-orthonormalize: Q R = (J^T ...) Q
+            if k and periods.due(done, steps):  # re-orthonormalize: Q R = (J^T ...) Q
                 block = states[j][lyap]
                 q, upper = torch.linalg.qr(block.t())
                 block.copy_(q.t())
-                uppers.append(upper)
+                periods.add(upper, done)
         squares = v[1:, e:, :out_size].pow(2).sum(dim=2, dtype=torch.float64)
         if dead is not None:
             squares.masked_fill_(dead[first:stop], 0)  # a row's h_t exists only where it is alive
@@ -570,12 +631,7 @@ def sweep(
         carry = states[0]
     grad_norms = run.chronological(grad_sq.sqrt())
     profile = profile_sq.sqrt().mean(-1).flip(0)  # profile[k]: k steps back from the last state
-    lyapunov: list[float] = []
-    if len(uppers) > burn:
-        diagonals = torch.stack(uppers[burn:]).diagonal(dim1=-2, dim2=-1)
-        tiny = torch.finfo(torch.float64).tiny
-        per_step = diagonals.double().abs().clamp_min(tiny).log().sum(dim=0) / (steps - burn * LYAPUNOV_EVERY)
-        lyapunov = per_step.sort(descending=True).values.tolist()
+    lyapunov = periods.exponents(steps) if k else []
     grads_in = run.chronological(input_grads) if input_grads is not None else None
     return SweepResult(grad_norms.tolist(), profile.tolist(), lyapunov), grads_in
 

@@ -133,3 +133,52 @@ def vanishing_log_for_lyapunov(tmp_path):
             probe.step()
             model.zero_grad()
     return log
+
+
+def _qr_steps(monkeypatch) -> list[int]:
+    """Records the steps each QR re-orthonormalization of the sweep covers."""
+    from gradprobe.recorders import sweep
+
+    spans: list[int] = []
+    real = sweep._LyapunovPeriods.add
+
+    def add(self, upper, done):
+        spans.append(done - self.last)
+        real(self, upper, done)
+
+    monkeypatch.setattr(sweep._LyapunovPeriods, "add", add)
+    return spans
+
+
+def test_vectors_that_barely_pull_apart_are_re_orthonormalized_every_8_steps(monkeypatch):
+    """W = g Q: the vectors keep their relative sizes, so the QR period doubles up to its maximum, and the
+    exponents are still ln g."""
+    spans = _qr_steps(monkeypatch)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    spectrum = _spectrum(_linear_rnn(0.9 * q), 200)
+    assert spectrum == pytest.approx([math.log(0.9)] * 4, abs=1e-9)
+    assert spans[:4] == [2, 4, 8, 8] and sum(spans) == 200 and len(spans) <= 200 // 8 + 3
+
+
+@pytest.mark.parametrize("fixed_period", [None, 8])
+def test_single_precision_exponents_far_apart_need_the_period_to_shrink(fixed_period, monkeypatch):
+    """W = Q diag(1, 0.5, 0.1, 0.001) Q^T in float32: the slowest vector shrinks 1000-fold per step against the
+    fastest. The adapted period (one step) keeps every exponent; eight steps between QR steps (a ratio of 1e24,
+    far beyond single precision) lose them by more than 1 (2.4 on four seeds), which shows the check can fail."""
+    from gradprobe.recorders import sweep
+
+    if fixed_period is not None:
+        monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", fixed_period)
+        monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", fixed_period)
+    spans = _qr_steps(monkeypatch)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    exponents = torch.tensor([1.0, 0.5, 0.1, 0.001], dtype=torch.float64)
+    rnn = _linear_rnn(q @ torch.diag(exponents) @ q.t()).float()
+    report = gradprobe.check(rnn, torch.zeros(300, 2, 1), config={}, lyapunov_k=4)
+    spectrum = report.layers["RNN.l0"].lyapunov
+    expected = exponents.log().tolist()
+    if fixed_period is None:
+        assert max(spans) == 2 and spans.count(1) >= 290  # one step from the first adaptation on
+        assert spectrum == pytest.approx(expected, abs=5e-3)
+    else:
+        assert max(abs(a - b) for a, b in zip(spectrum, expected)) > 1.0

@@ -173,6 +173,7 @@ def test_lyapunov_exponents_do_not_depend_on_how_often_the_vectors_are_re_orthon
     """W = g P (P a cyclic permutation, orthogonal): every exponent is ln g exactly, whatever the QR period,
     burn-in and sequence parity."""
     monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", every)
+    monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", every)  # a fixed period
     g = 0.7
     q = torch.eye(6, dtype=torch.float64).roll(1, dims=0)
     rnn = nn.RNN(1, 6, nonlinearity="relu").double()  # P keeps positive states positive: the relu's slope is 1
