@@ -227,7 +227,7 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
         for j in range(m):
             if j:
                 u = torch.addcmul(u, betas[-1], left, value=-1)
-            alpha = u.norm(dim=1, keepdim=True)
+            alpha = torch.linalg.vector_norm(u, dim=1, keepdim=True)
             alphas.append(alpha)
             left = u / alpha.clamp_min(tiny)
             if j == m - 1:
@@ -235,9 +235,9 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
             if floor is None:
                 floor = tiny * alpha.clamp_min(tiny)
             v = torch.addcmul(lin.vjp(left), alpha, right, value=-1)
-            beta = v.norm(dim=1, keepdim=True)
+            beta = torch.linalg.vector_norm(v, dim=1, keepdim=True)
             alive = beta > floor  # a row whose Krylov space is exhausted stops growing
-            right = torch.where(alive, v / beta.clamp_min(tiny), 0.0)
+            right = v * (alive / beta.clamp_min(tiny))  # the scale per row first: one pass over the vectors
             betas.append(beta * alive)
             u = lin.jvp(right)
         bidiagonal = torch.diag_embed(torch.cat(alphas, dim=1).double())

@@ -374,17 +374,20 @@ def _activation(mode: str) -> Any:
 class _Factors:
     """The derivative factors of the steps ``start .. stop - 1``, laid out on the sweep's rows.
 
-    The first rows repeat batch rows (``extra``: the profile's rows
-    ``0 .. R-1``, then row 0 for each Lyapunov vector), the batch follows.
-    Each factor is computed on the batch rows straight into its buffer, and
-    only the extra rows are copied.
+    The first rows repeat batch rows (the profile's ``profile_rows`` rows
+    ``0 .. R-1``, then row 0 for each of the ``lyapunov_rows`` Lyapunov
+    vectors), the batch follows. Each factor is computed on the batch rows
+    straight into its buffer, and only the first rows are copied.
     """
 
-    def __init__(self, run: DirectionRun, start: int, stop: int, extra: Tensor, dead: Tensor | None = None) -> None:
+    def __init__(
+        self, run: DirectionRun, start: int, stop: int, profile_rows: int, lyapunov_rows: int, dead: Tensor | None = None
+    ) -> None:
         """``dead``: ``[span, B]``, the batch rows not alive at those steps (packed input). The sweep does not
         step them; only ``keep_n``, read for the input gradient of every row, is zero there."""
         batch = run.h.shape[1]
-        self._span, self._batch, self._extra = stop - start, batch, extra
+        self._span, self._batch = stop - start, batch
+        self._profile, self._extra = profile_rows, profile_rows + lyapunov_rows
         if run.mode == "LSTM":
             assert run.activations is not None and run.c is not None and run.tanh_c is not None
             act = run.activations[start:stop]
@@ -434,12 +437,13 @@ class _Factors:
 
     def _buffer(self, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """A ``[span, rows, width]`` factor and its batch rows."""
-        buffer = like.new_empty(self._span, len(self._extra) + self._batch, width)
-        return buffer, buffer[:, len(self._extra) :]
+        buffer = like.new_empty(self._span, self._extra + self._batch, width)
+        return buffer, buffer[:, self._extra :]
 
     def _fill(self, buffer: Tensor) -> Tensor:
-        if len(self._extra):
-            buffer[:, : len(self._extra)] = buffer[:, len(self._extra) :].index_select(1, self._extra)
+        r, e = self._profile, self._extra
+        buffer[:, :r] = buffer[:, e : e + r]  # two slice copies: cheaper than one index_select here
+        buffer[:, r:e] = buffer[:, e : e + 1]
         return buffer
 
 
@@ -478,7 +482,8 @@ class _LyapunovPeriods:
         self.last = done
         if not self.adapt:
             return
-        lowest, highest = torch.stack([upper.diagonal().abs().min(), upper.diagonal().abs().max()]).tolist()
+        sizes = [abs(value) for value in upper.diagonal().tolist()]
+        lowest, highest = min(sizes), max(sizes)
         if not (lowest > 0 and math.isfinite(highest)):
             self.period = 1
             return
@@ -552,7 +557,6 @@ def sweep(
     # rows: the profile's r, the k Lyapunov vectors, then the batch (a packed step's alive rows are a prefix)
     e = r + k
     lyap = slice(r, e)
-    extra = torch.cat([torch.arange(r), torch.zeros(k, dtype=torch.long)]).to(run.h.device)
     rows = e + batch
     dtype, device = run.h.dtype, run.h.device
     direct = run.chronological(direct.to(dtype)) if direct is not None else None
@@ -580,7 +584,7 @@ def sweep(
     for stop in range(steps, 0, -CHUNK_STEPS):
         first = max(0, stop - CHUNK_STEPS)
         span = stop - first
-        factors = _Factors(run, first, stop, extra, dead[first:stop] if dead is not None else None)
+        factors = _Factors(run, first, stop, r, k, dead[first:stop] if dead is not None else None)
         # local j holds the cotangent of the state after step first + j - 1; j = span is carried in
         v = run.h.new_zeros(span + 1, rows, size)
         v[span] = carry

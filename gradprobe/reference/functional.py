@@ -354,13 +354,17 @@ class Linearization:
         w = self.w
         if self.mode == "LSTM":
             u_h, u_c = u[:, : self.out_size], u[:, self.out_size :]
-            hidden = u_c.shape[1]
-            d_i, d_f, d_g, d_o = (u_h.matmul(w.weight_hh.t()) * self._dgates[rows]).split(hidden, dim=1)
-            dc = torch.addcmul(d_i + d_f + d_g, self._f[rows], u_c)
-            dh = torch.addcmul(d_o, self._through_c[rows], dc)
-            if w.weight_hr is not None:
-                dh = dh.matmul(w.weight_hr.t())
-            return torch.cat([dh, dc], dim=1)
+            rows_n, hidden = u_c.shape
+            gates = (u_h.matmul(w.weight_hh.t()) * self._dgates[rows]).view(rows_n, 4, hidden)
+            if w.weight_hr is not None or torch.is_grad_enabled():  # out= is not differentiable
+                dc = torch.addcmul(gates[:, :3].sum(dim=1), self._f[rows], u_c)
+                dh = torch.addcmul(gates[:, 3], self._through_c[rows], dc)
+                dh = dh.matmul(w.weight_hr.t()) if w.weight_hr is not None else dh
+                return torch.cat([dh, dc], dim=1)
+            out = u.new_empty(rows_n, 2 * hidden)  # (dh, dc) written in place: no concatenation
+            dc = torch.addcmul(gates[:, :3].sum(dim=1), self._f[rows], u_c, out=out[:, hidden:])
+            torch.addcmul(gates[:, 3], self._through_c[rows], dc, out=out[:, :hidden])
+            return out
         if self.mode == "GRU":
             d = u.matmul(w.weight_hh.t())
             d_r, d_z, d_hn = d.chunk(3, dim=1)
@@ -382,7 +386,12 @@ class Linearization:
             v_raw = v_h.matmul(w.weight_hr) if w.weight_hr is not None else v_h
             v_c = torch.addcmul(v_c, v_raw, self._through_c[rows])
             v_gates = torch.cat([v_c, v_c, v_c, v_raw], dim=1).mul_(self._dgates[rows])
-            return torch.cat([v_gates.matmul(w.weight_hh), v_c * self._f[rows]], dim=1), v_gates
+            if torch.is_grad_enabled():  # out= is not differentiable
+                return torch.cat([v_gates.matmul(w.weight_hh), v_c * self._f[rows]], dim=1), v_gates
+            out = v.new_empty(v.shape[0], v_h.shape[1] + v_c.shape[1])  # (state h, state c) written in place
+            torch.mm(v_gates, w.weight_hh, out=out[:, : v_h.shape[1]])
+            torch.mul(v_c, self._f[rows], out=out[:, v_h.shape[1] :])
+            return out, v_gates
         if self.mode == "GRU":
             v_n = v * (1 - self._z[rows]) * self._dn[rows]
             v_r = v_n * self._hn[rows] * self._dr[rows]
