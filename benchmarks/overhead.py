@@ -43,8 +43,11 @@ class Model(nn.Module):
         return self.head(self.rnn(x)[0])
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe: gradprobe.Probe | None = None) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+def make_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe: gradprobe.Probe | None = None, opt: torch.optim.Optimizer | None = None
+) -> Callable[[], None]:
+    """One SGD step; ``probe.step(loss)`` after backward when a probe is given."""
+    opt = opt if opt is not None else torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def step() -> None:
         loss = nn.functional.mse_loss(model(x), y)
@@ -62,13 +65,7 @@ def make_hooked_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **optio
     reads the gradients at the end of backward and again at the optimizer step)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     probe = gradprobe.attach(model, optimizer=opt, config={}, **options)  # type: ignore[arg-type]
-
-    def step() -> None:
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, probe
+    return make_step(model, x, y, None, opt), probe
 
 
 def anomaly(step: Callable[[], None]) -> Callable[[], None]:

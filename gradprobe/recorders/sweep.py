@@ -635,7 +635,7 @@ def sweep(
         carry = states[0]
     grad_norms = run.chronological(grad_sq.sqrt())
     profile = profile_sq.sqrt().mean(-1).flip(0)  # profile[k]: k steps back from the last state
-    lyapunov = periods.exponents(steps) if k else []
+    lyapunov = periods.exponents(steps)  # empty without Lyapunov vectors (k = 0)
     grads_in = run.chronological(input_grads) if input_grads is not None else None
     return SweepResult(grad_norms.tolist(), profile.tolist(), lyapunov), grads_in
 

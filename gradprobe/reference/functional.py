@@ -253,6 +253,11 @@ def unflatten_state(mode: str, flat: Tensor, hidden_size: int, proj_size: int = 
 # --------------------------------------------------------------------------
 
 
+def _columns(out: Tensor | None, start: int, stop: int | None) -> Tensor | None:
+    """Columns ``start:stop`` of ``out`` to write a result into, or ``None`` (a new tensor) without ``out``."""
+    return out[:, start:stop] if out is not None else None
+
+
 class Linearization:
     """The step ``S_t = step(x_proj, S_{t-1})`` linearized at many rows at once.
 
@@ -356,15 +361,15 @@ class Linearization:
             u_h, u_c = u[:, : self.out_size], u[:, self.out_size :]
             rows_n, hidden = u_c.shape
             gates = (u_h.matmul(w.weight_hh.t()) * self._dgates[rows]).view(rows_n, 4, hidden)
-            if w.weight_hr is not None or torch.is_grad_enabled():  # out= is not differentiable
-                dc = torch.addcmul(gates[:, :3].sum(dim=1), self._f[rows], u_c)
-                dh = torch.addcmul(gates[:, 3], self._through_c[rows], dc)
-                dh = dh.matmul(w.weight_hr.t()) if w.weight_hr is not None else dh
-                return torch.cat([dh, dc], dim=1)
-            out = u.new_empty(rows_n, 2 * hidden)  # (dh, dc) written in place: no concatenation
-            dc = torch.addcmul(gates[:, :3].sum(dim=1), self._f[rows], u_c, out=out[:, hidden:])
-            torch.addcmul(gates[:, 3], self._through_c[rows], dc, out=out[:, :hidden])
-            return out
+            # (dh, dc) written in place, with no concatenation, unless a projection follows or a gradient is
+            # recorded (out= is not differentiable)
+            out = u.new_empty(rows_n, 2 * hidden) if w.weight_hr is None and not torch.is_grad_enabled() else None
+            dc = torch.addcmul(gates[:, :3].sum(dim=1), self._f[rows], u_c, out=_columns(out, hidden, None))
+            dh = torch.addcmul(gates[:, 3], self._through_c[rows], dc, out=_columns(out, 0, hidden))
+            if out is not None:
+                return out
+            dh = dh.matmul(w.weight_hr.t()) if w.weight_hr is not None else dh
+            return torch.cat([dh, dc], dim=1)
         if self.mode == "GRU":
             d = u.matmul(w.weight_hh.t())
             d_r, d_z, d_hn = d.chunk(3, dim=1)
@@ -386,12 +391,11 @@ class Linearization:
             v_raw = v_h.matmul(w.weight_hr) if w.weight_hr is not None else v_h
             v_c = torch.addcmul(v_c, v_raw, self._through_c[rows])
             v_gates = torch.cat([v_c, v_c, v_c, v_raw], dim=1).mul_(self._dgates[rows])
-            if torch.is_grad_enabled():  # out= is not differentiable
-                return torch.cat([v_gates.matmul(w.weight_hh), v_c * self._f[rows]], dim=1), v_gates
-            out = v.new_empty(v.shape[0], v_h.shape[1] + v_c.shape[1])  # (state h, state c) written in place
-            torch.mm(v_gates, w.weight_hh, out=out[:, : v_h.shape[1]])
-            torch.mul(v_c, self._f[rows], out=out[:, v_h.shape[1] :])
-            return out, v_gates
+            # (state h, state c) written in place unless a gradient is recorded (out= is not differentiable)
+            out = None if torch.is_grad_enabled() else v.new_empty(v.shape[0], v_h.shape[1] + v_c.shape[1])
+            state_h = torch.mm(v_gates, w.weight_hh, out=_columns(out, 0, v_h.shape[1]))
+            state_c = torch.mul(v_c, self._f[rows], out=_columns(out, v_h.shape[1], None))
+            return (out if out is not None else torch.cat([state_h, state_c], dim=1)), v_gates
         if self.mode == "GRU":
             v_n = v * (1 - self._z[rows]) * self._dn[rows]
             v_r = v_n * self._hn[rows] * self._dr[rows]
