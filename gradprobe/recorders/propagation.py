@@ -21,6 +21,7 @@ rows that are alive at every step, linearized once per track
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -308,6 +309,14 @@ FLAT_TOLERANCE = 1e-3
 FIT_POINTS = 400
 
 
+@functools.lru_cache(maxsize=8)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every index pair ``i < j`` below ``n`` (``np.triu_indices``, kept: the fit runs once per track and deep step)."""
+    i, j = np.triu_indices(n, k=1)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
+
+
 def robust_slope(ks: Sequence[float], values: Sequence[float]) -> float | None:
     """Theil-Sen slope: the median of the pairwise slopes (robust to outlying points)."""
     x = np.asarray(ks, dtype=np.float64)
@@ -317,7 +326,7 @@ def robust_slope(ks: Sequence[float], values: Sequence[float]) -> float | None:
     if x.size > FIT_POINTS:
         pick = np.unique(np.linspace(0, x.size - 1, FIT_POINTS).round().astype(int))
         x, y = x[pick], y[pick]
-    i, j = np.triu_indices(x.size, k=1)
+    i, j = _pairs(x.size)
     dx = x[j] - x[i]
     keep = dx != 0
     if not keep.any():

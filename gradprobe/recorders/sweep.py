@@ -432,7 +432,7 @@ class _Factors:
             if fn.is_relu(run.mode):  # an (leaky) ReLU output has the sign of its pre-activation
                 main.copy_(fn._relu_slope(y, run.mode == "RNN_LEAKY_RELU"))
             else:
-                torch.addcmul(torch.ones_like(y), y, y, value=-1, out=main)
+                torch.addcmul(y.new_ones(()), y, y, value=-1, out=main)  # 1 - y^2, the one broadcast
             self.slope = self._fill(slope).unbind(0)
 
     def _buffer(self, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -467,7 +467,10 @@ class _LyapunovPeriods:
         self.adapt = device.type == "cpu" and LYAPUNOV_MAX_EVERY > LYAPUNOV_EVERY
         self.period = LYAPUNOV_EVERY
         self.last = 0  # steps swept at the last QR step
-        self.uppers: list[Tensor] = []  # the R factors, in processing order back from the end
+        # the diagonals of the R factors, in processing order back from the end: read back on the CPU, where the
+        # periods adapt, else kept on the device
+        self.read: list[list[float]] = []
+        self.kept: list[Tensor] = []
         self.covered: list[int] = []  # steps each of them covers
 
     def due(self, done: int, steps: int) -> bool:
@@ -477,12 +480,13 @@ class _LyapunovPeriods:
     def add(self, upper: Tensor, done: int) -> None:
         """Keep the R factor of the QR step after the ``done``-th swept step and choose the next period."""
         span = done - self.last
-        self.uppers.append(upper)
         self.covered.append(span)
         self.last = done
         if not self.adapt:
+            self.kept.append(upper.diagonal())
             return
-        sizes = [abs(value) for value in upper.diagonal().tolist()]
+        self.read.append(upper.diagonal().tolist())
+        sizes = [abs(value) for value in self.read[-1]]
         lowest, highest = min(sizes), max(sizes)
         if not (lowest > 0 and math.isfinite(highest)):
             self.period = 1
@@ -498,12 +502,15 @@ class _LyapunovPeriods:
         while burn < len(self.covered) and dropped < steps // 10:
             dropped += self.covered[burn]
             burn += 1
-        if len(self.uppers) <= burn:
+        if len(self.covered) <= burn:
             return []
-        diagonals = torch.stack(self.uppers[burn:]).diagonal(dim1=-2, dim2=-1)
         tiny = torch.finfo(torch.float64).tiny
-        per_step = diagonals.double().abs().clamp_min(tiny).log().sum(dim=0) / (steps - dropped)
-        return per_step.sort(descending=True).values.tolist()
+        if self.adapt:  # already read back: a few hundred numbers, cheaper in Python than as tensor operations
+            sums = [math.fsum(math.log(max(abs(value), tiny)) for value in column) for column in zip(*self.read[burn:])]
+            # largest first, NaN before all (as torch sorts)
+            return sorted((total / (steps - dropped) for total in sums), key=lambda v: (not math.isnan(v), -v))
+        logs = torch.stack(self.kept[burn:]).double().abs().clamp_min(tiny).log()
+        return (logs.sum(dim=0) / (steps - dropped)).sort(descending=True).values.tolist()
 
 
 def _whole(t: Tensor) -> Tensor:
@@ -593,9 +600,14 @@ def sweep(
             v[lo - first : span, e:, :out_size] = direct[lo - 1 : stop - 1]
         states = v.unbind(0)
         hs, cs = v[..., :out_size].unbind(0), v[..., out_size:].unbind(0)
-        new_gate_grads = run.h.new_zeros if sizes is not None else run.h.new_empty  # packed: dead rows get none
-        gate_grads = new_gate_grads(span, batch, w.weight_ih.shape[0]) if input_grads is not None else None
-        grads_out = gate_grads.unbind(0) if gate_grads is not None else ()
+        # the pre-activation cotangents of every row, written in place step by step; the batch's are the
+        # gradient of the layer input (packed: rows that do not step get none)
+        gate_grads: Tensor | None = None
+        deltas: tuple[Tensor, ...] = ()
+        if input_grads is not None:
+            new_deltas = run.h.new_zeros if sizes is not None else run.h.new_empty
+            all_deltas = new_deltas(span, rows, w.weight_hh.shape[0])
+            deltas, gate_grads = all_deltas.unbind(0), all_deltas[:, e:]
         for j in range(span - 1, -1, -1):
             n = rows if sizes is None else e + sizes[first + j]  # rows that step (the rest step with the identity)
             if n < rows:
@@ -605,17 +617,16 @@ def sweep(
             if mode == "LSTM":
                 raw = vh.matmul(w.weight_hr) if w.weight_hr is not None else vh
                 vc = torch.addcmul(cut(cs[j + 1]), raw, cut(factors.through_c[j]))
-                delta = torch.cat([vc, vc, vc, raw], dim=1).mul_(cut(factors.dgates[j]))
+                # concatenated, then scaled in place: cheaper here than two strided products
+                delta = torch.cat([vc, vc, vc, raw], dim=1, out=cut(deltas[j]) if deltas else None).mul_(cut(factors.dgates[j]))
                 into.addmm_(delta, w.weight_hh)
                 cut(cs[j]).addcmul_(vc, cut(factors.forget[j]))
             elif mode == "GRU":
-                delta = (vh.unsqueeze(1) * cut(factors.to_hidden[j])).flatten(1)
-                into.addmm_(delta, w.weight_hh).addcmul_(vh, cut(factors.update[j]))
+                by_part = torch.mul(vh.unsqueeze(1), cut(factors.to_hidden[j]), out=cut(deltas[j]).view(n, 3, -1) if deltas else None)
+                into.addmm_(by_part.flatten(1), w.weight_hh).addcmul_(vh, cut(factors.update[j]))
             else:
-                delta = vh * cut(factors.slope[j])
+                delta = torch.mul(vh, cut(factors.slope[j]), out=cut(deltas[j]) if deltas else None)
                 into.addmm_(delta, w.weight_hh)
-            if grads_out:
-                grads_out[j][: n - e].copy_(delta[e:])
             done = steps - first - j  # steps swept so far, this one included
             if k and periods.due(done, steps):  # re-orthonormalize: Q R = (J^T ...) Q
                 block = states[j][lyap]
