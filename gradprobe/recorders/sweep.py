@@ -467,10 +467,7 @@ class _LyapunovPeriods:
         self.adapt = device.type == "cpu" and LYAPUNOV_MAX_EVERY > LYAPUNOV_EVERY
         self.period = LYAPUNOV_EVERY
         self.last = 0  # steps swept at the last QR step
-        # the diagonals of the R factors, in processing order back from the end: read back on the CPU, where the
-        # periods adapt, else kept on the device
-        self.read: list[list[float]] = []
-        self.kept: list[Tensor] = []
+        self.diagonals: list[Tensor] = []  # of the R factors, in processing order back from the end
         self.covered: list[int] = []  # steps each of them covers
 
     def due(self, done: int, steps: int) -> bool:
@@ -482,11 +479,10 @@ class _LyapunovPeriods:
         span = done - self.last
         self.covered.append(span)
         self.last = done
+        self.diagonals.append(upper.diagonal())
         if not self.adapt:
-            self.kept.append(upper.diagonal())
             return
-        self.read.append(upper.diagonal().tolist())
-        sizes = [abs(value) for value in self.read[-1]]
+        sizes = [abs(value) for value in self.diagonals[-1].tolist()]
         lowest, highest = min(sizes), max(sizes)
         if not (lowest > 0 and math.isfinite(highest)):
             self.period = 1
@@ -505,11 +501,7 @@ class _LyapunovPeriods:
         if len(self.covered) <= burn:
             return []
         tiny = torch.finfo(torch.float64).tiny
-        if self.adapt:  # already read back: a few hundred numbers, cheaper in Python than as tensor operations
-            sums = [math.fsum(math.log(max(abs(value), tiny)) for value in column) for column in zip(*self.read[burn:])]
-            # largest first, NaN before all (as torch sorts)
-            return sorted((total / (steps - dropped) for total in sums), key=lambda v: (not math.isnan(v), -v))
-        logs = torch.stack(self.kept[burn:]).double().abs().clamp_min(tiny).log()
+        logs = torch.stack(self.diagonals[burn:]).double().abs().clamp_min(tiny).log()
         return (logs.sum(dim=0) / (steps - dropped)).sort(descending=True).values.tolist()
 
 
@@ -614,18 +606,19 @@ def sweep(
                 states[j][n:] += states[j + 1][n:]
             cut: Callable[[Tensor], Tensor] = _whole if n == rows else _prefix(n)
             vh, into = cut(hs[j + 1]), cut(hs[j])
+            out = cut(deltas[j]) if deltas else None  # where this step's pre-activation cotangents go, if kept
             if mode == "LSTM":
                 raw = vh.matmul(w.weight_hr) if w.weight_hr is not None else vh
                 vc = torch.addcmul(cut(cs[j + 1]), raw, cut(factors.through_c[j]))
                 # concatenated, then scaled in place: cheaper here than two strided products
-                delta = torch.cat([vc, vc, vc, raw], dim=1, out=cut(deltas[j]) if deltas else None).mul_(cut(factors.dgates[j]))
+                delta = torch.cat([vc, vc, vc, raw], dim=1, out=out).mul_(cut(factors.dgates[j]))
                 into.addmm_(delta, w.weight_hh)
                 cut(cs[j]).addcmul_(vc, cut(factors.forget[j]))
             elif mode == "GRU":
-                by_part = torch.mul(vh.unsqueeze(1), cut(factors.to_hidden[j]), out=cut(deltas[j]).view(n, 3, -1) if deltas else None)
+                by_part = torch.mul(vh.unsqueeze(1), cut(factors.to_hidden[j]), out=out.view(n, 3, -1) if out is not None else None)
                 into.addmm_(by_part.flatten(1), w.weight_hh).addcmul_(vh, cut(factors.update[j]))
             else:
-                delta = torch.mul(vh, cut(factors.slope[j]), out=cut(deltas[j]) if deltas else None)
+                delta = torch.mul(vh, cut(factors.slope[j]), out=out)
                 into.addmm_(delta, w.weight_hh)
             done = steps - first - j  # steps swept so far, this one included
             if k and periods.due(done, steps):  # re-orthonormalize: Q R = (J^T ...) Q
