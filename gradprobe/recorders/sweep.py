@@ -602,7 +602,7 @@ def sweep(
         v_h = run.h.new_zeros(span + 1, rows, out_size)
         v_c = run.h.new_zeros(span + 1, rows, cell) if cell else None
         v_h[span] = carry_h
-        if v_c is not None:
+        if v_c is not None and carry_c is not None:
             v_c[span] = carry_c
         if direct is not None and stop > 1:
             lo = max(first, 1)
