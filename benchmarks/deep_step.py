@@ -8,6 +8,7 @@ measures, in a fresh process per configuration, the peak resident memory of a
 plain step and the extra peak of a deep step.
 
     python benchmarks/deep_step.py [--threads 1] [--repeats 5] [--grid default|quick|full] [--memory] [--lyapunov-k 4]
+                                   [--compare-k 0]
 """
 
 from __future__ import annotations
@@ -61,27 +62,45 @@ def ratios(
     kind: str, hidden: int, steps: int, layers: int, bidirectional: bool, repeats: int, lyapunov_k: int = 4
 ) -> tuple[list[float], float]:
     """Per-pair deep/plain ratios and the median plain step in seconds."""
+    by_k, plain = ratios_by_k(kind, hidden, steps, layers, bidirectional, repeats, (lyapunov_k,))
+    return by_k[lyapunov_k], plain
+
+
+def ratios_by_k(
+    kind: str, hidden: int, steps: int, layers: int, bidirectional: bool, repeats: int, ks: tuple[int, ...]
+) -> tuple[dict[int, list[float]], float]:
+    """Per-round deep/plain ratios for each ``lyapunov_k`` in ``ks`` (one probed model each, all stepped in
+    every round right after one plain step), and the median plain step in seconds."""
     torch.manual_seed(0)
     x = torch.randn(steps, BATCH, hidden)
     y = torch.randn(steps, BATCH, 1)
     plain_model = Model(kind, hidden, layers, bidirectional)
-    deep_model = Model(kind, hidden, layers, bidirectional)
-    probe = gradprobe.attach(deep_model, every=1, config={}, lyapunov_k=lyapunov_k)
-    plain, deep = make_step(plain_model, x, y, None), make_step(deep_model, x, y, probe)
-    for fn in (plain, deep, plain, deep):  # warm-up, including the first deep step's one-off costs
-        fn()
-    pairs, plain_times = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    plain = make_step(plain_model, x, y, None)
+    probed = {}
+    for k in ks:
+        model = Model(kind, hidden, layers, bidirectional)
+        model.load_state_dict(plain_model.state_dict())
+        probe = gradprobe.attach(model, every=1, config={}, lyapunov_k=k)
+        probed[k] = (make_step(model, x, y, probe), probe)
+    for _ in range(2):  # warm-up, including the first deep step's one-off costs
         plain()
-        middle = time.perf_counter()
-        deep()
-        end = time.perf_counter()
-        pairs.append((end - middle) / (middle - start))
-        plain_times.append(middle - start)
-    probe.close()
-    assert probe.error is None, probe.error
-    return pairs, statistics.median(plain_times)
+        for deep, _probe in probed.values():
+            deep()
+    by_k: dict[int, list[float]] = {k: [] for k in ks}
+    plain_times = []
+    for _ in range(repeats):
+        for k, (deep, _probe) in probed.items():
+            start = time.perf_counter()
+            plain()
+            middle = time.perf_counter()
+            deep()
+            end = time.perf_counter()
+            by_k[k].append((end - middle) / (middle - start))
+            plain_times.append(middle - start)
+    for _deep, probe in probed.values():
+        probe.close()
+        assert probe.error is None, probe.error
+    return by_k, statistics.median(plain_times)
 
 
 def memory(kind: str, hidden: int, steps: int, layers: int, bidirectional: bool) -> dict[str, float]:
@@ -113,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", choices=("quick", "default", "full"), default="default")
     parser.add_argument("--memory", action="store_true", help="also measure the deep step's extra peak memory")
     parser.add_argument("--lyapunov-k", type=int, default=4, help="Lyapunov exponents per track (the probe's default: 4; 0: off)")
+    parser.add_argument(
+        "--compare-k", type=int, help="also a probe with this lyapunov_k, stepped in the same rounds: the spectrum's cost per row"
+    )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -121,12 +143,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"B={BATCH}, threads={torch.get_num_threads()}, torch {torch.__version__}, {args.repeats} interleaved pairs, "
           f"lyapunov_k={args.lyapunov_k}\n")
-    print("| layer | H | T | plain step | deep / plain: min | median | max |" + (" plain peak | deep extra |" if args.memory else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.memory else ""))
+    compare = f" median with lyapunov_k={args.compare_k} |" if args.compare_k is not None else ""
+    print("| layer | H | T | plain step | deep / plain: min | median | max |" + compare + (" plain peak | deep extra |" if args.memory else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if compare else "") + ("---|---|" if args.memory else ""))
+    ks = (args.lyapunov_k,) if args.compare_k is None else (args.lyapunov_k, args.compare_k)
     for kind, hidden, steps, layers, bidirectional in grid(args.grid):
-        pairs, plain = ratios(kind, hidden, steps, layers, bidirectional, args.repeats, args.lyapunov_k)
+        by_k, plain = ratios_by_k(kind, hidden, steps, layers, bidirectional, args.repeats, ks)
+        pairs = by_k[args.lyapunov_k]
         label = kind + (f" x{layers}" if layers > 1 else "") + (" bi" if bidirectional else "")
         row = f"| {label} | {hidden} | {steps} | {plain * 1e3:.1f} ms | {min(pairs):.2f}x | {statistics.median(pairs):.2f}x | {max(pairs):.2f}x |"
+        if args.compare_k is not None:
+            row += f" {statistics.median(by_k[args.compare_k]):.2f}x |"
         if args.memory:
             spec = json.dumps([kind, hidden, steps, layers, bidirectional])
             out = subprocess.run(
