@@ -649,10 +649,10 @@ def sweep(
         if dead is not None:
             squares.masked_fill_(dead[first:stop], 0)  # a row's h_t exists only where it is alive
         grad_sq[first:stop] = squares.sum(dim=1)
-        profile = v_h[1:, :r].pow(2).sum(-1, dtype=torch.float64)
+        chunk_profile_sq = v_h[1:, :r].pow(2).sum(-1, dtype=torch.float64)
         if v_c is not None:
-            profile += v_c[1:, :r].pow(2).sum(-1, dtype=torch.float64)
-        profile_sq[first:stop] = profile
+            chunk_profile_sq += v_c[1:, :r].pow(2).sum(-1, dtype=torch.float64)
+        profile_sq[first:stop] = chunk_profile_sq
         if gate_grads is not None and input_grads is not None:
             if mode == "GRU":
                 # the input's n pre-activation is outside the reset product: its cotangent is v (1 - z)(1 - n^2)
