@@ -59,14 +59,6 @@ def grid(name: str) -> list[tuple[str, int, int, int, bool]]:
 
 
 def ratios(
-    kind: str, hidden: int, steps: int, layers: int, bidirectional: bool, repeats: int, lyapunov_k: int = 4
-) -> tuple[list[float], float]:
-    """Per-pair deep/plain ratios and the median plain step in seconds."""
-    by_k, plain = ratios_by_k(kind, hidden, steps, layers, bidirectional, repeats, (lyapunov_k,))
-    return by_k[lyapunov_k], plain
-
-
-def ratios_by_k(
     kind: str, hidden: int, steps: int, layers: int, bidirectional: bool, repeats: int, ks: tuple[int, ...]
 ) -> tuple[dict[int, list[float]], float]:
     """Per-round deep/plain ratios for each ``lyapunov_k`` in ``ks`` (one probed model each, all stepped in
@@ -148,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|" + ("---|" if compare else "") + ("---|---|" if args.memory else ""))
     ks = (args.lyapunov_k,) if args.compare_k is None else (args.lyapunov_k, args.compare_k)
     for kind, hidden, steps, layers, bidirectional in grid(args.grid):
-        by_k, plain = ratios_by_k(kind, hidden, steps, layers, bidirectional, args.repeats, ks)
+        by_k, plain = ratios(kind, hidden, steps, layers, bidirectional, args.repeats, ks)
         pairs = by_k[args.lyapunov_k]
         label = kind + (f" x{layers}" if layers > 1 else "") + (" bi" if bidirectional else "")
         row = f"| {label} | {hidden} | {steps} | {plain * 1e3:.1f} ms | {min(pairs):.2f}x | {statistics.median(pairs):.2f}x | {max(pairs):.2f}x |"
