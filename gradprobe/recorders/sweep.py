@@ -63,14 +63,20 @@ from gradprobe.reference.functional import LayerWeights
 SWEEP_DTYPES = frozenset({torch.float32, torch.float64})
 #: Time steps whose activations are expanded at once in the backward sweep (bounds its temporaries).
 CHUNK_STEPS = 64
-#: Steps between two QR re-orthonormalizations of the Lyapunov vectors: the first period, and every period
-#: off the CPU (see :class:`_LyapunovPeriods`).
+#: Steps between two QR re-orthonormalizations of the Lyapunov vectors off the CPU, where the period cannot
+#: adapt (see :class:`_LyapunovPeriods`).
 LYAPUNOV_EVERY = 2
+#: The first period on the CPU: it is dropped with the burn-in, so a spread beyond :data:`LYAPUNOV_SPREAD`
+#: within it costs no accuracy.
+LYAPUNOV_FIRST = 4
 #: Longest period between two QR steps on the CPU, where periods adapt to how fast the vectors pull apart.
-LYAPUNOV_MAX_EVERY = 8
+LYAPUNOV_MAX_EVERY = 32
 #: Largest growth ratio between the Lyapunov vectors allowed to build up within one period (its float32
 #: rounding, ``1e3 * 6e-8``, stays far below what the exponents are read to).
 LYAPUNOV_SPREAD = 1e3
+#: Largest factor by which one Lyapunov vector may grow or shrink within one period (far from float32's
+#: range, ``1e38``, and its subnormals below ``1e-38``).
+LYAPUNOV_RANGE = 1e10
 
 
 @dataclass
@@ -453,61 +459,94 @@ class _Factors:
 
 
 class _LyapunovPeriods:
-    """When the backward sweep re-orthonormalizes its Lyapunov vectors, and which QR steps the burn-in drops.
+    """When the backward sweep re-orthonormalizes its Lyapunov vectors, and the exponents from its QR steps.
 
     Between two QR steps the vectors grow at their own rates; the QR must come
-    before the fastest outgrows the slowest beyond floating-point resolution,
-    and it is most of the spectrum's cost. After each QR step the ratio of the
-    largest to the smallest ``|R_ii|`` gives how fast they pulled apart per
-    step, and the next period lets them pull apart by at most
-    :data:`LYAPUNOV_SPREAD`, growing at most twofold and shrinking at once
-    (down to one step). On the CPU that costs one tiny read-back per QR step;
-    elsewhere, where a read-back would stall the device's queue, the period
-    stays at :data:`LYAPUNOV_EVERY`. The exponents do not depend on the periods:
-    the diagonal of a product of triangular factors is the product of their
-    diagonals.
+    before the fastest outgrows the slowest beyond floating-point resolution
+    (or any of them leaves it), and each costs ~25 µs on the CPU. After each QR
+    step the ratio of the largest to the smallest ``|R_ii|`` gives how fast
+    they pulled apart per step, and the next period lets them pull apart by at most
+    :data:`LYAPUNOV_SPREAD` and grow or shrink by at most
+    :data:`LYAPUNOV_RANGE`, growing at most twofold and shrinking at once
+    (down to one step), from :data:`LYAPUNOV_FIRST` up to
+    :data:`LYAPUNOV_MAX_EVERY`. On the CPU that costs one tiny read-back per QR
+    step, which also gives the exponents; elsewhere, where a read-back would
+    stall the device's queue, the period stays at :data:`LYAPUNOV_EVERY` and
+    the diagonals are read once at the end. The exponents do not depend on the
+    periods: the diagonal of a product of triangular factors is the product of
+    their diagonals.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, steps: int) -> None:
+        self.steps = steps
         self.adapt = device.type == "cpu" and LYAPUNOV_MAX_EVERY > LYAPUNOV_EVERY
-        self.period = LYAPUNOV_EVERY
+        self.period = min(LYAPUNOV_FIRST, LYAPUNOV_MAX_EVERY) if self.adapt else LYAPUNOV_EVERY
         self.last = 0  # steps swept at the last QR step
-        self.diagonals: list[Tensor] = []  # of the R factors, in processing order back from the end
-        self.covered: list[int] = []  # steps each of them covers
+        self.covered: list[int] = []  # steps each QR step covers
+        # not adapting: the R factors' diagonals, in processing order back from the end, read at the end
+        self.diagonals: list[Tensor] = []
+        # adapting: log |R_ii| summed over the steps after the burn-in
+        self.log_sums: list[float] = []
+        self.dropped = 0  # steps the burn-in dropped so far
 
-    def due(self, done: int, steps: int) -> bool:
+    def due(self, done: int) -> bool:
         """Whether a QR step follows the ``done``-th swept step."""
-        return done - self.last >= self.period or done == steps
+        return done - self.last >= self.period or done == self.steps
 
     def add(self, upper: Tensor, done: int) -> None:
         """Keep the R factor of the QR step after the ``done``-th swept step and choose the next period."""
         span = done - self.last
         self.covered.append(span)
         self.last = done
-        self.diagonals.append(upper.diagonal())
         if not self.adapt:
+            self.diagonals.append(upper.diagonal())
             return
-        sizes = [abs(value) for value in self.diagonals[-1].tolist()]
+        sizes = [abs(value) for value in upper.diagonal().tolist()]
+        logs = [_log(size) for size in sizes]
+        if self.dropped < self.steps // 10:  # burn-in: the random start aligning with the dynamics
+            self.dropped += span
+        elif self.log_sums:
+            self.log_sums = [total + value for total, value in zip(self.log_sums, logs)]
+        else:
+            self.log_sums = logs
         lowest, highest = min(sizes), max(sizes)
         if not (lowest > 0 and math.isfinite(highest)):
             self.period = 1
             return
-        per_step = math.log(highest / lowest) / span
-        allowed = math.log(LYAPUNOV_SPREAD) / per_step if per_step > 0 else float(LYAPUNOV_MAX_EVERY)
-        self.period = max(1, min(int(allowed), 2 * self.period, LYAPUNOV_MAX_EVERY))
+        spread = max(logs) - min(logs)
+        change = max(abs(max(logs)), abs(min(logs)))
+        allowed = min(
+            span * math.log(LYAPUNOV_SPREAD) / spread if spread > 0 else math.inf,
+            span * math.log(LYAPUNOV_RANGE) / change if change > 0 else math.inf,
+        )
+        self.period = max(1, min(int(min(allowed, LYAPUNOV_MAX_EVERY)), 2 * self.period))
 
-    def exponents(self, steps: int) -> list[float]:
+    def exponents(self) -> list[float]:
         """``lambda_i = mean log |R_ii|`` over the steps after the burn-in (``steps // 10``, rounded up to whole
         periods), largest first; empty when no period is left."""
-        burn, dropped = 0, 0
-        while burn < len(self.covered) and dropped < steps // 10:
-            dropped += self.covered[burn]
-            burn += 1
-        if len(self.covered) <= burn:
-            return []
-        tiny = torch.finfo(torch.float64).tiny
-        logs = torch.stack(self.diagonals[burn:]).double().abs().clamp_min(tiny).log()
-        return (logs.sum(dim=0) / (steps - dropped)).sort(descending=True).values.tolist()
+        if self.adapt:
+            if not self.log_sums:
+                return []
+            means = [total / (self.steps - self.dropped) for total in self.log_sums]
+        else:
+            burn, dropped = 0, 0
+            while burn < len(self.covered) and dropped < self.steps // 10:
+                dropped += self.covered[burn]
+                burn += 1
+            if len(self.covered) <= burn:
+                return []
+            tiny = torch.finfo(torch.float64).tiny
+            logs = torch.stack(self.diagonals[burn:]).double().abs().clamp_min(tiny).log()
+            means = (logs.sum(dim=0) / (self.steps - dropped)).tolist()
+        return sorted(means, key=lambda v: -math.inf if math.isnan(v) else -v)  # NaN first, as torch sorts
+
+
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _log(size: float) -> float:
+    """``log(max(size, tiny))`` as torch computes it on a float64 tensor: NaN stays NaN, infinity infinite."""
+    return size if math.isnan(size) else math.log(max(size, _TINY))
 
 
 def _put_state(h: Tensor, c: Tensor | None, rows: slice, state: Tensor) -> None:
@@ -582,12 +621,12 @@ def sweep(
         carry_h[e:] += final_h.to(dtype)
     if final_c is not None and carry_c is not None:
         carry_c[e:] = final_c.to(dtype)
-    start = torch.randn(r, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    _put_state(carry_h, carry_c, slice(0, r), start / start.norm(dim=-1, keepdim=True).clamp_min(1e-30))
-    periods = _LyapunovPeriods(device)
-    if k:
-        q = torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype))[0]
-        _put_state(carry_h, carry_c, lyap, q.t())
+    start = torch.randn(r, size, generator=generator, dtype=torch.float64)
+    start /= start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    if k:  # the Lyapunov start, orthonormal
+        start = torch.cat([start, torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64))[0].t()])
+    _put_state(carry_h, carry_c, slice(0, e), start.to(device=device, dtype=dtype))
+    periods = _LyapunovPeriods(device, steps)
 
     sizes = run.sizes
     dead = torch.arange(batch, device=device) >= torch.tensor(sizes, device=device).unsqueeze(1) if sizes is not None else None
@@ -640,7 +679,7 @@ def sweep(
                 delta = torch.mul(vh, cut(factors.slope[j]), out=out)
                 into.addmm_(delta, w.weight_hh)
             done = steps - first - j  # steps swept so far, this one included
-            if k and periods.due(done, steps):  # re-orthonormalize: Q R = (J^T ...) Q
+            if k and periods.due(done):  # re-orthonormalize: Q R = (J^T ...) Q
                 block = hs[j][lyap] if not cs else torch.cat([hs[j][lyap], cs[j][lyap]], dim=1)
                 q, upper = torch.linalg.qr(block.t())
                 _put_state(hs[j], cs[j] if cs else None, lyap, q.t())
@@ -661,7 +700,7 @@ def sweep(
         carry_h, carry_c = hs[0], cs[0] if cs else None
     grad_norms = run.chronological(grad_sq.sqrt())
     profile = profile_sq.sqrt().mean(-1).flip(0)  # profile[k]: k steps back from the last state
-    lyapunov = periods.exponents(steps)  # empty without Lyapunov vectors (k = 0)
+    lyapunov = periods.exponents()  # empty without Lyapunov vectors (k = 0)
     grads_in = run.chronological(input_grads) if input_grads is not None else None
     return SweepResult(grad_norms.tolist(), profile.tolist(), lyapunov), grads_in
 

@@ -150,14 +150,38 @@ def _qr_steps(monkeypatch) -> list[int]:
     return spans
 
 
-def test_vectors_that_barely_pull_apart_are_re_orthonormalized_every_8_steps(monkeypatch):
-    """W = g Q: the vectors keep their relative sizes, so the QR period doubles up to its maximum, and the
-    exponents are still ln g."""
+def test_vectors_that_barely_pull_apart_are_re_orthonormalized_every_32_steps(monkeypatch):
+    """W = g Q: the vectors keep their relative sizes, so the QR period doubles from its first (4) up to its
+    maximum (32), and the exponents are still ln g."""
     spans = _qr_steps(monkeypatch)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
     spectrum = _spectrum(_linear_rnn(0.9 * q), 200)
     assert spectrum == pytest.approx([math.log(0.9)] * 4, abs=1e-9)
-    assert spans[:4] == [2, 4, 8, 8] and sum(spans) == 200 and len(spans) <= 200 // 8 + 3
+    assert spans[:5] == [4, 8, 16, 32, 32] and sum(spans) == 200 and len(spans) <= 200 // 32 + 4
+
+
+@pytest.mark.parametrize("limited", [True, False])
+def test_vectors_that_shrink_fast_are_re_orthonormalized_before_they_leave_single_precision(limited, monkeypatch):
+    """W = g Q (g = 0.02) in float32: every vector shrinks 50-fold per step, all alike (no spread). The period
+    stops at ln(1e10) / |ln g| = 5 steps; 32 steps (the range check switched off) take them to 1e-54, below
+    float32's smallest number, and lose the exponents."""
+    gain = 0.02
+    from gradprobe.recorders import sweep
+
+    if not limited:
+        monkeypatch.setattr(sweep, "LYAPUNOV_RANGE", math.inf)
+    spans = _qr_steps(monkeypatch)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    rnn = _linear_rnn(gain * q).float()
+    report = gradprobe.check(rnn, torch.zeros(300, 2, 1), config={}, lyapunov_k=4)
+    spectrum = report.layers["RNN.l0"].lyapunov
+    longest = int(math.log(1e10) / abs(math.log(gain)))
+    if limited:
+        assert max(spans[1:]) == longest and spans.count(longest) >= 300 // longest - 3
+        assert spectrum == pytest.approx([math.log(gain)] * 4, abs=5e-3)
+    else:
+        assert max(spans) == 32
+        assert not all(math.isfinite(v) and abs(v - math.log(gain)) < 0.5 for v in spectrum)
 
 
 @pytest.mark.parametrize("fixed_period", [None, 8])
@@ -178,7 +202,7 @@ def test_single_precision_exponents_far_apart_need_the_period_to_shrink(fixed_pe
     spectrum = report.layers["RNN.l0"].lyapunov
     expected = exponents.log().tolist()
     if fixed_period is None:
-        assert max(spans) == 2 and spans.count(1) >= 290  # one step from the first adaptation on
+        assert spans[0] == 4 and max(spans[1:]) == 1 and spans.count(1) >= 290  # one step after the first
         assert spectrum == pytest.approx(expected, abs=5e-3)
     else:
         assert max(abs(a - b) for a, b in zip(spectrum, expected)) > 1.0

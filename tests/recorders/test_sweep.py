@@ -101,13 +101,20 @@ def test_single_precision_large_layers_agree_with_the_autograd_replay(cls, monke
     ids=["lstm_proj", "gru", "rnn_relu"],
 )
 @pytest.mark.parametrize("output_known", [False, True], ids=["loop", "from_output"])
-def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known):
+@pytest.mark.parametrize(("lyapunov_k", "fixed_period"), [(0, None), (3, None), (3, 3)], ids=["k0", "k3", "k3_every3"])
+def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known, lyapunov_k, fixed_period, monkeypatch):
     """profile[k] = mean_b ||v_b^T J_T ... J_(T-k+1)|| with the sweep's own random v, Jacobians formed explicitly.
 
-    Both forward passes: the loop over time, and the one from the call's captured output.
+    Both forward passes: the loop over time, and the one from the call's captured output. Lyapunov vectors
+    swept alongside, re-orthonormalized in place (after 4, 12, 28 and 40 steps here, or every 3 steps as off
+    the CPU), leave the profile's rows as they are.
     """
+    if fixed_period is not None:
+        monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", fixed_period)
+        monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", fixed_period)
     torch.manual_seed(3)
-    x = torch.randn(9, 4, 3, dtype=torch.float64)
+    steps = 40
+    x = torch.randn(steps, 4, 3, dtype=torch.float64)
     with torch.no_grad():
         out, _ = module(x)
     twin = gradprobe.recorders.replay._twin_for(module)
@@ -116,7 +123,7 @@ def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known):
         call.outputs, call.output_version = [out], out._version
     assert (call.layer_output() is not None) == output_known
     params = {name: p.detach() for name, p in module.named_parameters()}
-    (measured,) = sweep.sweep_stack(twin, ["l0"], call, params, 2, 0, torch.Generator().manual_seed(5), head_rows=2)
+    (measured,) = sweep.sweep_stack(twin, ["l0"], call, params, 2, lyapunov_k, torch.Generator().manual_seed(5), head_rows=2)
     run = measured.run
     states = [run.h] if run.c is None else [run.h, run.c]
     size = sum(s.shape[-1] for s in states)
@@ -125,7 +132,7 @@ def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known):
     weights = run.weights
     x_proj = fn.project_input(run.mode, x[:, :2], weights)
     expected = [1.0]
-    for t in range(8, 0, -1):
+    for t in range(steps - 1, 0, -1):
         jac = fn.jacobian(run.mode, x_proj[t], tuple(s[t, :2] for s in states), weights)
         u = torch.einsum("bi,bij->bj", u, jac)
         expected.append(float(u.norm(dim=-1).mean()))
