@@ -66,7 +66,7 @@ CHUNK_STEPS = 64
 #: Steps between two QR re-orthonormalizations of the Lyapunov vectors off the CPU, where the period cannot
 #: adapt (see :class:`_LyapunovPeriods`).
 LYAPUNOV_EVERY = 2
-#: The first period on the CPU: it is dropped with the burn-in, so a spread beyond :data:`LYAPUNOV_SPREAD`
+#: The first period on the CPU: from 10 steps on it lies in the burn-in, so a spread beyond :data:`LYAPUNOV_SPREAD`
 #: within it costs no accuracy.
 LYAPUNOV_FIRST = 4
 #: Longest period between two QR steps on the CPU, where periods adapt to how fast the vectors pull apart.
@@ -490,8 +490,9 @@ class _LyapunovPeriods:
         self.dropped = 0  # steps the burn-in dropped so far
 
     def due(self, done: int) -> bool:
-        """Whether a QR step follows the ``done``-th swept step."""
-        return done - self.last >= self.period or done == self.steps
+        """Whether a QR step follows the ``done``-th swept step (always at the end of the burn-in, so that it
+        drops exactly ``steps // 10`` steps whatever the periods, and at the last step)."""
+        return done - self.last >= self.period or done == self.steps or done == self.steps // 10
 
     def add(self, upper: Tensor, done: int) -> None:
         """Keep the R factor of the QR step after the ``done``-th swept step and choose the next period."""
@@ -503,7 +504,7 @@ class _LyapunovPeriods:
             return
         sizes = [abs(value) for value in upper.diagonal().tolist()]
         logs = [_log(size) for size in sizes]
-        if self.dropped < self.steps // 10:  # burn-in: the random start aligning with the dynamics
+        if done <= self.steps // 10:  # burn-in: the random start aligning with the dynamics
             self.dropped += span
         elif self.log_sums:
             self.log_sums = [total + value for total, value in zip(self.log_sums, logs)]
@@ -522,15 +523,15 @@ class _LyapunovPeriods:
         self.period = max(1, min(int(min(allowed, LYAPUNOV_MAX_EVERY)), 2 * self.period))
 
     def exponents(self) -> list[float]:
-        """``lambda_i = mean log |R_ii|`` over the steps after the burn-in (``steps // 10``, rounded up to whole
-        periods), largest first; empty when no period is left."""
+        """``lambda_i = mean log |R_ii|`` over the steps after the burn-in (``steps // 10``), largest first;
+        empty when no step is left."""
         if self.adapt:
             if not self.log_sums:
                 return []
             means = [total / (self.steps - self.dropped) for total in self.log_sums]
         else:
             burn, dropped = 0, 0
-            while burn < len(self.covered) and dropped < self.steps // 10:
+            while dropped < self.steps // 10:  # a QR step falls at its end
                 dropped += self.covered[burn]
                 burn += 1
             if len(self.covered) <= burn:

@@ -152,12 +152,12 @@ def _qr_steps(monkeypatch) -> list[int]:
 
 def test_vectors_that_barely_pull_apart_are_re_orthonormalized_every_32_steps(monkeypatch):
     """W = g Q: the vectors keep their relative sizes, so the QR period doubles from its first (4) up to its
-    maximum (32), and the exponents are still ln g."""
+    maximum (32; the third period is cut short at the burn-in's end, step 20), and the exponents are ln g."""
     spans = _qr_steps(monkeypatch)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
     spectrum = _spectrum(_linear_rnn(0.9 * q), 200)
     assert spectrum == pytest.approx([math.log(0.9)] * 4, abs=1e-9)
-    assert spans[:5] == [4, 8, 16, 32, 32] and sum(spans) == 200 and len(spans) <= 200 // 32 + 4
+    assert spans[:5] == [4, 8, 8, 32, 32] and sum(spans) == 200 and len(spans) <= 200 // 32 + 4
 
 
 @pytest.mark.parametrize("limited", [True, False])
@@ -206,3 +206,24 @@ def test_single_precision_exponents_far_apart_need_the_period_to_shrink(fixed_pe
         assert spectrum == pytest.approx(expected, abs=5e-3)
     else:
         assert max(abs(a - b) for a, b in zip(spectrum, expected)) > 1.0
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_adapted_periods_give_the_exponents_of_a_qr_step_at_every_step(cls, monkeypatch):
+    """A nonlinear layer (recurrent weights x2, T=150): the adapted periods (4, 8, then 3 to the burn-in's end,
+    then up to 32) give the same exponents as a QR step after every step, to round-off; the burn-in is 15 steps
+    in both (a burn-in rounded up to whole periods would average a different stretch of the sequence)."""
+    from gradprobe.recorders import sweep
+
+    torch.manual_seed(5)
+    model = cls(3, 12).double()
+    with torch.no_grad():
+        model.weight_hh_l0.mul_(2)
+    x = torch.randn(150, 2, 3, dtype=torch.float64)
+    spans = _qr_steps(monkeypatch)
+    adapted = gradprobe.check(model, x, config={}, lyapunov_k=4).layers[f"{cls.__name__}.l0"].lyapunov
+    assert spans[:3] == [4, 8, 3] and max(spans) > 8
+    monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", 1)
+    monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", 1)
+    every_step = gradprobe.check(model, x, config={}, lyapunov_k=4).layers[f"{cls.__name__}.l0"].lyapunov
+    assert len(adapted) == 4 and adapted == pytest.approx(every_step, rel=1e-12, abs=1e-12)
