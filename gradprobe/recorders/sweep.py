@@ -510,8 +510,7 @@ class _LyapunovPeriods:
             self.log_sums = [total + value for total, value in zip(self.log_sums, logs)]
         else:
             self.log_sums = logs
-        lowest, highest = min(sizes), max(sizes)
-        if not (lowest > 0 and math.isfinite(highest)):
+        if not all(0 < size < math.inf for size in sizes):  # a vector lost (or NaN): every step from now on
             self.period = 1
             return
         spread = max(logs) - min(logs)
@@ -530,6 +529,8 @@ class _LyapunovPeriods:
                 return []
             means = [total / (self.steps - self.dropped) for total in self.log_sums]
         else:
+            if not self.covered:
+                return []
             burn, dropped = 0, 0
             while dropped < self.steps // 10:  # a QR step falls at its end
                 dropped += self.covered[burn]

@@ -227,3 +227,21 @@ def test_adapted_periods_give_the_exponents_of_a_qr_step_at_every_step(cls, monk
     monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", 1)
     every_step = gradprobe.check(model, x, config={}, lyapunov_k=4).layers[f"{cls.__name__}.l0"].lyapunov
     assert len(adapted) == 4 and adapted == pytest.approx(every_step, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("steps", [40, 35])
+def test_off_the_cpu_the_period_is_fixed_and_the_diagonals_are_read_at_the_end(steps):
+    """Off the CPU nothing is read back during the sweep: QR steps every 2 steps, one more at the burn-in's end
+    (3 of 35 steps), and the exponents from the diagonals at the end; none without QR steps (lyapunov_k=0)."""
+    from gradprobe.recorders import sweep
+
+    assert sweep._LyapunovPeriods(torch.device("meta"), steps).exponents() == []
+    periods = sweep._LyapunovPeriods(torch.device("meta"), steps)
+    rates = torch.tensor([math.log(2.0), math.log(0.5), -3.0], dtype=torch.float64)
+    spans = []
+    for done in range(1, steps + 1):
+        if periods.due(done):
+            spans.append(done - periods.last)
+            periods.add(torch.diag((rates * spans[-1]).exp()), done)
+    assert set(spans[:-1]) <= {1, 2} and sum(spans[:2]) == steps // 10
+    assert periods.exponents() == pytest.approx(rates.tolist(), abs=1e-12)
