@@ -470,51 +470,41 @@ class _LyapunovPeriods:
     :data:`LYAPUNOV_RANGE`, growing at most twofold and shrinking at once
     (down to one step), from :data:`LYAPUNOV_FIRST` up to
     :data:`LYAPUNOV_MAX_EVERY`. On the CPU that costs one tiny read-back per QR
-    step, which also gives the exponents; elsewhere, where a read-back would
-    stall the device's queue, the period stays at :data:`LYAPUNOV_EVERY` and
-    the diagonals are read once at the end. The exponents do not depend on the
+    step; elsewhere, where a read-back would stall the device's queue, the
+    period stays at :data:`LYAPUNOV_EVERY`. The exponents are read from all
+    diagonals at once at the end, and they do not depend on the
     periods: the diagonal of a product of triangular factors is the product of
     their diagonals.
     """
 
     def __init__(self, device: torch.device, steps: int) -> None:
-        self.steps = steps
+        self.steps, self.burn_in = steps, steps // 10
         self.adapt = device.type == "cpu" and LYAPUNOV_MAX_EVERY > LYAPUNOV_EVERY
         self.period = min(LYAPUNOV_FIRST, LYAPUNOV_MAX_EVERY) if self.adapt else LYAPUNOV_EVERY
         self.last = 0  # steps swept at the last QR step
+        self.diagonals: list[Tensor] = []  # of the R factors, in processing order back from the end
         self.covered: list[int] = []  # steps each QR step covers
-        # not adapting: the R factors' diagonals, in processing order back from the end, read at the end
-        self.diagonals: list[Tensor] = []
-        # adapting: log |R_ii| summed over the steps after the burn-in
-        self.log_sums: list[float] = []
-        self.dropped = 0  # steps the burn-in dropped so far
 
     def due(self, done: int) -> bool:
         """Whether a QR step follows the ``done``-th swept step (always at the end of the burn-in, so that it
         drops exactly ``steps // 10`` steps whatever the periods, and at the last step)."""
-        return done - self.last >= self.period or done == self.steps or done == self.steps // 10
+        return done - self.last >= self.period or done == self.steps or done == self.burn_in
 
     def add(self, upper: Tensor, done: int) -> None:
         """Keep the R factor of the QR step after the ``done``-th swept step and choose the next period."""
         span = done - self.last
         self.covered.append(span)
         self.last = done
+        self.diagonals.append(upper.diagonal())
         if not self.adapt:
-            self.diagonals.append(upper.diagonal())
             return
-        sizes = [abs(value) for value in upper.diagonal().tolist()]
-        logs = [_log(size) for size in sizes]
-        if done <= self.steps // 10:  # burn-in: the random start aligning with the dynamics
-            self.dropped += span
-        elif self.log_sums:
-            self.log_sums = [total + value for total, value in zip(self.log_sums, logs)]
-        else:
-            self.log_sums = logs
+        sizes = [abs(value) for value in self.diagonals[-1].tolist()]
         if not all(0 < size < math.inf for size in sizes):  # a vector lost (or NaN): every step from now on
             self.period = 1
             return
+        logs = [math.log(size) for size in sizes]
         spread = max(logs) - min(logs)
-        change = max(abs(max(logs)), abs(min(logs)))
+        change = max(abs(value) for value in logs)
         allowed = min(
             span * math.log(LYAPUNOV_SPREAD) / spread if spread > 0 else math.inf,
             span * math.log(LYAPUNOV_RANGE) / change if change > 0 else math.inf,
@@ -523,32 +513,16 @@ class _LyapunovPeriods:
 
     def exponents(self) -> list[float]:
         """``lambda_i = mean log |R_ii|`` over the steps after the burn-in (``steps // 10``), largest first;
-        empty when no step is left."""
-        if self.adapt:
-            if not self.log_sums:
-                return []
-            means = [total / (self.steps - self.dropped) for total in self.log_sums]
-        else:
-            if not self.covered:
-                return []
-            burn, dropped = 0, 0
-            while dropped < self.steps // 10:  # a QR step falls at its end
-                dropped += self.covered[burn]
-                burn += 1
-            if len(self.covered) <= burn:
-                return []
-            tiny = torch.finfo(torch.float64).tiny
-            logs = torch.stack(self.diagonals[burn:]).double().abs().clamp_min(tiny).log()
-            means = (logs.sum(dim=0) / (self.steps - dropped)).tolist()
-        return sorted(means, key=lambda v: -math.inf if math.isnan(v) else -v)  # NaN first, as torch sorts
-
-
-_TINY = torch.finfo(torch.float64).tiny
-
-
-def _log(size: float) -> float:
-    """``log(max(size, tiny))`` as torch computes it on a float64 tensor: NaN stays NaN, infinity infinite."""
-    return size if math.isnan(size) else math.log(max(size, _TINY))
+        empty without QR steps (no Lyapunov vectors)."""
+        if not self.covered:
+            return []
+        burn, dropped = 0, 0
+        while dropped < self.burn_in:  # a QR step falls at its end, and the last one after it
+            dropped += self.covered[burn]
+            burn += 1
+        tiny = torch.finfo(torch.float64).tiny
+        logs = torch.stack(self.diagonals[burn:]).double().abs().clamp_min(tiny).log()
+        return (logs.sum(dim=0) / (self.steps - dropped)).sort(descending=True).values.tolist()
 
 
 def _put_state(h: Tensor, c: Tensor | None, rows: slice, state: Tensor) -> None:
