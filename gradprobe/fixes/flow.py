@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.discovery import find_recurrent
+from gradprobe.module_hooks import ProbeHookHandle, register_forward_hook
 from gradprobe.recorders.capture import cell_call_states
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class FlowRegularizer:
             raise ValueError(f"weight must be >= 0, got {weight!r}")
         self.weight = float(weight)
         self.pairs: list[tuple[Tensor, Tensor]] = []
-        self.handles: list[RemovableHandle] = []
+        self.handles: list[RemovableHandle | ProbeHookHandle] = []
         self.last: float | None = None  # the latest Omega, for logging
         self.fused: list[str] = []
         from gradprobe.reference.layers import RecurrentBase
@@ -89,7 +90,7 @@ class FlowRegularizer:
             if isinstance(site.module, RecurrentBase):
                 self.handles.append(site.module.register_state_hook(self._on_state))
             elif site.kind == "cell":
-                self.handles.append(site.module.register_forward_hook(self._on_cell, with_kwargs=True))
+                self.handles.append(register_forward_hook(site.module, self._on_cell, with_kwargs=True))
             elif site.kind == "stack":
                 self.fused.append(site.name)
         if not self.handles:

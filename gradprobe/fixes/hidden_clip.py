@@ -31,6 +31,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.discovery import find_recurrent
+from gradprobe.module_hooks import ProbeHookHandle, register_forward_hook
 from gradprobe.recorders.capture import cell_call_states
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class HiddenGradClip:
             raise ValueError(f"value must be a positive bound, got {value!r}")
         self.value = float(value)
         self.probe = probe
-        self.handles: list[RemovableHandle] = []
+        self.handles: list[RemovableHandle | ProbeHookHandle] = []
         self._clamped: list[Tensor] = []
         self.reach: dict[str, str] = {}
         from gradprobe.reference.layers import RecurrentBase
@@ -74,10 +75,10 @@ class HiddenGradClip:
                 self.handles.append(module.register_state_hook(self._on_state))
                 self.reach[site.name] = REACH["reference"]
             elif site.kind == "stack":
-                self.handles.append(module.register_forward_hook(self._on_fused_output))
+                self.handles.append(register_forward_hook(module, self._on_fused_output))
                 self.reach[site.name] = REACH["fused"]
             elif site.kind == "cell":
-                self.handles.append(module.register_forward_hook(self._on_cell_output, with_kwargs=True))
+                self.handles.append(register_forward_hook(module, self._on_cell_output, with_kwargs=True))
                 self.reach[site.name] = REACH["cell"]
         self._log(applied=True)
 

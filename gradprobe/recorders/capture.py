@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.discovery import RecurrentSite
+from gradprobe.module_hooks import ProbeHookHandle, register_forward_hook, register_forward_pre_hook
 
 OFF, SAMPLE, DEEP = "off", "sample", "deep"
 
@@ -212,28 +213,6 @@ class Sequence:
 
 
 
-class ModuleHook:
-    """A forward (pre-)hook that pickles and deep-copies as a no-op.
-
-    ``torch.save(model)`` and ``copy.deepcopy(model)`` while a probe is
-    attached then work, and the saved or copied model carries no probe: its
-    hook does nothing, and the original model stays probed.
-    """
-
-    def __init__(self, body: Callable[..., None] | None) -> None:
-        self.body = body
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        if self.body is not None:
-            self.body(*args, **kwargs)
-
-    def __reduce__(self) -> tuple[type[ModuleHook], tuple[None]]:
-        return (ModuleHook, (None,))
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> ModuleHook:
-        return ModuleHook(None)
-
-
 class CallCapture:
     """Registers the forward hooks of every recurrent site and keeps their calls.
 
@@ -254,7 +233,7 @@ class CallCapture:
         self.sequences: dict[str, Sequence] = {}  # this step's latest sequence per site
         self._finals: dict[str, tuple[Tensor, ...]] = {}  # detached final state of the last sequence, across steps
         self.outputs_seen: list[tuple[str, Tensor]] = []  # checked for Inf/NaN only when a step went bad
-        self.handles: list[RemovableHandle] = []
+        self.handles: list[ProbeHookHandle] = []
         self._tensor_handles: list[RemovableHandle] = []
         self._pending_rng: tuple[str, Tensor] | None = None  # RNG state before a deep step's forward
         #: Per site, calls seen in the whole run: ``[any, with gradients enabled]`` (for "not measured" reasons).
@@ -265,8 +244,8 @@ class CallCapture:
         for site in sites:
             if site.kind == "scripted":  # TorchScript modules take no hooks
                 continue
-            self.handles.append(site.module.register_forward_pre_hook(ModuleHook(self._pre_hook(site)), with_kwargs=True))
-            self.handles.append(site.module.register_forward_hook(ModuleHook(self._post_hook(site)), with_kwargs=True))
+            self.handles.append(register_forward_pre_hook(site.module, self._pre_hook(site), with_kwargs=True))
+            self.handles.append(register_forward_hook(site.module, self._post_hook(site), with_kwargs=True))
 
     def start_step(self, mode: str) -> None:
         """Forget the previous step's calls and capture the next step's in ``mode``."""
