@@ -134,7 +134,7 @@ def check(
             loss.backward()
             probe.step(loss)
         if probe.error:
-            raise RuntimeError(f"gradprobe.check failed: {probe.error}")
+            raise RuntimeError(f"gradprobe.check failed: {probe.error}") from probe.exception
         return Report(probe.findings, probe.layers, float(loss.detach()), engine.config.fail_on)
     finally:
         for p, grad in saved:

@@ -42,10 +42,23 @@ def at_or_above(severity: str, fail_on: str) -> bool:
     return severity_rank(severity) >= severity_rank(fail_on)
 
 
+#: The code of a layer the probe could not measure, or whose measuring (or judging) failed.
+NOT_MEASURED = "GP001"
+
+
 def failing(findings: Iterable[Finding], fail_on: str = DEFAULT_FAIL_ON, allow: Iterable[str] = ()) -> list[Finding]:
-    """The findings that make a run unhealthy: at or above ``fail_on`` and not in ``allow``."""
+    """The findings that make a run unhealthy: at or above ``fail_on``, or a layer not measured (GP001, whatever
+    ``fail_on``: unknown health is never "ok"), and not in ``allow``."""
     allowed = set(allow)
-    return [f for f in findings if f.code not in allowed and at_or_above(f.severity, fail_on)]
+    return [f for f in findings if f.code not in allowed and (f.code == NOT_MEASURED or at_or_above(f.severity, fail_on))]
+
+
+def verdict(findings: Iterable[Finding], fail_on: str = DEFAULT_FAIL_ON, allow: Iterable[str] = ()) -> str:
+    """``"FAIL"`` (findings at or above ``fail_on``), ``"NOT MEASURED"`` (only layers not measured fail) or ``"ok"``."""
+    failed = failing(findings, fail_on, allow)
+    if not failed:
+        return "ok"
+    return "NOT MEASURED" if all(f.code == NOT_MEASURED for f in failed) else "FAIL"
 
 
 class FixAction(NamedTuple):

@@ -82,6 +82,10 @@ class PluginManager(pluggy.PluginManager):
         self._callers: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
         #: Per event kind, the ``gradprobe_observe`` implementations that read it (see :func:`hookspecs.observes`).
         self._observers: dict[str, list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]] = {}
+        #: ``(plugin name, layer)`` -> why: a plugin that raised on one layer is switched off for that layer alone.
+        self.layer_faults: dict[tuple[str, str], str] = {}
+        #: Plugin name -> why, for plugins switched off whole while this manager ran (not those that failed to load).
+        self.run_faults: dict[str, str] = {}
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         self._callers.clear()
@@ -120,9 +124,18 @@ class PluginManager(pluggy.PluginManager):
             self.unregister(name=name)
         status = self.statuses.get(name)
         reason = f"{where} raised {short(exc)}"
+        self.run_faults.setdefault(name, reason)
         if status is None or status.status != "failed":
             self.statuses[name] = PluginStatus(name, status.source if status else "?", "failed", reason, status.hooks if status else [])
             warn(f"gradprobe switched off plugin {name!r}: {reason}", stacklevel=4)
+
+    def switch_off_for_layer(self, name: str, layer: str, where: str, exc: BaseException) -> None:
+        """Stop calling a plugin for one layer after it raised on it; warn once per plugin."""
+        reason = f"{where} raised {short(exc)}"
+        first = not any(plugin == name for plugin, _ in self.layer_faults)
+        self.layer_faults[(name, layer)] = reason
+        if first:
+            warn(f"gradprobe switched off plugin {name!r} for layer {layer}: {reason}; it goes on for other layers", stacklevel=5)
 
     def _observers_of(self, kind: str) -> list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]:
         """``gradprobe_observe``'s implementations that read ``kind``, each with the field it needs (or ``None``)."""
@@ -140,6 +153,10 @@ class PluginManager(pluggy.PluginManager):
         """Call every implementation of ``hook`` in pluggy's order, each plugin isolated; return the results that are not ``None``."""
         return self._call_each(hook, self._implementations(hook), kwargs)
 
+    def call_for_layer(self, hook: str, layer: str, **kwargs: Any) -> list[Any]:
+        """:meth:`call` about one layer: a plugin that raises is switched off for ``layer`` alone."""
+        return self._call_each(hook, self._implementations(hook), kwargs, layer)
+
     def observe(self, event: dict[str, Any], **kwargs: Any) -> list[Any]:
         """``gradprobe_observe`` for one event: only the implementations that read it (:func:`hookspecs.observes`)."""
         observers = self._observers_of(str(event.get("kind")))
@@ -149,17 +166,25 @@ class PluginManager(pluggy.PluginManager):
         if not reading:
             return []
         kwargs["event"] = event
-        return self._call_each("gradprobe_observe", reading, kwargs)
+        layer = event.get("layer")
+        return self._call_each("gradprobe_observe", reading, kwargs, layer if isinstance(layer, str) else None)
 
-    def _call_each(self, hook: str, implementations: list[tuple[str, Any, tuple[str, ...]]], kwargs: dict[str, Any]) -> list[Any]:
+    def _call_each(
+        self, hook: str, implementations: list[tuple[str, Any, tuple[str, ...]]], kwargs: dict[str, Any], layer: str | None = None
+    ) -> list[Any]:
         results = []
         for plugin_name, function, argnames in implementations:
+            if layer is not None and self.layer_faults and (plugin_name, layer) in self.layer_faults:
+                continue
             try:
                 result = function(*map(kwargs.__getitem__, argnames))
                 if result is not None and type(result) is not list and isinstance(result, Iterator):
                     result = list(result)  # a generator raises while it is consumed: consume it here
             except Exception as exc:  # noqa: BLE001 - one plugin must not take the others (or training) down
-                self.switch_off(plugin_name, hook, exc)
+                if layer is None:
+                    self.switch_off(plugin_name, hook, exc)
+                else:
+                    self.switch_off_for_layer(plugin_name, layer, hook, exc)
                 continue
             if result is not None:
                 results.append(result)

@@ -125,7 +125,11 @@ class Probe:
         self.disabled = False
         self.closed = False
         self.error: str | None = None
+        #: The exception that switched measuring off (for ``raise ... from``).
+        self.exception: BaseException | None = None
         self.rules_error: str | None = None
+        #: ``(layer, tracks)`` of every attached layer, kept after detaching for the "not measured" findings.
+        self._attached = [(site.name, list(site.tracks)) for site in self.sites]
         self.schedule = self._schedule()
         self._detected_truncation: dict[str, int] = {}
         self._writer = self._open_log(log) if log is not None else None
@@ -263,9 +267,27 @@ class Probe:
 
     @property
     def findings(self) -> list[Finding]:
-        """Findings so far (all of them once the probe is closed). Never raises."""
+        """Findings so far (all of them once the probe is closed). Never raises.
+
+        When the rules were switched off after an error, nothing can be judged:
+        every attached layer is then reported not measured (GP001), never healthy.
+        """
         found = self._rules_call("gathering findings", self.rules.findings)
+        if self.rules_error is not None:
+            return [self._rules_off_finding(layer, tracks) for layer, tracks in self._attached]
         return found if found is not None else []
+
+    def _rules_off_finding(self, layer: str, tracks: list[str]) -> Finding:
+        reason = f"the rules were switched off after an error ({self.rules_error}): nothing was judged"
+        return Finding(
+            "GP001",
+            "not-measured",
+            "warning",
+            layer,
+            self.step_index,
+            f"{layer} was attached but not judged: {reason}",
+            {"reason": reason, "tracks": tracks},
+        )
 
     @property
     def faults(self) -> dict[str, str]:
@@ -402,9 +424,11 @@ class Probe:
         if self.error is not None:
             return
         self.error = f"{where}: {short(exc)}"
+        self.exception = exc
         self.disabled = True
         warn(f"gradprobe disabled itself after an error in {self.error}", stacklevel=4)
-        self._bus.publish({"kind": "error", "step": self.step_index, "where": where, "message": short(exc)})
+        # the rules see it too: every attached layer is reported not measured (GP001), never healthy
+        self._emit("error", step=self.step_index, where=where, message=short(exc))
         if self._writer is not None:
             try:
                 self._writer.flush()

@@ -48,10 +48,10 @@ def run_heading(summary: RunSummary) -> list[str]:
 
 
 def verdict_line(summary: RunSummary, fail_on: str) -> str:
-    """``Verdict: FAIL|ok (fail-on ...)`` with the count of findings per severity."""
-    failed = summary.fails(fail_on)
+    """``Verdict: FAIL|NOT MEASURED|ok (fail-on ...)`` with the count of findings per severity."""
+    said = summary.verdict(fail_on)
     counts = ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES))
-    return (f"<p class='verdict-{'fail' if failed else 'ok'}'>Verdict: <b>{'FAIL' if failed else 'ok'}</b> "
+    return (f"<p class='verdict-{'ok' if said == 'ok' else 'fail'}'>Verdict: <b>{said}</b> "
             f"(fail-on {escape(fail_on)}); {counts}</p>")
 
 

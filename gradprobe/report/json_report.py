@@ -4,7 +4,8 @@ Schema ``gradprobe-report/1`` (stable; additions only within a version)::
 
     {
       "schema": "gradprobe-report/1",
-      "verdict": {"fail_on": "warning", "failed": false, "worst": "warning" | null},
+      "verdict": {"fail_on": "warning", "failed": false, "worst": "warning" | null,
+                  "says": "FAIL" | "NOT MEASURED" | "ok"},
       "logs": [{"path": str, "events": int, "rank": int | null,
                 "problems": [{"line": int, "message": str}],
                 "probe_error": {"step": int, "where": str, "message": str} | null}],
@@ -61,7 +62,12 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
     return _clean(
         {
             "schema": SCHEMA,
-            "verdict": {"fail_on": fail_on, "failed": summary.fails(fail_on), "worst": summary.worst()},
+            "verdict": {
+                "fail_on": fail_on,
+                "failed": summary.fails(fail_on),
+                "worst": summary.worst(),
+                "says": summary.verdict(fail_on),
+            },
             "logs": [
                 {
                     "path": log.path,

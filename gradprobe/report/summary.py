@@ -11,7 +11,7 @@ from typing import Any
 from gradprobe.config import Config, ConfigError, from_mapping, load_pyproject
 from gradprobe.distributed import expand_rank_logs
 from gradprobe.events import LogFormatError, LogProblem, iter_events, number
-from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing, severity_rank
+from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing, severity_rank, verdict
 from gradprobe.report.series import Downsampled, MinMaxSeries
 from gradprobe.rules.engine import RuleEngine, sort_findings
 
@@ -82,8 +82,12 @@ class RunSummary:
         return max((f.severity for f in self.findings), key=severity_rank, default=None)
 
     def fails(self, fail_on: str | None = None) -> bool:
-        """Whether a finding reaches ``fail_on`` (default: the configuration's)."""
+        """Whether a finding reaches ``fail_on`` (default: the configuration's), or a layer was not measured."""
         return bool(failing(self.findings, fail_on or self.fail_on))
+
+    def verdict(self, fail_on: str | None = None) -> str:
+        """``FAIL``, ``NOT MEASURED`` or ``ok`` (:func:`gradprobe.findings.verdict`)."""
+        return verdict(self.findings, fail_on or self.fail_on)
 
     def add(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")

@@ -59,7 +59,7 @@ def _comparison(summary: RunSummary, other: RunSummary, names: tuple[str, str], 
         counts = ", ".join(f"{sum(f.severity == s for f in run.findings)} {s}" for s in ("error", "warning", "info"))
         lines.append(f"  {name}: {run.steps} steps, {run.loss_text() or 'no loss'}, "
                      f"max grad norm {'n/a' if worst is None else f'{worst:.4g}'}; findings {counts}; "
-                     f"verdict {'FAIL' if run.fails(fail_on) else 'ok'}")
+                     f"verdict {run.verdict(fail_on)}")
     for layer in sorted(set(summary.layers) | set(other.layers)):
         horizons = []
         for run in (summary, other):
@@ -140,6 +140,5 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
         if len(summary.problems) > 20:
             lines.append(f"  ... and {len(summary.problems) - 20} more")
     lines.append("")
-    failed = summary.fails(fail_on)
-    lines.append(f"Verdict: {'FAIL' if failed else 'ok'} (fail-on {fail_on})")
+    lines.append(f"Verdict: {summary.verdict(fail_on)} (fail-on {fail_on})")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from gradprobe.config import Config, ConfigError, resolve
-from gradprobe.findings import Finding, severity_rank
+from gradprobe.findings import NOT_MEASURED, Finding, severity_rank
 from gradprobe.plugins import PluginManager, default_plugin_manager
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.observations import Observations
@@ -68,9 +68,12 @@ class RuleEngine:
             self.context.detected_truncation = int(event["truncation"])
         self.context.run.feed(event)
         if kind == "finding":
-            # static findings were judged on the model at attach time and cannot be re-derived from events
+            # static findings were judged on the model at attach time and cannot be re-derived from events,
+            # nor can a rule's failure on a layer at that time (GP001 naming the rule)
             code = str(event.get("code"))
-            if code in self.registry and self.registry[code].static and self.context.enabled(code):
+            evidence = event.get("evidence")
+            judged_at_attach = code == NOT_MEASURED and isinstance(evidence, dict) and "rules" in evidence
+            if code in self.registry and (self.registry[code].static or judged_at_attach) and self.context.enabled(code):
                 finding = Finding.from_dict(event)
                 if (finding.code, finding.layer) not in self._kept:  # written at attach and again at close
                     self._keep(finding)
@@ -97,7 +100,12 @@ class RuleEngine:
         return False
 
     def findings(self) -> list[Finding]:
-        """Observed findings plus the current summaries, most severe first."""
+        """Observed findings plus the current summaries, most severe first.
+
+        A layer that a rule could not judge (the rule raised on it, or was
+        switched off for the whole run) is reported not measured (GP001) with
+        the rule and its error: a rule's failure never reads as healthy.
+        """
         merged = dict(self._kept)
         for result in self.call_hook("gradprobe_summarize", context=self.context):
             for finding in result or ():
@@ -107,6 +115,8 @@ class RuleEngine:
                 old = merged.get(key)
                 if old is None or severity_rank(finding.severity) >= severity_rank(old.severity):
                     merged[key] = finding
+        for finding in self._rule_faults():  # after the summaries: a summary that raised counts
+            merged.setdefault((finding.code, finding.layer), finding)
         out = []
         for key, finding in merged.items():
             count = self._counts.get(key, 0)
@@ -114,6 +124,30 @@ class RuleEngine:
                 finding = finding._replace(evidence={**finding.evidence, "occurrences": count})
             out.append(finding)
         return sort_findings(out)
+
+    def _rule_faults(self) -> list[Finding]:
+        """GP001 for each layer a failed rule plugin covered (:attr:`PluginManager.layer_faults`, ``run_faults``)."""
+        if NOT_MEASURED not in self.registry or not (self.pm.layer_faults or self.pm.run_faults):
+            return []
+        per_layer: dict[str, list[str]] = {}
+        for (plugin, layer), reason in self.pm.layer_faults.items():
+            per_layer.setdefault(layer, []).append(f"{plugin} ({reason})")
+        attached = [str(layer.get("name")) for layer in self.context.meta.get("layers", []) if isinstance(layer, dict)]
+        for layer in attached or [getattr(site, "name", str(site)) for site in self.context.sites]:
+            for plugin, reason in self.pm.run_faults.items():
+                per_layer.setdefault(layer, []).append(f"{plugin} ({reason})")
+        found = []
+        for layer, failed in per_layer.items():
+            reason = "a rule failed on it and was switched off for it: " + "; ".join(failed)
+            finding = self.context.finding(
+                NOT_MEASURED,
+                f"{layer} was not fully judged: {reason}",
+                layer=layer,
+                evidence={"reason": reason, "rules": [entry.split(" (")[0] for entry in failed]},
+            )
+            if finding is not None:
+                found.append(finding)
+        return found
 
     def finish(self) -> list[Finding]:
         """The final findings of a run."""
@@ -125,10 +159,13 @@ class RuleEngine:
         Args:
             keep: Also keep the findings among this engine's (as the probe does at attach time).
         """
-        self.context.sites = sites
         found: list[Finding] = []
-        for result in self.call_hook("gradprobe_lint", model=model, context=self.context):
-            found.extend(f for f in result or () if isinstance(f, Finding))
+        for site in sites:  # one layer at a time: a rule that fails on one layer goes on for the others
+            self.context.sites = [site]
+            for result in self.pm.call_for_layer("gradprobe_lint", site.name, model=model, context=self.context):
+                found.extend(f for f in result or () if isinstance(f, Finding) and f not in found)
+        self.context.sites = sites
+        found.extend(self._rule_faults())
         if keep:
             for finding in found:
                 self._keep(finding)

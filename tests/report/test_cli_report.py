@@ -55,7 +55,7 @@ def test_json_report_schema(vanishing_log):
     result = run("report", vanishing_log, "--format", "json")
     data = json.loads(result.stdout)
     assert data["schema"] == "gradprobe-report/1"
-    assert data["verdict"] == {"fail_on": "warning", "failed": True, "worst": "error"}
+    assert data["verdict"] == {"fail_on": "warning", "failed": True, "worst": "error", "says": "FAIL"}
     assert set(data) == {"schema", "verdict", "logs", "run", "training", "layers", "findings"}
     layer = data["layers"]["RNN.l0"]
     assert layer["seq_len"] == 120 and len(layer["grad_norms"]) == 120 and layer["probes"] == 3
