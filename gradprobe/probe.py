@@ -346,6 +346,12 @@ class Probe:
                 "it ran on nn.DataParallel replicas (several GPUs), whose weights are copies: use "
                 "DistributedDataParallel (one process per GPU), or attach to the model on one device"
             )
+        if not seen and self._statistics is not None and self._statistics.got_gradients(site):
+            return (
+                "its forward hooks never ran although its weights got gradients: something calls its .forward() "
+                "directly, which bypasses hooks (a DropConnect wrapper such as AWD-LSTM's WeightDrop does); call "
+                "the module itself (self.module(*args)) so that it is measured"
+            )
         if not seen:
             return "its forward hooks never ran: it was not called, or it runs inside a scripted or compiled parent"
         if not with_grad:

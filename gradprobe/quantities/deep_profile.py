@@ -14,7 +14,7 @@ from gradprobe.quantities.base import StepContext
 from gradprobe.quantities.saturation import emit_saturation
 from gradprobe.recorders import propagation, sweep
 from gradprobe.recorders.capture import DEEP, StackCall
-from gradprobe.recorders.replay import SiteReplayers, StackReplayer, Track
+from gradprobe.recorders.replay import SiteReplayers, StackReplayer, Track, weights_in_use
 from gradprobe.recorders.saturation import output_gates
 
 
@@ -99,7 +99,7 @@ class DeepProfile:
     def _sweep(self, site: RecurrentSite, replayer: StackReplayer, call: StackCall, context: StepContext) -> None:
         """One batched call (padded or packed) of a built-in stack: one forward pass and one backward sweep per direction."""
         s = self.settings
-        params = {name: p.detach() for name, p in site.module.named_parameters()}
+        params = weights_in_use(site.module)
         rows = max(s.deep_rows, s.spectral_rows)
         measured = sweep.sweep_stack(replayer.twin, site.tracks, call, params, s.deep_rows, s.lyapunov_k, self.generator, rows)
         for direction in measured:

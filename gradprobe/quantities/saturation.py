@@ -11,7 +11,7 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.quantities.base import Emit, StepContext
 from gradprobe.recorders import sweep
 from gradprobe.recorders.capture import SAMPLE, CellCalls
-from gradprobe.recorders.replay import SiteReplayers, cell_weights
+from gradprobe.recorders.replay import SiteReplayers, cell_weights, weights_in_use
 from gradprobe.recorders.saturation import output_gates, saturation_fractions, track_gates
 from gradprobe.reference import functional as fn
 
@@ -60,7 +60,7 @@ class SaturationSampling:
                 replayer = self.replayers.stack(site.name)
                 if sweep.supported(replayer.twin, chain[-1], next(site.module.parameters()).dtype, gradients=False):
                     # one batched forward pass per layer direction (the top layer's from the call's output)
-                    params = {name: p.detach() for name, p in site.module.named_parameters()}
+                    params = weights_in_use(site.module)
                     for run in sweep.sample_stack(replayer.twin, site.tracks, chain[-1], params, self.rows):
                         emit_saturation(context.emit, context.step, run.name, run.mode, run.saturation_gates(), deep=False)
                     continue

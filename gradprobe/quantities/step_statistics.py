@@ -32,6 +32,8 @@ class StepStatistics:
     def __init__(self, model: nn.Module, sites: list[RecurrentSite]) -> None:
         self._gradients = GradientRecorder(model, sites)
         self._gradient_seen = False
+        #: The latest step's gradient norm per parameter name (for "not measured" reasons).
+        self.latest_params: dict[str, float] = {}
 
     def read_gradients(self) -> dict[str, Any]:
         """The gradient record of the gradients as they are now."""
@@ -49,6 +51,7 @@ class StepStatistics:
         gradients = observed.gradients if observed is not None else None
         record = gradients if gradients is not None else self._gradients.record()
         self._watch_for_missing_gradients(step, record)
+        self.latest_params = record["params"]
         loss_value = None
         if loss is not None:
             loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
@@ -76,8 +79,14 @@ class StepStatistics:
             fields["skipped"] = observed.skipped
         return fields
 
+    def got_gradients(self, site: RecurrentSite) -> bool:
+        """Whether a parameter of ``site`` had a non-zero gradient on the latest step."""
+        prefix = f"{site.name}." if site.name else ""
+        return any(norm > 0 for name, norm in self.latest_params.items() if name.startswith(prefix))
+
     def release(self) -> None:
         """Drop every reference to the model's parameters."""
+        self.latest_params = {}
         self._gradients.release()
 
     def _watch_for_missing_gradients(self, step: int, record: dict[str, Any]) -> None:

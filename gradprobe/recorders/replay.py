@@ -108,7 +108,7 @@ class StackReplayer:
         ``output_grads`` holds the total ``dL/dh_t``.
         """
         module: Any = self.site.module
-        params = {name: p.detach() for name, p in module.named_parameters()}
+        params = weights_in_use(module)
         dtype = next(iter(params.values())).dtype  # under autocast the captured tensors may be half precision
         input_, hx = _detached_input(call.input, call.hx, rows, module.batch_first, dtype)
         deep = rows is None and bool(call.grads)
@@ -248,6 +248,21 @@ def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool, d
             if hx is not None:
                 hx = tuple(h[:, :rows] for h in hx) if isinstance(hx, tuple) else hx[:, :rows]
     return data, hx
+
+
+def weights_in_use(module: Any) -> dict[str, Tensor]:
+    """The weights a multi-layer module computes with, detached, by their torch.nn names.
+
+    For ``torch.nn`` RNN/LSTM/GRU these are its flat weights read by name, which
+    is what its forward reads: a parametrized weight (``torch.nn.utils.parametrize``)
+    computed, the tensor a DropConnect wrapper (AWD-LSTM's ``WeightDrop``) set
+    for this call in place of the deleted parameter. Other modules: their parameters.
+    """
+    names = getattr(module, "_flat_weights_names", None)
+    if isinstance(module, nn.RNNBase) and names:
+        found = {name: getattr(module, name, None) for name in names}
+        return {name: value.detach() for name, value in found.items() if isinstance(value, Tensor)}
+    return {name: p.detach() for name, p in module.named_parameters()}
 
 
 class CellReplayer:
