@@ -120,7 +120,7 @@ def test_the_measured_profile_is_that_of_the_weight_in_use():
         for name, value in wrapped.rnn.module.named_parameters():
             getattr(plain_lstm, name.removesuffix("_raw")).copy_(value)
     x = torch.randn(20, 3, 16)
-    loss = lambda out: out[0].pow(2).sum()  # noqa: E731
+    loss = lambda out: out[0].pow(2).sum()
     (got,) = gradprobe.check(wrapped.rnn, (x,), loss, config={}).layers.values()
     (want,) = gradprobe.check(plain_lstm.eval(), x, loss, config={}).layers.values()
     assert got.grad_norms == pytest.approx(want.grad_norms, rel=1e-5)
