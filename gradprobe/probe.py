@@ -50,6 +50,7 @@ from gradprobe.quantities import (
     Schedule,
     StepContext,
     StepStatistics,
+    TruncationWindows,
 )
 from gradprobe.recorders.capture import CallCapture
 from gradprobe.recorders.optimizer_loop import LoopStep, OptimizerLoop
@@ -131,7 +132,7 @@ class Probe:
         #: ``(layer, tracks)`` of every attached layer, kept after detaching for the "not measured" findings.
         self._attached = [(site.name, list(site.tracks)) for site in self.sites]
         self.schedule = self._schedule()
-        self._detected_truncation: dict[str, int] = {}
+        self._truncation = TruncationWindows()
         self._writer = self._open_log(log) if log is not None else None
         self._generator = torch.Generator().manual_seed(self.settings.seed)
         if rules is None:
@@ -358,20 +359,12 @@ class Probe:
             return "it was only called with gradients disabled (torch.no_grad / inference_mode): no backward to measure"
         return f"it was not called on a deep step (every {self.schedule.every} steps), or those steps had non-finite values"
 
-    def _observe_loop(self) -> None:
-        """Truncated BPTT: a step that starts from a detached copy of the previous step's final state."""
-        for name, sequence in self._capture.sequences.items():
-            window = sequence.length if sequence.carried else None
-            if window is not None and self._detected_truncation.get(name) != window:
-                self._detected_truncation[name] = window
-                self._emit("loop", step=self.step_index, layer=name, truncation=window)
-
     @property
     def truncation(self) -> int | None:
         """The loop's truncated-BPTT window: declared with ``attach(truncation=)``, else detected, else ``None``."""
         if self.settings.truncation is not None:
             return self.settings.truncation
-        return next(iter(self._detected_truncation.values()), None)
+        return self._truncation.window
 
     def _pause(self, paused: bool) -> None:
         self._capture.paused = paused
@@ -380,13 +373,13 @@ class Probe:
         assert self._statistics is not None  # set in _start
         record, nonfinite, loss_value = self._statistics.record(self.step_index, loss, self._capture, self._emit, observed)
         mode = self._capture.mode
+        scale = observed.grad_scale if observed is not None else 1.0
+        context = StepContext(self.step_index, mode, self._capture, self._emit, grad_scale=scale)
         if nonfinite is None:  # nothing to learn from replaying NaN/Inf; GP103 reports the step
-            scale = observed.grad_scale if observed is not None else 1.0
-            context = StepContext(self.step_index, mode, self._capture, self._emit, grad_scale=scale)
             for quantity in self._quantities:
                 if mode in quantity.modes:
                     quantity.compute(context)
-        self._observe_loop()
+        self._truncation.compute(context)
         self._capture.clear()
         if self._fixer is not None:
             self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)

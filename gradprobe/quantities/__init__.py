@@ -12,7 +12,9 @@ guard that switches a failing part off, and the event bus. A step goes:
    where non-finite values appeared first);
 3. the quantities that run in this mode compute from what the hooks captured:
    :class:`~gradprobe.quantities.saturation.SaturationSampling` on sampled
-   steps, :class:`~gradprobe.quantities.deep_profile.DeepProfile` on deep steps.
+   steps, :class:`~gradprobe.quantities.deep_profile.DeepProfile` on deep steps;
+4. :class:`~gradprobe.quantities.truncation.TruncationWindows` notes the typical
+   truncated-BPTT window of a loop that carries a detached state.
 """
 
 from gradprobe.quantities.base import Emit, Quantity, StepContext
@@ -20,6 +22,7 @@ from gradprobe.quantities.deep_profile import DeepProfile, LayerProfile
 from gradprobe.quantities.saturation import SaturationSampling
 from gradprobe.quantities.schedule import BudgetSchedule, Schedule
 from gradprobe.quantities.step_statistics import StepStatistics
+from gradprobe.quantities.truncation import TruncationWindows
 
 __all__ = [
     "BudgetSchedule",
@@ -31,4 +34,5 @@ __all__ = [
     "Schedule",
     "StepContext",
     "StepStatistics",
+    "TruncationWindows",
 ]

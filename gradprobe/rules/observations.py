@@ -21,6 +21,9 @@ from gradprobe.events import finite_number, number
 FIRST_LOSSES = 20
 #: Losses at the end of what was seen that define its current level.
 RECENT_LOSSES = 20
+#: Losses at the very start whose median is the level before training moved it (a run that blows up
+#: in its first steps has no better block); a median, so one low first batch moves nothing.
+START_LOSSES = 5
 #: Deep probes per track kept from the start, and the most recent ones.
 KEPT_PROBES = 5
 
@@ -49,6 +52,8 @@ class LossTrend:
     last_step: int | None = None
     best: float | None = None
     best_step: int | None = None
+    #: The upper quartile of the block whose median is :attr:`best` (how high that level's noise reaches).
+    best_upper: float | None = None
     _block: list[float] = field(default_factory=list)
 
     def add(self, step: int | None, loss: float | None) -> None:
@@ -70,7 +75,7 @@ class LossTrend:
         if len(self._block) == RECENT_LOSSES:
             level = statistics.median(self._block)
             if self.best is None or level < self.best:
-                self.best, self.best_step = level, step
+                self.best, self.best_step, self.best_upper = level, step, _upper_quartile(self._block)
             self._block = []
 
     @property
@@ -97,20 +102,46 @@ class LossTrend:
             return False
         return self.divergence(rise) is None and not self.nonfinite
 
-    def divergence(self, rise: float) -> dict[str, Any] | None:
-        """The loss climbed over ``rise`` x its best level and above its very first value; ``None`` otherwise.
+    @property
+    def start_level(self) -> float | None:
+        """Median of the first :data:`START_LOSSES` losses: where training started, robust to one batch."""
+        return _median(self.first[:START_LOSSES])
 
-        The best level is the lowest block median, or the first loss (before
-        any update) when that is lower: a run that blows up in its first
-        steps has no better block.
+    def divergence(self, rise: float) -> dict[str, Any] | None:
+        """The loss climbed over ``rise`` x its best level and above where it started; ``None`` otherwise.
+
+        Every level is a median, never one batch: the best level is the lowest
+        block median, or the start level (:attr:`start_level`) when that is
+        lower, since a run that blows up in its first steps has no better
+        block. The climb must also stand out of the noise: the recent
+        window's lower quartile above the upper quartile of the best level's
+        window (of the whole start window when that is the best level), so a
+        noisy loss that wanders around a flat level is not diverging, however
+        its medians fall.
         """
-        start, latest = self.start, self.latest
+        start, latest = self.start_level, self.latest
         if start is None or latest is None or self.finite < FIRST_LOSSES + RECENT_LOSSES:
             return None
-        best, best_step = (self.best, self.best_step) if self.best is not None and self.best < start else (start, self.first_step)
-        if latest - best > rise * max(abs(best), 1e-12) and latest > start:
-            return {"initial": start, "best": best, "best_step": best_step, "latest": latest}
-        return None
+        if self.best is not None and self.best < start:
+            best, best_step, best_upper = self.best, self.best_step, self.best_upper
+        else:
+            # five losses say little of their noise: the climb must clear all of them
+            best, best_step, best_upper = start, self.first_step, max(self.first[:START_LOSSES])
+        if latest - best <= rise * max(abs(best), 1e-12) or latest <= start:
+            return None
+        if best_upper is not None and _lower_quartile(self.recent) <= best_upper:
+            return None
+        return {"initial": start, "best": best, "best_step": best_step, "latest": latest}
+
+
+def _upper_quartile(values: Any) -> float:
+    ordered = sorted(values)
+    return ordered[(3 * len(ordered)) // 4]
+
+
+def _lower_quartile(values: Any) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 4]
 
 
 @dataclass

@@ -104,4 +104,42 @@ def test_a_declared_window_wins_over_the_detected_one():
             out.sum().backward()
             probe.step()
             state = tuple(s.detach() for s in state)
-    assert probe.truncation == 50 and probe._detected_truncation == {"lstm": 35}
+    assert probe.truncation == 50 and probe._truncation.published == {"lstm": 35}
+
+
+def _windows_loop(model, windows, log):
+    """A word-LM style loop over a stream cut into the given windows, the state carried and detached."""
+    stream = torch.randn(sum(windows), 3, 2, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradprobe.attach(model, log=log, every=3, config={}) as probe:
+        state, start = None, 0
+        for window in windows:
+            out, state = model(stream[start : start + window], state)
+            start += window
+            opt.zero_grad()
+            out.pow(2).mean().backward()
+            probe.step()
+            opt.step()
+            state = tuple(s.detach() for s in state)
+    return probe
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_the_short_last_batch_of_an_epoch_is_not_the_window(tmp_path, epochs):
+    """pytorch/examples' word LM: 35-step windows, the epoch's last one shorter (here 2 steps)."""
+    windows = ([35] * 6 + [2]) * epochs
+    probe = _windows_loop(FusedLoop(), windows, tmp_path / "run.log")
+    assert probe.truncation == 35
+    loops = [e["truncation"] for e in iter_events(tmp_path / "run.log") if e["kind"] == "loop"]
+    assert loops == [35]
+
+
+def test_a_variable_bptt_length_gives_its_typical_window(tmp_path):
+    """AWD-LSTM draws each window around its BPTT length (70, sd 5; half the time 35)."""
+    rng = torch.Generator().manual_seed(0)
+    windows = [max(5, int(70 + 5 * float(torch.randn((), generator=rng)))) for _ in range(30)]
+    probe = _windows_loop(FusedLoop(), windows, tmp_path / "run.log")
+    carried = sorted(windows[1:])  # the first window starts without a carried state
+    assert probe.truncation == carried[(len(carried) - 1) // 2]
+    loops = [e["truncation"] for e in iter_events(tmp_path / "run.log") if e["kind"] == "loop"]
+    assert 1 <= len(loops) <= 4 and abs(loops[-1] - probe.truncation) <= 0.1 * probe.truncation
