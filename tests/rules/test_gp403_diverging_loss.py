@@ -40,7 +40,7 @@ def test_one_low_first_batch_moves_nothing(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_loss_that_climbs_after_learning_is_diverging(seed):
     rng = random.Random(seed)
-    level = lambda t: 2.0 * 0.97**t if t < 40 else 2.0 * 0.97**40 * 1.06 ** (t - 40)  # noqa: E731
+    level = lambda t: 2.0 * 0.97**t if t < 40 else 2.0 * 0.97**40 * 1.06 ** (t - 40)
     (finding,) = _judge(_noisy(level, 90, rng, spread=0.2))
     assert finding.evidence["latest_loss"] > 3 * finding.evidence["best_loss"]
     assert 20 <= finding.step <= 60
