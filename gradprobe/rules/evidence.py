@@ -9,6 +9,8 @@ A horizon is a measurement. It becomes a problem only with evidence:
     The loss reaches part of the sequence only through the recurrence, and
     there the gradient has faded below epsilon in every direction (a loss on
     the last steps of a long sequence: classification, the adding problem).
+    A cause without a symptom: alone it is no evidence while the loss is
+    improving (a forecaster whose loss covers its prediction window learns).
 ``stalled-loss``
     The loss has stayed near its starting value while the horizon is shorter
     than the sequence (symptom first, then cause).
@@ -101,6 +103,11 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
                 f"{count} of {length} steps get < {track.epsilon:g} of the gradient: the loss reaches them only through the recurrence"
             )
     loss = context.run.loss
+    if found.kinds == ["structure"] and _improving(context, threshold("min_improvement")):
+        found.kinds.clear()
+        gained = loss.improvement() or 0.0
+        found.reasons.clear()
+        found.numbers.update(initial_loss=loss.initial, latest_loss=loss.latest, improvement=gained)
     if horizon < seq_len and loss.stalled(int(threshold("stall_min_steps")), threshold("min_improvement"), context.threshold("GP403", "rise")):
         found.kinds.append("stalled-loss")
         gained = loss.improvement() or 0.0
@@ -114,6 +121,19 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
             found.reasons.append(f"the horizon collapsed during training (from {shown} to {horizon:.0f})")
             found.numbers["early_horizon"] = None if math.isinf(early) else early
     return found
+
+
+def _improving(context: RuleContext, min_improvement: float) -> bool:
+    """The loss is learning: at least ``min_improvement`` of its start gone, still falling late in the run (a
+    quarter of that between its third and last quarter, once there are enough blocks), not diverging or non-finite."""
+    loss = context.run.loss
+    gained = loss.improvement()
+    if gained is None or gained < min_improvement or loss.nonfinite:
+        return False
+    late = loss.late_improvement()
+    if late is not None and late < min_improvement / 4:
+        return False
+    return loss.divergence(context.threshold("GP403", "rise")) is None
 
 
 @dataclass

@@ -27,7 +27,9 @@ RULE = Rule(
         "- declared: the horizon is below min_horizon_fraction x the dependency length the task needs "
         "(dependency_length= in attach/check/assert_healthy/the pytest marker, dependency-length in [tool.gradprobe]);\n"
         "- structure: at least min_starved_fraction of the time steps get less than epsilon x the largest gradient "
-        "in every direction of the layer (the loss reads only the last steps of a long sequence);\n"
+        "in every direction of the layer (the loss reads only the last steps of a long sequence), and the loss is not "
+        "learning: a cause without a symptom is information while the loss improves (at least min_improvement of it "
+        "gone, and still falling between the third and last quarter of the run);\n"
         "- stalled loss: after stall_min_steps steps, less than min_improvement of the starting loss is gone while "
         "the horizon is shorter than the sequence;\n"
         "- collapse: the horizon fell below collapse_fraction x its value in the first deep probes."
@@ -40,6 +42,8 @@ RULE = Rule(
     ),
     known_problems=(
         "The sequence length and the BPTT window are not needs: declare the dependency length when the task has one. "
+        "A loss on a window that converged early and then sat still looks like a loss stuck at a baseline: the "
+        "structure evidence then warns; a declared dependency length decides. "
         "The stalled-loss evidence needs a loss passed to probe.step(loss)."
     ),
     example="rnn = nn.RNN(1, 128)  # default init, tanh; the label depends on step 0 of 200",

@@ -24,6 +24,10 @@ RECENT_LOSSES = 20
 #: Losses at the very start whose median is the level before training moved it (a run that blows up
 #: in its first steps has no better block); a median, so one low first batch moves nothing.
 START_LOSSES = 5
+#: Block medians kept for the trend over the run (neighbours merged beyond it).
+KEPT_BLOCKS = 256
+#: Blocks before the late trend of a run is judged.
+LATE_BLOCKS = 4
 #: Deep probes per track kept from the start, and the most recent ones.
 KEPT_PROBES = 5
 
@@ -54,6 +58,10 @@ class LossTrend:
     best_step: int | None = None
     #: The upper quartile of the block whose median is :attr:`best` (how high that level's noise reaches).
     best_upper: float | None = None
+    #: Block medians in order, pairs merged (and the block doubled) past :data:`KEPT_BLOCKS`: constant memory.
+    levels: list[float] = field(default_factory=list)
+    _block_size: int = RECENT_LOSSES
+    _pending: list[float] = field(default_factory=list)
     _block: list[float] = field(default_factory=list)
 
     def add(self, step: int | None, loss: float | None) -> None:
@@ -77,6 +85,29 @@ class LossTrend:
             if self.best is None or level < self.best:
                 self.best, self.best_step, self.best_upper = level, step, _upper_quartile(self._block)
             self._block = []
+            self._add_level(level)
+
+    def _add_level(self, level: float) -> None:
+        """Keep ``level`` in :attr:`levels`; past :data:`KEPT_BLOCKS` levels, merge neighbours (the mean of two medians)."""
+        self.levels.append(level)
+        if len(self.levels) > KEPT_BLOCKS:
+            pairs = self.levels
+            self.levels = [(pairs[i] + pairs[i + 1]) / 2 for i in range(0, len(pairs) - 1, 2)] + pairs[len(pairs) & ~1 :]
+
+    def late_improvement(self) -> float | None:
+        """The share of the loss gone between the third and the last quarter of the run (block medians).
+
+        ``None`` before :data:`LATE_BLOCKS` blocks. A run still learning keeps
+        improving there; a loss stuck at a trivial baseline after a first fall
+        (the mean predictor) does not.
+        """
+        levels = self.levels
+        n = len(levels)
+        if n < LATE_BLOCKS:
+            return None
+        third = statistics.median(levels[n // 2 : (3 * n) // 4])
+        last = statistics.median(levels[(3 * n) // 4 :])
+        return (third - last) / abs(third) if third else None
 
     @property
     def initial(self) -> float | None:

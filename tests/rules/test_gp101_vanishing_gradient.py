@@ -115,3 +115,38 @@ def test_suppressed_per_code():
     torch.manual_seed(0)
     report = check(default_tanh_rnn(), torch.randn(200, BATCH, 1), ignore=["GP101"], dependency_length=200)
     assert "GP101" not in codes(report, "info")
+
+
+def _starved_run(losses, seq_len=79, window=20):
+    """An encoder-decoder whose loss covers the last ``window`` steps: earlier steps get < epsilon of the gradient."""
+    engine = RuleEngine({})
+    engine.feed({"kind": "meta", "layers": [{"name": "rnn", "num_layers": 1}], "settings": {}})
+    profile = [1e-6] * (seq_len - window - 22) + [0.5**k for k in range(22, 0, -1)] + [1.0] * window
+    for step, loss in enumerate(losses):
+        engine.feed({"kind": "step", "step": step, "loss": loss, "grad_norm": 1.0, "nonfinite": None})
+        if step % 25 == 0:
+            engine.feed({"kind": "deep", "step": step, "layer": "rnn.l0", "module": "rnn", "mode": "LSTM",
+                         "seq_len": seq_len, "horizon": 30.0, "rate": math.log(1e-3) / 30,
+                         "grad_norms": profile, "epsilon": 1e-3})
+    return [f for f in engine.findings() if f.code == "GP101"]
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_structure_alone_is_no_evidence_while_the_loss_improves(seed):
+    """A forecaster whose loss covers its prediction window learns: the starved steps are information."""
+    rng = torch.Generator().manual_seed(seed)
+    noise = (0.15 * torch.randn(400, generator=rng)).exp().tolist()
+    learning = [(0.3 + 2.0 / (1 + i / 25)) * n for i, n in enumerate(noise)]
+    (finding,) = _starved_run(learning)
+    assert finding.severity == "info" and finding.evidence["evidence"] == []
+    assert finding.evidence["starved_steps"] >= 30 and finding.evidence["improvement"] > 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_structure_warns_once_the_loss_sits_at_a_baseline(seed):
+    """The adding problem's broken twin: a first fall to the mean predictor, then nothing more is learned."""
+    rng = torch.Generator().manual_seed(seed)
+    noise = (0.15 * torch.randn(400, generator=rng)).exp().tolist()
+    stuck = [(0.167 + 1.0 * math.exp(-i / 10)) * n for i, n in enumerate(noise)]
+    (finding,) = _starved_run(stuck)
+    assert finding.severity == "warning" and finding.evidence["evidence"] == ["structure"]
