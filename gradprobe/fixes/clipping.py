@@ -53,13 +53,20 @@ class ClipGradNorm:
     under way cannot teach it:
 
     - only *accepted* norms enter the history: norms under the threshold,
-      and, while a loss is given and not diverging, clipped steps at their
+      and, while a loss is given and not diverging and clipping is rare
+      (under ``max_clip_share`` of the recent steps), clipped steps at their
       limit (as ZClip updates its statistics with the clipped value), so a
       healthy norm that grows moves the threshold up step by step while an
-      explosion never raises it;
+      explosion, which is clipped step after step, never raises it;
     - the threshold is ``exp(median + z * 1.4826 * MAD)`` of the log-norms in
       the history (a z-score on a robust scale), between ``headroom`` and
-      ``ceiling`` x the median accepted norm;
+      ``ceiling`` x the median accepted norm, and, unless the loss shows the
+      run learning (the median of the last ``start_losses`` losses under
+      ``improved`` x the starting level), never over ``ceiling`` x the
+      median of the first ``start_losses`` norms (the scale of the gradient
+      before any update moved it): a slowly growing explosion (momentum
+      overshooting on large targets) cannot teach it, a healthy growing norm
+      of a learning run can;
     - before ``warmup`` norms are known the cap alone applies (from the
       first step: a norm over ``ceiling`` x the median so far is clipped);
     - the first ``warmup`` steps have little history to judge by, so a prior
@@ -81,14 +88,21 @@ class ClipGradNorm:
         warmup: Accepted norms before the z-score applies.
         history: Accepted norms kept.
         brake: Loss over this multiple of the starting level (the median of
-            the first ``start_losses`` finite losses) counts as diverging;
-            ``None`` turns braking off.
+            the first ``start_losses`` finite losses) brakes; ``None`` turns
+            braking off (with momentum or an adaptive optimizer, where a
+            smaller gradient does not make a smaller step).
+        rise: Loss over this multiple of the starting level counts as
+            rising: no norm of such a step enters the history, braking or not.
         start_losses: Finite losses that define the starting level.
         recovery: Growth factor of the braked limit per non-diverging step.
         floor: Smallest braked limit, as a multiple of the median accepted
             norm, so that braking never freezes training.
         relative: Largest norm in the first ``warmup`` steps, as a multiple
             of the parameters' norm.
+        max_clip_share: Share of clipped steps among the last ``history``
+            above which a clipped step no longer enters the history.
+        improved: Recent loss level, as a share of the starting level, under
+            which the run counts as learning.
     """
 
     max_norm: float | None = None
@@ -98,11 +112,19 @@ class ClipGradNorm:
     warmup: int = 10
     history: int = 200
     brake: float | None = 1.5
+    rise: float = 1.5
     start_losses: int = 5
     recovery: float = 1.25
     floor: float = 0.01
     relative: float = 1.0
+    max_clip_share: float = 0.1
+    improved: float = 0.9
     _accepted: deque[float] = field(default_factory=deque, repr=False)
+    _first_norms: list[float] = field(default_factory=list, repr=False)
+    _recent_losses: deque[float] = field(default_factory=deque, repr=False)
+    _improving: bool = field(default=False, repr=False)
+    _clipped: deque[bool] = field(default_factory=deque, repr=False)
+    _clipped_count: int = field(default=0, repr=False)
     _first_losses: list[float] = field(default_factory=list, repr=False)
     _braked_limit: float | None = field(default=None, repr=False)
     _last_applied: float | None = field(default=None, repr=False)
@@ -120,20 +142,31 @@ class ClipGradNorm:
         logs = sorted(math.log(v) for v in self._accepted)
         median = logs[len(logs) // 2] if len(logs) % 2 else 0.5 * (logs[len(logs) // 2 - 1] + logs[len(logs) // 2])
         cap = median + math.log(self.ceiling)
+        if len(self._first_norms) >= self.start_losses and not self._improving:
+            cap = min(cap, math.log(self.ceiling * statistics.median(self._first_norms)))
         if len(logs) < self.warmup:
             return math.exp(cap)
         deviations = sorted(abs(v - median) for v in logs)
         mad = deviations[len(deviations) // 2]
         return math.exp(min(cap, median + max(self.z * 1.4826 * mad, math.log(self.headroom))))
 
+    def initial_norm(self) -> float | None:
+        """The median of the first ``start_losses`` gradient norms: the gradient's scale before updates moved it."""
+        return statistics.median(self._first_norms) if self._first_norms else None
+
     def diverging(self, loss: float | None) -> float | None:
-        """The starting level (median of the first losses seen so far) when ``loss`` is over ``brake`` x it; else ``None``."""
-        if self.max_norm is not None or self.brake is None or loss is None or not math.isfinite(loss):
+        """The starting level (median of the first losses seen so far) when ``loss`` is over ``rise`` x it; else ``None``."""
+        if self.max_norm is not None or loss is None or not math.isfinite(loss):
             return None
         start = statistics.median(self._first_losses) if self._first_losses else None
         if len(self._first_losses) < self.start_losses:
             self._first_losses.append(abs(loss))
-        return start if start is not None and abs(loss) > self.brake * start else None
+        self._recent_losses.append(abs(loss))
+        if len(self._recent_losses) > self.start_losses:
+            self._recent_losses.popleft()
+        if start is not None and len(self._first_losses) >= self.start_losses:
+            self._improving = statistics.median(self._recent_losses) < self.improved * start
+        return start if start is not None and abs(loss) > self.rise * start else None
 
     def _braked(self, norm: float, learned: float | None, diverging: bool) -> float | None:
         """The limit a diverging loss imposes: halved at every diverging step, regrown by ``recovery`` after."""
@@ -166,17 +199,30 @@ class ClipGradNorm:
             return None
         prior = self.relative * param_norm if param_norm is not None and self.needs_prior(param_norm) else None
         self._steps += 1
+        if len(self._first_norms) < self.start_losses and norm > 0:
+            self._first_norms.append(norm)
         learned = self.threshold()
-        diverging = self.diverging(loss) is not None
-        braked = self._braked(norm, learned, diverging)
+        start = self.diverging(loss)
+        diverging = start is not None
+        brakes = diverging and self.brake is not None and abs(loss or 0.0) > self.brake * (start or 0.0)
+        braked = self._braked(norm, learned, brakes)
         limit = min((v for v in (learned, braked, prior) if v is not None), default=None)
         clipped = limit is not None and norm > limit
         self._last_applied = limit if clipped and limit is not None else norm
         healthy_loss = loss is not None and math.isfinite(loss) and not diverging
-        if self.max_norm is None and braked is None and norm > 0 and (not clipped or healthy_loss):
-            self._accepted.append(self._last_applied)  # clipped under a healthy loss: enters at its limit, so the threshold drifts
+        clipping_is_rare = self._clipped_count < self.max_clip_share * max(len(self._clipped), self.warmup)
+        self._clipped.append(clipped)
+        self._clipped_count += clipped
+        if len(self._clipped) > self.history:
+            self._clipped_count -= self._clipped.popleft()
+        accepted = not clipped or (healthy_loss and clipping_is_rare)
+        if self.max_norm is None and braked is None and norm > 0 and not diverging and accepted:
+            # a rising loss teaches nothing; clipped under a healthy loss, and rarely: enters at its limit, so the
+            # threshold can drift up slowly
+            self._accepted.append(self._last_applied)
             while len(self._accepted) > self.history:
                 self._accepted.popleft()
+
         if limit is None or norm <= limit:
             return None
         action: dict[str, Any] = {"norm": norm, "max_norm": limit, "scale": limit / (norm + 1e-6)}

@@ -69,6 +69,10 @@ class StepFixer:
         self.optimizer = type(optimizer).__name__
         if not steps_with_the_gradient(optimizer):
             self.clip.brake = None
+        momentum = max((float(group.get("momentum") or 0.0) for group in optimizer.param_groups), default=0.0)
+        if isinstance(optimizer, torch.optim.SGD) and 0 < momentum < 1:
+            # momentum makes a step of up to 1 / (1 - momentum) gradients: bound the step, not only the gradient
+            self.clip.ceiling = max(self.clip.headroom, self.clip.ceiling * (1 - momentum))
 
     def after_backward(self, step: int, record: dict[str, Any], nonfinite: dict[str, Any] | None, loss: float | None = None) -> None:
         apply = self.mode == "auto"

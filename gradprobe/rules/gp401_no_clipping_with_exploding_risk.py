@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 from gradprobe.findings import RuleResult
 from gradprobe.fixes.actions import action
-from gradprobe.fixes.clipping import quantile
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.evidence import spike_judgement
@@ -24,8 +23,9 @@ RULE = Rule(
         "diverging loss) against the signs of clipping: clipping seen between backward and the optimizer step "
         "(attach(..., optimizer=opt)), a declared threshold (attach(..., grad_clip=)), the probe's "
         "own clipping (fix='auto'), or a gradient norm pinned at the same maximum in at least min_pinned_fraction of "
-        "the steps (clip_grad_norm_ before probe.step). With risk and no clipping it suggests a threshold from the "
-        "observed norms; with clipping it stays silent."
+        "the steps (clip_grad_norm_ before probe.step). With risk and no clipping it suggests twice the median norm "
+        "of the first steps whose loss was not rising (the healthy scale, never a norm of the explosion); with "
+        "clipping it stays silent."
     ),
     why_bad="Without clipping one exploding step can undo a whole run of training (Pascanu et al. 2013).",
     known_problems=(
@@ -67,8 +67,8 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         risk.append(f"a diverging loss ({divergence['best']:.4g} -> {divergence['latest']:.4g})")
     if not risk:
         return None
-    kept = list(norms.kept)
-    suggested = 2 * quantile(kept, 0.5) if kept else None
+    healthy = norms.healthy_median  # never a norm measured during the explosion
+    suggested = 2 * healthy if healthy is not None else None
     fixes = (action("clip-grad-norm", max_norm=suggested),) if suggested else (action("clip-grad-norm-auto"),)
     threshold = f"{suggested:.3g}" if suggested is not None else "a multiple of the typical norm"
     return [
@@ -79,6 +79,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                 "spikes": norms.spikes,
                 "growth": growth,
                 "median_norm": norms.median,
+                "healthy_median_norm": healthy,
                 "suggested_max_norm": suggested,
             },
             fixes=fixes,

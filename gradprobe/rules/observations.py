@@ -30,6 +30,10 @@ KEPT_BLOCKS = 256
 LATE_BLOCKS = 4
 #: Deep probes per track kept from the start, and the most recent ones.
 KEPT_PROBES = 5
+#: Norms of the first steps whose loss was not rising, kept as the run's healthy gradient scale.
+HEALTHY_NORMS = 20
+#: A loss over this multiple of the start level is rising: its step's norm is not a healthy one.
+RISING = 1.5
 
 
 def _median(values: Any) -> float | None:
@@ -195,6 +199,8 @@ class NormHistory:
     #: Step events seen, and those among them without a gradient (the norm missing or zero).
     recorded: int = 0
     without_gradient: int = 0
+    #: The first :data:`HEALTHY_NORMS` norms of steps whose loss was not rising (see :meth:`Observations.feed`).
+    healthy: list[float] = field(default_factory=list)
     spikes: int = 0
     max_spike_ratio: float = 0.0
     first_spike_step: int | None = None
@@ -241,6 +247,11 @@ class NormHistory:
     @property
     def median(self) -> float | None:
         return _median(self.kept)
+
+    @property
+    def healthy_median(self) -> float | None:
+        """The median of the healthy norms: the gradient's scale before anything exploded (``None`` without one)."""
+        return _median(self.healthy)
 
     def pinned_share(self) -> float:
         return self.pinned / self.steps if self.steps else 0.0
@@ -405,8 +416,14 @@ class Observations:
         self.last_spike = None
         if kind == "step":  # most events
             step = event.get("step")
-            self.loss.add(step, number(event.get("loss")))
-            spike = self.last_spike = self.norms.add(step, number(event.get("grad_norm")))
+            loss = number(event.get("loss"))
+            self.loss.add(step, loss)
+            norm = number(event.get("grad_norm"))
+            spike = self.last_spike = self.norms.add(step, norm)
+            if len(self.norms.healthy) < HEALTHY_NORMS and norm is not None and math.isfinite(norm) and norm > 0:
+                start = self.loss.start_level
+                if loss is None or (math.isfinite(loss) and (start is None or loss <= RISING * start)):
+                    self.norms.healthy.append(norm)
             clip = event.get("clip")
             if clip is not None:
                 self.clipping.add_seen(clip)

@@ -49,3 +49,18 @@ def test_probe_clipping_and_auto_mode_count():
 
 def test_no_risk_no_finding():
     assert not _run([1.0] * 50)
+
+
+def test_the_suggested_threshold_comes_from_the_healthy_first_steps():
+    """A run that explodes from its first steps: norms x1.5 per step (to 1e10), the loss with them. The threshold
+    suggested is twice the median norm of the steps before the loss rose, never a norm of the explosion."""
+    engine = RuleEngine({})
+    engine.feed({"kind": "meta", "layers": [], "settings": {}})
+    for step in range(60):
+        norm = 2.0 * 1.5**step
+        loss = 1.0 if step < 5 else 2.0 ** (step - 4)
+        engine.feed({"kind": "step", "step": step, "grad_norm": norm, "loss": loss, "nonfinite": None})
+    (finding,) = [f for f in engine.findings() if f.code == "GP401"]
+    healthy = [2.0 * 1.5**k for k in range(5)]  # the loss stays at its start level for 5 steps
+    assert finding.evidence["suggested_max_norm"] == 2 * healthy[2]
+    assert finding.evidence["suggested_max_norm"] < 1e3 < finding.evidence["median_norm"]
