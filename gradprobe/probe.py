@@ -41,6 +41,7 @@ from gradprobe.discovery import RecurrentSite, find_recurrent, unwrap
 from gradprobe.events import EventWriter
 from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
+from gradprobe.layer_weights import describe_with_scales
 from gradprobe.quantities import (
     BudgetSchedule,
     DeepProfile,
@@ -199,7 +200,7 @@ class Probe:
             gradprobe=__version__,
             torch=torch.__version__,
             model=type(model).__name__,
-            layers=[site.describe() for site in self.sites],
+            layers=[describe_with_scales(site) for site in self.sites],
             settings=vars(self.settings).copy(),
             config=self._recorded_config(),
             optimizer=type(optimizer).__name__ if optimizer is not None else None,

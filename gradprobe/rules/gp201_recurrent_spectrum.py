@@ -11,10 +11,11 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
+from gradprobe.layer_weights import candidate_block
 from gradprobe.reference.functional import is_relu
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
-from gradprobe.rules.weights import candidate_block, each_direction
+from gradprobe.rules.weights import each_direction
 
 RULE = Rule(
     code="GP201",

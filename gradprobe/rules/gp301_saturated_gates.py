@@ -19,14 +19,28 @@ RULE = Rule(
     name="saturated-gates",
     severity="warning",
     summary="Large share of gate/tanh activations in their flat regions",
-    thresholds={"max_fraction": 0.5, "max_gate_fraction": 0.9, "error_fraction": 0.95, "stall_min_steps": 100, "min_improvement": 0.1, "rise": 0.25},
+    thresholds={
+        "max_fraction": 0.5,
+        "max_gate_fraction": 0.9,
+        "error_fraction": 0.95,
+        "stall_min_steps": 100,
+        "min_improvement": 0.1,
+        "rise": 0.25,
+        "recurrent_gain_above": 2.0,
+        "gated_recurrent_gain_above": 4.0,
+        "input_ratio_above": 4.0,
+    },
     what_it_does=(
         "Averages, per layer and gate, the share of activations in the flat region (sigmoid outside [0.05, 0.95], "
         "tanh beyond +-0.95; for the forget gate only the closed side, below 0.05). Flags tanh outputs and closed "
         "forget gates above max_fraction, other sigmoid gates above max_gate_fraction (gates that learned to be binary "
         "are normal, and chrono init closes input gates on purpose); error above error_fraction. Saturation present "
         "from the first samples (input scale, initialization) is a warning or error; saturation a layer developed "
-        "while the loss improves is info, and a warning once the loss stalls or diverges."
+        "while the loss improves is info, and a warning once the loss stalls or diverges. The fix names the weights "
+        "the evidence points at, read from the layer's weights at attach time (the run log's meta event): "
+        "recurrent weights whose sigma_max is over recurrent_gain_above (gated_recurrent_gain_above for LSTM/GRU) "
+        "get an orthogonal re-initialization, input weights over input_ratio_above x Xavier's std get Xavier's; "
+        "with neither, the inputs' scale is the suspect."
     ),
     why_bad="A saturated unit passes almost no gradient (sigmoid' < 0.05, tanh' < 0.1), and a closed forget gate erases memory.",
     known_problems=(
@@ -134,17 +148,57 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         else:
             severity, why = "info", "developed in training while the loss improves"
         closed = worst_gate == "forget"
-        fixes = (action("forget-bias", value=1.0),) if closed else (action("xavier-input"), action("normalize-inputs"))
+        blame = _blame(context, layer, entry.mode)
+        fixes = (action("forget-bias", value=1.0),) if closed else blame.fixes
+        cause = "" if closed or not blame.text else f"; {blame.text}"
         found.append(
             context.finding(
                 "GP301",
-                f"{worst:.0%} of {worst_gate} activations {'closed' if closed else 'saturated'} in {layer} (mean over {entry.count} sampled steps), {why}",
+                f"{worst:.0%} of {worst_gate} activations {'closed' if closed else 'saturated'} in {layer} "
+                f"(mean over {entry.count} sampled steps), {why}{cause}",
                 layer=layer,
                 step=entry.step,
                 severity=severity,
                 evidence={"gate": worst_gate, "fraction": worst, "fractions": means, "samples": entry.count,
-                          "early_fractions": entry.early_means(), "from_start": from_start},
+                          "early_fractions": entry.early_means(), "from_start": from_start, **blame.numbers},
                 fixes=fixes,
             )
         )
     return found
+
+
+@dataclass
+class Blame:
+    """Which weights drive a saturated layer, as far as its weight scales tell."""
+
+    fixes: tuple[Any, ...]
+    text: str = ""
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _blame(context: RuleContext, track: str, mode: str | None) -> Blame:
+    """The fixes for a saturated track: the recurrent weights, the input weights, or the inputs' scale."""
+    scales: dict[str, Any] = {}
+    for layer in context.meta.get("layers", []):
+        found = layer.get("scales") if isinstance(layer, dict) else None
+        if isinstance(found, dict) and isinstance(found.get(track), dict):
+            scales = found[track]
+    recurrent, inputs = scales.get("recurrent"), scales.get("input")
+    gated = mode in ("LSTM", "GRU")
+    gain_limit = context.threshold("GP301", "gated_recurrent_gain_above" if gated else "recurrent_gain_above")
+    recurrent_cause = isinstance(recurrent, (int, float)) and recurrent > gain_limit
+    input_cause = isinstance(inputs, (int, float)) and inputs > context.threshold("GP301", "input_ratio_above")
+    numbers = {"recurrent_sigma_max": recurrent, "input_std_ratio": inputs}
+    fixes: tuple[Any, ...] = ()
+    said = []
+    if recurrent_cause:
+        fixes += (action("orthogonal-recurrent"),)
+        said.append(f"recurrent weights with sigma_max {recurrent:.3g} > {gain_limit:g} drive it")
+    if input_cause:
+        fixes += (action("xavier-input"),)
+        said.append(f"input weights at {inputs:.3g}x Xavier's std drive it")
+    if not fixes:
+        fixes = (action("normalize-inputs"), action("xavier-input"))
+        if recurrent is not None and inputs is not None:
+            said.append("its weights are in range: the inputs' scale is the suspect")
+    return Blame(fixes, " and ".join(said), numbers)

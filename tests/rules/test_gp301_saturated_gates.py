@@ -1,4 +1,7 @@
+import pytest
 import torch
+
+import gradprobe
 
 from .zoo import BATCH, check, codes, healthy_lstm, lstm_with_forget_bias, saturating_lstm
 
@@ -29,3 +32,49 @@ def test_open_forget_gate_is_not_saturation():
 def test_healthy_lstm_is_not_saturated():
     torch.manual_seed(0)
     assert "GP301" not in codes(check(healthy_lstm(), torch.randn(20, BATCH, 4)), "info")
+
+
+def _saturated_rnn(recurrent=1.0, inputs=1.0):
+    rnn = torch.nn.RNN(8, 64)
+    with torch.no_grad():
+        torch.nn.init.orthogonal_(rnn.weight_hh_l0)
+        rnn.weight_hh_l0.mul_(recurrent)
+        rnn.weight_ih_l0.mul_(inputs)
+    return rnn
+
+
+def _gp301(report):
+    (finding,) = [f for f in report.findings if f.code == "GP301"]
+    return finding
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_recurrent_weights_that_saturate_are_blamed_and_fixed_alone(seed):
+    """A tanh RNN saturated by its recurrent weights (sigma_max 5): the fix re-initializes W_hh, never the fine W_ih."""
+    torch.manual_seed(seed)
+    rnn = _saturated_rnn(recurrent=5.0)
+    finding = _gp301(check(rnn, torch.randn(60, BATCH, 8)))
+    assert finding.severity in ("warning", "error") and finding.evidence["from_start"]
+    assert [f.action for f in finding.fixes] == ["orthogonal-recurrent"]
+    assert finding.evidence["recurrent_sigma_max"] == pytest.approx(5.0, rel=0.02)
+    assert "recurrent weights with sigma_max 5" in finding.message
+    input_before = rnn.weight_ih_l0.detach().clone()
+    applied = gradprobe.fixes.apply(rnn, [finding])
+    assert [a.action_id for a in applied] == ["orthogonal-recurrent"]
+    assert torch.equal(rnn.weight_ih_l0, input_before)
+    assert torch.linalg.matrix_norm(rnn.weight_hh_l0.detach(), ord=2) == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_input_weights_that_saturate_are_blamed(seed):
+    torch.manual_seed(seed)
+    finding = _gp301(check(_saturated_rnn(inputs=40.0), torch.randn(60, BATCH, 8)))
+    assert [f.action for f in finding.fixes] == ["xavier-input"]
+    assert "input weights at" in finding.message and finding.evidence["input_std_ratio"] > 4
+
+
+def test_large_inputs_with_weights_in_range_blame_the_inputs():
+    torch.manual_seed(0)
+    finding = _gp301(check(_saturated_rnn(), 30 * torch.randn(60, BATCH, 8)))
+    assert finding.fixes[0].action == "normalize-inputs"
+    assert "the inputs' scale is the suspect" in finding.message
