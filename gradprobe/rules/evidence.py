@@ -94,7 +94,7 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
         found.reasons.append(f"the task needs {found.need} steps (declared)")
         found.severe = horizon < threshold("error_horizon_fraction") * found.need
     starved = context.run.starved(track)
-    if starved is not None:
+    if starved is not None and horizon < seq_len:  # a horizon past the sequence: the recurrence is not what starves them
         count, length = starved
         found.numbers["starved_steps"] = count
         if length and count / length >= threshold("min_starved_fraction"):

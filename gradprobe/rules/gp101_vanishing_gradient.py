@@ -85,7 +85,12 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
         compared = f"{'<' if e.horizon < e.need else '>='} the {e.need} steps the task needs"
     else:
         compared = f"over sequences of {e.seq_len}"
-    head = f"gradient horizon {e.horizon:.0f} steps {compared} in {track.name}{per_step}"
+    if e.seq_len and e.horizon >= e.seq_len:  # extrapolated past what was measured: say what was seen
+        head = (f"the gradient reaches all {e.seq_len} steps of the sequences seen in {track.name}{per_step}; "
+                f"extrapolated horizon {e.horizon:.0f} steps {'<' if e.need and e.horizon < e.need else 'vs'} "
+                f"{f'the {e.need} steps the task needs' if e.need else 'no declared need'}")
+    else:
+        head = f"gradient horizon {e.horizon:.0f} steps {compared} in {track.name}{per_step}"
     if e.hurts:
         message = f"{head}; evidence: {'; '.join(e.reasons)}"
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -22,13 +23,15 @@ RULE = Rule(
     name="recurrent-spectrum",
     severity="warning",
     summary="sigma_max(W_hh) * gamma far from 1 (Pascanu's condition)",
-    thresholds={"vanish_below": 1.0, "explode_above": 2.0, "gated_explode_above": 4.0},
+    thresholds={"vanish_below": 1.0, "explode_above": 2.0, "gated_explode_above": 4.0, "min_memory_steps": 3.0},
     what_it_does=(
         "Computes the largest singular value of each recurrent weight (the candidate block for LSTM/GRU) times "
         "gamma, the largest slope of the activation (1 for tanh and ReLU). Above explode_above (gated_explode_above "
         "for LSTM/GRU, whose gates scale the candidate path) gradients can explode: warning. Below vanish_below "
         "vanishing is guaranteed (Pascanu et al. 2013): info, since whether it hurts depends on the task (GP101 "
-        "judges that with evidence). Gated cells are never judged for vanishing."
+        "judges that with evidence), unless the product is so small that a gradient falls below 1e-3 within "
+        "min_memory_steps steps whatever the inputs (product < 1e-3^(1/min_memory_steps)): a recurrence that carries "
+        "no memory at all is a warning. Gated cells are never judged for vanishing."
     ),
     why_bad="||dh_t/dh_{t-1}|| <= gamma * sigma_max(W_hh): the product over T steps shrinks or grows like (gamma sigma)^T.",
     known_problems="Torch's default init gives sigma ~1.15 for tanh RNNs; values within 1e-6 of a threshold are not flagged.",
@@ -63,6 +66,18 @@ def _spectrum(context: RuleContext, site: RecurrentSite, track: str, params: dic
     block = " (candidate block)" if gated else ""
     identity = "identity-recurrent" if is_relu(mode) else "orthogonal-recurrent"
     if not gated and value < context.threshold("GP201", "vanish_below") * (1 - TOLERANCE):
+        # ||dh_t/dh_(t-k)|| <= value^k: below 1e-3 after at most this many steps, whatever the inputs
+        reach = math.log(1e-3) / math.log(value) if value > 0 else 0.0
+        evidence["max_horizon"] = reach
+        if reach < context.threshold("GP201", "min_memory_steps"):
+            return context.finding(
+                "GP201",
+                f"sigma_max(W_hh){block} x gamma = {value:.3g} in {track}: a gradient falls below 1e-3 within "
+                f"{reach:.1f} steps whatever the inputs, so the recurrence carries no memory",
+                layer=track,
+                evidence=evidence,
+                fixes=(action(identity),),
+            )
         return context.finding(
             "GP201",
             f"sigma_max(W_hh){block} x gamma = {value:.3f} < 1 in {track}: gradients vanish at least like {value:.2f}^k",

@@ -150,3 +150,18 @@ def test_structure_warns_once_the_loss_sits_at_a_baseline(seed):
     stuck = [(0.167 + 1.0 * math.exp(-i / 10)) * n for i, n in enumerate(noise)]
     (finding,) = _starved_run(stuck)
     assert finding.severity == "warning" and finding.evidence["evidence"] == ["structure"]
+
+
+def test_a_horizon_past_the_sequence_is_not_stated_as_a_horizon_over_it():
+    """A seq2seq encoder of 10 steps whose fitted decay extrapolates to 25 steps: the message says what was measured."""
+    engine = RuleEngine({})
+    engine.feed({"kind": "meta", "layers": [{"name": "rnn", "num_layers": 1}], "settings": {"dependency_length": 50}})
+    for step in range(60):
+        engine.feed({"kind": "step", "step": step, "loss": 1.0 / (1 + step), "grad_norm": 1.0, "nonfinite": None})
+        if step % 10 == 0:
+            engine.feed({"kind": "deep", "step": step, "layer": "rnn.l0", "module": "rnn", "mode": "GRU", "seq_len": 10,
+                         "horizon": 25.0, "rate": math.log(1e-3) / 25, "grad_norms": [1.0] * 10, "epsilon": 1e-3})
+    (finding,) = [f for f in engine.findings() if f.code == "GP101"]
+    assert "over sequences of 10" not in finding.message
+    assert "reaches all 10 steps" in finding.message and "extrapolated horizon 25 steps < the 50 steps" in finding.message
+    assert finding.evidence["evidence"] == ["declared"]
