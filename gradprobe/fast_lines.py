@@ -91,6 +91,7 @@ if msgspec is not None:
         lyapunov: _Numbers = None
         # not gt=0.0: msgspec checks it as >= the smallest denormal, which is 0 where the CPU flushes denormals
         epsilon: Annotated[float, msgspec.Meta(ge=sys.float_info.min, lt=1.0)] | None = None
+        profile_kind: Literal["state", "input"] | None = None
         module: Any = None
         mode: Any = None
         batch: Any = None

@@ -49,6 +49,7 @@ from gradprobe.quantities import (
     Quantity,
     SaturationSampling,
     Schedule,
+    SequenceProfile,
     StepContext,
     StepStatistics,
     TruncationWindows,
@@ -191,7 +192,8 @@ class Probe:
         self._replayers = SiteReplayers(self.sites)
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
         self._deep = DeepProfile(self.sites, self._replayers, self.settings, self._generator, self._pause)
-        self._quantities = [SaturationSampling(self.sites, self._replayers, self.settings.sample_rows), self._deep]
+        sequences = SequenceProfile(self.sites, self.settings, self._generator, self._pause, self._deep.layers)
+        self._quantities = [SaturationSampling(self.sites, self._replayers, self.settings.sample_rows), self._deep, sequences]
         rank, world_size = distributed.rank_and_world()
         self._emit(
             "meta",

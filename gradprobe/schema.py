@@ -131,6 +131,7 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "horizon": (optional(horizon), False),
         "lyapunov": (optional(numbers), False),
         "epsilon": (optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1), False),
+        "profile_kind": (optional(lambda v: v in ("state", "input")), False),
     },
     "saturation": {
         "layer": (text, True),

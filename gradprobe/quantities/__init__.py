@@ -13,6 +13,8 @@ guard that switches a failing part off, and the event bus. A step goes:
 3. the quantities that run in this mode compute from what the hooks captured:
    :class:`~gradprobe.quantities.saturation.SaturationSampling` on sampled
    steps, :class:`~gradprobe.quantities.deep_profile.DeepProfile` on deep steps;
+   :class:`~gradprobe.quantities.sequence_profile.SequenceProfile` on deep steps
+   for a module whose one call covers a whole sequence (measured through its inputs);
 4. :class:`~gradprobe.quantities.truncation.TruncationWindows` notes the typical
    truncated-BPTT window of a loop that carries a detached state.
 """
@@ -21,6 +23,7 @@ from gradprobe.quantities.base import Emit, Quantity, StepContext
 from gradprobe.quantities.deep_profile import DeepProfile, LayerProfile
 from gradprobe.quantities.saturation import SaturationSampling
 from gradprobe.quantities.schedule import BudgetSchedule, Schedule
+from gradprobe.quantities.sequence_profile import SequenceProfile
 from gradprobe.quantities.step_statistics import StepStatistics
 from gradprobe.quantities.truncation import TruncationWindows
 
@@ -32,6 +35,7 @@ __all__ = [
     "Quantity",
     "SaturationSampling",
     "Schedule",
+    "SequenceProfile",
     "StepContext",
     "StepStatistics",
     "TruncationWindows",

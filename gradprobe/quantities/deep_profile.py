@@ -38,6 +38,10 @@ class LayerProfile:
     saturation: dict[str, float] = field(default_factory=dict)
     #: The top Lyapunov exponents of the state dynamics, natural log per step, largest first.
     lyapunov: list[float] = field(default_factory=list)
+    #: ``"state"``: the profile ``||v^T dS_T/dS_(T-k)||`` through the layer's state (gradprobe knows its cell math,
+    #: or replays its steps); ``"input"``: ``||v^T dy_T/dx_(T-k)||`` through its inputs, for a module whose one call
+    #: covers a whole sequence (:mod:`gradprobe.quantities.sequence_profile`).
+    profile_kind: str = "state"
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> LayerProfile:
@@ -53,6 +57,7 @@ class LayerProfile:
             rate=event.get("rate"),
             horizon=event.get("horizon"),
             lyapunov=list(event.get("lyapunov") or []),
+            profile_kind=str(event.get("profile_kind") or "state"),
         )
 
 
@@ -130,7 +135,7 @@ class DeepProfile:
             chain = context.capture.stack_calls.get(site.name)
             return self.replayers.stack(site.name).replay_chain(chain) if chain else []
         calls = context.capture.cell_calls.get(site.name)
-        if calls is None or not calls.inputs:
+        if calls is None or not calls.inputs or calls.sequence is not None:  # sequence-level: SequenceProfile
             return []
         return [self.replayers.cell(site.name).replay(calls, self.pause)]
 

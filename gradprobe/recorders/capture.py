@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradprobe.discovery import RecurrentSite
 from gradprobe.module_hooks import ProbeHookHandle, register_forward_hook, register_forward_pre_hook
+from gradprobe.recorders.sequence_replay import SequenceCall, detached, is_sequence_call
 
 OFF, SAMPLE, DEEP = "off", "sample", "deep"
 
@@ -189,6 +190,9 @@ class CellCalls:
     grads: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     chained: bool = True  # every call was handed the previous call's output itself
     convention: str = STATE
+    #: On deep steps, the latest call that mapped a whole sequence (a module looping over time inside its call):
+    #: measured at the sequence level (:mod:`gradprobe.recorders.sequence_replay`), not replayed as a cell.
+    sequence: SequenceCall | None = None
 
     @property
     def h_position(self) -> int:
@@ -401,6 +405,9 @@ class CallCapture:
             calls.states_in.append(tuple(s.detach()[:rows] for s in state))
             calls.outputs.append(tuple(o.detach()[:rows] for o in outputs))
             return
+        if outputs and is_sequence_call(x, outputs[0]):
+            self._record_sequence(calls, args, kwargs, outputs[0])
+            return
         index = len(calls.outputs)
         calls.inputs.append(x.detach())
         calls.states_in.append(tuple(s.detach() for s in state))
@@ -410,6 +417,21 @@ class CallCapture:
             if position < len(outputs) and outputs[position].requires_grad:
                 sink = self._cell_grad_sink(calls.grads, (index, position))
                 self._tensor_handles.append(outputs[position].register_hook(sink))
+
+    def _record_sequence(self, calls: CellCalls, args: tuple, kwargs: dict, output: Tensor) -> None:
+        """A named cell whose one call covers a whole sequence: keep the call to replay, and its output's gradient."""
+        if not args:  # called as module(input=x, ...): replayed as module(x, ...)
+            args, kwargs = (kwargs["input"],), {k: v for k, v in kwargs.items() if k != "input"}
+        sequence = calls.sequence = SequenceCall(detached(args), detached(kwargs))
+        calls.inputs.append(args[0].detach())
+        calls.outputs.append((output,))
+        if output.requires_grad:
+
+            def sink(grad: Tensor) -> None:
+                held = sequence.output_grad
+                sequence.output_grad = grad.detach() if held is None else held + grad.detach()
+
+            self._tensor_handles.append(output.register_hook(sink))
 
     @staticmethod
     def _grad_sink(store: list[Tensor | None], index: int) -> Callable[[Tensor], None]:

@@ -23,7 +23,9 @@ FIRST_LOSSES = 20
 RECENT_LOSSES = 20
 #: Losses at the very start whose median is the level before training moved it (a run that blows up
 #: in its first steps has no better block); a median, so one low first batch moves nothing.
-START_LOSSES = 5
+START_LOSSES = 3
+#: How many standard errors a climb of the loss level must stand above the noise to be a divergence.
+CLIMB_Z = 3.0
 #: Block medians kept for the trend over the run (neighbours merged beyond it).
 KEPT_BLOCKS = 256
 #: Blocks before the late trend of a run is judged.
@@ -60,8 +62,6 @@ class LossTrend:
     last_step: int | None = None
     best: float | None = None
     best_step: int | None = None
-    #: The upper quartile of the block whose median is :attr:`best` (how high that level's noise reaches).
-    best_upper: float | None = None
     #: Block medians in order, pairs merged (and the block doubled) past :data:`KEPT_BLOCKS`: constant memory.
     levels: list[float] = field(default_factory=list)
     _block_size: int = RECENT_LOSSES
@@ -87,7 +87,7 @@ class LossTrend:
         if len(self._block) == RECENT_LOSSES:
             level = statistics.median(self._block)
             if self.best is None or level < self.best:
-                self.best, self.best_step, self.best_upper = level, step, _upper_quartile(self._block)
+                self.best, self.best_step = level, step
             self._block = []
             self._add_level(level)
 
@@ -148,35 +148,42 @@ class LossTrend:
         Every level is a median, never one batch: the best level is the lowest
         block median, or the start level (:attr:`start_level`) when that is
         lower, since a run that blows up in its first steps has no better
-        block. The climb must also stand out of the noise: the recent
-        window's lower quartile above the upper quartile of the best level's
-        window (of the whole start window when that is the best level), so a
-        noisy loss that wanders around a flat level is not diverging, however
-        its medians fall.
+        block. The climb must also stand out of the noise: the recent level
+        over the best by more than :data:`CLIMB_Z` standard errors of the
+        difference of the two medians, the noise read from the recent
+        window's spread, so a noisy loss that wanders around a flat level is
+        not diverging, however its medians fall.
         """
         start, latest = self.start_level, self.latest
         if start is None or latest is None or self.finite < FIRST_LOSSES + RECENT_LOSSES:
             return None
         if self.best is not None and self.best < start:
-            best, best_step, best_upper = self.best, self.best_step, self.best_upper
+            best, best_step, samples = self.best, self.best_step, RECENT_LOSSES
         else:
-            # five losses say little of their noise: the climb must clear all of them
-            best, best_step, best_upper = start, self.first_step, max(self.first[:START_LOSSES])
+            best, best_step, samples = start, self.first_step, min(START_LOSSES, len(self.first))
         if latest - best <= rise * max(abs(best), 1e-12) or latest <= start:
             return None
-        if best_upper is not None and _lower_quartile(self.recent) <= best_upper:
+        # the standard error of a median is ~1.2533 sd / sqrt(n); the sd from the interquartile range
+        spread = _robust_sd(self.recent)
+        if latest - best <= CLIMB_Z * 1.2533 * spread * math.sqrt(1 / samples + 1 / len(self.recent)):
             return None
         return {"initial": start, "best": best, "best_step": best_step, "latest": latest}
 
 
-def _upper_quartile(values: Any) -> float:
+def _robust_sd(values: Any) -> float:
+    """The standard deviation a normal sample with this interquartile range has."""
     ordered = sorted(values)
-    return ordered[(3 * len(ordered)) // 4]
+    n = len(ordered)
+    if n < 4:
+        return 0.0
+    return (_quantile(ordered, 0.75) - _quantile(ordered, 0.25)) / 1.349
 
 
-def _lower_quartile(values: Any) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 4]
+def _quantile(ordered: list[float], q: float) -> float:
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass

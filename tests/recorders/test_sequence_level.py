@@ -1,0 +1,161 @@
+"""Modules whose one call covers a whole sequence are measured at the sequence level (issue 27, item 2).
+
+The profile in the input space, ``||v^T dy_T / dx_(T-k)||``, is checked
+against theory (a linear recurrence ``h_t = rho Q h_(t-1) + U x_t`` with Q and U
+orthogonal has exactly ``rho^k``) and against an independent autograd
+Jacobian of a layer-norm LSTM that loops over time inside its ``forward``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradprobe
+
+
+class LinearScan(nn.Module):
+    """``h_t = rho Q h_(t-1) + U x_t``, ``y_t = h_t``, looping inside one call (time-major)."""
+
+    def __init__(self, size: int, rho: float, batch_first: bool | None = None) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(size, size, dtype=torch.float64))
+        u, _ = torch.linalg.qr(torch.randn(size, size, dtype=torch.float64))
+        self.A = nn.Parameter(rho * q)
+        self.U = nn.Parameter(u)
+        if batch_first is not None:
+            self.batch_first = batch_first
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "batch_first", False):
+            x = x.transpose(0, 1)
+        h = x.new_zeros(x.shape[1], self.A.shape[0])
+        out = []
+        for t in range(x.shape[0]):
+            h = h @ self.A.T + x[t] @ self.U.T
+            out.append(h)
+        y = torch.stack(out)
+        return (y.transpose(0, 1) if getattr(self, "batch_first", False) else y), h
+
+
+class LayerNormLSTM(nn.Module):
+    """A layer-norm LSTM as one module looping over time (the shape of torchaudio's ``_CustomLSTM``)."""
+
+    def __init__(self, inputs: int, hidden: int, forget_bias: float = 1.0) -> None:
+        super().__init__()
+        self.x2g = nn.Linear(inputs, 4 * hidden)
+        self.p2g = nn.Linear(hidden, 4 * hidden, bias=False)
+        self.g_norm = nn.LayerNorm(4 * hidden)
+        self.c_norm = nn.LayerNorm(hidden)
+        self.hidden = hidden
+        with torch.no_grad():
+            self.x2g.bias[hidden : 2 * hidden] = forget_bias
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        gated = self.x2g(x)
+        h, c = state if state is not None else (x.new_zeros(x.shape[1], self.hidden), x.new_zeros(x.shape[1], self.hidden))
+        out = []
+        for g in gated:
+            i, f, z, o = self.g_norm(g + self.p2g(h)).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
+            h = torch.sigmoid(o) * torch.tanh(self.c_norm(c))
+            out.append(h)
+        return torch.stack(out), (h, c)
+
+
+class Predictor(nn.Module):
+    def __init__(self, recurrent: nn.Module, size: int) -> None:
+        super().__init__()
+        self.recurrent = recurrent
+        self.head = nn.Linear(size, 1)
+
+    def forward(self, x):
+        y, _ = self.recurrent(x)
+        return self.head(y.to(self.head.weight.dtype))
+
+
+def _check(module, x, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradprobe.GradprobeWarning)  # no measuring fault
+        return gradprobe.check(module, x, cells=[module], config={}, **kwargs)
+
+
+@pytest.mark.parametrize("rho", [0.7, 0.9])
+@pytest.mark.parametrize("batch_first", [None, True, False])
+def test_a_linear_scan_has_the_profile_rho_to_the_k(rho, batch_first):
+    torch.manual_seed(0)
+    scan = LinearScan(16, rho, batch_first)
+    x = torch.randn(5, 40, 16, dtype=torch.float64) if batch_first else torch.randn(40, 5, 16, dtype=torch.float64)
+    report = _check(scan, x)
+    (layer,) = report.layers.values()
+    assert layer.profile_kind == "input" and layer.seq_len == 40
+    assert layer.profile == pytest.approx([rho**k for k in range(40)], rel=1e-9)
+    assert layer.rate == pytest.approx(math.log(rho), rel=1e-6)
+    assert layer.horizon == pytest.approx(math.ceil(math.log(1e-3) / math.log(rho)), abs=1)
+    assert not [f for f in report.findings if f.code == "GP001"]
+
+
+def test_time_is_found_by_causality_without_a_batch_first_attribute():
+    """A batch-first module that does not say so: the last row of the batch depends on no other row."""
+    torch.manual_seed(1)
+
+    class Hidden(LinearScan):
+        def forward(self, x):
+            y, h = super().forward(x.transpose(0, 1))
+            return y.transpose(0, 1), h
+
+    report = _check(Hidden(8, 0.8), torch.randn(6, 30, 8, dtype=torch.float64))
+    (layer,) = report.layers.values()
+    assert layer.seq_len == 30 and layer.profile == pytest.approx([0.8**k for k in range(30)], rel=1e-9)
+
+
+def _jacobian_profile(module, x, v):
+    """Independently: the full Jacobian of y_T with respect to every x_t, contracted with v."""
+    def last(inp):
+        return module(inp)[0][-1]
+
+    jac = torch.autograd.functional.jacobian(last, x)  # [B, H, T, B, I]
+    contracted = torch.einsum("bh,bhtci->tci", v, jac)
+    norms = torch.linalg.vector_norm(contracted.reshape(contracted.shape[0], -1), dim=1).flip(0)
+    return (norms / norms[0]).tolist()
+
+
+def test_a_layer_norm_lstm_in_one_module_is_measured_like_its_jacobian():
+    torch.manual_seed(2)
+    lstm = LayerNormLSTM(6, 12).double()
+    x = torch.randn(25, 3, 6, dtype=torch.float64)
+    report = _check(lstm, x, deep_rows=3)
+    (layer,) = report.layers.values()
+    assert layer.profile_kind == "input" and len(layer.grad_norms) == 25
+    # the same random v the probe drew: its private generator, seeded by the settings' seed
+    generator = torch.Generator().manual_seed(0)
+    v = torch.randn((3, 12), generator=generator, dtype=torch.float64)
+    v = v / torch.linalg.vector_norm(v)
+    assert layer.profile == pytest.approx(_jacobian_profile(lstm, x, v), rel=1e-8)
+
+
+def test_attached_in_training_with_its_broken_twin():
+    """Trained under attach: no fault, measured every deep step; forget bias -3 shortens the horizon."""
+    horizons = {}
+    for name, bias in (("healthy", 1.0), ("forget-bias-3", -3.0)):
+        torch.manual_seed(3)
+        model = Predictor(LayerNormLSTM(4, 16, forget_bias=bias), 16)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", gradprobe.GradprobeWarning)
+            with gradprobe.attach(model, every=5, cells=["recurrent"], config={}, optimizer=opt) as probe:
+                for _ in range(15):
+                    x = torch.randn(40, 8, 4)
+                    loss = (model(x)[-1] - x[:5].sum(0)[:, :1]).pow(2).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        assert probe.error is None and not [f for f in probe.findings if f.code == "GP001"], probe.findings
+        layer = probe.layers["recurrent"]
+        assert layer.profile_kind == "input" and layer.step == 10
+        horizons[name] = layer.horizon
+    assert horizons["forget-bias-3"] < horizons["healthy"] / 2
