@@ -53,11 +53,12 @@ class ClipGradNorm:
     under way cannot teach it:
 
     - only *accepted* norms enter the history: norms under the threshold,
-      and, while a loss is given and not diverging and clipping is rare
-      (under ``max_clip_share`` of the recent steps), clipped steps at their
-      limit (as ZClip updates its statistics with the clipped value), so a
-      healthy norm that grows moves the threshold up step by step while an
-      explosion, which is clipped step after step, never raises it;
+      and, while a loss is given and not rising: clipped steps at their limit
+      while clipping is rare (under ``max_clip_share`` of the recent steps, as
+      ZClip updates its statistics with the clipped value), at the history's
+      median while it is frequent. A healthy norm that grows moves the
+      threshold up step by step; an explosion, clipped step after step,
+      holds it where it is;
     - the threshold is ``exp(median + z * 1.4826 * MAD)`` of the log-norms in
       the history (a z-score on a robust scale), between ``headroom`` and
       ``ceiling`` x the median accepted norm, and, unless the loss shows the
@@ -215,13 +216,19 @@ class ClipGradNorm:
         self._clipped_count += clipped
         if len(self._clipped) > self.history:
             self._clipped_count -= self._clipped.popleft()
-        accepted = not clipped or (healthy_loss and clipping_is_rare)
-        if self.max_norm is None and braked is None and norm > 0 and not diverging and accepted:
-            # a rising loss teaches nothing; clipped under a healthy loss, and rarely: enters at its limit, so the
-            # threshold can drift up slowly
-            self._accepted.append(self._last_applied)
-            while len(self._accepted) > self.history:
-                self._accepted.popleft()
+        if self.max_norm is None and braked is None and norm > 0 and not diverging:  # a rising loss teaches nothing
+            if not clipped:
+                entered: float | None = norm
+            elif healthy_loss and clipping_is_rare:
+                entered = self._last_applied  # at its limit: a healthy growing norm moves the threshold up slowly
+            elif healthy_loss and self._accepted:
+                entered = statistics.median(self._accepted)  # clipped again and again: it holds the threshold still
+            else:
+                entered = None
+            if entered is not None:
+                self._accepted.append(entered)
+                while len(self._accepted) > self.history:
+                    self._accepted.popleft()
 
         if limit is None or norm <= limit:
             return None
