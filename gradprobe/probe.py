@@ -333,8 +333,12 @@ class Probe:
         """An ``unmeasured`` event for every attached layer no deep step could measure (GP001), with the reason."""
         if self.step_index == 0 or self._deep is None:
             return  # no step was recorded: GP002 speaks for the run
+        measured = self._deep.layers
+        wrappers = [s.name for s in self.sites if s.name and all(track in measured for track in s.tracks)]
         for site in self.sites:
-            missing = [track for track in site.tracks if track not in self._deep.layers]
+            missing = [track for track in site.tracks if track not in measured]
+            if any(site.name.startswith(f"{wrapper}.") for wrapper in wrappers):
+                continue  # inside a named module measured as a whole (a DropConnect wrapper): measured through it
             if missing:
                 self._emit("unmeasured", step=self.step_index - 1, layer=site.name, tracks=missing, reason=self._why_unmeasured(site))
 
@@ -353,8 +357,8 @@ class Probe:
         if not seen and self._statistics is not None and self._statistics.got_gradients(site):
             return (
                 "its forward hooks never ran although its weights got gradients: something calls its .forward() "
-                "directly, which bypasses hooks (a DropConnect wrapper such as AWD-LSTM's WeightDrop does); call "
-                "the module itself (self.module(*args)) so that it is measured"
+                "directly, which bypasses hooks (a DropConnect wrapper such as AWD-LSTM's WeightDrop does); name "
+                "the wrapper with cells=[...] to measure it as a whole, or call the module itself (self.module(*args))"
             )
         if not seen:
             return "its forward hooks never ran: it was not called, or it runs inside a scripted or compiled parent"

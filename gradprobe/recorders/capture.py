@@ -389,7 +389,12 @@ class CallCapture:
         sequence = self.sequences.get(site.name)
         was_handed_on = sequence is not None and handed_on(state, sequence.final)
         new_sequence = self._begin(site, state)
-        self._end(site, 1, outputs)
+        whole = bool(outputs) and is_sequence_call(x, outputs[0])  # one call over a whole sequence
+        if whole:  # its steps, and its final state (what a carried state is a copy of)
+            steps = int(x.shape[1] if getattr(site.module, "batch_first", False) else x.shape[0])
+            self._end(site, steps, state_part(outputs, convention))
+        else:
+            self._end(site, 1, outputs)
         self.outputs_seen.append((site.name, outputs[0]))
         if self.mode == OFF:
             return
@@ -405,7 +410,7 @@ class CallCapture:
             calls.states_in.append(tuple(s.detach()[:rows] for s in state))
             calls.outputs.append(tuple(o.detach()[:rows] for o in outputs))
             return
-        if outputs and is_sequence_call(x, outputs[0]):
+        if whole:
             self._record_sequence(calls, args, kwargs, outputs[0])
             return
         index = len(calls.outputs)
