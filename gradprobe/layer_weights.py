@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite, gate_count
-from gradprobe.reference.functional import is_relu
+from gradprobe.reference.functional import GATE_NAMES, is_relu
 
 
 def directions(site: RecurrentSite) -> Iterator[tuple[str, dict[str, Tensor]]]:
@@ -80,10 +80,11 @@ def candidate_block(mode: str, weight_hh: Tensor) -> Tensor:
 POWER_STEPS = 30
 
 
-def weight_scales(site: RecurrentSite) -> dict[str, dict[str, float | None]]:
-    """Per track: ``recurrent``, sigma_max of the recurrent weight (its candidate block for LSTM/GRU), and
-    ``input``, the largest gate block's input-weight std over Xavier's (He's for ReLU). ``None`` where unreadable."""
-    scales: dict[str, dict[str, float | None]] = {}
+def weight_scales(site: RecurrentSite) -> dict[str, dict[str, Any]]:
+    """Per track: ``recurrent``, sigma_max of the recurrent weight (its candidate block for LSTM/GRU);
+    ``input``, the largest gate block's input-weight std over Xavier's (He's for ReLU); ``bias``, the mean
+    of ``b_ih + b_hh`` per gate (named as in the saturation events). ``None`` where unreadable."""
+    scales: dict[str, dict[str, Any]] = {}
     if site.mode is None:
         return scales
     for track, params in directions(site):
@@ -91,8 +92,20 @@ def weight_scales(site: RecurrentSite) -> dict[str, dict[str, float | None]]:
             scales[track] = {
                 "recurrent": _spectral_norm(candidate_block(site.mode, params["weight_hh"])) if "weight_hh" in params else None,
                 "input": _input_ratio(site.mode, params["weight_ih"]) if "weight_ih" in params else None,
+                "bias": _gate_biases(site.mode, params),
             }
     return scales
+
+
+def _gate_biases(mode: str, params: dict[str, Tensor]) -> dict[str, float]:
+    parts = [params[k].detach().double() for k in ("bias_ih", "bias_hh") if k in params]
+    if not parts:
+        return {}
+    total = torch.stack(parts).sum(0)
+    names = GATE_NAMES.get(mode, ("",))
+    if names == ("",):  # a plain RNN: one block, named as its saturation is
+        names = ("relu" if is_relu(mode) else "tanh",)
+    return {name: float(block.mean()) for name, block in zip(names, total.chunk(len(names)))}
 
 
 def _spectral_norm(weight: Tensor) -> float:

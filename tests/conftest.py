@@ -4,3 +4,18 @@
 import torch  # noqa: F401
 
 pytest_plugins = ["pytester"]
+
+import os
+
+import pytest
+
+#: ``GRADPROBE_TEST_SEED=N`` shifts every seed the rule and fix tests set (``torch.manual_seed(s)`` seeds
+#: ``s + N``), so that a verdict that holds on one seed only shows: CI runs those tests again at N = 1 and 2.
+SEED_SHIFT = int(os.environ.get("GRADPROBE_TEST_SEED", "0"))
+
+
+@pytest.fixture(autouse=True)
+def _shifted_seeds(request, monkeypatch):
+    if SEED_SHIFT and request.node.path.parent.name in ("rules", "fixes"):
+        real = torch.manual_seed
+        monkeypatch.setattr(torch, "manual_seed", lambda seed: real(int(seed) + SEED_SHIFT))

@@ -6,4 +6,17 @@ Every script is an ordinary training loop of a kind users write, wrapped with
 broken twin must raise at warning or above (``None``: healthy, no warning).
 """
 
-SCRIPTS = ("word_lm", "char_lm", "bidir_classifier", "seq2seq", "timeseries_lbfgs", "lstm_proj", "residual_gru")
+SCRIPTS = (
+    "word_lm",
+    "char_lm",
+    "bidir_classifier",
+    "seq2seq",
+    "timeseries_lbfgs",
+    "lstm_proj",
+    "residual_gru",
+    "ln_lstm",
+    "awd_lstm",
+    "forecaster",
+    "char_classifier",
+    "recurrent_policy",
+)

@@ -29,6 +29,7 @@ RULE = Rule(
         "recurrent_gain_above": 2.0,
         "gated_recurrent_gain_above": 4.0,
         "input_ratio_above": 4.0,
+        "bias_above": 2.0,
     },
     what_it_does=(
         "Averages, per layer and gate, the share of activations in the flat region (sigmoid outside [0.05, 0.95], "
@@ -40,7 +41,8 @@ RULE = Rule(
         "the evidence points at, read from the layer's weights at attach time (the run log's meta event): "
         "recurrent weights whose sigma_max is over recurrent_gain_above (gated_recurrent_gain_above for LSTM/GRU) "
         "get an orthogonal re-initialization, input weights over input_ratio_above x Xavier's std get Xavier's; "
-        "with neither, the inputs' scale is the suspect."
+        "a gate whose bias (b_ih + b_hh) is beyond +-bias_above is said to be held there by its bias; with none of "
+        "these, the inputs' scale is the suspect."
     ),
     why_bad="A saturated unit passes almost no gradient (sigmoid' < 0.05, tanh' < 0.1), and a closed forget gate erases memory.",
     known_problems=(
@@ -148,7 +150,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         else:
             severity, why = "info", "developed in training while the loss improves"
         closed = worst_gate == "forget"
-        blame = _blame(context, layer, entry.mode)
+        blame = _blame(context, layer, entry.mode, worst_gate)
         fixes = (action("forget-bias", value=1.0),) if closed else blame.fixes
         cause = "" if closed or not blame.text else f"; {blame.text}"
         found.append(
@@ -176,8 +178,8 @@ class Blame:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _blame(context: RuleContext, track: str, mode: str | None) -> Blame:
-    """The fixes for a saturated track: the recurrent weights, the input weights, or the inputs' scale."""
+def _blame(context: RuleContext, track: str, mode: str | None, gate: str) -> Blame:
+    """The fixes for a saturated track: the recurrent weights, the input weights, a gate's bias, or the inputs' scale."""
     scales: dict[str, Any] = {}
     for layer in context.meta.get("layers", []):
         found = layer.get("scales") if isinstance(layer, dict) else None
@@ -188,16 +190,20 @@ def _blame(context: RuleContext, track: str, mode: str | None) -> Blame:
     gain_limit = context.threshold("GP301", "gated_recurrent_gain_above" if gated else "recurrent_gain_above")
     recurrent_cause = isinstance(recurrent, (int, float)) and recurrent > gain_limit
     input_cause = isinstance(inputs, (int, float)) and inputs > context.threshold("GP301", "input_ratio_above")
-    numbers = {"recurrent_sigma_max": recurrent, "input_std_ratio": inputs}
+    biases = scales.get("bias")
+    bias = biases.get(gate) if isinstance(biases, dict) else None
+    numbers = {"recurrent_sigma_max": recurrent, "input_std_ratio": inputs, "gate_bias": bias}
     fixes: tuple[Any, ...] = ()
     said = []
+    if isinstance(bias, (int, float)) and abs(bias) > context.threshold("GP301", "bias_above"):
+        said.append(f"the {gate} gate's bias {bias:+.3g} holds it there")
     if recurrent_cause:
         fixes += (action("orthogonal-recurrent"),)
         said.append(f"recurrent weights with sigma_max {recurrent:.3g} > {gain_limit:g} drive it")
     if input_cause:
         fixes += (action("xavier-input"),)
         said.append(f"input weights at {inputs:.3g}x Xavier's std drive it")
-    if not fixes:
+    if not fixes and not said:
         fixes = (action("normalize-inputs"), action("xavier-input"))
         if recurrent is not None and inputs is not None:
             said.append("its weights are in range: the inputs' scale is the suspect")
