@@ -1,13 +1,13 @@
-# torch is imported once for the whole session. The gradprobe plugin no longer imports it at
-# start-up, and pytester's in-process runs drop the modules first imported inside them: a second
-# import of torch in one process crashes.
-import torch  # noqa: F401
-
-pytest_plugins = ["pytester"]
-
 import os
 
 import pytest
+
+# torch is imported once for the whole session. The gradprobe plugin no longer imports it at
+# start-up, and pytester's in-process runs drop the modules first imported inside them: a second
+# import of torch in one process crashes.
+import torch
+
+pytest_plugins = ["pytester"]
 
 #: ``GRADPROBE_TEST_SEED=N`` shifts every seed the rule and fix tests set (``torch.manual_seed(s)`` seeds
 #: ``s + N``), so that a verdict that holds on one seed only shows: CI runs those tests again at N = 1 and 2.
