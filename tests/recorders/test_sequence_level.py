@@ -159,3 +159,27 @@ def test_attached_in_training_with_its_broken_twin():
         assert layer.profile_kind == "input" and layer.step == 10
         horizons[name] = layer.horizon
     assert horizons["forget-bias-3"] < horizons["healthy"] / 2
+
+
+def test_a_mamba_mixer_named_as_a_cell_is_measured():
+    """transformers' MambaMixer (batch-first, no batch_first attribute): no fault, both mixers measured over
+    the sequence, time found by causality."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.MambaConfig(vocab_size=50, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2)
+    model = transformers.MambaForCausalLM(config)
+    mixers = [name for name, module in model.named_modules() if type(module).__name__ == "MambaMixer"]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers: the reference implementation on CPU
+        with gradprobe.attach(model, every=2, cells=mixers, config={}, optimizer=opt) as probe:
+            for _ in range(3):
+                ids = torch.randint(0, 50, (3, 24))
+                loss = model(ids, labels=ids).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    assert probe.error is None and not [f for f in probe.findings if f.code == "GP001"]
+    assert sorted(probe.layers) == sorted(mixers)
+    for layer in probe.layers.values():
+        assert layer.profile_kind == "input" and layer.seq_len == 24 and layer.profile[0] == 1.0
