@@ -8,8 +8,11 @@ Jacobian of a layer-norm LSTM that loops over time inside its ``forward``.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,29 +45,20 @@ class LinearScan(nn.Module):
         return (y.transpose(0, 1) if getattr(self, "batch_first", False) else y), h
 
 
-class LayerNormLSTM(nn.Module):
-    """A layer-norm LSTM as one module looping over time (the shape of torchaudio's ``_CustomLSTM``)."""
+def _corpus_module(name):
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "corpus" / f"{name}.py"
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(f"corpus_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
 
-    def __init__(self, inputs: int, hidden: int, forget_bias: float = 1.0) -> None:
-        super().__init__()
-        self.x2g = nn.Linear(inputs, 4 * hidden)
-        self.p2g = nn.Linear(hidden, 4 * hidden, bias=False)
-        self.g_norm = nn.LayerNorm(4 * hidden)
-        self.c_norm = nn.LayerNorm(hidden)
-        self.hidden = hidden
-        with torch.no_grad():
-            self.x2g.bias[hidden : 2 * hidden] = forget_bias
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
-        gated = self.x2g(x)
-        h, c = state if state is not None else (x.new_zeros(x.shape[1], self.hidden), x.new_zeros(x.shape[1], self.hidden))
-        out = []
-        for g in gated:
-            i, f, z, o = self.g_norm(g + self.p2g(h)).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
-            h = torch.sigmoid(o) * torch.tanh(self.c_norm(c))
-            out.append(h)
-        return torch.stack(out), (h, c)
+#: A layer-norm LSTM as one module looping over time (the shape of torchaudio's ``_CustomLSTM``), from the corpus.
+LayerNormLSTM = _corpus_module("ln_lstm").LayerNormLSTM
 
 
 class Predictor(nn.Module):
@@ -126,7 +120,7 @@ def _jacobian_profile(module, x, v):
 
 def test_a_layer_norm_lstm_in_one_module_is_measured_like_its_jacobian():
     torch.manual_seed(2)
-    lstm = LayerNormLSTM(6, 12).double()
+    lstm = LayerNormLSTM(6, 12, forget_bias=1.0).double()
     x = torch.randn(25, 3, 6, dtype=torch.float64)
     report = _check(lstm, x, deep_rows=3)
     (layer,) = report.layers.values()
