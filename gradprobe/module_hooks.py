@@ -60,10 +60,6 @@ class ProbeHookHandle:
         self._module = weakref.ref(module)
         self._handle: RemovableHandle | None = handle
 
-    @property
-    def id(self) -> int:
-        return self._handle.id if self._handle is not None else -1
-
     def remove(self) -> None:
         handle, self._handle = self._handle, None
         if handle is None:

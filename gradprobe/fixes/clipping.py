@@ -151,10 +151,6 @@ class ClipGradNorm:
         mad = deviations[len(deviations) // 2]
         return math.exp(min(cap, median + max(self.z * 1.4826 * mad, math.log(self.headroom))))
 
-    def initial_norm(self) -> float | None:
-        """The median of the first ``start_losses`` gradient norms: the gradient's scale before updates moved it."""
-        return statistics.median(self._first_norms) if self._first_norms else None
-
     def diverging(self, loss: float | None) -> float | None:
         """The starting level (median of the first losses seen so far) when ``loss`` is over ``rise`` x it; else ``None``."""
         if self.max_norm is not None or loss is None or not math.isfinite(loss):
