@@ -135,7 +135,7 @@ class DeepProfile:
             chain = context.capture.stack_calls.get(site.name)
             return self.replayers.stack(site.name).replay_chain(chain) if chain else []
         calls = context.capture.cell_calls.get(site.name)
-        if calls is None or not calls.inputs or calls.sequence is not None:  # sequence-level: SequenceProfile
+        if calls is None or not calls.inputs or calls.whole_sequence is not None:  # sequence-level: SequenceProfile
             return []
         return [self.replayers.cell(site.name).replay(calls, self.pause)]
 

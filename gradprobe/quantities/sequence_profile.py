@@ -58,9 +58,10 @@ class SequenceProfile:
         s = self.settings
         for site in self.sites:
             calls = context.capture.cell_calls.get(site.name)
-            if calls is None or calls.sequence is None:
+            sequence = calls.whole_sequence if calls is not None else None
+            if calls is None or sequence is None:
                 continue
-            measured = measure_sequence(site.module, calls.sequence, self.generator, self.pause, s.deep_rows)
+            measured = measure_sequence(site.module, sequence, self.generator, self.pause, s.deep_rows)
             grad_norms = measured.grad_norms
             if grad_norms is not None and context.grad_scale != 1.0:
                 grad_norms = [v / context.grad_scale for v in grad_norms]

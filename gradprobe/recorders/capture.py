@@ -190,9 +190,14 @@ class CellCalls:
     grads: dict[tuple[int, int], Tensor] = field(default_factory=dict)
     chained: bool = True  # every call was handed the previous call's output itself
     convention: str = STATE
-    #: On deep steps, the latest call that mapped a whole sequence (a module looping over time inside its call):
-    #: measured at the sequence level (:mod:`gradprobe.recorders.sequence_replay`), not replayed as a cell.
+    #: On deep steps, a first call that mapped a whole sequence (a module looping over time inside its call).
     sequence: SequenceCall | None = None
+
+    @property
+    def whole_sequence(self) -> SequenceCall | None:
+        """The call to measure at the sequence level (:mod:`gradprobe.recorders.sequence_replay`) rather than
+        replay as a cell: a sequence-mapping call that no other call of the chain followed."""
+        return self.sequence if len(self.inputs) == 1 else None
 
     @property
     def h_position(self) -> int:
@@ -389,7 +394,9 @@ class CallCapture:
         sequence = self.sequences.get(site.name)
         was_handed_on = sequence is not None and handed_on(state, sequence.final)
         new_sequence = self._begin(site, state)
-        whole = bool(outputs) and is_sequence_call(x, outputs[0])  # one call over a whole sequence
+        # a call over a whole sequence starts one (a cell with 3-D inputs, a graph cell say, is called again
+        # with the state it returned: its later calls continue the chain and are steps)
+        whole = new_sequence and bool(outputs) and is_sequence_call(x, outputs[0])
         if whole:  # its steps, and its final state (what a carried state is a copy of)
             steps = int(x.shape[1] if getattr(site.module, "batch_first", False) else x.shape[0])
             self._end(site, steps, state_part(outputs, convention))
@@ -410,9 +417,8 @@ class CallCapture:
             calls.states_in.append(tuple(s.detach()[:rows] for s in state))
             calls.outputs.append(tuple(o.detach()[:rows] for o in outputs))
             return
-        if whole:
+        if whole:  # kept for the sequence-level replay; recorded as a cell call too, in case the chain goes on
             self._record_sequence(calls, args, kwargs, outputs[0])
-            return
         index = len(calls.outputs)
         calls.inputs.append(x.detach())
         calls.states_in.append(tuple(s.detach() for s in state))
@@ -428,8 +434,6 @@ class CallCapture:
         if not args:  # called as module(input=x, ...): replayed as module(x, ...)
             args, kwargs = (kwargs["input"],), {k: v for k, v in kwargs.items() if k != "input"}
         sequence = calls.sequence = SequenceCall(detached(args), detached(kwargs))
-        calls.inputs.append(args[0].detach())
-        calls.outputs.append((output,))
         if output.requires_grad:
 
             def sink(grad: Tensor) -> None:

@@ -177,3 +177,43 @@ def test_a_mamba_mixer_named_as_a_cell_is_measured():
     assert sorted(probe.layers) == sorted(mixers)
     for layer in probe.layers.values():
         assert layer.profile_kind == "input" and layer.seq_len == 24 and layer.profile[0] == 1.0
+
+
+def test_a_cell_with_three_dimensional_inputs_called_in_a_loop_stays_a_cell():
+    """A graph-style cell (``x [B, N, F]``, ``h [B, N, H]``) called once per step: its first call looks like a
+    sequence call, but the chain goes on, so it is a cell of T steps, never a "sequence" over its N nodes. (The
+    cell replay reads states as ``[B, H]``: such a cell is reported not measured, with the error, for now.)"""
+    torch.manual_seed(4)
+
+    class NodeCell(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3 + 8, 8)
+
+        def forward(self, x, h):
+            return torch.tanh(self.lin(torch.cat([x, h], -1)))
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = NodeCell()
+
+        def forward(self, xs):
+            h = xs.new_zeros(xs.shape[1], xs.shape[2], 8)
+            for x in xs:
+                h = self.cell(x, h)
+            return h
+
+    model = Loop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gradprobe.GradprobeWarning)
+        with gradprobe.attach(model, every=1, cells=["cell"], config={}) as probe:
+            model(torch.randn(12, 4, 5, 3)).pow(2).sum().backward()
+            probe.step()
+    assert not [layer for layer in probe.layers.values() if layer.profile_kind == "input"]
+    measured = probe.layers.get("cell")
+    if measured is not None:
+        assert measured.seq_len == 12
+    else:
+        (finding,) = [f for f in probe.findings if f.code == "GP001"]
+        assert finding.layer == "cell" and "measuring failed" in finding.message
