@@ -26,6 +26,8 @@ from gradprobe import hookspecs
 from gradprobe.faults import short, warn
 
 ENTRY_POINT_GROUP = "gradprobe"
+#: The hooks through which plugins judge: one that raises leaves layers unjudged (GP001).
+RULE_HOOKS = frozenset({"gradprobe_lint", "gradprobe_observe", "gradprobe_summarize"})
 DISABLE_ENV = "GRADPROBE_DISABLE_PLUGINS"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -84,7 +86,8 @@ class PluginManager(pluggy.PluginManager):
         self._observers: dict[str, list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]] = {}
         #: ``(plugin name, layer)`` -> why: a plugin that raised on one layer is switched off for that layer alone.
         self.layer_faults: dict[tuple[str, str], str] = {}
-        #: Plugin name -> why, for plugins switched off whole while this manager ran (not those that failed to load).
+        #: Plugin name -> why, for rule plugins switched off whole while this manager ran (a rule hook raised;
+        #: not a plugin that failed to load, nor one whose event or sink hook raised: they judge nothing).
         self.run_faults: dict[str, str] = {}
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
@@ -124,7 +127,8 @@ class PluginManager(pluggy.PluginManager):
             self.unregister(name=name)
         status = self.statuses.get(name)
         reason = f"{where} raised {short(exc)}"
-        self.run_faults.setdefault(name, reason)
+        if where in RULE_HOOKS:
+            self.run_faults.setdefault(name, reason)
         if status is None or status.status != "failed":
             self.statuses[name] = PluginStatus(name, status.source if status else "?", "failed", reason, status.hooks if status else [])
             warn(f"gradprobe switched off plugin {name!r}: {reason}", stacklevel=4)

@@ -189,3 +189,28 @@ def test_check_chains_the_measuring_error(monkeypatch):
         with pytest.raises(RuntimeError, match="gradprobe.check failed") as raised:
             gradprobe.check(nn.GRU(3, 4), torch.randn(5, 2, 3))
     assert isinstance(raised.value.__cause__, RuntimeError) and "injected fault" in str(raised.value.__cause__)
+
+
+def test_a_plugin_whose_event_hook_raises_judges_nothing_and_leaves_the_run_measured(tmp_path, monkeypatch):
+    """Only rules judge: a broken logging hook is a fault of its own, not a layer left unjudged."""
+    from gradprobe import plugins
+
+    class EventHookRaises:
+        @gradprobe.hookspecs.hookimpl
+        def gradprobe_event_written(self, event):
+            raise RuntimeError("event hook exploded")
+
+    real = plugins.make_plugin_manager
+
+    def make(*args, **kwargs):
+        pm = real(*args, **kwargs)
+        pm.add(EventHookRaises(), "broken-logger", "test")
+        return pm
+
+    from gradprobe.rules import engine
+
+    monkeypatch.setattr(engine, "default_plugin_manager", lambda: make())
+    probe = _run(tmp_path)
+    assert probe.rules.pm.statuses["broken-logger"].status == "failed"  # it raised and was switched off
+    assert not [f for f in probe.findings if f.code == "GP001"]
+    assert not failing(probe.findings)
