@@ -115,7 +115,9 @@ def test_third_party_plugin_loads_through_the_entry_point_group(tmp_path, monkey
     engine = RuleEngine({}, plugin_manager=pm)
     assert engine.registry["XY001"].category == "third-party"
     found = engine.lint(nn.GRU(2, 2, num_layers=3), gradprobe.discovery.find_recurrent(nn.GRU(2, 2, num_layers=3)))
-    assert [(f.code, f.evidence) for f in found] == [("XY001", {"layers": 3})]
+    # only the plugin's own code: the built-in rules judge the randomly initialized GRU too (GP203 flags
+    # its input weights on some draws, which made this test depend on the random state)
+    assert [(f.code, f.evidence) for f in found if f.code.startswith("XY")] == [("XY001", {"layers": 3})]
     sys.modules.pop("xy_rules", None)
 
 
