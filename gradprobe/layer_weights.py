@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,9 +76,34 @@ def candidate_block(mode: str, weight_hh: Tensor) -> Tensor:
     return weight_hh.chunk(gate_count(mode), dim=0)[2]
 
 
-#: Power iterations of the spectral-norm estimate in :func:`weight_scales` (a few percent low at most for a
-#: matrix whose top singular values are not nearly equal; exact enough to say which weights drive a layer).
-POWER_STEPS = 30
+def recurrent_gain(mode: str, weight_hh: Tensor) -> float:
+    """sigma_max of the recurrent weight's candidate block (:func:`candidate_block`), in double precision."""
+    return float(torch.linalg.matrix_norm(candidate_block(mode, weight_hh).detach().double(), ord=2))
+
+
+@dataclass(frozen=True)
+class InputScale:
+    """The std of each gate block of an input weight, against the scheme's reference std (Xavier's; He's for ReLU)."""
+
+    stds: tuple[float, ...]
+    reference: float
+    scheme: str
+
+
+def xavier_std(fan_in: int, fan_out: int) -> float:
+    """Standard deviation of Glorot initialization."""
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def input_scale(mode: str, weight_ih: Tensor) -> InputScale:
+    """:class:`InputScale` of ``weight_ih`` for a layer of cell type ``mode``."""
+    weight = weight_ih.detach().double()
+    count = gate_count(mode)
+    fan_out, fan_in = weight.shape[0] // count, weight.shape[1]
+    relu = is_relu(mode)
+    reference = math.sqrt(2.0 / fan_in) if relu else xavier_std(fan_in, fan_out)  # He's std, or Glorot's
+    stds = tuple(float(block.std()) for block in weight.chunk(count, dim=0))
+    return InputScale(stds, reference, "He" if relu else "Xavier")
 
 
 def weight_scales(site: RecurrentSite) -> dict[str, dict[str, Any]]:
@@ -89,9 +115,10 @@ def weight_scales(site: RecurrentSite) -> dict[str, dict[str, Any]]:
         return scales
     for track, params in directions(site):
         with torch.no_grad():
+            inputs = input_scale(site.mode, params["weight_ih"]) if "weight_ih" in params else None
             scales[track] = {
-                "recurrent": _spectral_norm(candidate_block(site.mode, params["weight_hh"])) if "weight_hh" in params else None,
-                "input": _input_ratio(site.mode, params["weight_ih"]) if "weight_ih" in params else None,
+                "recurrent": recurrent_gain(site.mode, params["weight_hh"]) if "weight_hh" in params else None,
+                "input": max(inputs.stds) / inputs.reference if inputs is not None else None,
                 "bias": _gate_biases(site.mode, params),
             }
     return scales
@@ -106,28 +133,6 @@ def _gate_biases(mode: str, params: dict[str, Tensor]) -> dict[str, float]:
     if names == ("",):  # a plain RNN: one block, named as its saturation is
         names = ("relu" if is_relu(mode) else "tanh",)
     return {name: float(block.mean()) for name, block in zip(names, total.chunk(len(names)))}
-
-
-def _spectral_norm(weight: Tensor) -> float:
-    w = weight.detach().double()
-    v = torch.ones(w.shape[1], dtype=w.dtype, device=w.device) / math.sqrt(w.shape[1])
-    sigma = 0.0
-    for _ in range(POWER_STEPS):
-        u = w @ v
-        sigma = float(torch.linalg.vector_norm(u))
-        if sigma == 0.0:
-            return 0.0
-        v = w.T @ (u / sigma)
-        v = v / torch.linalg.vector_norm(v)
-    return sigma
-
-
-def _input_ratio(mode: str, weight: Tensor) -> float:
-    w = weight.detach().double()
-    count = gate_count(mode)
-    fan_out, fan_in = w.shape[0] // count, w.shape[1]
-    reference = math.sqrt(2.0 / fan_in) if is_relu(mode) else math.sqrt(2.0 / (fan_in + fan_out))
-    return max(float(block.std()) for block in w.chunk(count, dim=0)) / reference
 
 
 def describe_with_scales(site: RecurrentSite) -> dict[str, Any]:

@@ -6,7 +6,6 @@ modules, and return the names of the parameters they changed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -146,7 +145,3 @@ def spectral_norm_of_recurrent(weight: torch.Tensor) -> float:
     """Largest singular value of a recurrent weight block."""
     return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
 
-
-def xavier_std(fan_in: int, fan_out: int) -> float:
-    """Standard deviation of Glorot initialization."""
-    return math.sqrt(2.0 / (fan_in + fan_out))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
 from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
-from gradprobe.layer_weights import candidate_block
+from gradprobe.layer_weights import recurrent_gain
 from gradprobe.reference.functional import is_relu
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
@@ -57,8 +56,7 @@ def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
 
 def _spectrum(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:
     mode = site.mode or ""
-    weight = candidate_block(mode, params["weight_hh"]).detach().double()
-    sigma = float(torch.linalg.matrix_norm(weight, ord=2))
+    sigma = recurrent_gain(mode, params["weight_hh"])
     gamma = 1.0  # max slope of tanh and of ReLU
     value = sigma * gamma
     gated = mode in ("LSTM", "GRU")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from gradprobe.discovery import RecurrentSite, gate_count
+from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
 from gradprobe.fixes.actions import action
-from gradprobe.fixes.reinit import xavier_std
 from gradprobe.hookspecs import hookimpl
-from gradprobe.reference.functional import is_relu
+from gradprobe.layer_weights import input_scale
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Rule
 from gradprobe.rules.weights import each_direction
@@ -47,15 +45,9 @@ def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
 
 
 def _input_scale(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:
-    weight = params["weight_ih"].detach().double()
-    mode = site.mode or ""
-    count = gate_count(mode)
-    fan_out, fan_in = weight.shape[0] // count, weight.shape[1]
-    relu = is_relu(mode)
-    reference = math.sqrt(2.0 / fan_in) if relu else xavier_std(fan_in, fan_out)
-    scheme = "He" if relu else "Xavier"
-    fixes = (action("he-input" if relu else "xavier-input"),)
-    stds = [float(block.std()) for block in weight.chunk(count, dim=0)]
+    scale = input_scale(site.mode or "", params["weight_ih"])
+    stds, reference, scheme = scale.stds, scale.reference, scale.scheme
+    fixes = (action("he-input" if scheme == "He" else "xavier-input"),)
     ratio, low_ratio = max(stds) / reference, min(stds) / reference
     evidence = {"std": max(stds), "reference_std": reference, "ratio": ratio, "scheme": scheme}
     if ratio > context.threshold("GP203", "max_ratio"):
