@@ -6,7 +6,7 @@ module. A gradprobe hook in there would make the checkpoint name a gradprobe
 class, which ``torch.load(weights_only=True)`` refuses (and which no process
 without gradprobe can load at all), and would carry the probe into a copy.
 
-:func:`register_forward_hooks` registers the hooks and gives the module an
+:func:`register_forward_hook` and :func:`register_forward_pre_hook` register a hook and give the module an
 instance-level ``__getstate__`` that returns the module's own state less
 gradprobe's hook entries (and less itself). Pickling (``torch.save``,
 ``copy.copy``, ``copy.deepcopy``) looks ``__getstate__`` up on the instance

@@ -67,8 +67,6 @@ class LossTrend:
     best_step: int | None = None
     #: Block medians in order, pairs merged (and the block doubled) past :data:`KEPT_BLOCKS`: constant memory.
     levels: list[float] = field(default_factory=list)
-    _block_size: int = RECENT_LOSSES
-    _pending: list[float] = field(default_factory=list)
     _block: list[float] = field(default_factory=list)
 
     def add(self, step: int | None, loss: float | None) -> None:
@@ -174,19 +172,12 @@ class LossTrend:
 
 
 def _robust_sd(values: Any) -> float:
-    """The standard deviation a normal sample with this interquartile range has."""
-    ordered = sorted(values)
-    n = len(ordered)
-    if n < 4:
+    """The standard deviation a normal sample with this interquartile range has (quartiles interpolated linearly)."""
+    data = list(values)
+    if len(data) < 4:
         return 0.0
-    return (_quantile(ordered, 0.75) - _quantile(ordered, 0.25)) / 1.349
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    lower, _, upper = statistics.quantiles(data, n=4, method="inclusive")
+    return (upper - lower) / 1.349
 
 
 @dataclass
