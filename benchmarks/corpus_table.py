@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
-    rows = ["| script | variant | expected | steps | loss start -> end | warnings and errors raised | verdict | time |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| script | variant | expected | steps | loss start -> end | warnings and errors raised | verdict | time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     wrong = 0
     for name in args.only or SCRIPTS:
         module = load(name)

@@ -123,9 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--grid", choices=("quick", "default", "full"), default="default")
     parser.add_argument("--memory", action="store_true", help="also measure the deep step's extra peak memory")
-    parser.add_argument("--lyapunov-k", type=int, default=4, help="Lyapunov exponents per track (the probe's default: 4; 0: off)")
     parser.add_argument(
-        "--compare-k", type=int, help="also a probe with this lyapunov_k, stepped in the same rounds: the spectrum's cost per row"
+        "--lyapunov-k", type=int, default=4, help="Lyapunov exponents per track (the probe's default: 4; 0: off)"
+    )
+    parser.add_argument(
+        "--compare-k",
+        type=int,
+        help="also a probe with this lyapunov_k, stepped in the same rounds: the spectrum's cost per row",
     )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -133,10 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_of:
         print(json.dumps(memory(*json.loads(args.memory_of))))
         return
-    print(f"B={BATCH}, threads={torch.get_num_threads()}, torch {torch.__version__}, {args.repeats} interleaved pairs, "
-          f"lyapunov_k={args.lyapunov_k}\n")
+    print(
+        f"B={BATCH}, threads={torch.get_num_threads()}, torch {torch.__version__}, {args.repeats} interleaved pairs, "
+        f"lyapunov_k={args.lyapunov_k}\n"
+    )
     compare = f" median with lyapunov_k={args.compare_k} |" if args.compare_k is not None else ""
-    print("| layer | H | T | plain step | deep / plain: min | median | max |" + compare + (" plain peak | deep extra |" if args.memory else ""))
+    print(
+        "| layer | H | T | plain step | deep / plain: min | median | max |"
+        + compare
+        + (" plain peak | deep extra |" if args.memory else "")
+    )
     print("|---|---|---|---|---|---|---|" + ("---|" if compare else "") + ("---|---|" if args.memory else ""))
     ks = (args.lyapunov_k,) if args.compare_k is None else (args.lyapunov_k, args.compare_k)
     for kind, hidden, steps, layers, bidirectional in grid(args.grid):
@@ -150,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
             spec = json.dumps([kind, hidden, steps, layers, bidirectional])
             out = subprocess.run(
                 [sys.executable, __file__, "--threads", str(args.threads), "--memory-of", spec],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             mem = json.loads(out.strip().splitlines()[-1])
             row += f" {mem['plain_peak_mb']:.0f} MB | +{mem['deep_extra_mb']:.0f} MB |"

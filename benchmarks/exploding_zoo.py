@@ -158,7 +158,9 @@ class ZooRun:
         return self.levels()[-1] / self.levels()[0] if self.finite else math.inf
 
 
-def train(case: str, recipe: str, loss: str, fix: str, seed: int, steps: int = 300, clip: float | None = None) -> ZooRun:
+def train(
+    case: str, recipe: str, loss: str, fix: str, seed: int, steps: int = 300, clip: float | None = None
+) -> ZooRun:
     """Train one case with one recipe; ``fix`` is passed to ``gradprobe.attach``; ``clip``: ``clip_grad_norm_`` at it.
 
     ``case="tanh-rnn-default"`` is a default-initialized tanh RNN (for the large-target regression).
@@ -198,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.regression:
         return regression_table(seeds)
     fixes = ("auto",) if args.quick else ("off", "auto")
-    print("| case | recipe | loss | " + " | ".join(f"fix={f}: worst level / worst loss / last level" for f in fixes) + " |")
+    print(
+        "| case | recipe | loss | "
+        + " | ".join(f"fix={f}: worst level / worst loss / last level" for f in fixes)
+        + " |"
+    )
     print("|---|---|---|" + "---|" * len(fixes))
     for case in args.cases:
         for recipe in args.recipes:
@@ -206,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                 cells = []
                 for fix in fixes:
                     runs = [train(case, recipe, loss, fix, seed) for seed in seeds]
-                    cells.append(" / ".join(f"{max(getattr(r, a) for r in runs):.3g}" for a in ("worst_level", "worst_loss", "last_level")))
+                    cells.append(
+                        " / ".join(
+                            f"{max(getattr(r, a) for r in runs):.3g}"
+                            for a in ("worst_level", "worst_loss", "last_level")
+                        )
+                    )
                 print(f"| {case} | {recipe} | {loss} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

@@ -98,8 +98,10 @@ def main() -> None:
         curve = run(kind, args)
         results[kind] = (curve, time.perf_counter() - start)
     score = "accuracy (chance 0.5)" if args.task == "sign" else f"MSE (mean predictor {BASELINE_MSE:.3f})"
-    print(f"\n{args.task} task, T={args.seq_len}, tanh RNNCell H={args.hidden}, SGD lr {args.lr} momentum 0.9, "
-          f"{args.steps} steps, Omega weight {args.weight}; test {score}")
+    print(
+        f"\n{args.task} task, T={args.seq_len}, tanh RNNCell H={args.hidden}, SGD lr {args.lr} momentum 0.9, "
+        f"{args.steps} steps, Omega weight {args.weight}; test {score}"
+    )
     steps = [step for step, _, _ in next(iter(results.values()))[0]]
     print("| training | " + " | ".join(f"step {s}" for s in steps) + " | time |")
     print("|---|" + "---|" * len(steps) + "---|")

@@ -28,8 +28,16 @@ from gradprobe.report import summarize_logs
 from gradprobe.report.html_report import render_html, render_static
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def chromium() -> str:
@@ -44,8 +52,20 @@ def load_time(page: Path, profile: Path, repeats: int = 3) -> tuple[float, int]:
     times, drawn = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
-        dom = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom",
-                              page.as_uri()], capture_output=True, text=True, timeout=300, check=True).stdout
+        dom = subprocess.run(
+            [
+                chromium(),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
         times.append(time.perf_counter() - start)
         drawn = len(re.findall(r'class="chart js-plotly-plot"', dom))
     return statistics.median(times), drawn
@@ -74,18 +94,35 @@ def main() -> None:
         other = summarize_logs(compare, config={}) if compare else None
         for kind in ("interactive", "static"):
             start = time.perf_counter()
-            page = render_html(summary, other=other, names=("run.log", "fixed.log")) if kind == "interactive" else render_static(summary)
+            page = (
+                render_html(summary, other=other, names=("run.log", "fixed.log"))
+                if kind == "interactive"
+                else render_static(summary)
+            )
             build = time.perf_counter() - start
             path = work / f"{kind}-{len(name)}.html"
             path.write_text(page, encoding="utf-8")
             seconds, drawn = load_time(path, work / "profile")
-            print(f"| {name} | {kind} | {len(page.encode()) / 1e6:.2f} MB | {build:.2f} s | {max(seconds - baseline, 0):.2f} s | "
-                  f"{drawn if kind == 'interactive' else '-'} |")
+            print(
+                f"| {name} | {kind} | {len(page.encode()) / 1e6:.2f} MB | {build:.2f} s | {max(seconds - baseline, 0):.2f} s | "
+                f"{drawn if kind == 'interactive' else '-'} |"
+            )
             if args.screenshot and kind == "interactive" and compare:
                 DOCS.mkdir(exist_ok=True)
-                subprocess.run([chromium(), *FLAGS, f"--user-data-dir={work / 'profile'}", "--virtual-time-budget=20000",
-                                "--window-size=1280,2600", f"--screenshot={DOCS / 'report.png'}", path.as_uri()],
-                               capture_output=True, timeout=300, check=True)
+                subprocess.run(
+                    [
+                        chromium(),
+                        *FLAGS,
+                        f"--user-data-dir={work / 'profile'}",
+                        "--virtual-time-budget=20000",
+                        "--window-size=1280,2600",
+                        f"--screenshot={DOCS / 'report.png'}",
+                        path.as_uri(),
+                    ],
+                    capture_output=True,
+                    timeout=300,
+                    check=True,
+                )
                 print(f"wrote {DOCS / 'report.png'}")
 
 

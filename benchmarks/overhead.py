@@ -44,7 +44,11 @@ class Model(nn.Module):
 
 
 def make_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe: gradprobe.Probe | None = None, opt: torch.optim.Optimizer | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    probe: gradprobe.Probe | None = None,
+    opt: torch.optim.Optimizer | None = None,
 ) -> Callable[[], None]:
     """One SGD step; ``probe.step(loss)`` after backward when a probe is given."""
     opt = opt if opt is not None else torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -60,7 +64,9 @@ def make_step(
     return step
 
 
-def make_hooked_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **options: object) -> tuple[Callable[[], None], gradprobe.Probe]:
+def make_hooked_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, **options: object
+) -> tuple[Callable[[], None], gradprobe.Probe]:
     """A step as the quick start writes it: ``attach(model, optimizer=opt)``, no ``probe.step()`` (the probe
     reads the gradients at the end of backward and again at the optimizer step)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -82,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=100, help="sequence length T")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--amortized-steps", type=int, default=300, help="steps per amortized loop (a deep step every 50)")
+    parser.add_argument(
+        "--amortized-steps", type=int, default=300, help="steps per amortized loop (a deep step every 50)"
+    )
     parser.add_argument("--budget-steps", type=int, default=600, help="steps measured with every='auto' (0: skip)")
     parser.add_argument("--budget", type=float, default=0.03)
     args = parser.parse_args(argv)
@@ -113,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     amortized_probe = gradprobe.attach(amortized_model, every=50, config={})
     log_dir = tempfile.TemporaryDirectory()
     logged_probe = gradprobe.attach(logged_model, every=50, config={}, log=Path(log_dir.name) / "run.log")
-    sampled_probe = gradprobe.attach(sampled_model, every=10**9, config={})  # saturation sampled every 20 steps, no deep step
+    sampled_probe = gradprobe.attach(
+        sampled_model, every=10**9, config={}
+    )  # saturation sampled every 20 steps, no deep step
     probed = make_step(amortized_model, x, y, amortized_probe)
     logged = make_step(logged_model, x, y, logged_probe)
     sampled = make_step(sampled_model, x, y, sampled_probe)
@@ -133,7 +143,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     loops: dict[str, list[float]] = {"plain": [], "probed": [], "logged": [], "sampled": [], "quick": []}
     chunk = 10
     for _ in range(args.amortized_steps // chunk):
-        for name, fn in (("plain", plain), ("probed", probed), ("logged", logged), ("sampled", sampled), ("quick", quick)):
+        for name, fn in (
+            ("plain", plain),
+            ("probed", probed),
+            ("logged", logged),
+            ("sampled", sampled),
+            ("quick", quick),
+        ):
             start = time.perf_counter()
             for _ in range(chunk):
                 fn()
@@ -142,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     amortized_logged = sum(loops["logged"]) / sum(loops["plain"])
     amortized_sampled = sum(loops["sampled"]) / sum(loops["plain"])
     amortized_quick = sum(loops["quick"]) / sum(loops["plain"])
-    windows = {name: _windows(loops[name], loops["plain"], 50 // chunk) for name in ("probed", "logged", "quick", "sampled")}
+    windows = {
+        name: _windows(loops[name], loops["plain"], 50 // chunk) for name in ("probed", "logged", "quick", "sampled")
+    }
     for probe in (cheap_probe, hooked_probe, deep_probe, amortized_probe, logged_probe, sampled_probe, quick_probe):
         probe.close()
         assert probe.error is None, probe.error
@@ -150,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     budgeted = _budgeted(args, x, y, plain) if args.budget_steps else None
 
     base = medians["plain step"]
-    print(f"LSTM B={args.batch} T={args.steps} H={args.hidden} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(
+        f"LSTM B={args.batch} T={args.steps} H={args.hidden} threads={torch.get_num_threads()} torch={torch.__version__}"
+    )
     print(f"  plain step              {base * 1e3:8.1f} ms   1.00x")
     targets = {"cheap recording": 1.05, "cheap, optimizer hooks": 1.05, "deep-probe step": 2.0, "detect_anomaly": None}
     ratios = {}
@@ -160,20 +180,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"  {name:<23} {medians[name] * 1e3:8.1f} ms   {ratios[name]:.2f}x {note}")
     ratios["amortized every=50"] = amortized
     per_step = statistics.fmean(loops["probed"]) / chunk
-    print(f"  amortized every=50      {per_step * 1e3:8.1f} ms   {amortized:.3f}x (target <= 1.02x, {args.amortized_steps} steps after warm-up; {windows['probed']})")
+    print(
+        f"  amortized every=50      {per_step * 1e3:8.1f} ms   {amortized:.3f}x (target <= 1.02x, {args.amortized_steps} steps after warm-up; {windows['probed']})"
+    )
     ratios["amortized every=50 with log"] = amortized_logged
     print(f"  ... with the JSONL log          {amortized_logged:.3f}x (target <= 1.02x; {windows['logged']})")
     ratios["amortized every=50 with log, optimizer hooks"] = amortized_quick
-    print(f"  ... with the log and optimizer hooks (the quick start: attach(model, optimizer=opt)): {amortized_quick:.3f}x ({windows['quick']})")
+    print(
+        f"  ... with the log and optimizer hooks (the quick start: attach(model, optimizer=opt)): {amortized_quick:.3f}x ({windows['quick']})"
+    )
     ratios["cheap recording + sampled saturation"] = amortized_sampled
-    print(f"  ... no deep step, saturation sampled every 20 steps: {amortized_sampled:.3f}x (the cheap recording "
-          f"{ratios['cheap recording']:.3f}x; the rest is the sampling)")
+    print(
+        f"  ... no deep step, saturation sampled every 20 steps: {amortized_sampled:.3f}x (the cheap recording "
+        f"{ratios['cheap recording']:.3f}x; the rest is the sampling)"
+    )
     print(f"  first deep probe (one-off warm-up) {first_deep * 1e3:.0f} ms")
     if budgeted is not None:
         ratio, every, saturation_every = budgeted
         ratios["auto budget"] = ratio
-        print(f"  every='auto' budget={args.budget:g}  {ratio:.3f}x (chose every={every}, saturation_every={saturation_every}; "
-              f"{args.budget_steps} steps after its choice)")
+        print(
+            f"  every='auto' budget={args.budget:g}  {ratio:.3f}x (chose every={every}, saturation_every={saturation_every}; "
+            f"{args.budget_steps} steps after its choice)"
+        )
     return ratios
 
 
@@ -188,7 +216,9 @@ def _windows(probed: list[float], plain: list[float], chunks: int) -> str:
     return f"per 50 steps over {len(ratios)} windows: min {ratios[0]:.3f}x median {statistics.median(ratios):.3f}x max {ratios[-1]:.3f}x"
 
 
-def _budgeted(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, plain: Callable[[], None]) -> tuple[float, int, int]:
+def _budgeted(
+    args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, plain: Callable[[], None]
+) -> tuple[float, int, int]:
     """Whole loops with every='auto': after the probe chose, probed and plain chunks interleaved."""
     model = Model(args.hidden)
     probe = gradprobe.attach(model, every="auto", budget=args.budget, config={})

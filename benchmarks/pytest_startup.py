@@ -28,7 +28,9 @@ def write_suite(folder: Path, files: int = 30, tests_per_file: int = 10) -> None
 
 def timed_run(folder: Path, *extra: str) -> float:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", *extra], cwd=folder, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *extra], cwd=folder, capture_output=True, text=True, check=False
+    )
     elapsed = time.perf_counter() - start
     if done.returncode != 0 or "300 passed" not in done.stdout:
         raise SystemExit(f"pytest failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")

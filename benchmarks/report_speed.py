@@ -26,8 +26,18 @@ from pathlib import Path
 
 from gradprobe.events import EventWriter
 
-PARAMS = ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0",
-          "rnn.weight_ih_l1", "rnn.weight_hh_l1", "rnn.bias_ih_l1", "rnn.bias_hh_l1", "head.weight", "head.bias"]
+PARAMS = [
+    "rnn.weight_ih_l0",
+    "rnn.weight_hh_l0",
+    "rnn.bias_ih_l0",
+    "rnn.bias_hh_l0",
+    "rnn.weight_ih_l1",
+    "rnn.weight_hh_l1",
+    "rnn.bias_ih_l1",
+    "rnn.bias_hh_l1",
+    "head.weight",
+    "head.bias",
+]
 GATES = ("input", "forget", "cell", "output")
 
 
@@ -37,29 +47,67 @@ def write_log(path: Path, steps: int, seed: int = 0, first_step: int = 0, meta: 
     handle = None
     if writer is None:
         handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+
     def emit(kind: str, **fields: object) -> None:
         if writer is not None:
             writer.write(kind, **fields)
         else:
             handle.write(json.dumps({"v": 1, "kind": kind, "time": 0.0, **fields}, separators=(",", ":")) + "\n")
+
     if meta:
-        emit("meta", rank=None, gradprobe="0.1.0", torch="2.13.0", model="Model", settings={"every": 50, "fix": "off"},
-             layers=[{"name": "rnn", "mode": "LSTM", "tracks": ["rnn.l0", "rnn.l1"]}])
+        emit(
+            "meta",
+            rank=None,
+            gradprobe="0.1.0",
+            torch="2.13.0",
+            model="Model",
+            settings={"every": 50, "fix": "off"},
+            layers=[{"name": "rnn", "mode": "LSTM", "tracks": ["rnn.l0", "rnn.l1"]}],
+        )
     for step in range(first_step, first_step + steps):
         norms = {name: rng.lognormvariate(0, 0.3) for name in PARAMS}
         gates = {name: {g: rng.random() for g in GATES} for name in PARAMS[:2] + PARAMS[4:6]}
-        emit("step", step=step, loss=1 / (1 + step / 1000), grad_norm=math.sqrt(sum(v * v for v in norms.values())),
-             params=norms, gates=gates, nonfinite=None)
+        emit(
+            "step",
+            step=step,
+            loss=1 / (1 + step / 1000),
+            grad_norm=math.sqrt(sum(v * v for v in norms.values())),
+            params=norms,
+            gates=gates,
+            nonfinite=None,
+        )
         if step % 10 == 0:
             for track in ("rnn.l0", "rnn.l1"):
-                emit("saturation", step=step, layer=track, mode="LSTM", fractions={g: 0.1 for g in GATES}, low={"forget": 0.01},
-                     dead_units=None, units=256, samples=400, deep=False)
+                emit(
+                    "saturation",
+                    step=step,
+                    layer=track,
+                    mode="LSTM",
+                    fractions={g: 0.1 for g in GATES},
+                    low={"forget": 0.01},
+                    dead_units=None,
+                    units=256,
+                    samples=400,
+                    deep=False,
+                )
         if step % 50 == 0:
             for track in ("rnn.l0", "rnn.l1"):
-                emit("deep", step=step, layer=track, module="rnn", mode="LSTM", seq_len=100, batch=32,
-                     grad_norms=[0.9**k for k in range(100)][::-1], profile=[0.9**k for k in range(100)],
-                     jacobian_norms=[0.9 + 0.01 * rng.random() for _ in range(100)], rate=math.log(0.9),
-                     horizon=65.6, epsilon=1e-3, chained=True)
+                emit(
+                    "deep",
+                    step=step,
+                    layer=track,
+                    module="rnn",
+                    mode="LSTM",
+                    seq_len=100,
+                    batch=32,
+                    grad_norms=[0.9**k for k in range(100)][::-1],
+                    profile=[0.9**k for k in range(100)],
+                    jacobian_norms=[0.9 + 0.01 * rng.random() for _ in range(100)],
+                    rate=math.log(0.9),
+                    horizon=65.6,
+                    epsilon=1e-3,
+                    chained=True,
+                )
     if writer is not None:
         writer.close()
     else:
@@ -94,7 +142,9 @@ def peak_rss_mb(path: Path) -> float:
         "import resource, sys; sys.path.insert(0, sys.argv[2]); import report_speed as r; r.report(__import__('pathlib').Path(sys.argv[1]));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(Path(__file__).parent)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(Path(__file__).parent)], check=True, capture_output=True, text=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -110,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-fast", action="store_true", help="read as without gradprobe[fast] (the standard json parser)")
+    parser.add_argument(
+        "--no-fast", action="store_true", help="read as without gradprobe[fast] (the standard json parser)"
+    )
     parser.add_argument("--memory-gb", type=float, default=0.0, help="also measure peak memory on a log of this size")
     args = parser.parse_args(argv)
     if args.no_fast:
@@ -121,7 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(folder) / "run.log"
         write_log(path, args.steps)
         size = os.path.getsize(path)
-        cases = (("json.loads", plain_json), ("gradprobe report", report), ("... with charts", lambda p: report(p, charts=True)))
+        cases = (
+            ("json.loads", plain_json),
+            ("gradprobe report", report),
+            ("... with charts", lambda p: report(p, charts=True)),
+        )
         times: dict[str, list[float]] = {name: [] for name, _ in cases}
         report(path)  # imports and plugin loading once, outside the timings
         for _ in range(args.repeats):  # interleaved: each repeat times every case once
@@ -131,17 +187,23 @@ def main(argv: list[str] | None = None) -> None:
                 times[name].append(time.perf_counter() - start)
         print(f"log: {args.steps} steps, {size / 1e6:.0f} MB; {args.repeats} interleaved repeats; {parser_name()}")
         for name, seconds in times.items():
-            print(f"  {name:<18}{statistics.median(seconds):7.2f} s  {size / 1e6 / statistics.median(seconds):6.0f} MB/s (median)")
+            print(
+                f"  {name:<18}{statistics.median(seconds):7.2f} s  {size / 1e6 / statistics.median(seconds):6.0f} MB/s (median)"
+            )
         for name in ("gradprobe report", "... with charts"):
             ratios = sorted(t / base for t, base in zip(times[name], times["json.loads"]))
-            print(f"  ratio {name} / json.loads: min {ratios[0]:.2f}x  median {statistics.median(ratios):.2f}x  max {ratios[-1]:.2f}x")
+            print(
+                f"  ratio {name} / json.loads: min {ratios[0]:.2f}x  median {statistics.median(ratios):.2f}x  max {ratios[-1]:.2f}x"
+            )
         if args.memory_gb:
             small = Path(folder) / "small.log"
             write_log(small, args.steps)
             grow(small, int(args.memory_gb * 1e8), 20_000)
             grow(path, int(args.memory_gb * 1e9), 20_000)
-            print(f"peak memory of the report: {peak_rss_mb(small):.0f} MB for {small.stat().st_size / 1e9:.2f} GB, "
-                  f"{peak_rss_mb(path):.0f} MB for {path.stat().st_size / 1e9:.2f} GB")
+            print(
+                f"peak memory of the report: {peak_rss_mb(small):.0f} MB for {small.stat().st_size / 1e9:.2f} GB, "
+                f"{peak_rss_mb(path):.0f} MB for {path.stat().st_size / 1e9:.2f} GB"
+            )
 
 
 if __name__ == "__main__":

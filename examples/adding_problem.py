@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.set_flush_denormal(True)  # vanishing gradients are denormal floats: slow on CPUs
     args.out.mkdir(parents=True, exist_ok=True)
 
-    print(f"adding problem: T={args.seq_len}, hidden {args.hidden}, {args.steps} steps of {args.batch}; "
-          f"baseline MSE {BASELINE_MSE:.3f}")
+    print(
+        f"adding problem: T={args.seq_len}, hidden {args.hidden}, {args.steps} steps of {args.batch}; "
+        f"baseline MSE {BASELINE_MSE:.3f}"
+    )
     model = broken_model(args.hidden, args.seed)
     fixed = copy.deepcopy(model)
 
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
     with gradprobe.attach(model, log=args.out / "broken.log", every=args.every, config={}) as probe:
         broken_mse = train(model, setup, probe)
-    print(f"\nrun 1 (forget bias -3): test MSE {broken_mse:.4f} in {time.perf_counter() - start:.0f}s; gradprobe found:")
+    print(
+        f"\nrun 1 (forget bias -3): test MSE {broken_mse:.4f} in {time.perf_counter() - start:.0f}s; gradprobe found:"
+    )
     for finding in probe.findings:
         print(f"  {finding}")
         if finding.fix:
@@ -73,8 +77,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with gradprobe.attach(fixed, log=args.out / "fixed.log", every=args.every, fix="auto", config={}) as probe:
         fixed_mse = train(fixed, setup, probe)
     remaining = [f for f in probe.findings if f.severity != "info"]
-    print(f"\nrun 2 (fixed): test MSE {fixed_mse:.4f} in {time.perf_counter() - start:.0f}s; "
-          f"{len(remaining)} warnings/errors left")
+    print(
+        f"\nrun 2 (fixed): test MSE {fixed_mse:.4f} in {time.perf_counter() - start:.0f}s; "
+        f"{len(remaining)} warnings/errors left"
+    )
     for finding in remaining:
         print(f"  {finding}")
 

@@ -97,8 +97,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             state = tuple(s.detach() for s in state)
             losses.append(loss.item())
     bits = sum(losses[-20:]) / len(losses[-20:]) / math.log(2)
-    print(f"char LM on {len(text)} characters ({len(chars)} symbols), {args.steps} steps: {bits:.2f} bits/char "
-          f"(uniform: {math.log2(len(chars)):.2f})")
+    print(
+        f"char LM on {len(text)} characters ({len(chars)} symbols), {args.steps} steps: {bits:.2f} bits/char "
+        f"(uniform: {math.log2(len(chars)):.2f})"
+    )
     print(f"sample: {sample(model, chars, 'Alice ')!r}\n")
     print(render_text(summarize_logs([log])))
     return {"bits_per_char": bits, "uniform": math.log2(len(chars))}

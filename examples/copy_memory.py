@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     baseline = SHOWN * math.log(SYMBOLS) / (args.delay + 2 * SHOWN)
-    print(f"copy memory: delay {args.delay} (gradients must reach {args.delay + SHOWN} steps back); "
-          f"guessing scores {baseline:.4f}")
+    print(
+        f"copy memory: delay {args.delay} (gradients must reach {args.delay + SHOWN} steps back); "
+        f"guessing scores {baseline:.4f}"
+    )
 
     rows = []
     for name, cell in (("tanh RNN", nn.RNN), ("GRU", nn.GRU), ("LSTM", nn.LSTM)):

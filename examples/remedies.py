@@ -68,8 +68,10 @@ def flow_regularizer(steps: int) -> tuple[float, float]:
             return float(((run(test_x) > 0).float() == test_y).float().mean())
 
     clipped, regularized = train(False), train(True)
-    print(f"2. FlowRegularizer: sign of the first of 30 inputs after {steps} steps: accuracy {clipped:.2f} with clipping, "
-          f"{regularized:.2f} with clipping + Omega (chance 0.50)")
+    print(
+        f"2. FlowRegularizer: sign of the first of 30 inputs after {steps} steps: accuracy {clipped:.2f} with clipping, "
+        f"{regularized:.2f} with clipping + Omega (chance 0.50)"
+    )
     return clipped, regularized
 
 
@@ -79,8 +81,10 @@ def lyapunov() -> list[float]:
     report = gradprobe.check(lstm, torch.randn(100, 8, 4), config={})
     spectrum = report.layers["LSTM.l0"].lyapunov
     shown = ", ".join(f"{v:+.3f}" for v in spectrum)
-    print(f"3. Lyapunov spectrum of a default LSTM (natural log per step): {shown}; "
-          f"the most expanding direction keeps x{math.exp(spectrum[0]):.2f} per step")
+    print(
+        f"3. Lyapunov spectrum of a default LSTM (natural log per step): {shown}; "
+        f"the most expanding direction keeps x{math.exp(spectrum[0]):.2f} per step"
+    )
     return spectrum
 
 
@@ -99,7 +103,9 @@ def leaky_relu() -> tuple[set[str], set[str]]:
                 probe.step()
                 model.zero_grad()
         codes.append({f.code for f in probe.findings})
-    print(f"4. Dead ReLU units: nn.RNN(relu) -> {sorted(codes[0])}; reference RNN(leaky_relu), same weights -> {sorted(codes[1])}")
+    print(
+        f"4. Dead ReLU units: nn.RNN(relu) -> {sorted(codes[0])}; reference RNN(leaky_relu), same weights -> {sorted(codes[1])}"
+    )
     return codes[0], codes[1]
 
 

@@ -1,6 +1,6 @@
 """Using gradprobe in a test suite (the plugin is active once gradprobe is installed).
 
-    pytest examples/test_gradient_health.py --gradprobe-report findings.json
+pytest examples/test_gradient_health.py --gradprobe-report findings.json
 """
 
 import pytest

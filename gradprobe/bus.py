@@ -71,7 +71,10 @@ class EventBus:
             action(*args)
         except Exception as exc:  # noqa: BLE001 - a consumer must not break training or the other consumers
             consumer.failed = f"{doing}: {short(exc)}"
-            warn(f"gradprobe switched off {consumer.name} after an error {consumer.failed}; the rest of the probe goes on", stacklevel=5)
+            warn(
+                f"gradprobe switched off {consumer.name} after an error {consumer.failed}; the rest of the probe goes on",
+                stacklevel=5,
+            )
             if self.on_fault is not None:
                 try:
                     self.on_fault(consumer.name, consumer.failed)

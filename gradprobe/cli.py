@@ -50,7 +50,9 @@ class Main(click.Group):
                 raise
             from gradprobe.faults import short
 
-            click.echo(f"gradprobe: internal error: {strip_control(short(exc))} (run with --debug for the traceback)", err=True)
+            click.echo(
+                f"gradprobe: internal error: {strip_control(short(exc))} (run with --debug for the traceback)", err=True
+            )
             ctx.exit(EXIT_INTERNAL)
 
 
@@ -85,8 +87,13 @@ def _bad_input_errors(fn: F) -> F:
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gradprobe")
 @click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
-@click.option("--disable-plugin", "disable", multiple=True, metavar="NAME",
-              help="Leave out a plugin (entry-point or module name); repeatable. Same as GRADPROBE_DISABLE_PLUGINS.")
+@click.option(
+    "--disable-plugin",
+    "disable",
+    multiple=True,
+    metavar="NAME",
+    help="Leave out a plugin (entry-point or module name); repeatable. Same as GRADPROBE_DISABLE_PLUGINS.",
+)
 def main(debug: bool, disable: tuple[str, ...]) -> None:
     """Gradient-health diagnostics for recurrent networks (RNN, LSTM, GRU)."""
     if disable:
@@ -110,7 +117,11 @@ def plugins() -> None:
         Registry.from_plugins(pm)
     click.echo(f"{'name':<44}{'source':<24}{'status':<10}hooks / reason")
     for status in pm.statuses.values():
-        detail = status.reason if status.status != "active" else ", ".join(h.removeprefix("gradprobe_") for h in status.hooks)
+        detail = (
+            status.reason
+            if status.status != "active"
+            else ", ".join(h.removeprefix("gradprobe_") for h in status.hooks)
+        )
         click.echo(strip_control(f"{status.name:<44}{status.source:<24}{status.status:<10}{detail}"))
 
 
@@ -118,15 +129,34 @@ def plugins() -> None:
 @click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
-@click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default=None,
-              help="Exit 1 when a finding is at least this severe [default: the run's fail-on, else warning].")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Judge with this pyproject.toml's [tool.gradprobe] instead of the configuration the run recorded.")
-@click.option("--compare", "compare", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Another run (its log, or one per rank) to overlay, e.g. the run before a fix. Repeat for its rank logs.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(["info", "warning", "error"]),
+    default=None,
+    help="Exit 1 when a finding is at least this severe [default: the run's fail-on, else warning].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Judge with this pyproject.toml's [tool.gradprobe] instead of the configuration the run recorded.",
+)
+@click.option(
+    "--compare",
+    "compare",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Another run (its log, or one per rank) to overlay, e.g. the run before a fix. Repeat for its rank logs.",
+)
 @_bad_input_errors
 def report(
-    logs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str | None, config_path: Path | None, compare: tuple[Path, ...]
+    logs: tuple[Path, ...],
+    fmt: str,
+    output: Path | None,
+    fail_on: str | None,
+    config_path: Path | None,
+    compare: tuple[Path, ...],
 ) -> None:
     """Judge run logs and report findings, gradient profiles and training figures.
 
@@ -240,8 +270,13 @@ def rules(code: str | None) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Folder for run.log and fixed.log.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder for run.log and fixed.log.",
+)
 @click.option("--steps", type=int, default=600, show_default=True)
 @click.option("--seq-len", type=int, default=100, show_default=True)
 def demo(out: Path, steps: int, seq_len: int) -> None:

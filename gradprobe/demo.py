@@ -74,7 +74,9 @@ def evaluate(model: nn.Module, seq_len: int) -> float:
         return nn.functional.mse_loss(model(x), y).item()
 
 
-def run_demo(out: Path, setup: TrainingSetup, hidden: int = 32, echo: Callable[[str], None] = print) -> dict[str, float]:
+def run_demo(
+    out: Path, setup: TrainingSetup, hidden: int = 32, echo: Callable[[str], None] = print
+) -> dict[str, float]:
     """Train torch's default LSTM under the probe, report, apply the fixes, train again.
 
     Denormal floats are flushed to zero while it runs (vanishing gradients are
@@ -120,7 +122,11 @@ def _run_demo(out: Path, setup: TrainingSetup, hidden: int, echo: Callable[[str]
     with gradprobe.attach(fixed, log=out / "fixed.log", every=25, config={}, dependency_length=setup.seq_len) as probe:
         after = train(fixed, setup, probe)
     left = [f for f in probe.findings if f.severity != "info"]
-    echo(f"and the same training then reaches test MSE {after:.4f} (was {before:.4f}) in {time.perf_counter() - start:.0f}s; "
-         f"{len(left)} warnings/errors left.")
-    echo(f"Reports: gradprobe report {log}   |   gradprobe report {log} --compare {out / 'fixed.log'} --format html -o report.html")
+    echo(
+        f"and the same training then reaches test MSE {after:.4f} (was {before:.4f}) in {time.perf_counter() - start:.0f}s; "
+        f"{len(left)} warnings/errors left."
+    )
+    echo(
+        f"Reports: gradprobe report {log}   |   gradprobe report {log} --compare {out / 'fixed.log'} --format html -o report.html"
+    )
     return {"before": before, "after": after}

@@ -167,7 +167,9 @@ _RECURRENT_NAME = re.compile(r"(RNN|LSTM|GRU)", re.IGNORECASE)
 
 def _scripted_recurrent(module: nn.Module) -> bool:
     """A TorchScript module whose original class looks recurrent (``LSTMCell``, ``LayerNormLSTM``, ...)."""
-    return isinstance(module, torch.jit.ScriptModule) and bool(_RECURRENT_NAME.search(getattr(module, "original_name", "")))
+    return isinstance(module, torch.jit.ScriptModule) and bool(
+        _RECURRENT_NAME.search(getattr(module, "original_name", ""))
+    )
 
 
 def gate_names(mode: str | None) -> tuple[str, ...]:

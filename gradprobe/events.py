@@ -228,7 +228,9 @@ def iter_events(
                 if not seen_valid and number == 1 and not truncated:
                     raise LogFormatError(f"{path} is not a gradprobe run log (line 1: {_short(exc)})") from None
                 if problems is not None:
-                    problems.append(LogProblem(number, "truncated last line" if truncated else f"corrupt line ({_short(exc)})"))
+                    problems.append(
+                        LogProblem(number, "truncated last line" if truncated else f"corrupt line ({_short(exc)})")
+                    )
                 continue
             if event["v"] != SCHEMA_VERSION:
                 if not seen_valid:

@@ -50,7 +50,9 @@ def failing(findings: Iterable[Finding], fail_on: str = DEFAULT_FAIL_ON, allow: 
     """The findings that make a run unhealthy: at or above ``fail_on``, or a layer not measured (GP001, whatever
     ``fail_on``: unknown health is never "ok"), and not in ``allow``."""
     allowed = set(allow)
-    return [f for f in findings if f.code not in allowed and (f.code == NOT_MEASURED or at_or_above(f.severity, fail_on))]
+    return [
+        f for f in findings if f.code not in allowed and (f.code == NOT_MEASURED or at_or_above(f.severity, fail_on))
+    ]
 
 
 def verdict(findings: Iterable[Finding], fail_on: str = DEFAULT_FAIL_ON, allow: Iterable[str] = ()) -> str:
@@ -84,7 +86,9 @@ class FixAction(NamedTuple):
         if not isinstance(data, dict) or not isinstance(data.get("action"), str):
             return None
         params = data.get("params")
-        return cls(data["action"], dict(params) if isinstance(params, dict) else {}, str(data.get("safety", "display-only")))
+        return cls(
+            data["action"], dict(params) if isinstance(params, dict) else {}, str(data.get("safety", "display-only"))
+        )
 
 
 class Finding(NamedTuple):
@@ -123,7 +127,9 @@ class Finding(NamedTuple):
         """Inverse of :meth:`to_dict`; extra keys are ignored."""
         values: dict[str, Any] = {k: data.get(k) for k in cls._fields if k in data or k == "fix"}
         raw = data.get("fixes") or []
-        values["fixes"] = tuple(f for f in (FixAction.from_dict(x) for x in (raw if isinstance(raw, list) else [])) if f is not None)
+        values["fixes"] = tuple(
+            f for f in (FixAction.from_dict(x) for x in (raw if isinstance(raw, list) else [])) if f is not None
+        )
         return cls(**values)
 
     @property

@@ -84,7 +84,9 @@ def _track(module: nn.Module, handle: RemovableHandle) -> ProbeHookHandle:
     return ProbeHookHandle(module, handle)
 
 
-def register_forward_pre_hook(module: nn.Module, hook: Callable[..., Any], *, with_kwargs: bool = False) -> ProbeHookHandle:
+def register_forward_pre_hook(
+    module: nn.Module, hook: Callable[..., Any], *, with_kwargs: bool = False
+) -> ProbeHookHandle:
     """``module.register_forward_pre_hook`` whose hook never reaches a pickle or a copy of ``module``."""
     return _track(module, module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
 

@@ -105,7 +105,11 @@ class PluginManager(pluggy.PluginManager):
         if found is None:
             impls = reversed(getattr(self.hook, hook).get_hookimpls())
             # gradprobe hooks are plain calls; wrappers are not supported
-            found = [(impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in impls if not (impl.hookwrapper or impl.wrapper)]
+            found = [
+                (impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in impls
+                if not (impl.hookwrapper or impl.wrapper)
+            ]
             self._callers[hook] = found
         return found
 
@@ -130,7 +134,9 @@ class PluginManager(pluggy.PluginManager):
         if where in RULE_HOOKS:
             self.run_faults.setdefault(name, reason)
         if status is None or status.status != "failed":
-            self.statuses[name] = PluginStatus(name, status.source if status else "?", "failed", reason, status.hooks if status else [])
+            self.statuses[name] = PluginStatus(
+                name, status.source if status else "?", "failed", reason, status.hooks if status else []
+            )
             warn(f"gradprobe switched off plugin {name!r}: {reason}", stacklevel=4)
 
     def switch_off_for_layer(self, name: str, layer: str, where: str, exc: BaseException) -> None:
@@ -139,7 +145,10 @@ class PluginManager(pluggy.PluginManager):
         first = not any(plugin == name for plugin, _ in self.layer_faults)
         self.layer_faults[(name, layer)] = reason
         if first:
-            warn(f"gradprobe switched off plugin {name!r} for layer {layer}: {reason}; it goes on for other layers", stacklevel=5)
+            warn(
+                f"gradprobe switched off plugin {name!r} for layer {layer}: {reason}; it goes on for other layers",
+                stacklevel=5,
+            )
 
     def _observers_of(self, kind: str) -> list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]:
         """``gradprobe_observe``'s implementations that read ``kind``, each with the field it needs (or ``None``)."""
@@ -174,7 +183,11 @@ class PluginManager(pluggy.PluginManager):
         return self._call_each("gradprobe_observe", reading, kwargs, layer if isinstance(layer, str) else None)
 
     def _call_each(
-        self, hook: str, implementations: list[tuple[str, Any, tuple[str, ...]]], kwargs: dict[str, Any], layer: str | None = None
+        self,
+        hook: str,
+        implementations: list[tuple[str, Any, tuple[str, ...]]],
+        kwargs: dict[str, Any],
+        layer: str | None = None,
     ) -> list[Any]:
         results = []
         for plugin_name, function, argnames in implementations:

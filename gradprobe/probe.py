@@ -193,7 +193,11 @@ class Probe:
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
         self._deep = DeepProfile(self.sites, self._replayers, self.settings, self._generator, self._pause)
         sequences = SequenceProfile(self.sites, self.settings, self._generator, self._pause, self._deep.layers)
-        self._quantities = [SaturationSampling(self.sites, self._replayers, self.settings.sample_rows), self._deep, sequences]
+        self._quantities = [
+            SaturationSampling(self.sites, self._replayers, self.settings.sample_rows),
+            self._deep,
+            sequences,
+        ]
         rank, world_size = distributed.rank_and_world()
         self._emit(
             "meta",
@@ -207,7 +211,9 @@ class Probe:
             config=self._recorded_config(),
             optimizer=type(optimizer).__name__ if optimizer is not None else None,
         )
-        for finding in self._rules_call("linting the model", lambda: self.rules.lint(model, self.sites, keep=True)) or []:
+        for finding in (
+            self._rules_call("linting the model", lambda: self.rules.lint(model, self.sites, keep=True)) or []
+        ):
             self._write("finding", **finding.to_dict())
         if self.settings.fix != "off":
             from gradprobe.fixes.runtime import StepFixer
@@ -215,7 +221,9 @@ class Probe:
             self._fixer = StepFixer(model, self.settings.fix, self._emit)
         if optimizer is not None:
             statistics = self._statistics
-            self._loop = OptimizerLoop(optimizer, model, statistics.read_gradients, self._optimizer_step, self._guard, scaler)
+            self._loop = OptimizerLoop(
+                optimizer, model, statistics.read_gradients, self._optimizer_step, self._guard, scaler
+            )
         self._capture.start_step(self.schedule.mode_for(0))
         if isinstance(self.schedule, BudgetSchedule):
             self.schedule.start()
@@ -267,7 +275,10 @@ class Probe:
         """
         if self.closed:
             return
-        self._guard("logging a fix", lambda: self._emit("fix", step=self.step_index, name=str(name), applied=bool(applied), detail=detail))
+        self._guard(
+            "logging a fix",
+            lambda: self._emit("fix", step=self.step_index, name=str(name), applied=bool(applied), detail=detail),
+        )
 
     @property
     def findings(self) -> list[Finding]:
@@ -340,7 +351,13 @@ class Probe:
             if any(site.name.startswith(f"{wrapper}.") for wrapper in wrappers):
                 continue  # inside a named module measured as a whole (a DropConnect wrapper): measured through it
             if missing:
-                self._emit("unmeasured", step=self.step_index - 1, layer=site.name, tracks=missing, reason=self._why_unmeasured(site))
+                self._emit(
+                    "unmeasured",
+                    step=self.step_index - 1,
+                    layer=site.name,
+                    tracks=missing,
+                    reason=self._why_unmeasured(site),
+                )
 
     def _why_unmeasured(self, site: RecurrentSite) -> str:
         if site.kind == "scripted":
@@ -378,7 +395,9 @@ class Probe:
 
     def _record(self, loss: Tensor | float | None, observed: LoopStep | None = None) -> None:
         assert self._statistics is not None  # set in _start
-        record, nonfinite, loss_value = self._statistics.record(self.step_index, loss, self._capture, self._emit, observed)
+        record, nonfinite, loss_value = self._statistics.record(
+            self.step_index, loss, self._capture, self._emit, observed
+        )
         mode = self._capture.mode
         scale = observed.grad_scale if observed is not None else 1.0
         context = StepContext(self.step_index, mode, self._capture, self._emit, grad_scale=scale)
@@ -564,4 +583,6 @@ def attach(
     )
     from gradprobe.rules.engine import RuleEngine
 
-    return Probe(model, log, settings, cells=cells, rules=RuleEngine(config), sinks=sinks, optimizer=optimizer, scaler=scaler)
+    return Probe(
+        model, log, settings, cells=cells, rules=RuleEngine(config), sinks=sinks, optimizer=optimizer, scaler=scaler
+    )

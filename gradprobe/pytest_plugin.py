@@ -85,7 +85,8 @@ def marker_problem(kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str
         return f"unknown argument(s) {', '.join(unknown)} (known: {', '.join(MARKER_ARGUMENTS)})"
     thresholds = kwargs.get("thresholds") or {}
     if not isinstance(thresholds, Mapping) or not all(
-        isinstance(values, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
+        isinstance(values, Mapping)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
         for values in thresholds.values()
     ):
         return "thresholds must map rule codes to {name: number}"
@@ -142,7 +143,9 @@ class GradprobeFixture:
     def __init__(self) -> None:
         self._probes: list[Any] = []
 
-    def assert_healthy(self, model: Any, inputs: Any, loss_fn: Any = None, allow: Any = (), horizon: int | None = None, **kwargs: Any) -> Any:
+    def assert_healthy(
+        self, model: Any, inputs: Any, loss_fn: Any = None, allow: Any = (), horizon: int | None = None, **kwargs: Any
+    ) -> Any:
         """See :func:`gradprobe.testing.assert_healthy`."""
         __tracebackhide__ = True
         from gradprobe import testing

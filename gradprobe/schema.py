@@ -95,7 +95,12 @@ def share_map(value: Any) -> bool:
 
 
 def rate(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) <= MAX_RATE
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= MAX_RATE
+    )
 
 
 def horizon(value: Any) -> bool:
@@ -108,7 +113,13 @@ def severity(value: Any) -> bool:
 
 #: kind -> {field: (check, required)}
 FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
-    "meta": {"rank": (optional(integer), False), "world_size": (optional(integer), False), "config": (optional(mapping), False), "layers": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False), "settings": (optional(mapping), False)},
+    "meta": {
+        "rank": (optional(integer), False),
+        "world_size": (optional(integer), False),
+        "config": (optional(mapping), False),
+        "layers": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False),
+        "settings": (optional(mapping), False),
+    },
     "step": {
         "step": (integer, True),
         "loss": (optional(number), False),
@@ -141,7 +152,12 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "units": (optional(count), False),
         "samples": (optional(count), False),
     },
-    "fix": {"step": (optional(integer), False), "name": (text, True), "applied": (optional(flag), False), "detail": (optional(mapping), False)},
+    "fix": {
+        "step": (optional(integer), False),
+        "name": (text, True),
+        "applied": (optional(flag), False),
+        "detail": (optional(mapping), False),
+    },
     "finding": {
         "code": (text, True),
         "name": (optional(text), False),
@@ -153,9 +169,19 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "fix": (optional(text), False),
         "fixes": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False),
     },
-    "unmeasured": {"layer": (text, True), "reason": (text, True), "step": (optional(integer), False), "tracks": (optional(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), False)},
-    "schedule": {"step": (integer, True), "every": (count, True), "saturation_every": (optional(count), False),
-                 "budget": (optional(number), False), "expected_overhead": (optional(number), False)},
+    "unmeasured": {
+        "layer": (text, True),
+        "reason": (text, True),
+        "step": (optional(integer), False),
+        "tracks": (optional(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), False),
+    },
+    "schedule": {
+        "step": (integer, True),
+        "every": (count, True),
+        "saturation_every": (optional(count), False),
+        "budget": (optional(number), False),
+        "expected_overhead": (optional(number), False),
+    },
     "loop": {"step": (integer, True), "layer": (text, True), "truncation": (optional(count), False)},
     "error": {"where": (optional(text), False), "message": (text, True)},
     "fault": {"part": (text, True), "message": (text, True)},
@@ -177,7 +203,9 @@ _NUMBER_OR_NONE = frozenset({int, float, type(None)})
 _MAPPING_OR_NONE = frozenset({dict, type(None)})
 _MAPPING = frozenset({dict})
 #: The fields of a step event that :func:`_plain_step` reads; with any other, the walk decides.
-_PLAIN_STEP_FIELDS = frozenset({"v", "kind", "time", "step", "loss", "grad_norm", "params", "gates", "nonfinite", "clip", "grad_scale", "skipped"})
+_PLAIN_STEP_FIELDS = frozenset(
+    {"v", "kind", "time", "step", "loss", "grad_norm", "params", "gates", "nonfinite", "clip", "grad_scale", "skipped"}
+)
 
 
 def _plain_step(event: dict[str, Any]) -> bool:
@@ -190,7 +218,9 @@ def _plain_step(event: dict[str, Any]) -> bool:
     step = event.get("step")
     if type(step) is not int or not -INTEGER_LIMIT < step < INTEGER_LIMIT or not _PLAIN_STEP_FIELDS.issuperset(event):
         return False
-    if not _NUMBER_OR_NONE.issuperset((type(event.get("loss")), type(event.get("grad_norm")), type(event.get("grad_scale")))):
+    if not _NUMBER_OR_NONE.issuperset(
+        (type(event.get("loss")), type(event.get("grad_norm")), type(event.get("grad_scale")))
+    ):
         return False
     if not _MAPPING_OR_NONE.issuperset((type(event.get("nonfinite")), type(event.get("clip")))):
         return False

@@ -99,8 +99,16 @@ def assert_healthy(
     need = dependency_length if dependency_length is not None else horizon
     if need is None:
         need = settings.dependency_length
-    report = check(model, inputs, loss_fn, config=config, thresholds=merged, ignore=settings.ignore,
-                   dependency_length=need, **check_kwargs)
+    report = check(
+        model,
+        inputs,
+        loss_fn,
+        config=config,
+        thresholds=merged,
+        ignore=settings.ignore,
+        dependency_length=need,
+        **check_kwargs,
+    )
     if health.collector is not None:
         health.collector(report)
     level = fail_on or settings.fail_on or report.fail_on

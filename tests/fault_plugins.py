@@ -11,7 +11,9 @@ class _Base:
 
     @hookimpl
     def gradprobe_register_rules(self, register):
-        register(Rule(code=self.code, name=f"broken-{self.code.lower()}", severity="warning", summary="a rule that fails"))
+        register(
+            Rule(code=self.code, name=f"broken-{self.code.lower()}", severity="warning", summary="a rule that fails")
+        )
 
 
 class LintRaises(_Base):

@@ -40,7 +40,10 @@ def test_corrupt_and_truncated_lines_are_reported_and_skipped(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("hello world\n", "is not a gradprobe run log"), ('{"v": 99, "kind": "meta"}\n', "unsupported log schema version 99")],
+    [
+        ("hello world\n", "is not a gradprobe run log"),
+        ('{"v": 99, "kind": "meta"}\n', "unsupported log schema version 99"),
+    ],
 )
 def test_files_that_are_not_logs_are_rejected(tmp_path, content, message):
     path = tmp_path / "x.log"
@@ -129,5 +132,9 @@ def test_both_parsers_read_the_same_events_and_problems(tmp_path, monkeypatch, f
     assert read[3]["grad_norm"] == 1000.0 and isinstance(read[3]["grad_norm"], float)
     assert read[4]["grad_norm"] == float("inf") and read[4]["lr"] == 0.1  # nothing dropped
     assert [(p.line, p.message.split(" (")[0]) for p in problems] == [
-        (4, "step event with a bad 'step'"), (5, "corrupt line"), (6, "corrupt line"), (9, "step event with a bad 'loss'"),
-        (10, "unsupported schema version 2")]
+        (4, "step event with a bad 'step'"),
+        (5, "corrupt line"),
+        (6, "corrupt line"),
+        (9, "step event with a bad 'loss'"),
+        (10, "unsupported schema version 2"),
+    ]

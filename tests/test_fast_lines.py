@@ -16,31 +16,89 @@ import gradprobe
 from gradprobe import fast_lines, schema
 from gradprobe.demo import _flushing_denormals
 
-pytestmark = pytest.mark.skipif(fast_lines.msgspec is None, reason="msgspec is not installed (pip install 'gradprobe[fast]')")
+pytestmark = pytest.mark.skipif(
+    fast_lines.msgspec is None, reason="msgspec is not installed (pip install 'gradprobe[fast]')"
+)
 
 #: One event of each kind with a struct, every field the probe writes, as the probe writes them.
 CANONICAL: dict[str, dict[str, Any]] = {
     "step": {
-        "time": 1.5, "step": 3, "loss": 0.7, "grad_norm": 1.25, "params": {"w": 0.5, "b": "nan"},
-        "gates": {"w": {"input": 0.1, "forget": 0.2}}, "nonfinite": None, "clip": {"kind": "norm", "threshold": 1.0},
-        "grad_scale": 1024.0, "skipped": 0,
+        "time": 1.5,
+        "step": 3,
+        "loss": 0.7,
+        "grad_norm": 1.25,
+        "params": {"w": 0.5, "b": "nan"},
+        "gates": {"w": {"input": 0.1, "forget": 0.2}},
+        "nonfinite": None,
+        "clip": {"kind": "norm", "threshold": 1.0},
+        "grad_scale": 1024.0,
+        "skipped": 0,
     },
     "deep": {
-        "time": 1.5, "step": 4, "layer": "rnn.l0", "module": "rnn", "mode": "LSTM", "seq_len": 3, "batch": 2,
-        "grad_norms": [0.1, 0.2, 0.3], "profile": [1.0, 0.5, 0.25], "jacobian_norms": [0.9, 0.9, "inf"], "rate": -0.69,
-        "horizon": 9.9, "epsilon": 0.001, "chained": True, "lyapunov": [-0.1, -0.5],
+        "time": 1.5,
+        "step": 4,
+        "layer": "rnn.l0",
+        "module": "rnn",
+        "mode": "LSTM",
+        "seq_len": 3,
+        "batch": 2,
+        "grad_norms": [0.1, 0.2, 0.3],
+        "profile": [1.0, 0.5, 0.25],
+        "jacobian_norms": [0.9, 0.9, "inf"],
+        "rate": -0.69,
+        "horizon": 9.9,
+        "epsilon": 0.001,
+        "chained": True,
+        "lyapunov": [-0.1, -0.5],
     },
     "saturation": {
-        "time": 1.5, "step": 5, "layer": "rnn.l0", "mode": "LSTM", "fractions": {"input": 0.1, "cell": 1}, "low": {"forget": 0.0},
-        "dead_units": None, "units": 16, "samples": 80, "deep": False,
+        "time": 1.5,
+        "step": 5,
+        "layer": "rnn.l0",
+        "mode": "LSTM",
+        "fractions": {"input": 0.1, "cell": 1},
+        "low": {"forget": 0.0},
+        "dead_units": None,
+        "units": 16,
+        "samples": 80,
+        "deep": False,
     },
 }
 
 #: Values tried in every field: the schema's edges (bools are not numbers, integers stay within 2**62, shares within [0, 1], ...).
 VALUES: list[Any] = [
-    None, 0, 1, -1, 0.5, 1.5, -0.5, 699.5, 700.5, -700.5, 2**62 - 1, 2**62, -(2**62) + 1, -(2**62), True, False,
-    "nan", "inf", "-inf", "x", [], [1.0, "nan"], [True], ["x"], {}, {"a": 0.3}, {"a": "nan"}, {"a": 2}, {"a": {"b": 1.0}},
-    {"a": {"b": "x"}}, {"a": True}, {"a": None},
+    None,
+    0,
+    1,
+    -1,
+    0.5,
+    1.5,
+    -0.5,
+    699.5,
+    700.5,
+    -700.5,
+    2**62 - 1,
+    2**62,
+    -(2**62) + 1,
+    -(2**62),
+    True,
+    False,
+    "nan",
+    "inf",
+    "-inf",
+    "x",
+    [],
+    [1.0, "nan"],
+    [True],
+    ["x"],
+    {},
+    {"a": 0.3},
+    {"a": "nan"},
+    {"a": 2},
+    {"a": {"b": 1.0}},
+    {"a": {"b": "x"}},
+    {"a": True},
+    {"a": None},
 ]
 
 
@@ -65,11 +123,17 @@ def _variants(events: dict[str, dict[str, Any]] = CANONICAL) -> list[tuple[str, 
 
 def _same(fast: Any, generic: Any) -> bool:
     if isinstance(generic, dict):
-        return isinstance(fast, dict) and fast.keys() == generic.keys() and all(_same(fast[k], generic[k]) for k in generic)
+        return (
+            isinstance(fast, dict)
+            and fast.keys() == generic.keys()
+            and all(_same(fast[k], generic[k]) for k in generic)
+        )
     if isinstance(generic, list):
         return isinstance(fast, list) and len(fast) == len(generic) and all(map(_same, fast, generic))
     if isinstance(generic, (int, float)) and not isinstance(generic, bool):  # a reader takes float(value)
-        return type(fast) in (int, float) and (float(fast) == float(generic) or (math.isnan(fast) and math.isnan(generic)))
+        return type(fast) in (int, float) and (
+            float(fast) == float(generic) or (math.isnan(fast) and math.isnan(generic))
+        )
     return type(fast) is type(generic) and fast == generic
 
 
@@ -112,7 +176,9 @@ def test_the_plain_step_check_is_a_sufficient_condition_of_the_walk():
     assert plain > 100
 
 
-@pytest.mark.parametrize("module", [nn.LSTM, nn.GRU, lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k)], ids=["LSTM", "GRU", "RNN_RELU"])
+@pytest.mark.parametrize(
+    "module", [nn.LSTM, nn.GRU, lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k)], ids=["LSTM", "GRU", "RNN_RELU"]
+)
 def test_every_step_deep_and_saturation_line_a_probe_writes_takes_the_fast_path(tmp_path, module):
     """A field the probe starts writing must be added to the struct of its kind, or reading its logs slows down."""
     torch.manual_seed(0)
@@ -152,4 +218,3 @@ def test_the_structs_judge_alike_where_the_cpu_flushes_denormals():
         assert decode_known(line) is None
     finally:
         torch.set_flush_denormal(previous)
-

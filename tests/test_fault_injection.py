@@ -138,7 +138,10 @@ def test_4_a_sink_that_raises_mid_run_keeps_the_log_whole(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("no_such_module_anywhere:plugin", "import failed: ModuleNotFoundError"), ("tests.fault_plugins:DUPLICATE_CODE", "GP101")],
+    [
+        ("no_such_module_anywhere:plugin", "import failed: ModuleNotFoundError"),
+        ("tests.fault_plugins:DUPLICATE_CODE", "GP101"),
+    ],
     ids=["import-error", "duplicate-code"],
 )
 def test_5_a_broken_installed_plugin_is_skipped_with_one_line(tmp_path, installed, value, expected):
@@ -159,7 +162,10 @@ def test_5b_plugins_can_be_switched_off_by_name(tmp_path, installed, monkeypatch
     probe, losses, ours = _probed_run(tmp_path)
     assert losses == REFERENCE and not ours, [str(w.message) for w in ours]
     statuses = plugins.make_plugin_manager().statuses
-    assert statuses["broken"].status == "disabled" and statuses["gradprobe.rules.gp101_vanishing_gradient"].status == "disabled"
+    assert (
+        statuses["broken"].status == "disabled"
+        and statuses["gradprobe.rules.gp101_vanishing_gradient"].status == "disabled"
+    )
     assert "GP101" not in {f.code for f in probe.findings}
 
 
@@ -192,7 +198,9 @@ def test_7_the_disk_fills_under_the_run_log(tmp_path, monkeypatch):
 
     monkeypatch.setattr(EventWriter, "write", write)
     seen = []
-    probe, losses, ours = _probed_run(tmp_path, sinks=[seen.append])  # close() at the end of the with block does not raise
+    probe, losses, ours = _probed_run(
+        tmp_path, sinks=[seen.append]
+    )  # close() at the end of the with block does not raise
     assert losses == REFERENCE and len(ours) == 1 and "No space left" in str(ours[0].message)
     assert "run log" in str(ours[0].message)
     assert sum(1 for e in seen if e["kind"] == "step") == STEPS  # the sinks and the rules go on
@@ -283,7 +291,12 @@ def test_11_ranks_sharing_one_log_path_each_write_their_own_file(tmp_path, monke
 
 def test_12_the_pytest_plugin_does_not_import_torch_for_suites_that_do_not_use_it(pytester):
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
-    pytester.makepyfile(**{f"test_plain_{i}": f"import sys\n\ndef test_{i}():\n    assert 'torch' not in sys.modules\n" for i in range(3)})
+    pytester.makepyfile(
+        **{
+            f"test_plain_{i}": f"import sys\n\ndef test_{i}():\n    assert 'torch' not in sys.modules\n"
+            for i in range(3)
+        }
+    )
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=3)
     assert re.search(r"^plugins: .*\bgradprobe-", result.stdout.str(), re.MULTILINE)  # the plugin was loaded

@@ -108,7 +108,9 @@ def test_observers_see_only_the_kinds_and_fields_they_declare():
         def gradprobe_observe(self, event, context):
             seen.append(("all", event["step"]))
 
-    engine.feed({"v": 1, "kind": "step", "step": 0, "nonfinite": None})  # cached before the plugins arrive: renewed below
+    engine.feed(
+        {"v": 1, "kind": "step", "step": 0, "nonfinite": None}
+    )  # cached before the plugins arrive: renewed below
     for plugin, name in ((Deep(), "deep"), (NonFinite(), "nonfinite"), (Everything(), "all")):
         pm.add(plugin, name, "test")
     engine.feed({"v": 1, "kind": "step", "step": 1, "nonfinite": None})
@@ -117,7 +119,16 @@ def test_observers_see_only_the_kinds_and_fields_they_declare():
     engine.feed({"v": 1, "kind": "saturation", "step": 4, "layer": "rnn", "fractions": {}})
     engine.feed({"v": 1, "kind": "fix", "step": 5, "name": "clip"})
     # pluggy's order: the last registered first
-    assert seen == [("all", 1), ("all", 2), ("nonfinite", 2), ("all", 3), ("deep", 3), ("all", 4), ("deep", 4), ("all", 5)]
+    assert seen == [
+        ("all", 1),
+        ("all", 2),
+        ("nonfinite", 2),
+        ("all", 3),
+        ("deep", 3),
+        ("all", 4),
+        ("deep", 4),
+        ("all", 5),
+    ]
     pm.unregister(name="all")
     seen.clear()
     engine.feed({"v": 1, "kind": "deep", "step": 6, "layer": "rnn"})

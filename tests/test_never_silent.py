@@ -61,7 +61,14 @@ def _run(tmp_path, *, with_optimizer=False):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gradprobe.attach(model, log=tmp_path / "run.log", every=4, saturation_every=3, config={}, optimizer=opt if with_optimizer else None) as probe:
+        with gradprobe.attach(
+            model,
+            log=tmp_path / "run.log",
+            every=4,
+            saturation_every=3,
+            config={},
+            optimizer=opt if with_optimizer else None,
+        ) as probe:
             for _ in range(STEPS):
                 x, y = torch.randn(10, 6, 3), torch.randn(6, 1)
                 loss = (model(x) - y).pow(2).mean()

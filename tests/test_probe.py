@@ -47,13 +47,19 @@ CONFIGS = {
         lambda: nn.LSTM(F, 5, num_layers=2, bidirectional=True, batch_first=True, dtype=DOUBLE),
         lambda: torch.randn(B, T, F, dtype=DOUBLE),
     ),
-    "lstm_proj": (lambda: nn.LSTM(F, 6, proj_size=3, num_layers=2, dtype=DOUBLE), lambda: torch.randn(T, B, F, dtype=DOUBLE)),
+    "lstm_proj": (
+        lambda: nn.LSTM(F, 6, proj_size=3, num_layers=2, dtype=DOUBLE),
+        lambda: torch.randn(T, B, F, dtype=DOUBLE),
+    ),
     "gru_packed": (
         lambda: nn.GRU(F, 5, num_layers=2, bidirectional=True, dtype=DOUBLE),
         lambda: pack_padded_sequence(torch.randn(T, B, F, dtype=DOUBLE), torch.tensor([T, 3, 5]), enforce_sorted=False),
     ),
     "rnn_relu": (lambda: nn.RNN(F, 5, nonlinearity="relu", dtype=DOUBLE), lambda: torch.randn(T, B, F, dtype=DOUBLE)),
-    "reference_lstm": (lambda: reference.LSTM(F, 5, num_layers=2, dtype=DOUBLE), lambda: torch.randn(T, B, F, dtype=DOUBLE)),
+    "reference_lstm": (
+        lambda: reference.LSTM(F, 5, num_layers=2, dtype=DOUBLE),
+        lambda: torch.randn(T, B, F, dtype=DOUBLE),
+    ),
 }
 
 
@@ -113,7 +119,11 @@ def test_per_gate_gradient_norms_add_up():
 
 @pytest.mark.parametrize(
     "cell, lstm",
-    [(nn.LSTMCell(F, 5, dtype=DOUBLE), True), (nn.GRUCell(F, 5, dtype=DOUBLE), False), (nn.RNNCell(F, 5, dtype=DOUBLE), False)],
+    [
+        (nn.LSTMCell(F, 5, dtype=DOUBLE), True),
+        (nn.GRUCell(F, 5, dtype=DOUBLE), False),
+        (nn.RNNCell(F, 5, dtype=DOUBLE), False),
+    ],
     ids=["lstm_cell", "gru_cell", "rnn_cell"],
 )
 def test_cells_in_a_python_loop(cell, lstm):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-MODELS = '''
+MODELS = """
 import pytest
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ def healthy():
 def vanishing():
     torch.manual_seed(0)
     return nn.RNN(1, 32), torch.randn(150, 8, 1)
-'''
+"""
 
 
 @pytest.fixture
@@ -259,7 +259,9 @@ def test_the_plugin_does_not_import_torch_until_a_test_uses_gradprobe(pytester):
 
 def test_marker_is_registered_with_its_signature(project):
     result = project.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.gradprobe(thresholds=None, ignore=(), fail_on=None, dependency_length=None): *"])
+    result.stdout.fnmatch_lines(
+        ["@pytest.mark.gradprobe(thresholds=None, ignore=(), fail_on=None, dependency_length=None): *"]
+    )
     project.makepyfile(test_strict="import pytest\n@pytest.mark.gradprobe(ignore=['GP101'])\ndef test_x():\n    pass\n")
     project.runpytest("--strict-markers").assert_outcomes(passed=1)
 

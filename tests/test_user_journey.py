@@ -37,7 +37,10 @@ def test_probe_report_fix_retrain_assert(tmp_path):
     torch.manual_seed(0)
     fresh = Adder(hidden=32)
     applied = gradprobe.fixes.apply(fresh, findings)
-    assert [a.action.split(" (")[0] for a in applied] == ["chrono init of forget/input biases", "orthogonal recurrent weights"]
+    assert [a.action.split(" (")[0] for a in applied] == [
+        "chrono init of forget/input biases",
+        "orthogonal recurrent weights",
+    ]
 
     # 4. train again: the report now passes
     fixed_log = tmp_path / "fixed.log"

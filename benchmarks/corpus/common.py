@@ -83,7 +83,9 @@ def bptt_windows(streams: Tensor, window: int):
             yield streams[start : start + window], streams[start + 1 : start + 1 + window]
 
 
-def run_from_command_line(variants: dict[str, str | None], main: Callable[..., RunResult], default: str, steps: int) -> None:
+def run_from_command_line(
+    variants: dict[str, str | None], main: Callable[..., RunResult], default: str, steps: int
+) -> None:
     """``python SCRIPT.py [--variant V] [--steps N] [--log FILE]``: run one variant and print the loss and the findings."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", choices=variants, default=default)

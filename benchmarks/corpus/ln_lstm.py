@@ -79,7 +79,9 @@ def main(variant: str = "healthy", steps: int = STEPS, log: str | None = None, e
             model.rnn.p2g.weight.mul_(4.0)
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
     result = common.RunResult("ln_lstm", variant, VARIANTS[variant])
-    with gradprobe.attach(model, log=log, every=every, cells=["rnn"], dependency_length=DELAY, config={}, optimizer=opt) as probe:
+    with gradprobe.attach(
+        model, log=log, every=every, cells=["rnn"], dependency_length=DELAY, config={}, optimizer=opt
+    ) as probe:
         for _ in range(steps):
             x = torch.randn(LENGTH, BATCH, 4, generator=generator)
             loss = (model(x)[DELAY:] - x[:-DELAY, :, 0]).pow(2).mean()

@@ -115,7 +115,11 @@ def main(variant: str = "healthy", steps: int = STEPS, log: str | None = None, e
             returns = torch.stack(returns[::-1])
             value_t, logp_t = torch.stack(values), torch.stack(logps)
             advantage = returns - value_t
-            loss = -(advantage.detach() * logp_t).mean() + 0.5 * advantage.pow(2).mean() - 0.01 * torch.stack(entropies).mean()
+            loss = (
+                -(advantage.detach() * logp_t).mean()
+                + 0.5 * advantage.pow(2).mean()
+                - 0.01 * torch.stack(entropies).mean()
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()

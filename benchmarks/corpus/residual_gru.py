@@ -33,7 +33,11 @@ class ResidualStack(nn.Module):
     def __init__(self, relu: bool = False) -> None:
         super().__init__()
         self.inp = nn.Linear(3, WIDTH)
-        make = (lambda: nn.RNN(WIDTH, WIDTH, nonlinearity="relu", batch_first=True)) if relu else (lambda: nn.GRU(WIDTH, WIDTH, batch_first=True))
+        make = (
+            (lambda: nn.RNN(WIDTH, WIDTH, nonlinearity="relu", batch_first=True))
+            if relu
+            else (lambda: nn.GRU(WIDTH, WIDTH, batch_first=True))
+        )
         self.layers = nn.ModuleList(make() for _ in range(3))
         self.head = nn.Linear(WIDTH, 1)
 

@@ -35,7 +35,9 @@ LENGTH = 100
 def waves(generator: torch.Generator, count: int = 24) -> Tensor:
     shift = torch.randint(-40, 40, (count, 1), generator=generator).double()
     t = torch.arange(LENGTH + 1).double().unsqueeze(0)
-    return torch.sin((t + shift) / 6.0) + 0.01 * torch.randn(count, LENGTH + 1, generator=generator, dtype=torch.float64)
+    return torch.sin((t + shift) / 6.0) + 0.01 * torch.randn(
+        count, LENGTH + 1, generator=generator, dtype=torch.float64
+    )
 
 
 class Sequence(nn.Module):

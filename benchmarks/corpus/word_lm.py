@@ -35,7 +35,9 @@ WINDOW = 35
 
 
 class WordLM(nn.Module):
-    def __init__(self, cell: str, vocab: int, emb: int = 64, hidden: int = 128, layers: int = 2, dropout: float = 0.2) -> None:
+    def __init__(
+        self, cell: str, vocab: int, emb: int = 64, hidden: int = 128, layers: int = 2, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(vocab, emb)

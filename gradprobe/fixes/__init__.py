@@ -157,12 +157,20 @@ def _residual_applies(residual: bool, module: nn.Module, layer: str | None) -> b
     )
 
 
-def _run(model: nn.Module, name: str, module: nn.Module, code: str, fix: FixAction, max_timescale: int | None) -> AppliedFix:
+def _run(
+    model: nn.Module, name: str, module: nn.Module, code: str, fix: FixAction, max_timescale: int | None
+) -> AppliedFix:
     kind = fix.action
     if kind == "chrono-init":
         horizon = int(max_timescale or fix.params.get("max_timescale") or 0)
         if horizon >= 3:
-            return AppliedFix(code, name, f"chrono init of forget/input biases (T_max={horizon})", reinit.chrono_init_(module, horizon), kind)
+            return AppliedFix(
+                code,
+                name,
+                f"chrono init of forget/input biases (T_max={horizon})",
+                reinit.chrono_init_(module, horizon),
+                kind,
+            )
         return AppliedFix(code, name, "forget-gate bias 1", reinit.forget_bias_(module, 1.0), "forget-bias")
     if kind == "forget-bias":
         value = float(fix.params.get("value", 1.0))
@@ -170,10 +178,14 @@ def _run(model: nn.Module, name: str, module: nn.Module, code: str, fix: FixActi
     if kind == "orthogonal-recurrent":
         return AppliedFix(code, name, "orthogonal recurrent weights", reinit.orthogonal_recurrent_(module), kind)
     if kind == "identity-recurrent":
-        return AppliedFix(code, name, "identity recurrent weights, zero biases (IRNN)", reinit.identity_recurrent_(module), kind)
+        return AppliedFix(
+            code, name, "identity recurrent weights, zero biases (IRNN)", reinit.identity_recurrent_(module), kind
+        )
     if kind == "positive-bias":
         value = float(fix.params.get("value", 0.1))
-        return AppliedFix(code, name, f"input biases {value:g}, recurrent biases 0", reinit.positive_bias_(module, value), kind)
+        return AppliedFix(
+            code, name, f"input biases {value:g}, recurrent biases 0", reinit.positive_bias_(module, value), kind
+        )
     if kind == "xavier-input":
         return AppliedFix(code, name, "Xavier input weights", reinit.xavier_input_(module), kind)
     if kind == "he-input":
@@ -187,7 +199,9 @@ def _replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if not leaf or leaf not in parent._modules:
-        raise ValueError(f"cannot replace {name!r}: the model itself is the recurrent module; use residual_stack() directly")
+        raise ValueError(
+            f"cannot replace {name!r}: the model itself is the recurrent module; use residual_stack() directly"
+        )
     setattr(parent, leaf, new)
 
 

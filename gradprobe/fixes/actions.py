@@ -41,18 +41,36 @@ class ActionSpec:
 
 ACTIONS: dict[str, ActionSpec] = {
     # per-step, safe
-    "clip-grad-norm": ActionSpec("safe", "clip gradients by norm at {max_norm:.3g} (torch.nn.utils.clip_grad_norm_ after backward, or attach(..., fix='auto'))"),
-    "clip-grad-norm-auto": ActionSpec("safe", "clip gradients by norm with a robust learned threshold (attach(..., fix='auto') or fixes.ClipGradNorm())"),
-    "skip-nonfinite": ActionSpec("safe", "skip updates whose gradients are non-finite (attach(..., fix='auto') or fixes.NonFiniteGuard('skip'))"),
+    "clip-grad-norm": ActionSpec(
+        "safe",
+        "clip gradients by norm at {max_norm:.3g} (torch.nn.utils.clip_grad_norm_ after backward, or attach(..., fix='auto'))",
+    ),
+    "clip-grad-norm-auto": ActionSpec(
+        "safe",
+        "clip gradients by norm with a robust learned threshold (attach(..., fix='auto') or fixes.ClipGradNorm())",
+    ),
+    "skip-nonfinite": ActionSpec(
+        "safe", "skip updates whose gradients are non-finite (attach(..., fix='auto') or fixes.NonFiniteGuard('skip'))"
+    ),
     # structural, unsafe
     "orthogonal-recurrent": ActionSpec("unsafe", "orthogonal recurrent weights (fixes.reinit.orthogonal_recurrent_)"),
-    "identity-recurrent": ActionSpec("unsafe", "identity recurrent weights and zero biases, IRNN (fixes.reinit.identity_recurrent_)"),
+    "identity-recurrent": ActionSpec(
+        "unsafe", "identity recurrent weights and zero biases, IRNN (fixes.reinit.identity_recurrent_)"
+    ),
     "forget-bias": ActionSpec("unsafe", "forget-gate bias {value:g} (fixes.reinit.forget_bias_)"),
-    "chrono-init": ActionSpec("unsafe", "chrono init of the forget/input biases (fixes.reinit.chrono_init_(lstm, max_timescale={max_timescale}))"),
+    "chrono-init": ActionSpec(
+        "unsafe",
+        "chrono init of the forget/input biases (fixes.reinit.chrono_init_(lstm, max_timescale={max_timescale}))",
+    ),
     "xavier-input": ActionSpec("unsafe", "Xavier input weights (fixes.reinit.xavier_input_)"),
     "he-input": ActionSpec("unsafe", "He input weights (fixes.reinit.he_input_)"),
-    "positive-bias": ActionSpec("unsafe", "recurrent-layer biases {value:g} so that ReLU units start active (fixes.reinit.positive_bias_)"),
-    "residual-stack": ActionSpec("unsafe", "residual connections across the stacked layers (fixes.residual_stack; fixes.apply(..., residual=True))"),
+    "positive-bias": ActionSpec(
+        "unsafe", "recurrent-layer biases {value:g} so that ReLU units start active (fixes.reinit.positive_bias_)"
+    ),
+    "residual-stack": ActionSpec(
+        "unsafe",
+        "residual connections across the stacked layers (fixes.residual_stack; fixes.apply(..., residual=True))",
+    ),
     # changes to the user's code or data
     "use-gated-cell": ActionSpec("display-only", "use a gated cell (LSTM or GRU)"),
     "leaky-relu-rnn": ActionSpec(
@@ -63,9 +81,14 @@ ACTIONS: dict[str, ActionSpec] = {
     "lower-learning-rate": ActionSpec("display-only", "lower the learning rate about {factor:g}x"),
     "normalize-inputs": ActionSpec("display-only", "normalize or rescale the inputs"),
     "check-inputs": ActionSpec("display-only", "check the inputs and targets for NaN/Inf"),
-    "shorter-truncation": ActionSpec("display-only", "truncated BPTT over {window} steps (fixes.TruncatedBPTT({window})): the gradient signal reaches no further"),
+    "shorter-truncation": ActionSpec(
+        "display-only",
+        "truncated BPTT over {window} steps (fixes.TruncatedBPTT({window})): the gradient signal reaches no further",
+    ),
     "longer-truncation": ActionSpec("display-only", "lengthen the BPTT window to ~{window} steps"),
-    "backward-before-step": ActionSpec("display-only", "call loss.backward() before probe.step(), with parameters that require gradients"),
+    "backward-before-step": ActionSpec(
+        "display-only", "call loss.backward() before probe.step(), with parameters that require gradients"
+    ),
 }
 
 

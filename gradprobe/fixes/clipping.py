@@ -235,7 +235,9 @@ class ClipGradNorm:
             action["reason"] = "first steps: over the parameters' norm"
         return action
 
-    def __call__(self, parameters: Iterable[nn.Parameter], norm: float, loss: float | None = None) -> dict[str, Any] | None:
+    def __call__(
+        self, parameters: Iterable[nn.Parameter], norm: float, loss: float | None = None
+    ) -> dict[str, Any] | None:
         parameters = list(parameters)
         action = self.decide(norm, loss, parameter_norm(parameters) if self.needs_parameter_norm() else None)
         if action is not None:

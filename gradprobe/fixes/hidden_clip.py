@@ -59,7 +59,9 @@ class HiddenGradClip:
         reach: Per recurrent module, what the clip reaches there (see :data:`REACH`).
     """
 
-    def __init__(self, model: nn.Module, value: float = 1.0, cells: Iterable[str | nn.Module] = (), probe: Any = None) -> None:
+    def __init__(
+        self, model: nn.Module, value: float = 1.0, cells: Iterable[str | nn.Module] = (), probe: Any = None
+    ) -> None:
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
             raise ValueError(f"value must be a positive bound, got {value!r}")
         self.value = float(value)

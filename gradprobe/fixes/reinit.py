@@ -46,6 +46,7 @@ def orthogonal_recurrent_(module: nn.Module, gain: float = 1.0) -> list[str]:
 @torch.no_grad()
 def identity_recurrent_(module: nn.Module, scale: float = 1.0) -> list[str]:
     """IRNN (Le et al. 2015): ``W_hh = scale * I`` and zero recurrent biases (ReLU RNNs)."""
+
     def identity(block: torch.Tensor) -> None:
         block.zero_()
         n = min(block.shape)
@@ -144,4 +145,3 @@ def chrono_init_(module: nn.Module, max_timescale: int, generator: torch.Generat
 def spectral_norm_of_recurrent(weight: torch.Tensor) -> float:
     """Largest singular value of a recurrent weight block."""
     return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
-

@@ -83,8 +83,11 @@ def residual_stack(module: nn.RNNBase) -> ResidualRecurrentStack:
     layers = []
     for index in range(module.num_layers):
         kwargs: dict[str, Any] = {
-            "bias": module.bias, "batch_first": module.batch_first, "bidirectional": module.bidirectional,
-            "device": param.device, "dtype": param.dtype,
+            "bias": module.bias,
+            "batch_first": module.batch_first,
+            "bidirectional": module.bidirectional,
+            "device": param.device,
+            "dtype": param.dtype,
         }
         if isinstance(module, nn.LSTM):
             kwargs["proj_size"] = module.proj_size

@@ -74,13 +74,17 @@ class StepFixer:
             # momentum makes a step of up to 1 / (1 - momentum) gradients: bound the step, not only the gradient
             self.clip.ceiling = max(self.clip.headroom, self.clip.ceiling * (1 - momentum))
 
-    def after_backward(self, step: int, record: dict[str, Any], nonfinite: dict[str, Any] | None, loss: float | None = None) -> None:
+    def after_backward(
+        self, step: int, record: dict[str, Any], nonfinite: dict[str, Any] | None, loss: float | None = None
+    ) -> None:
         apply = self.mode == "auto"
         if nonfinite is not None:
             detail = self.guard(self.params, finite=False) if apply else {"mode": "skip"}
             self.emit("fix", step=step, name=self.guard.name, applied=apply, detail=detail)
             return
-        action = self.clip.decide(record["grad_norm"], loss, parameter_norm(self.params) if self.clip.needs_parameter_norm() else None)
+        action = self.clip.decide(
+            record["grad_norm"], loss, parameter_norm(self.params) if self.clip.needs_parameter_norm() else None
+        )
         if action is None:
             return
         if apply:

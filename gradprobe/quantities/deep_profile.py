@@ -106,7 +106,9 @@ class DeepProfile:
         s = self.settings
         params = weights_in_use(site.module)
         rows = max(s.deep_rows, s.spectral_rows)
-        measured = sweep.sweep_stack(replayer.twin, site.tracks, call, params, s.deep_rows, s.lyapunov_k, self.generator, rows)
+        measured = sweep.sweep_stack(
+            replayer.twin, site.tracks, call, params, s.deep_rows, s.lyapunov_k, self.generator, rows
+        )
         for direction in measured:
             run, result = direction.run, direction.result
             r = run.x_head.shape[1]
@@ -143,7 +145,9 @@ class DeepProfile:
         s = self.settings
         lin = propagation.TrackLinearization(track, max(s.deep_rows, s.spectral_rows))
         profile = propagation.propagation_profile(lin.first_rows(s.deep_rows), self.generator)
-        lyapunov = propagation.lyapunov_spectrum(lin.first_rows(1), s.lyapunov_k, self.generator) if s.lyapunov_k else []
+        lyapunov = (
+            propagation.lyapunov_spectrum(lin.first_rows(1), s.lyapunov_k, self.generator) if s.lyapunov_k else []
+        )
         gates = lin.first_rows(s.deep_rows).gates
         if gates is None and track.mode is None:  # a custom cell: saturation of its bounded outputs
             gates = output_gates([state[0][: s.deep_rows] for state in track.states])

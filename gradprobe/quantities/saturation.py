@@ -16,7 +16,9 @@ from gradprobe.recorders.saturation import output_gates, saturation_fractions, t
 from gradprobe.reference import functional as fn
 
 
-def emit_saturation(emit: Emit, step: int, layer: str, mode: str | None, gates: dict[str, Tensor], deep: bool) -> dict[str, float]:
+def emit_saturation(
+    emit: Emit, step: int, layer: str, mode: str | None, gates: dict[str, Tensor], deep: bool
+) -> dict[str, float]:
     """Emit one ``saturation`` event for a track's gate activations; return the fraction per gate."""
     summary = saturation_fractions(gates)
     first = next(iter(gates.values()))
@@ -62,7 +64,9 @@ class SaturationSampling:
                     # one batched forward pass per layer direction (the top layer's from the call's output)
                     params = weights_in_use(site.module)
                     for run in sweep.sample_stack(replayer.twin, site.tracks, chain[-1], params, self.rows):
-                        emit_saturation(context.emit, context.step, run.name, run.mode, run.saturation_gates(), deep=False)
+                        emit_saturation(
+                            context.emit, context.step, run.name, run.mode, run.saturation_gates(), deep=False
+                        )
                     continue
                 for track in replayer.replay(chain[-1], rows=self.rows):
                     gates = track_gates(track)
@@ -73,7 +77,9 @@ class SaturationSampling:
                 if calls is None or not calls.inputs:
                     continue
                 if site.mode is not None:
-                    emit_saturation(context.emit, context.step, site.name, site.mode, cell_gates(site, calls), deep=False)
+                    emit_saturation(
+                        context.emit, context.step, site.name, site.mode, cell_gates(site, calls), deep=False
+                    )
                     continue
                 gates = output_gates([out[calls.h_position] for out in calls.outputs if len(out) > calls.h_position])
                 if gates is not None:
@@ -96,4 +102,3 @@ def cell_gates(site: RecurrentSite, calls: CellCalls) -> dict[str, Tensor]:
     previous = tuple(torch.cat([s[k] for s in states]) for k in range(len(states[0])))
     with torch.no_grad():
         return fn.gate_activations(site.mode, fn.project_input(site.mode, x, weights), previous, weights)
-

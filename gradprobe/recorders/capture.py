@@ -61,7 +61,9 @@ def flat_tensors(output: Any) -> tuple[Tensor, ...]:
         return (output,)
     flat: list[Tensor] = []
     for item in output:
-        flat.extend(flat_tensors(item) if isinstance(item, (tuple, list)) else (item,) if isinstance(item, Tensor) else ())
+        flat.extend(
+            flat_tensors(item) if isinstance(item, (tuple, list)) else (item,) if isinstance(item, Tensor) else ()
+        )
     return tuple(flat)
 
 
@@ -162,7 +164,10 @@ def carried_detached(state: tuple[Tensor, ...], kept: tuple[Tensor, ...]) -> boo
     return (
         bool(state)
         and len(state) == len(kept)
-        and all(s.grad_fn is None and s.shape == k.shape and _address(s) == _address(k) is not None for s, k in zip(state, kept))
+        and all(
+            s.grad_fn is None and s.shape == k.shape and _address(s) == _address(k) is not None
+            for s, k in zip(state, kept)
+        )
     )
 
 
@@ -221,7 +226,6 @@ class Sequence:
     final: tuple[Tensor, ...] = ()
 
 
-
 class CallCapture:
     """Registers the forward hooks of every recurrent site and keeps their calls.
 
@@ -231,7 +235,9 @@ class CallCapture:
         sample_rows: Batch rows kept on ``sample`` steps (saturation only).
     """
 
-    def __init__(self, sites: list[RecurrentSite], guard: Callable[[str, Callable[[], None]], None], sample_rows: int) -> None:
+    def __init__(
+        self, sites: list[RecurrentSite], guard: Callable[[str, Callable[[], None]], None], sample_rows: int
+    ) -> None:
         self.sites = sites
         self.guard = guard
         self.sample_rows = sample_rows
@@ -407,7 +413,9 @@ class CallCapture:
             return
         calls = self.cell_calls.get(site.name)
         if new_sequence or calls is None or len(calls.inputs) >= MAX_CHAIN_CALLS:
-            calls = self.cell_calls[site.name] = CellCalls()  # the latest sequence replaces the old: memory stays bounded
+            calls = self.cell_calls[site.name] = (
+                CellCalls()
+            )  # the latest sequence replaces the old: memory stays bounded
         elif not was_handed_on:
             calls.chained = False
         calls.convention = convention

@@ -90,10 +90,19 @@ def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:
     if order == math.inf:
         return _largest_entries(detached)
     foreach = getattr(torch, "_foreach_norm", None)
-    if foreach is not None and len({g.device for g in detached}) == 1 and all(g.numel() and not g.is_complex() for g in detached):
+    if (
+        foreach is not None
+        and len({g.device for g in detached}) == 1
+        and all(g.numel() and not g.is_complex() for g in detached)
+    ):
         return torch.stack([n.float() for n in foreach(detached, order)])
     return torch.stack(  # complex tensors keep their imaginary parts: their norm is real
-        [torch.linalg.vector_norm(g if g.is_complex() else g.float(), order).float().cpu() if g.numel() else torch.zeros(()) for g in detached]
+        [
+            torch.linalg.vector_norm(g if g.is_complex() else g.float(), order).float().cpu()
+            if g.numel()
+            else torch.zeros(())
+            for g in detached
+        ]
     )
 
 

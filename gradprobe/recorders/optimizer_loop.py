@@ -140,7 +140,9 @@ def compare(
     raw_top = {n: before.max_abs[n] / scale_before for n in names}
     clipped_entries = any(v > top_after * (1 + 1e-6) for v in raw_top.values())
     untouched = all(
-        abs(raw[n] - got[n]) <= RELATIVE_TOLERANCE * max(raw[n], 1e-30) for n in names if raw_top[n] <= top_after * (1 + 1e-6)
+        abs(raw[n] - got[n]) <= RELATIVE_TOLERANCE * max(raw[n], 1e-30)
+        for n in names
+        if raw_top[n] <= top_after * (1 + 1e-6)
     )
     if clipped_entries and untouched:
         return {"kind": "value", "threshold": top_after, "norm": raw_total, "norm_after": got_total}
@@ -227,7 +229,11 @@ class OptimizerLoop:
             return
         fresh = not any(p.grad is not None for _, p in self.named)  # gradients were reset: a new training step
         root = roots[0] if len(roots) == 1 and roots[0].numel() == 1 and roots[0].is_floating_point() else None
-        self._candidate = (fresh, None if root is None else root.detach(), None if root is None else _scale_of_root(root))
+        self._candidate = (
+            fresh,
+            None if root is None else root.detach(),
+            None if root is None else _scale_of_root(root),
+        )
 
     def _take_candidate(self) -> None:
         candidate, self._candidate = self._candidate, None

@@ -121,7 +121,13 @@ class TrackLinearization:
             return TrackLinearization(self.track, rows)
         index = (torch.arange(self.steps).unsqueeze(1) * self.rows + torch.arange(rows)).flatten()
         part = object.__new__(TrackLinearization)
-        part.track, part.reverse, part.rows, part.steps, part.sizes = self.track, self.reverse, rows, self.steps, self.sizes
+        part.track, part.reverse, part.rows, part.steps, part.sizes = (
+            self.track,
+            self.reverse,
+            rows,
+            self.steps,
+            self.sizes,
+        )
         part.point, part._x = self.point[index], self._x[index]
         part._analytic = self._analytic.subset(index)
         part.gates = part._analytic.gates
@@ -184,7 +190,9 @@ def gradient_norms(track: Track) -> list[float]:
     return [next(it) if v is not None else 0.0 for v in values]
 
 
-def _unit_rows(shape: tuple[int, ...], like: Tensor, generator: torch.Generator, draw: torch.dtype = torch.float64) -> Tensor:
+def _unit_rows(
+    shape: tuple[int, ...], like: Tensor, generator: torch.Generator, draw: torch.dtype = torch.float64
+) -> Tensor:
     """Random unit rows in ``like``'s dtype and device, drawn in ``draw`` (the same vectors for every model dtype)."""
     u = torch.randn(shape, generator=generator, dtype=draw).to(like)
     return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)

@@ -148,7 +148,6 @@ class StackReplayer:
             _fill_output_grads(tracks, [data, *as_tuple(hidden)], call.grads)
         return tracks
 
-
     def replay_chain(self, calls: list[StackCall]) -> list[Track]:
         """Rebuild every track over a chain of calls (a decoder called once per token) as one sequence.
 
@@ -164,7 +163,9 @@ class StackReplayer:
         if getattr(self.site.module, "bidirectional", False):
             tracks = self.replay(calls[-1])
             for track in tracks:
-                track.notes.append(f"bidirectional module called {len(calls)} times in a step: the last call is measured")
+                track.notes.append(
+                    f"bidirectional module called {len(calls)} times in a step: the last call is measured"
+                )
             return tracks
         per_call = [self.replay(call) for call in calls]
         joined = []
@@ -226,7 +227,13 @@ def _initial_state_requiring_grad(twin: RecurrentBase, input_: Any, hx: Any) -> 
 
 
 def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool, dtype: torch.dtype) -> tuple[Any, Any]:
-    hx = None if hx is None else tuple(h.detach().to(dtype) for h in hx) if isinstance(hx, (tuple, list)) else hx.detach().to(dtype)
+    hx = (
+        None
+        if hx is None
+        else tuple(h.detach().to(dtype) for h in hx)
+        if isinstance(hx, (tuple, list))
+        else hx.detach().to(dtype)
+    )
     if isinstance(input_, PackedSequence):
         data = input_.data.detach().to(dtype, copy=True)
         if rows is None:

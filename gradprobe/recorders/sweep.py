@@ -361,7 +361,11 @@ def forward_known(
         run.activations, run.c, run.tanh_c = pre, c, _tanh(c[1:], out=torch.empty_like(c[1:]))
     elif mode == "GRU":
         hidden = h0.shape[-1]
-        hh = torch.mm(previous, w.weight_hh.t()) if w.bias_hh is None else torch.addmm(w.bias_hh, previous, w.weight_hh.t())
+        hh = (
+            torch.mm(previous, w.weight_hh.t())
+            if w.bias_hh is None
+            else torch.addmm(w.bias_hh, previous, w.weight_hh.t())
+        )
         hh = hh.view(steps, batch, -1)
         rz = pre[..., : 2 * hidden].add_(hh[..., : 2 * hidden]).sigmoid_()
         candidate = torch.addcmul(pre[..., 2 * hidden :], rz[..., :hidden], hh[..., 2 * hidden :])
@@ -392,7 +396,13 @@ class _Factors:
     """
 
     def __init__(
-        self, run: DirectionRun, start: int, stop: int, profile_rows: int, lyapunov_rows: int, dead: Tensor | None = None
+        self,
+        run: DirectionRun,
+        start: int,
+        stop: int,
+        profile_rows: int,
+        lyapunov_rows: int,
+        dead: Tensor | None = None,
     ) -> None:
         """``dead``: ``[span, B]``, the batch rows not alive at those steps (packed input). The sweep does not
         step them; only ``keep_n``, read for the input gradient of every row, is zero there."""
@@ -600,12 +610,18 @@ def sweep(
     start = torch.randn(r, size, generator=generator, dtype=torch.float64)
     start /= start.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     if k:  # the Lyapunov start, orthonormal
-        start = torch.cat([start, torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64))[0].t()])
+        start = torch.cat(
+            [start, torch.linalg.qr(torch.randn(size, k, generator=generator, dtype=torch.float64))[0].t()]
+        )
     _put_state(carry_h, carry_c, slice(0, e), start.to(device=device, dtype=dtype))
     periods = _LyapunovPeriods(device, steps)
 
     sizes = run.sizes
-    dead = torch.arange(batch, device=device) >= torch.tensor(sizes, device=device).unsqueeze(1) if sizes is not None else None
+    dead = (
+        torch.arange(batch, device=device) >= torch.tensor(sizes, device=device).unsqueeze(1)
+        if sizes is not None
+        else None
+    )
     grad_sq = run.h.new_empty(steps, dtype=torch.float64)
     profile_sq = run.h.new_empty(steps, r, dtype=torch.float64)
     input_grads = run.h.new_empty(steps, batch, w.weight_ih.shape[1]) if need_input_grads else None
@@ -649,7 +665,9 @@ def sweep(
                 into.addmm_(delta, w.weight_hh)
                 cut(cs[j]).addcmul_(vc, cut(factors.forget[j]))
             elif mode == "GRU":
-                by_part = torch.mul(vh.unsqueeze(1), cut(factors.to_hidden[j]), out=out.view(n, 3, -1) if out is not None else None)
+                by_part = torch.mul(
+                    vh.unsqueeze(1), cut(factors.to_hidden[j]), out=out.view(n, 3, -1) if out is not None else None
+                )
                 into.addmm_(by_part.flatten(1), w.weight_hh).addcmul_(vh, cut(factors.update[j]))
             else:
                 delta = torch.mul(vh, cut(factors.slope[j]), out=out)
@@ -796,7 +814,11 @@ def _forward_stack(
         for layer in range(twin.num_layers):
             if layer:
                 # drawn on the layer input's own shape (packed rows for packed input), as torch draws it
-                mask = None if not training else twin._dropout_mask(layer_input if layout is None else layout.pack(layer_input))
+                mask = (
+                    None
+                    if not training
+                    else twin._dropout_mask(layer_input if layout is None else layout.pack(layer_input))
+                )
                 mask = layout.pad(mask) if layout is not None and mask is not None else mask
                 masks.append(mask)
                 if mask is not None:

@@ -47,7 +47,9 @@ def from_torch(module: nn.Module) -> RecurrentBase | CellBase:
     elif isinstance(module, nn.GRUCell):
         twin = GRUCell(module.input_size, module.hidden_size, bias=module.bias, **factory)
     elif isinstance(module, nn.RNNCell):
-        twin = RNNCell(module.input_size, module.hidden_size, bias=module.bias, nonlinearity=module.nonlinearity, **factory)
+        twin = RNNCell(
+            module.input_size, module.hidden_size, bias=module.bias, nonlinearity=module.nonlinearity, **factory
+        )
     else:
         raise TypeError(f"from_torch expects a torch.nn RNN/LSTM/GRU or cell, got {type(module).__name__}")
     twin.load_state_dict(module.state_dict())

@@ -135,7 +135,9 @@ def gru_step(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | Non
     return n + z * (h - n)
 
 
-def gate_activations(mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool = True) -> dict[str, Tensor]:
+def gate_activations(
+    mode: str, x_proj: Tensor, state: State, w: LayerWeights, folded: bool = True
+) -> dict[str, Tensor]:
     """Post-activation gate values of one step, keyed by gate name.
 
     LSTM: ``input``, ``forget``, ``output`` (sigmoid), ``cell`` (tanh of the
@@ -316,7 +318,9 @@ class Linearization:
         lin = object.__new__(cls)
         lin.mode, lin.w, lin.out_size = mode, w, state[0].shape[-1]
         if mode == "LSTM":
-            lin._lstm_factors(gates["input"], gates["forget"], gates["cell"], gates["output"], gates["cell_state"], state[1])
+            lin._lstm_factors(
+                gates["input"], gates["forget"], gates["cell"], gates["output"], gates["cell_state"], state[1]
+            )
         elif mode == "GRU":
             assert hh_new is not None
             lin._gru_factors(gates["reset"], gates["update"], gates["new"], hh_new, state[0])

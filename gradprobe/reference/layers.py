@@ -108,7 +108,8 @@ class RecurrentBase(nn.Module):
                 layer_input = input_size if layer == 0 else out_size * self.num_directions
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 shapes: list[tuple[str, tuple[int, ...]]] = [
-                    ("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, out_size))
+                    ("weight_ih", (gate_size, layer_input)),
+                    ("weight_hh", (gate_size, out_size)),
                 ]
                 if bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
@@ -213,11 +214,15 @@ class RecurrentBase(nn.Module):
             data, sizes, sorted_indices, unsorted_indices = input
             batch_sizes = [int(b) for b in sizes]
             if hx is not None:
-                hx = self._map_hidden(hx, lambda h: h.index_select(1, sorted_indices) if sorted_indices is not None else h)
+                hx = self._map_hidden(
+                    hx, lambda h: h.index_select(1, sorted_indices) if sorted_indices is not None else h
+                )
         else:
             assert isinstance(input, Tensor)
             if input.dim() not in (2, 3):
-                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+                raise ValueError(
+                    f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead"
+                )
             unbatched = input.dim() == 2
             if unbatched:
                 input = input.unsqueeze(0 if self.batch_first else 1)

@@ -37,7 +37,9 @@ def run_heading(summary: RunSummary) -> list[str]:
     """The page title and the line naming the logs, versions, steps and loss (escaped)."""
     e = escape
     meta = summary.meta
-    sources = ", ".join(e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs)
+    sources = ", ".join(
+        e(log.path) + (f" (rank {e(str(log.rank))})" if log.rank is not None else "") for log in summary.logs
+    )
     return [
         f"<h1>gradprobe report: {e(str(meta.get('model', 'run')))}</h1>",
         (
@@ -51,8 +53,10 @@ def verdict_line(summary: RunSummary, fail_on: str) -> str:
     """``Verdict: FAIL|NOT MEASURED|ok (fail-on ...)`` with the count of findings per severity."""
     said = summary.verdict(fail_on)
     counts = ", ".join(f"{sum(f.severity == s for f in summary.findings)} {s}" for s in reversed(SEVERITIES))
-    return (f"<p class='verdict-{'ok' if said == 'ok' else 'fail'}'>Verdict: <b>{said}</b> "
-            f"(fail-on {escape(fail_on)}); {counts}</p>")
+    return (
+        f"<p class='verdict-{'ok' if said == 'ok' else 'fail'}'>Verdict: <b>{said}</b> "
+        f"(fail-on {escape(fail_on)}); {counts}</p>"
+    )
 
 
 def findings_table(findings: list[Finding]) -> list[str]:
@@ -60,7 +64,9 @@ def findings_table(findings: list[Finding]) -> list[str]:
     e = escape
     if not findings:
         return ["<p>No findings.</p>"]
-    out = ["<table><tr><th>severity</th><th>code</th><th>layer</th><th>step</th><th>message</th><th>evidence</th><th>fix</th></tr>"]
+    out = [
+        "<table><tr><th>severity</th><th>code</th><th>layer</th><th>step</th><th>message</th><th>evidence</th><th>fix</th></tr>"
+    ]
     for f in findings:
         evidence = "<br>".join(f"{e(str(k))}={e(_value(v))}" for k, v in f.evidence.items())
         out.append(
@@ -73,7 +79,10 @@ def findings_table(findings: list[Finding]) -> list[str]:
 
 
 def render_html(
-    summary: RunSummary, fail_on: str | None = None, other: RunSummary | None = None, names: tuple[str, str] = ("run", "other")
+    summary: RunSummary,
+    fail_on: str | None = None,
+    other: RunSummary | None = None,
+    names: tuple[str, str] = ("run", "other"),
 ) -> str:
     """The report page, with ``other`` overlaid when given (``--compare``); every string from a log is escaped."""
     from gradprobe.report.interactive import plotly_bundle, render_interactive
@@ -111,7 +120,14 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
             vlines=clip_steps,
         )
     )
-    out.append(line_chart("Loss", [Series("loss", steps, [loss for _, loss, _ in summary.training])], x_label="training step", y_label="loss"))
+    out.append(
+        line_chart(
+            "Loss",
+            [Series("loss", steps, [loss for _, loss, _ in summary.training])],
+            x_label="training step",
+            y_label="loss",
+        )
+    )
     out.append("</div>")
 
     for name, layer in summary.layers.items():
@@ -126,23 +142,43 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
         if rate is not None:
             facts.append(f"fitted x{math.exp(float(rate)):.3f} per step")
         if layer.saturation.get("fractions"):
-            facts.append("saturation " + ", ".join(f"{e(str(g))} {float(v):.0%}" for g, v in layer.saturation["fractions"].items()))
+            facts.append(
+                "saturation "
+                + ", ".join(f"{e(str(g))} {float(v):.0%}" for g, v in layer.saturation["fractions"].items())
+            )
         out.append("<p>" + "; ".join(facts) + "</p><div class='charts'>")
         rows = [(f"step {step}", norms) for step, norms in layer.heatmap]
-        out.append(heatmap("||dL/dh_t||: time step x training step", rows, x_label="time step t", y_label="training step"))
+        out.append(
+            heatmap("||dL/dh_t||: time step x training step", rows, x_label="time step t", y_label="training step")
+        )
         profile = [None if v is None else float(v) for v in latest.get("profile", [])]
         ks = list(range(len(profile)))
         series = [Series("measured", ks, profile)]
         if rate is not None and profile:
-            series.append(Series(f"fit x{math.exp(float(rate)):.3f}/step", ks, [math.exp(float(rate) * k) for k in ks], dashed=True))
+            series.append(
+                Series(
+                    f"fit x{math.exp(float(rate)):.3f}/step", ks, [math.exp(float(rate) * k) for k in ks], dashed=True
+                )
+            )
         out.append(
-            line_chart("Propagation profile ||v^T dS_T/dS_(T-k)||", series, x_label="steps back k", y_label="signal", log_y=True,
-                       vlines=[float(horizon)] if horizon is not None else ())
+            line_chart(
+                "Propagation profile ||v^T dS_T/dS_(T-k)||",
+                series,
+                x_label="steps back k",
+                y_label="signal",
+                log_y=True,
+                vlines=[float(horizon)] if horizon is not None else (),
+            )
         )
         jac = [None if v is None else float(v) for v in latest.get("jacobian_norms", [])]
         out.append(
-            line_chart("Per-step Jacobian spectral norm", [Series("||dS_t/dS_(t-1)||", list(range(len(jac))), jac)],
-                       x_label="time step t", y_label="spectral norm", hline=1.0)
+            line_chart(
+                "Per-step Jacobian spectral norm",
+                [Series("||dS_t/dS_(t-1)||", list(range(len(jac))), jac)],
+                x_label="time step t",
+                y_label="spectral norm",
+                hline=1.0,
+            )
         )
         out.append("</div>")
 

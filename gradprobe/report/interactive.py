@@ -53,7 +53,13 @@ def plotly_bundle() -> str | None:
 def script_json(value: Any) -> str:
     """JSON safe inside a ``<script>`` element (no ``</script>``, ``<!--`` or line separators can appear)."""
     text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, escaped)
     return text
 
@@ -95,8 +101,14 @@ class Page:
 
 def _line(name: str, series: MinMaxSeries, color: str, dash: str | None = None) -> dict[str, Any]:
     xs, ys = series.points()
-    trace: dict[str, Any] = {"type": "scattergl" if len(xs) > 4000 else "scatter", "mode": "lines", "name": name,
-                             "x": xs, "y": ys, "line": {"color": color, "width": 1.2}}
+    trace: dict[str, Any] = {
+        "type": "scattergl" if len(xs) > 4000 else "scatter",
+        "mode": "lines",
+        "name": name,
+        "x": xs,
+        "y": ys,
+        "line": {"color": color, "width": 1.2},
+    }
     if dash:
         trace["line"]["dash"] = dash
     return trace
@@ -110,7 +122,9 @@ def _axis(title: str, log: bool = False, **extra: Any) -> dict[str, Any]:
     return axis
 
 
-def _runs(summary: RunSummary, other: RunSummary | None, names: tuple[str, str]) -> list[tuple[str, RunSummary, str | None]]:
+def _runs(
+    summary: RunSummary, other: RunSummary | None, names: tuple[str, str]
+) -> list[tuple[str, RunSummary, str | None]]:
     runs: list[tuple[str, RunSummary, str | None]] = [(names[0], summary, None)]
     if other is not None:
         runs.append((names[1], other, "dot"))
@@ -128,11 +142,22 @@ def _training(page: Page, runs: list[tuple[str, RunSummary, str | None]]) -> lis
         loss_traces.append(_line(f"{prefix}loss", run.loss_series, COLORS[index], dash))
         bad = run.loss_series.nonfinite_steps()
         if bad:
-            loss_traces.append({"type": "scatter", "mode": "markers", "name": f"{prefix}non-finite loss", "x": bad,
-                                "y": [None] * len(bad), "marker": {"color": "#d62728", "symbol": "x"}})
+            loss_traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": f"{prefix}non-finite loss",
+                    "x": bad,
+                    "y": [None] * len(bad),
+                    "marker": {"color": "#d62728", "symbol": "x"},
+                }
+            )
     return [
-        page.chart("Gradient norm over training", norm_traces,
-                   {"xaxis": _axis("training step"), "yaxis": _axis("total gradient norm", log=True)}),
+        page.chart(
+            "Gradient norm over training",
+            norm_traces,
+            {"xaxis": _axis("training step"), "yaxis": _axis("total gradient norm", log=True)},
+        ),
         page.chart("Loss over training", loss_traces, {"xaxis": _axis("training step"), "yaxis": _axis("loss")}),
     ]
 
@@ -141,8 +166,13 @@ def _gates(page: Page, summary: RunSummary) -> list[str]:
     charts = []
     for param, gates in summary.gate_series.items():
         traces = [_line(gate, series, COLORS[i % len(COLORS)]) for i, (gate, series) in enumerate(gates.items())]
-        charts.append(page.chart(f"Gradient norm per gate: {param}", traces,
-                                 {"xaxis": _axis("training step"), "yaxis": _axis("gradient norm", log=True)}))
+        charts.append(
+            page.chart(
+                f"Gradient norm per gate: {param}",
+                traces,
+                {"xaxis": _axis("training step"), "yaxis": _axis("gradient norm", log=True)},
+            )
+        )
     return charts
 
 
@@ -156,15 +186,36 @@ def _trend(page: Page, name: str, runs: list[tuple[str, LayerSummary | None, str
         steps = [row[0] for row in rows]
         horizon = [finite_number(row[1]) for row in rows]
         decay = [math.exp(r) if (r := finite_number(row[2])) is not None and abs(r) < 700 else None for row in rows]
-        traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{prefix}horizon (steps)", "x": steps,
-                       "y": horizon, "line": {"color": COLORS[index], "dash": dash or "solid"}})
-        traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{prefix}decay per step", "x": steps,
-                       "y": decay, "yaxis": "y2", "line": {"color": COLORS[index + 2], "dash": dash or "solid"}})
-    return page.chart(f"{name}: horizon and decay rate at each deep probe", traces, {
-        "xaxis": _axis("training step"),
-        "yaxis": _axis("horizon (time steps)", rangemode="tozero"),
-        "yaxis2": _axis("signal kept per step", overlaying="y", side="right", showgrid=False),
-    })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"{prefix}horizon (steps)",
+                "x": steps,
+                "y": horizon,
+                "line": {"color": COLORS[index], "dash": dash or "solid"},
+            }
+        )
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"{prefix}decay per step",
+                "x": steps,
+                "y": decay,
+                "yaxis": "y2",
+                "line": {"color": COLORS[index + 2], "dash": dash or "solid"},
+            }
+        )
+    return page.chart(
+        f"{name}: horizon and decay rate at each deep probe",
+        traces,
+        {
+            "xaxis": _axis("training step"),
+            "yaxis": _axis("horizon (time steps)", rangemode="tozero"),
+            "yaxis2": _axis("signal kept per step", overlaying="y", side="right", showgrid=False),
+        },
+    )
 
 
 def _lyapunov(page: Page, name: str, layer: LayerSummary) -> str | None:
@@ -173,13 +224,36 @@ def _lyapunov(page: Page, name: str, layer: LayerSummary) -> str | None:
     if not rows:
         return None
     count = max(len(row[4]) for row in rows)
-    traces = [{"type": "scatter", "mode": "lines+markers", "name": f"lambda{i + 1}", "x": [r[0] for r in rows],
-               "y": [finite_number(r[4][i]) if i < len(r[4]) else None for r in rows], "line": {"color": COLORS[i % len(COLORS)]}}
-              for i in range(count)]
-    return page.chart(f"{name}: top Lyapunov exponents at each deep probe", traces, {
-        "xaxis": _axis("training step"), "yaxis": _axis("natural log per step (> 0 expands)"),
-        "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0, "y1": 0, "line": {"dash": "dot", "color": "#999"}}],
-    })
+    traces = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": f"lambda{i + 1}",
+            "x": [r[0] for r in rows],
+            "y": [finite_number(r[4][i]) if i < len(r[4]) else None for r in rows],
+            "line": {"color": COLORS[i % len(COLORS)]},
+        }
+        for i in range(count)
+    ]
+    return page.chart(
+        f"{name}: top Lyapunov exponents at each deep probe",
+        traces,
+        {
+            "xaxis": _axis("training step"),
+            "yaxis": _axis("natural log per step (> 0 expands)"),
+            "shapes": [
+                {
+                    "type": "line",
+                    "xref": "paper",
+                    "x0": 0,
+                    "x1": 1,
+                    "y0": 0,
+                    "y1": 0,
+                    "line": {"dash": "dot", "color": "#999"},
+                }
+            ],
+        },
+    )
 
 
 def _saturation(page: Page, name: str, layer: LayerSummary) -> str | None:
@@ -187,11 +261,22 @@ def _saturation(page: Page, name: str, layer: LayerSummary) -> str | None:
     gates = sorted({gate for _, fractions in rows for gate in fractions})
     if not gates:
         return None
-    traces = [{"type": "scatter", "mode": "lines", "name": gate, "x": [r[0] for r in rows],
-               "y": [finite_number(r[1].get(gate)) for r in rows], "line": {"color": COLORS[i % len(COLORS)]}}
-              for i, gate in enumerate(gates)]
-    return page.chart(f"{name}: saturated share per gate", traces,
-                      {"xaxis": _axis("training step"), "yaxis": _axis("share saturated", range=[0, 1])})
+    traces = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": gate,
+            "x": [r[0] for r in rows],
+            "y": [finite_number(r[1].get(gate)) for r in rows],
+            "line": {"color": COLORS[i % len(COLORS)]},
+        }
+        for i, gate in enumerate(gates)
+    ]
+    return page.chart(
+        f"{name}: saturated share per gate",
+        traces,
+        {"xaxis": _axis("training step"), "yaxis": _axis("share saturated", range=[0, 1])},
+    )
 
 
 def heatmap_scale(values: list[float]) -> tuple[float, float, list[float], list[str]]:
@@ -209,17 +294,33 @@ def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
     if not rows:
         return None
     width = max(len(norms) for _, norms in rows)
-    z = [[math.log10(v) if (v := finite_number(norms[t] if t < len(norms) else None)) and v > 0 else None for t in range(width)]
-         for _, norms in rows]
+    z = [
+        [
+            math.log10(v) if (v := finite_number(norms[t] if t < len(norms) else None)) and v > 0 else None
+            for t in range(width)
+        ]
+        for _, norms in rows
+    ]
     finite = [v for row in z for v in row if v is not None]
     if not finite:
         return None
     zmin, zmax, ticks, labels = heatmap_scale(finite)
-    trace = {"type": "heatmap", "z": z, "x": list(range(width)), "y": [step for step, _ in rows], "zmin": zmin,
-             "zmax": zmax, "colorscale": "Viridis", "hovertemplate": "t=%{x}<br>step %{y}<br>log10 ||dL/dh_t||=%{z:.2f}<extra></extra>",
-             "colorbar": {"title": {"text": "||dL/dh_t||"}, "tickvals": ticks, "ticktext": labels}}
-    return page.chart(f"{name}: ||dL/dh_t|| by time step and training step", [trace],
-                      {"xaxis": _axis("time step t"), "yaxis": _axis("training step", type="category", nticks=8)})
+    trace = {
+        "type": "heatmap",
+        "z": z,
+        "x": list(range(width)),
+        "y": [step for step, _ in rows],
+        "zmin": zmin,
+        "zmax": zmax,
+        "colorscale": "Viridis",
+        "hovertemplate": "t=%{x}<br>step %{y}<br>log10 ||dL/dh_t||=%{z:.2f}<extra></extra>",
+        "colorbar": {"title": {"text": "||dL/dh_t||"}, "tickvals": ticks, "ticktext": labels},
+    }
+    return page.chart(
+        f"{name}: ||dL/dh_t|| by time step and training step",
+        [trace],
+        {"xaxis": _axis("time step t"), "yaxis": _axis("training step", type="category", nticks=8)},
+    )
 
 
 def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
@@ -230,36 +331,68 @@ def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
     traces: list[dict[str, Any]] = [{"type": "scatter", "mode": "lines", "name": "measured", "x": ks, "y": profile}]
     if rate is not None and profile and abs(rate) < 700:
         fit = [math.exp(rate * k) if abs(rate * k) < 700 else None for k in ks]
-        traces.append({"type": "scatter", "mode": "lines", "name": f"fit x{math.exp(rate):.3f}/step", "x": ks, "y": fit,
-                       "line": {"dash": "dash"}})
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"fit x{math.exp(rate):.3f}/step",
+                "x": ks,
+                "y": fit,
+                "line": {"dash": "dash"},
+            }
+        )
     jac = [finite_number(v) for v in latest.get("jacobian_norms", [])]
     step = latest.get("step")
     return [
-        page.chart(f"{name}: propagation profile at step {step}", traces,
-                   {"xaxis": _axis("steps back k"), "yaxis": _axis("||v^T dS_T/dS_(T-k)||", log=True)}),
-        page.chart(f"{name}: per-step Jacobian spectral norm at step {step}",
-                   [{"type": "scatter", "mode": "lines", "name": "||dS_t/dS_(t-1)||", "x": list(range(len(jac))), "y": jac}],
-                   {"xaxis": _axis("time step t"), "yaxis": _axis("spectral norm"),
-                    "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
-                                "line": {"dash": "dot", "color": "#999"}}]}),
+        page.chart(
+            f"{name}: propagation profile at step {step}",
+            traces,
+            {"xaxis": _axis("steps back k"), "yaxis": _axis("||v^T dS_T/dS_(T-k)||", log=True)},
+        ),
+        page.chart(
+            f"{name}: per-step Jacobian spectral norm at step {step}",
+            [{"type": "scatter", "mode": "lines", "name": "||dS_t/dS_(t-1)||", "x": list(range(len(jac))), "y": jac}],
+            {
+                "xaxis": _axis("time step t"),
+                "yaxis": _axis("spectral norm"),
+                "shapes": [
+                    {
+                        "type": "line",
+                        "xref": "paper",
+                        "x0": 0,
+                        "x1": 1,
+                        "y0": 1,
+                        "y1": 1,
+                        "line": {"dash": "dot", "color": "#999"},
+                    }
+                ],
+            },
+        ),
     ]
 
 
 def render_interactive(
-    summary: RunSummary, bundle: str, fail_on: str | None = None, other: RunSummary | None = None,
+    summary: RunSummary,
+    bundle: str,
+    fail_on: str | None = None,
+    other: RunSummary | None = None,
     names: tuple[str, str] = ("run", "other"),
 ) -> str:
     """The interactive page for ``summary`` (and ``other``, overlaid, for ``--compare``)."""
     e = escape
     fail_on = fail_on or summary.fail_on
     page = Page()
-    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gradprobe report</title>",
-           f"<style>{STYLE}</style><script>{bundle}</script></head><body>"]
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gradprobe report</title>",
+        f"<style>{STYLE}</style><script>{bundle}</script></head><body>",
+    ]
     out.extend(run_heading(summary))
     if other is not None:
         compared = ", ".join(e(log.path) for log in other.logs)
-        out.append(f"<p>Compared with {e(names[1])}: {compared} ({other.steps} steps"
-                   f"{'; ' + e(other.loss_text()) if other.loss_text() else ''}); its curves are dotted.</p>")
+        out.append(
+            f"<p>Compared with {e(names[1])}: {compared} ({other.steps} steps"
+            f"{'; ' + e(other.loss_text()) if other.loss_text() else ''}); its curves are dotted.</p>"
+        )
     out.append(verdict_line(summary, fail_on))
     out.append("<h2>Findings</h2>")
     out.extend(findings_table(summary.findings))
@@ -267,8 +400,10 @@ def render_interactive(
         out.append(f"<h2>Findings of {e(names[1])}</h2>")
         out.extend(findings_table(other.findings))
     runs = _runs(summary, other, names)
-    out.append("<h2>Training</h2><p>Long runs are drawn from the smallest and largest value of every bucket of steps: "
-               "no spike is lost. Drag to zoom, double-click to reset; hover for values.</p><div class='charts'>")
+    out.append(
+        "<h2>Training</h2><p>Long runs are drawn from the smallest and largest value of every bucket of steps: "
+        "no spike is lost. Drag to zoom, double-click to reset; hover for values.</p><div class='charts'>"
+    )
     out.extend(_training(page, runs))
     out.append("</div>")
     gates = _gates(page, summary)
@@ -279,9 +414,15 @@ def render_interactive(
     for name, layer in summary.layers.items():
         if not layer.latest:
             continue
-        out.append(f"<h2>{e(name)} <small>({e(str(layer.mode))}, {layer.probes} deep probes)</small></h2><div class='charts'>")
+        out.append(
+            f"<h2>{e(name)} <small>({e(str(layer.mode))}, {layer.probes} deep probes)</small></h2><div class='charts'>"
+        )
         other_layer = other.layers.get(name) if other is not None else None
-        out.append(_trend(page, name, [(names[0], layer, None), *([(names[1], other_layer, "dot")] if other is not None else [])]))
+        out.append(
+            _trend(
+                page, name, [(names[0], layer, None), *([(names[1], other_layer, "dot")] if other is not None else [])]
+            )
+        )
         for chart in (_lyapunov(page, name, layer), _saturation(page, name, layer), _heatmap(page, name, layer)):
             if chart is not None:
                 out.append(chart)

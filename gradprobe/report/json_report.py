@@ -74,7 +74,9 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
                     "events": log.events,
                     "rank": log.rank,
                     "problems": [{"line": p.line, "message": p.message} for p in log.problems],
-                    "probe_error": None if log.error is None else {k: log.error.get(k) for k in ("step", "where", "message")},
+                    "probe_error": None
+                    if log.error is None
+                    else {k: log.error.get(k) for k in ("step", "where", "message")},
                 }
                 for log in summary.logs
             ],

@@ -69,7 +69,9 @@ def line_chart(
     line_at = _plotted(hline, log_y)
     if line_at is not None:
         ys.append(line_at)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">'
+    ]
     parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>')
     if not xs:
         parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
@@ -90,10 +92,14 @@ def line_chart(
 
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
     for tick in _ticks(y0, y1):
-        parts.append(f'<text x="{left - 4}" y="{py(tick) + 4:.1f}" text-anchor="end" class="tick">{escape(_label(tick, log_y))}</text>')
+        parts.append(
+            f'<text x="{left - 4}" y="{py(tick) + 4:.1f}" text-anchor="end" class="tick">{escape(_label(tick, log_y))}</text>'
+        )
     for tick in _ticks(x0, x1):
         parts.append(f'<text x="{px(tick):.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{tick:g}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">{escape(x_label)}</text>')
+    parts.append(
+        f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">{escape(x_label)}</text>'
+    )
     parts.append(
         f'<text x="12" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 12 {top + ph / 2})" class="axis">'
         f"{escape(y_label + (' (log)' if log_y else ''))}</text>"
@@ -119,7 +125,9 @@ def line_chart(
                 cx, cy = points[0].split(",")
                 parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color}"/>')
             elif points:
-                parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5"{dash} points="{" ".join(points)}"/>')
+                parts.append(
+                    f'<polyline fill="none" stroke="{color}" stroke-width="1.5"{dash} points="{" ".join(points)}"/>'
+                )
         parts.append(
             f'<text x="{left + pw - 4}" y="{top + 14 + 13 * index}" text-anchor="end" fill="{color}" class="legend">{escape(s.label)}</text>'
         )
@@ -139,7 +147,9 @@ def heatmap(
     """An SVG heatmap of log10 values: one row per labelled series (e.g. training step), one column per time step."""
     left, right, top, bottom = 70, 70, 28, 40
     values = [math.log10(v) for _, row in rows for v in row if v is not None and math.isfinite(v) and v > 0]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">'
+    ]
     parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>')
     if not values or not rows:
         parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
@@ -156,17 +166,27 @@ def heatmap(
                 color = "#dddddd"
             else:
                 color = PALETTE[min(len(PALETTE) - 1, int((math.log10(v) - low) / span * len(PALETTE)))]
-            parts.append(f'<rect x="{left + c * cw:.2f}" y="{y:.2f}" width="{cw + 0.3:.2f}" height="{ch + 0.3:.2f}" fill="{color}"/>')
+            parts.append(
+                f'<rect x="{left + c * cw:.2f}" y="{y:.2f}" width="{cw + 0.3:.2f}" height="{ch + 0.3:.2f}" fill="{color}"/>'
+            )
         if len(rows) <= 12 or r % max(1, len(rows) // 8) == 0:
-            parts.append(f'<text x="{left - 4}" y="{y + ch / 2 + 4:.1f}" text-anchor="end" class="tick">{escape(label)}</text>')
+            parts.append(
+                f'<text x="{left - 4}" y="{y + ch / 2 + 4:.1f}" text-anchor="end" class="tick">{escape(label)}</text>'
+            )
     for tick in _ticks(0, columns - 1):
-        parts.append(f'<text x="{left + (tick + 0.5) * cw:.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{tick:g}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">{escape(x_label)}</text>')
+        parts.append(
+            f'<text x="{left + (tick + 0.5) * cw:.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{tick:g}</text>'
+        )
+    parts.append(
+        f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">{escape(x_label)}</text>'
+    )
     parts.append(
         f'<text x="12" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 12 {top + ph / 2})" class="axis">{escape(y_label)}</text>'
     )
     for i, color in enumerate(reversed(PALETTE)):
-        parts.append(f'<rect x="{width - right + 12}" y="{top + i * ph / len(PALETTE):.1f}" width="12" height="{ph / len(PALETTE) + 0.5:.1f}" fill="{color}"/>')
+        parts.append(
+            f'<rect x="{width - right + 12}" y="{top + i * ph / len(PALETTE):.1f}" width="12" height="{ph / len(PALETTE) + 0.5:.1f}" fill="{color}"/>'
+        )
     parts.append(f'<text x="{width - right + 28}" y="{top + 8}" class="tick">{escape(f"{10**high:.2g}")}</text>')
     parts.append(f'<text x="{width - right + 28}" y="{top + ph}" class="tick">{escape(f"{10**low:.2g}")}</text>')
     parts.append("</svg>")

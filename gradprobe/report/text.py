@@ -39,7 +39,10 @@ def _fmt(value: object) -> str:
 
 
 def render_text(
-    summary: RunSummary, fail_on: str | None = None, other: RunSummary | None = None, names: tuple[str, str] = ("run", "other")
+    summary: RunSummary,
+    fail_on: str | None = None,
+    other: RunSummary | None = None,
+    names: tuple[str, str] = ("run", "other"),
 ) -> str:
     """A readable summary: findings by severity and layer, per-layer gradient profiles, training figures.
 
@@ -57,9 +60,11 @@ def _comparison(summary: RunSummary, other: RunSummary, names: tuple[str, str], 
     for name, run in ((names[0], summary), (names[1], other)):
         worst = run.max_grad_norm
         counts = ", ".join(f"{sum(f.severity == s for f in run.findings)} {s}" for s in ("error", "warning", "info"))
-        lines.append(f"  {name}: {run.steps} steps, {run.loss_text() or 'no loss'}, "
-                     f"max grad norm {'n/a' if worst is None else f'{worst:.4g}'}; findings {counts}; "
-                     f"verdict {run.verdict(fail_on)}")
+        lines.append(
+            f"  {name}: {run.steps} steps, {run.loss_text() or 'no loss'}, "
+            f"max grad norm {'n/a' if worst is None else f'{worst:.4g}'}; findings {counts}; "
+            f"verdict {run.verdict(fail_on)}"
+        )
     for layer in sorted(set(summary.layers) | set(other.layers)):
         horizons = []
         for run in (summary, other):
@@ -74,9 +79,7 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
     fail_on = fail_on or summary.fail_on
     meta = summary.meta
     lines = []
-    sources = ", ".join(
-        f"{log.path}" + (f" (rank {log.rank})" if log.rank is not None else "") for log in summary.logs
-    )
+    sources = ", ".join(f"{log.path}" + (f" (rank {log.rank})" if log.rank is not None else "") for log in summary.logs)
     lines.append(f"gradprobe report: {sources}")
     if meta:
         steps = f"steps {summary.first_step}-{summary.last_step}" if summary.steps else "no training steps"
@@ -121,7 +124,11 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
             lines.append(f"  {name:<{width}}  {sparkline(norms)}  {detail}")
     if summary.steps:
         lines.append("")
-        count = f"{summary.steps} step events across {len(summary.logs)} logs" if len(summary.logs) > 1 else f"{summary.steps} steps"
+        count = (
+            f"{summary.steps} step events across {len(summary.logs)} logs"
+            if len(summary.logs) > 1
+            else f"{summary.steps} steps"
+        )
         training = f"Training: {count}"
         if summary.loss_text():
             training += f", {summary.loss_text()}"

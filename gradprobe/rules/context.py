@@ -96,7 +96,9 @@ class RuleContext:
 
         rule = self.registry[code]
         text = render(tuple(fixes)) or fix
-        return Finding(code, rule.name, severity or rule.severity, layer, step, message, dict(evidence or {}), text, tuple(fixes))
+        return Finding(
+            code, rule.name, severity or rule.severity, layer, step, message, dict(evidence or {}), text, tuple(fixes)
+        )
 
     def layer_info(self, module: str) -> dict[str, Any]:
         """The ``meta`` description of a recurrent module (empty when unknown)."""

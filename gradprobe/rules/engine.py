@@ -43,7 +43,9 @@ class RuleEngine:
         self.context = RuleContext(self.config, self.registry)
         if "GP102" in self.registry:
             spike = {k: self.context.threshold("GP102", k) for k in ("spike_factor", "spike_window", "min_history")}
-            self.context.run = Observations(spike["spike_factor"], int(spike["spike_window"]), int(spike["min_history"]))
+            self.context.run = Observations(
+                spike["spike_factor"], int(spike["spike_window"]), int(spike["min_history"])
+            )
         self._kept: dict[tuple[str, str | None], Finding] = {}
         self._counts: dict[tuple[str, str | None], int] = {}
 
@@ -73,7 +75,11 @@ class RuleEngine:
             code = str(event.get("code"))
             evidence = event.get("evidence")
             judged_at_attach = code == NOT_MEASURED and isinstance(evidence, dict) and "rules" in evidence
-            if code in self.registry and (self.registry[code].static or judged_at_attach) and self.context.enabled(code):
+            if (
+                code in self.registry
+                and (self.registry[code].static or judged_at_attach)
+                and self.context.enabled(code)
+            ):
                 finding = Finding.from_dict(event)
                 if (finding.code, finding.layer) not in self._kept:  # written at attach and again at close
                     self._keep(finding)

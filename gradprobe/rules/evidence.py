@@ -94,7 +94,9 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
         found.reasons.append(f"the task needs {found.need} steps (declared)")
         found.severe = horizon < threshold("error_horizon_fraction") * found.need
     starved = context.run.starved(track)
-    if starved is not None and horizon < seq_len:  # a horizon past the sequence: the recurrence is not what starves them
+    if (
+        starved is not None and horizon < seq_len
+    ):  # a horizon past the sequence: the recurrence is not what starves them
         count, length = starved
         found.numbers["starved_steps"] = count
         if length and count / length >= threshold("min_starved_fraction"):
@@ -108,10 +110,14 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
         gained = loss.improvement() or 0.0
         found.reasons.clear()
         found.numbers.update(initial_loss=loss.initial, latest_loss=loss.latest, improvement=gained)
-    if horizon < seq_len and loss.stalled(int(threshold("stall_min_steps")), threshold("min_improvement"), context.threshold("GP403", "rise")):
+    if horizon < seq_len and loss.stalled(
+        int(threshold("stall_min_steps")), threshold("min_improvement"), context.threshold("GP403", "rise")
+    ):
         found.kinds.append("stalled-loss")
         gained = loss.improvement() or 0.0
-        found.reasons.append(f"the loss stalled near its start ({loss.initial:.4g} -> {loss.latest:.4g}, {gained:+.1%})")
+        found.reasons.append(
+            f"the loss stalled near its start ({loss.initial:.4g} -> {loss.latest:.4g}, {gained:+.1%})"
+        )
         found.numbers.update(initial_loss=loss.initial, latest_loss=loss.latest)
     if track.probes > 2 * len(track.early) - 1 and len(track.early) >= 2:
         early = track.early_horizon()

@@ -52,7 +52,9 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult
 def _measuring_failed(event: dict[str, Any], context: RuleContext) -> RuleResult:
     """The probe switched itself off after an error: from then on no attached layer is measured."""
     where = f" in {event['where']}" if event.get("where") else ""
-    reason = f"measuring failed at step {event.get('step')}{where} ({event.get('message')}); the probe switched itself off"
+    reason = (
+        f"measuring failed at step {event.get('step')}{where} ({event.get('message')}); the probe switched itself off"
+    )
     layers = context.meta.get("layers")
     found = []
     for described in layers if isinstance(layers, list) else []:
@@ -65,7 +67,13 @@ def _measuring_failed(event: dict[str, Any], context: RuleContext) -> RuleResult
 
 
 def _finding(context: RuleContext, layer: str | None, tracks: list[str], reason: str, step: Any) -> Any:
-    which = "every attached layer" if layer is None else layer if tracks in ([layer], []) else f"{layer} ({', '.join(tracks)})"
+    which = (
+        "every attached layer"
+        if layer is None
+        else layer
+        if tracks in ([layer], [])
+        else f"{layer} ({', '.join(tracks)})"
+    )
     return context.finding(
         "GP001",
         f"{which} was attached but not measured: {reason}",

@@ -86,15 +86,19 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
     else:
         compared = f"over sequences of {e.seq_len}"
     if e.seq_len and e.horizon >= e.seq_len:  # extrapolated past what was measured: say what was seen
-        head = (f"the gradient reaches all {e.seq_len} steps of the sequences seen in {track.name}{per_step}; "
-                f"extrapolated horizon {e.horizon:.0f} steps {'<' if e.need and e.horizon < e.need else 'vs'} "
-                f"{f'the {e.need} steps the task needs' if e.need else 'no declared need'}")
+        head = (
+            f"the gradient reaches all {e.seq_len} steps of the sequences seen in {track.name}{per_step}; "
+            f"extrapolated horizon {e.horizon:.0f} steps {'<' if e.need and e.horizon < e.need else 'vs'} "
+            f"{f'the {e.need} steps the task needs' if e.need else 'no declared need'}"
+        )
     else:
         head = f"gradient horizon {e.horizon:.0f} steps {compared} in {track.name}{per_step}"
     if e.hurts:
         message = f"{head}; evidence: {'; '.join(e.reasons)}"
     else:
-        message = f"{head}; no evidence that it limits learning (declare dependency_length= to judge it against the task)"
+        message = (
+            f"{head}; no evidence that it limits learning (declare dependency_length= to judge it against the task)"
+        )
     evidence = {
         "horizon": round(e.horizon, 2),
         "seq_len": e.seq_len,

@@ -18,7 +18,14 @@ RULE = Rule(
     name="exploding-gradient",
     severity="error",
     summary="Gradient signal grows through time, or gradient norms spike repeatedly",
-    thresholds={"max_growth": 100.0, "spike_factor": 10.0, "spike_window": 50, "min_history": 10, "min_spikes": 3, "extreme_factor": 1000.0},
+    thresholds={
+        "max_growth": 100.0,
+        "spike_factor": 10.0,
+        "spike_window": 50,
+        "min_history": 10,
+        "min_spikes": 3,
+        "extreme_factor": 1000.0,
+    },
     what_it_does=(
         "Flags (error) a propagation profile whose fitted growth over the sequence exceeds max_growth. Counts the "
         "training steps whose total gradient norm is more than spike_factor x the running median of the last "

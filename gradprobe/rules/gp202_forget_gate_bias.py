@@ -42,7 +42,9 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
-    return [_forget_bias(context, site, track, params) for site, track, params in each_direction(context.sites, ("LSTM",))]
+    return [
+        _forget_bias(context, site, track, params) for site, track, params in each_direction(context.sites, ("LSTM",))
+    ]
 
 
 def _forget_bias(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:

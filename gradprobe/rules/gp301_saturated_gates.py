@@ -134,8 +134,12 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
     found = []
     error_fraction = context.threshold("GP301", "error_fraction")
     loss = context.run.loss
-    troubled = loss.nonfinite > 0 or loss.divergence(context.threshold("GP301", "rise")) is not None or loss.stalled(
-        int(context.threshold("GP301", "stall_min_steps")), context.threshold("GP301", "min_improvement")
+    troubled = (
+        loss.nonfinite > 0
+        or loss.divergence(context.threshold("GP301", "rise")) is not None
+        or loss.stalled(
+            int(context.threshold("GP301", "stall_min_steps")), context.threshold("GP301", "min_improvement")
+        )
     )
     for layer, entry in context.state("GP301", State).layers.items():
         means = entry.means()
@@ -161,8 +165,15 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                 layer=layer,
                 step=entry.step,
                 severity=severity,
-                evidence={"gate": worst_gate, "fraction": worst, "fractions": means, "samples": entry.count,
-                          "early_fractions": entry.early_means(), "from_start": from_start, **blame.numbers},
+                evidence={
+                    "gate": worst_gate,
+                    "fraction": worst,
+                    "fractions": means,
+                    "samples": entry.count,
+                    "early_fractions": entry.early_means(),
+                    "from_start": from_start,
+                    **blame.numbers,
+                },
                 fixes=fixes,
             )
         )

@@ -81,7 +81,9 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         dead = min(entry.dead) if entry.dead else 0
         zero = entry.zero_sum / max(entry.count, 1)
         dead_fraction = dead / units
-        if dead_fraction <= context.threshold("GP302", "max_dead_fraction") and zero <= context.threshold("GP302", "max_zero_fraction"):
+        if dead_fraction <= context.threshold("GP302", "max_dead_fraction") and zero <= context.threshold(
+            "GP302", "max_zero_fraction"
+        ):
             continue
         found.append(
             context.finding(

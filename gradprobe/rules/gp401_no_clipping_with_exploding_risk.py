@@ -53,7 +53,9 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         return None
     risk = []
     if spike_judgement(context).harmful:
-        risk.append(f"{norms.spikes} gradient-norm spike{'s' if norms.spikes > 1 else ''} (up to {norms.max_spike_ratio:.0f}x the median)")
+        risk.append(
+            f"{norms.spikes} gradient-norm spike{'s' if norms.spikes > 1 else ''} (up to {norms.max_spike_ratio:.0f}x the median)"
+        )
     growth = {}
     for name, track in run.tracks.items():
         value = growth_over_sequence(track.rate(), track.latest.seq_len)

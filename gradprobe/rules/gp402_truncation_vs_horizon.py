@@ -66,10 +66,18 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                     layer=name,
                     step=track.latest.step,
                     evidence=numbers,
-                    fixes=(action("longer-truncation", window=longer) if not math.isinf(horizon) else action("longer-truncation", window=f"{2 * window}+"),),
+                    fixes=(
+                        action("longer-truncation", window=longer)
+                        if not math.isinf(horizon)
+                        else action("longer-truncation", window=f"{2 * window}+"),
+                    ),
                 )
             )
-        elif not evidence.hurts and not math.isinf(horizon) and window > context.threshold("GP402", "waste_factor") * max(horizon, 1.0):
+        elif (
+            not evidence.hurts
+            and not math.isinf(horizon)
+            and window > context.threshold("GP402", "waste_factor") * max(horizon, 1.0)
+        ):
             suggested = truncation_length(horizon, window)
             found.append(
                 context.finding(

@@ -41,7 +41,11 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 @hookimpl
 def gradprobe_summarize(context: RuleContext) -> RuleResult:
     loss, norms = context.run.loss, context.run.norms
-    gradients = f"largest gradient norm {norms.maximum:.3g} (median {norms.median:.3g})" if norms.maximum is not None and norms.median else ""
+    gradients = (
+        f"largest gradient norm {norms.maximum:.3g} (median {norms.median:.3g})"
+        if norms.maximum is not None and norms.median
+        else ""
+    )
     if norms.spikes:
         gradients += f", {norms.spikes} spikes"
     evidence: dict[str, Any] = {

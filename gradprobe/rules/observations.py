@@ -97,7 +97,9 @@ class LossTrend:
         self.levels.append(level)
         if len(self.levels) > KEPT_BLOCKS:
             pairs = self.levels
-            self.levels = [(pairs[i] + pairs[i + 1]) / 2 for i in range(0, len(pairs) - 1, 2)] + pairs[len(pairs) & ~1 :]
+            self.levels = [(pairs[i] + pairs[i + 1]) / 2 for i in range(0, len(pairs) - 1, 2)] + pairs[
+                len(pairs) & ~1 :
+            ]
 
     def late_improvement(self) -> float | None:
         """The share of the loss gone between the third and the last quarter of the run (block medians).
@@ -318,7 +320,11 @@ class Clipping:
         if self.declared is not None:
             return True, "declared", self.declared
         if self.seen:
-            return True, f"the loop clips by {self.seen_kind} before the optimizer step (seen on {self.seen} steps)", self.threshold
+            return (
+                True,
+                f"the loop clips by {self.seen_kind} before the optimizer step (seen on {self.seen} steps)",
+                self.threshold,
+            )
         if self.auto or self.applied:
             return True, "the probe clips (fix='auto')", self.threshold
         if norms.pinned >= 3 and norms.pinned_share() >= min_pinned_fraction:

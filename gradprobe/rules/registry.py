@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gradprobe.plugins import PluginManager
 
-CATEGORIES = {"GP0": "measurement", "GP1": "gradient flow", "GP2": "initialization", "GP3": "activations", "GP4": "training setup"}
+CATEGORIES = {
+    "GP0": "measurement",
+    "GP1": "gradient flow",
+    "GP2": "initialization",
+    "GP3": "activations",
+    "GP4": "training setup",
+}
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,17 @@ class Rule:
     def doc(self) -> str:
         """The rule's documentation as Markdown."""
         options = "\n".join(f"- `{k}` (default {v:g})" for k, v in self.thresholds.items()) or "None."
-        parts = [f"## {self.code} {self.name} (default severity {self.severity})", f"### What it does\n{self.what_it_does}",
-                 f"### Why is this bad?\n{self.why_bad}"]
+        parts = [
+            f"## {self.code} {self.name} (default severity {self.severity})",
+            f"### What it does\n{self.what_it_does}",
+            f"### Why is this bad?\n{self.why_bad}",
+        ]
         if self.known_problems:
             parts.append(f"### Known problems\n{self.known_problems}")
-        parts += [f"### Example\n```python\n{self.example}\n```", f"### Use instead\n```python\n{self.use_instead}\n```"]
+        parts += [
+            f"### Example\n```python\n{self.example}\n```",
+            f"### Use instead\n```python\n{self.use_instead}\n```",
+        ]
         if self.fix_safety:
             parts.append(f"### Fix safety\n{self.fix_safety}")
         parts.append(f"### Options\n{options}")

@@ -11,7 +11,9 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.layer_weights import directions
 
 
-def each_direction(sites: list[RecurrentSite], modes: Collection[str] | None = None) -> Iterator[tuple[RecurrentSite, str, dict[str, Tensor]]]:
+def each_direction(
+    sites: list[RecurrentSite], modes: Collection[str] | None = None
+) -> Iterator[tuple[RecurrentSite, str, dict[str, Tensor]]]:
     """``(site, track, params)`` for every layer direction of the sites of a known cell math (or of ``modes``), without autograd."""
     for site in sites:
         if site.mode is None or (modes is not None and site.mode not in modes):

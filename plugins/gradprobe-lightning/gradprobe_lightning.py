@@ -30,7 +30,6 @@ from gradprobe.events import finite_number
 __all__ = ["GradprobeCallback"]
 
 
-
 class GradprobeCallback(pl.Callback):
     """Probe gradient health during ``Trainer.fit``.
 

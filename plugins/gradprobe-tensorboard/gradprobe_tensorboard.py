@@ -20,7 +20,6 @@ from gradprobe.hookspecs import hookimpl
 ENV = "GRADPROBE_TENSORBOARD_DIR"
 
 
-
 class TensorBoardSink:
     """Turns gradprobe events into TensorBoard scalars and text.
 

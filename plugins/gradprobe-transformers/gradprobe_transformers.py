@@ -61,7 +61,9 @@ class GradprobeTrainerCallback(TrainerCallback):
         self.findings: list[gradprobe.Finding] = []
         self.steps = 0
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         if model is None or optimizer is None:
             raise ValueError("gradprobe: the Trainer passed no model or optimizer to on_train_begin")
         self.findings = []

@@ -38,7 +38,6 @@ __all__ = ["WandbSink"]
 COLUMNS: list[str | int] = ["code", "name", "severity", "layer", "step", "message"]
 
 
-
 class WandbSink:
     """A gradprobe sink writing to a W&B run.
 
@@ -72,7 +71,10 @@ class WandbSink:
         p = self.prefix
         if kind == "step":
             self.last_step = step
-            values: dict[str, Any] = {f"{p}/loss": finite_number(event.get("loss")), f"{p}/grad_norm": finite_number(event.get("grad_norm"))}
+            values: dict[str, Any] = {
+                f"{p}/loss": finite_number(event.get("loss")),
+                f"{p}/grad_norm": finite_number(event.get("grad_norm")),
+            }
             if self.gates:
                 for param, gates in (event.get("gates") or {}).items():
                     for gate, norm in gates.items():
@@ -95,7 +97,9 @@ class WandbSink:
             )
         elif kind == "saturation":
             fractions = event.get("fractions") or {}
-            self._log({f"{p}/{event['layer']}/saturation/{gate}": finite_number(v) for gate, v in fractions.items()}, step)
+            self._log(
+                {f"{p}/{event['layer']}/saturation/{gate}": finite_number(v) for gate, v in fractions.items()}, step
+            )
         elif kind == "finding":
             self._add_finding(event, step)
 
@@ -109,7 +113,14 @@ class WandbSink:
 
     def _add_finding(self, event: dict[str, Any], step: int) -> None:
         code, layer = str(event.get("code")), str(event.get("layer") or "")
-        self.rows[(code, layer)] = [code, event.get("name"), str(event.get("severity")), layer, event.get("step"), event.get("message")]
+        self.rows[(code, layer)] = [
+            code,
+            event.get("name"),
+            str(event.get("severity")),
+            layer,
+            event.get("step"),
+            event.get("message"),
+        ]
         import wandb
 
         table = wandb.Table(columns=COLUMNS, data=list(self.rows.values()))

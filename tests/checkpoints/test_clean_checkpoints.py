@@ -55,7 +55,7 @@ class CellLoop(nn.Module):
         return self.head(h)
 '''
 
-LOADER = '''
+LOADER = """
 import json, sys
 sys.modules["gradprobe"] = None  # gradprobe is not installed here: any import of it fails
 import torch
@@ -81,7 +81,7 @@ for name in sys.argv[1:]:
     y = y[0] if isinstance(y, tuple) else y
     out[name] = {"hooks": hooks, "output": y.double().sum().item(), "attrs": sorted(k for k in vars(model) if "gradprobe" in k or k == "__getstate__")}
 print(json.dumps(out))
-'''
+"""
 
 
 def _train(model, probe_steps, inputs, target_fn):
@@ -134,7 +134,10 @@ def test_checkpoints_saved_while_attached_load_without_gradprobe(tmp_path, user_
     tokens = torch.randint(0, 50, (12, 4))
     cells = user_module.CellLoop()
     xs = torch.randn(7, 4, 3)
-    with gradprobe.attach(lm, every=1, config={}, lyapunov_k=0) as lm_probe, gradprobe.attach(cells, every=1, config={}) as cell_probe:
+    with (
+        gradprobe.attach(lm, every=1, config={}, lyapunov_k=0) as lm_probe,
+        gradprobe.attach(cells, every=1, config={}) as cell_probe,
+    ):
         clip = HiddenGradClip(cells, value=1.0)
         _train(lm, 2, tokens, lambda out: out.pow(2).mean())
         _train(cells, 2, xs, lambda out: out.pow(2).mean())

@@ -22,7 +22,9 @@ def test_char_lm_wraps_a_plain_loop(load_example, tmp_path, capsys):
 
 
 def test_copy_memory_compares_horizons_with_the_delay(load_example, tmp_path, capsys):
-    result = load_example("copy_memory").main(["--steps", "40", "--delay", "20", "--every", "20", "--out", str(tmp_path)])
+    result = load_example("copy_memory").main(
+        ["--steps", "40", "--delay", "20", "--every", "20", "--out", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert "horizon (last probe)" in out and "tanh RNN" in out and "GRU" in out and "LSTM" in out
     assert "GP101 vanishing-gradient" in out.split("GRU:")[0]  # the tanh RNN's gradient fades before the delay
@@ -33,7 +35,10 @@ def test_ddp_ranks_sharing_one_log_path_write_rank_files_and_the_report_reads_th
     # a subprocess, as users run it: mp.spawn re-imports the example by its module path
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / "ddp.py"), "--steps", "12", "--out", str(tmp_path)],
-        check=False, capture_output=True, text=True, timeout=300,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout

@@ -26,7 +26,12 @@ def _zoo():
 
 zoo = _zoo()
 GRADIENT_EXPLODING = ["tanh-rnn-rho3", "tanh-rnn-rho5", "gru-whh-x8"]
-RECIPES = [("sgd-0.1", "last-step"), ("sgd-0.1", "every-step"), ("sgd-momentum-0.01", "last-step"), ("adam-1e-2", "last-step")]
+RECIPES = [
+    ("sgd-0.1", "last-step"),
+    ("sgd-0.1", "every-step"),
+    ("sgd-momentum-0.01", "last-step"),
+    ("adam-1e-2", "last-step"),
+]
 STEPS = 200
 
 

@@ -42,7 +42,9 @@ class Loop(nn.Module):
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(T, B, 2, generator=g, dtype=torch.float64), torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    return torch.randn(T, B, 2, generator=g, dtype=torch.float64), torch.randn(
+        T, B, H, generator=g, dtype=torch.float64
+    )
 
 
 def test_omega_is_zero_for_an_orthogonal_linear_recurrence():
@@ -130,7 +132,9 @@ def test_with_clipping_it_learns_a_50_step_dependency_that_clipping_alone_does_n
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = argparse.Namespace(task="sign", seq_len=50, steps=1000, hidden=32, batch=32, lr=0.01, weight=1.0, report=1000, seed=0)
+    args = argparse.Namespace(
+        task="sign", seq_len=50, steps=1000, hidden=32, batch=32, lr=0.01, weight=1.0, report=1000, seed=0
+    )
     clipped = bench.run("clip", args)[-1][1]
     regularized = bench.run("clip+omega", args)[-1][1]
     assert clipped <= 0.6 and regularized >= 0.95, (clipped, regularized)

@@ -16,14 +16,18 @@ T, B, H, V = 6, 2, 3, 0.05
 
 def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"w_ih": torch.randn(H, 2, generator=g, dtype=torch.float64),
-            "w_hh": 1.5 * torch.randn(H, H, generator=g, dtype=torch.float64),
-            "b": 0.1 * torch.randn(H, generator=g, dtype=torch.float64)}
+    return {
+        "w_ih": torch.randn(H, 2, generator=g, dtype=torch.float64),
+        "w_hh": 1.5 * torch.randn(H, H, generator=g, dtype=torch.float64),
+        "b": 0.1 * torch.randn(H, generator=g, dtype=torch.float64),
+    }
 
 
 def _inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(T, B, 2, generator=g, dtype=torch.float64), torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    return torch.randn(T, B, 2, generator=g, dtype=torch.float64), torch.randn(
+        T, B, H, generator=g, dtype=torch.float64
+    )
 
 
 def _hand_bptt(w: dict[str, torch.Tensor], x: torch.Tensor, r: torch.Tensor, clip_through_time: bool) -> torch.Tensor:

@@ -101,7 +101,10 @@ def test_default_rnn_fix_on_vanishing_is_orthogonal():
     model = default_tanh_rnn()
     report = gradprobe.check(model, torch.randn(100, BATCH, 1), lambda out: out[0][-1].sum(), config={})
     (finding,) = [f for f in report.findings if f.code == "GP101"]
-    assert finding.severity == "warning" and [f.action for f in finding.fixes] == ["orthogonal-recurrent", "use-gated-cell"]
+    assert finding.severity == "warning" and [f.action for f in finding.fixes] == [
+        "orthogonal-recurrent",
+        "use-gated-cell",
+    ]
     assert [f.safety for f in finding.fixes] == ["unsafe", "display-only"]
     applied = fixes.apply(model, report.findings)
     assert [a.action for a in applied] == ["orthogonal recurrent weights"]

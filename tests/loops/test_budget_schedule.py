@@ -23,7 +23,11 @@ class FakeClock:
         return self.now
 
     def run(
-        self, schedule: BudgetSchedule, steps: int, first_deep_extra: float | None = None, pauses: dict[int, float] | None = None
+        self,
+        schedule: BudgetSchedule,
+        steps: int,
+        first_deep_extra: float | None = None,
+        pauses: dict[int, float] | None = None,
     ) -> list[dict]:
         """``pauses``: seconds spent after a step, outside training and the probe (an evaluation)."""
         chosen, modes = [], []
@@ -89,7 +93,10 @@ def test_the_first_deep_steps_warmup_is_left_out():
     clock = FakeClock(0.010, {DEEP: 0.020})
     schedule = BudgetSchedule(0.05, saturation_every=0, clock=clock)
     chosen = clock.run(schedule, 400, first_deep_extra=2.0)
-    assert [s for s, m in enumerate(clock.modes) if m == DEEP][:2] == [0, 9]  # warm-up, 8 plain steps, a measured deep step
+    assert [s for s, m in enumerate(clock.modes) if m == DEEP][:2] == [
+        0,
+        9,
+    ]  # warm-up, 8 plain steps, a measured deep step
     assert chosen[0]["step"] == 9 and chosen[0]["every"] == 40 == schedule.every  # 20 ms / 0.5 ms, not 2 s / 0.5 ms
 
 

@@ -84,7 +84,10 @@ def test_unused_and_no_grad_layers_get_their_reasons_and_measured_ones_do_not():
     report = gradprobe.check(TwoLayers(), torch.randn(7, 2, 3), config={})
     found = {f.layer: f for f in report.findings if f.code == "GP001"}
     assert set(found) == {"unused", "frozen_call"}
-    assert "hooks never ran" in found["unused"].message and found["unused"].evidence["tracks"] == ["unused.l0", "unused.l0_reverse"]
+    assert "hooks never ran" in found["unused"].message and found["unused"].evidence["tracks"] == [
+        "unused.l0",
+        "unused.l0_reverse",
+    ]
     assert "gradients disabled" in found["frozen_call"].message
     assert "used.l0" in report.layers
 

@@ -144,7 +144,9 @@ def _amp_run(use_scaler: bool, pass_scaler: bool = False, clip: float | None = N
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=use_scaler)
     events: list[dict] = []
     losses = []
-    with gradprobe.attach(model, optimizer=opt, every=1, config={}, sinks=[events.append], scaler=scaler if pass_scaler else None):
+    with gradprobe.attach(
+        model, optimizer=opt, every=1, config={}, sinks=[events.append], scaler=scaler if pass_scaler else None
+    ):
         for x, y in _data(batches=3):
             opt.zero_grad()
             loss = nn.functional.mse_loss(model(x), y)

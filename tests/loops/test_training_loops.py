@@ -51,7 +51,9 @@ def test_lbfgs_closure_calls_keep_one_sequence_in_memory(make):
             loss = nn.functional.mse_loss(model(x)[0], y)
             loss.backward()
             capture = probe._capture
-            kept.append(len(capture.cell_calls["cell"].inputs) if make is CellLoop else len(capture.stack_calls["lstm"]))
+            kept.append(
+                len(capture.cell_calls["cell"].inputs) if make is CellLoop else len(capture.stack_calls["lstm"])
+            )
             return loss
 
         for _ in range(2):

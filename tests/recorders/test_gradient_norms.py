@@ -31,7 +31,12 @@ def _tensors() -> list[torch.Tensor]:
 def test_norms_equal_torchs_vector_norm_for_every_dtype_and_odd_value(order):
     tensors = _tensors()
     expected = torch.stack(
-        [torch.linalg.vector_norm(t if t.is_complex() else t.float(), order).float() if t.numel() else torch.zeros(()) for t in tensors]
+        [
+            torch.linalg.vector_norm(t if t.is_complex() else t.float(), order).float()
+            if t.numel()
+            else torch.zeros(())
+            for t in tensors
+        ]
     )
     got = tensor_norms(tensors, order)
     assert got.dtype == torch.float32 and got.shape == (len(tensors),)

@@ -92,7 +92,9 @@ def test_a_custom_cell_gets_its_spectrum_through_torch_func():
                 out.append(h)
             return torch.stack(out)
 
-    report = gradprobe.check(Loop(), torch.zeros(200, 2, 1, dtype=torch.float64), cells=["cell"], config={}, lyapunov_k=3)
+    report = gradprobe.check(
+        Loop(), torch.zeros(200, 2, 1, dtype=torch.float64), cells=["cell"], config={}, lyapunov_k=3
+    )
     assert report.layers["cell"].lyapunov == pytest.approx([math.log(1.1), math.log(0.7), math.log(0.3)], abs=5e-3)
 
 

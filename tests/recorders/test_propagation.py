@@ -111,7 +111,9 @@ def test_profile_equals_product_of_analytic_jacobians(module):
 
 
 def _exact_and_estimate(module, steps, rows, lanczos_steps, batch=4, seq=30):
-    site, call = _captured_stack_call(module, torch.randn(seq, batch, module.input_size, dtype=module.weight_hh_l0.dtype))
+    site, call = _captured_stack_call(
+        module, torch.randn(seq, batch, module.input_size, dtype=module.weight_hh_l0.dtype)
+    )
     (track,) = StackReplayer(site).replay(call)
     lin = propagation.TrackLinearization(track, rows=rows)
     estimates = torch.tensor(propagation.jacobian_norms(lin, lanczos_steps, torch.Generator().manual_seed(0)))
@@ -146,7 +148,9 @@ def test_spectral_norms_with_default_settings_on_realistic_layers(kind, hidden):
     with torch.no_grad():
         module.weight_hh_l0.mul_(2)
     settings = ProbeSettings()
-    exact, estimate = _exact_and_estimate(module, steps=30, rows=settings.spectral_rows, lanczos_steps=settings.spectral_steps)
+    exact, estimate = _exact_and_estimate(
+        module, steps=30, rows=settings.spectral_rows, lanczos_steps=settings.spectral_steps
+    )
     error = (estimate - exact).abs() / exact
     assert error.mean() <= 0.01
     assert error.quantile(0.9) <= 0.02

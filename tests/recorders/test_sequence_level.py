@@ -109,6 +109,7 @@ def test_time_is_found_by_causality_without_a_batch_first_attribute():
 
 def _jacobian_profile(module, x, v):
     """Independently: the full Jacobian of y_T with respect to every x_t, contracted with v."""
+
     def last(inp):
         return module(inp)[0][-1]
 

@@ -73,7 +73,9 @@ def test_the_sweep_measures_what_the_autograd_replay_measures(name, with_state, 
         hx = (h0, torch.randn(layers, 5, 7, dtype=torch.float64)) if cls is nn.LSTM else h0
     fast, fast_saturation = _deep_events(model, x, hx)
     general, general_saturation = _deep_events(model, x, hx, general=True, monkeypatch=monkeypatch)
-    assert fast.keys() == general.keys() and len(fast) == getattr(model, "num_layers", 1) * (2 if options.get("bidirectional") else 1)
+    assert fast.keys() == general.keys() and len(fast) == getattr(model, "num_layers", 1) * (
+        2 if options.get("bidirectional") else 1
+    )
     for layer, event in fast.items():
         reference = general[layer]
         assert event["seq_len"] == reference["seq_len"] == steps and event["batch"] == reference["batch"] == 5
@@ -97,7 +99,11 @@ def test_single_precision_large_layers_agree_with_the_autograd_replay(cls, monke
 
 @pytest.mark.parametrize(
     "module",
-    [nn.LSTM(3, 6, proj_size=2, dtype=torch.float64), nn.GRU(3, 5, dtype=torch.float64), nn.RNN(3, 5, nonlinearity="relu", dtype=torch.float64)],
+    [
+        nn.LSTM(3, 6, proj_size=2, dtype=torch.float64),
+        nn.GRU(3, 5, dtype=torch.float64),
+        nn.RNN(3, 5, nonlinearity="relu", dtype=torch.float64),
+    ],
     ids=["lstm_proj", "gru", "rnn_relu"],
 )
 @pytest.mark.parametrize("output_known", [False, True], ids=["loop", "from_output"])
@@ -123,7 +129,9 @@ def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known, 
         call.outputs, call.output_version = [out], out._version
     assert (call.layer_output() is not None) == output_known
     params = {name: p.detach() for name, p in module.named_parameters()}
-    (measured,) = sweep.sweep_stack(twin, ["l0"], call, params, 2, lyapunov_k, torch.Generator().manual_seed(5), head_rows=2)
+    (measured,) = sweep.sweep_stack(
+        twin, ["l0"], call, params, 2, lyapunov_k, torch.Generator().manual_seed(5), head_rows=2
+    )
     run = measured.run
     states = [run.h] if run.c is None else [run.h, run.c]
     size = sum(s.shape[-1] for s in states)
@@ -253,10 +261,14 @@ def test_packed_calls_are_swept_and_measure_what_the_autograd_replay_measures(na
     fast, fast_saturation = _deep_events(model, x, hx, lengths=lengths)
     assert taken == [True]
     general, general_saturation = _deep_events(model, x, hx, general=True, monkeypatch=monkeypatch, lengths=lengths)
-    assert fast.keys() == general.keys() and len(fast) == getattr(model, "num_layers", 1) * (2 if options.get("bidirectional") else 1)
+    assert fast.keys() == general.keys() and len(fast) == getattr(model, "num_layers", 1) * (
+        2 if options.get("bidirectional") else 1
+    )
     for layer, event in fast.items():
         reference = general[layer]
-        assert event["seq_len"] == reference["seq_len"] == steps and event["batch"] == reference["batch"] == len(lengths)
+        assert event["seq_len"] == reference["seq_len"] == steps and event["batch"] == reference["batch"] == len(
+            lengths
+        )
         assert event["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-10, abs=1e-14)
         assert event["jacobian_norms"] == pytest.approx(reference["jacobian_norms"], rel=1e-10)
         assert fast_saturation[layer]["fractions"] == pytest.approx(general_saturation[layer]["fractions"], abs=1e-12)
@@ -271,7 +283,9 @@ def _sampled_saturation(model, x, hx=None, lengths=None, batch_first=False, gene
         real = sweep.sample_stack
         monkeypatch.setattr(sweep, "sample_stack", lambda *a, **k: taken.append(True) or real(*a, **k))
     events: list[dict] = []
-    with gradprobe.attach(model, every=10**9, saturation_every=1, sample_rows=3, config={}, sinks=[events.append]) as probe:
+    with gradprobe.attach(
+        model, every=10**9, saturation_every=1, sample_rows=3, config={}, sinks=[events.append]
+    ) as probe:
         for _ in range(3):  # step 0 is deep; 1 and 2 are sampled
             given = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False) if lengths else x
             out, _ = model(given) if hx is None else model(given, hx)
@@ -305,7 +319,9 @@ def test_sampled_saturation_from_one_batched_forward_pass_equals_the_replay(name
     lengths = [9, 14, 3, 14, 11] if packed else None
     x = torch.randn(5, 14, 4, dtype=torch.float64) if batch_first else torch.randn(14, 5, 4, dtype=torch.float64)
     fast = _sampled_saturation(model, x, lengths=lengths, batch_first=batch_first, monkeypatch=monkeypatch)
-    general = _sampled_saturation(model, x, lengths=lengths, batch_first=batch_first, general=True, monkeypatch=monkeypatch)
+    general = _sampled_saturation(
+        model, x, lengths=lengths, batch_first=batch_first, general=True, monkeypatch=monkeypatch
+    )
     assert len(fast) == len(general) == 2 * len(model.all_weights if hasattr(model, "all_weights") else [0])
     for mine, theirs in zip(fast, general):
         assert (mine["layer"], mine["samples"], mine["units"]) == (theirs["layer"], theirs["samples"], theirs["units"])

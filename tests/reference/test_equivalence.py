@@ -48,7 +48,11 @@ def _initial_state(fused: nn.Module, kind: str, dtype) -> tuple | torch.Tensor:
 GRID = list(itertools.product(KINDS, [1, 2, 3], [False, True], [False, True], FORMS, TOLERANCE))
 
 
-@pytest.mark.parametrize(("kind", "layers", "bidirectional", "batch_first", "form", "dtype"), GRID, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize(
+    ("kind", "layers", "bidirectional", "batch_first", "form", "dtype"),
+    GRID,
+    ids=lambda v: str(v).replace("torch.", ""),
+)
 def test_outputs_and_gradients_match_torch(kind, layers, bidirectional, batch_first, form, dtype):
     torch.manual_seed(zlib.crc32(repr((kind, layers, bidirectional, batch_first, form)).encode()))
     cls, extra = KINDS[kind]

@@ -30,8 +30,13 @@ NONLINEARITY = {"RNN_RELU": "relu", "RNN_LEAKY_RELU": "leaky_relu"}
 @pytest.mark.parametrize("scale", [0.5, 3.0], ids=["moderate", "saturating"])
 def test_layer_jacobian_matches_jacrev(mode, proj, scale):
     torch.manual_seed(1)
-    cls = {"RNN_TANH": reference.RNN, "RNN_RELU": reference.RNN, "RNN_LEAKY_RELU": reference.RNN, "LSTM": reference.LSTM,
-           "GRU": reference.GRU}[mode]
+    cls = {
+        "RNN_TANH": reference.RNN,
+        "RNN_RELU": reference.RNN,
+        "RNN_LEAKY_RELU": reference.RNN,
+        "LSTM": reference.LSTM,
+        "GRU": reference.GRU,
+    }[mode]
     extra = {"nonlinearity": NONLINEARITY[mode]} if mode in NONLINEARITY else {"proj_size": proj} if proj else {}
     layer = cls(IN, H, dtype=torch.float64, **extra)
     with torch.no_grad():
@@ -103,8 +108,13 @@ def test_lstm_jacobian_cell_block_is_forget_gate():
 )
 def test_linearization_products_match_the_jacobian(mode, proj):
     torch.manual_seed(5)
-    cls = {"RNN_TANH": reference.RNN, "RNN_RELU": reference.RNN, "RNN_LEAKY_RELU": reference.RNN, "LSTM": reference.LSTM,
-           "GRU": reference.GRU}[mode]
+    cls = {
+        "RNN_TANH": reference.RNN,
+        "RNN_RELU": reference.RNN,
+        "RNN_LEAKY_RELU": reference.RNN,
+        "LSTM": reference.LSTM,
+        "GRU": reference.GRU,
+    }[mode]
     extra = {"nonlinearity": NONLINEARITY[mode]} if mode in NONLINEARITY else {"proj_size": proj} if proj else {}
     weights = cls(IN, H, dtype=torch.float64, **extra).layer_weights(0)
     x_proj = fn.project_input(mode, torch.randn(B, IN, dtype=torch.float64), weights)
@@ -118,5 +128,7 @@ def test_linearization_products_match_the_jacobian(mode, proj):
     torch.testing.assert_close(lin.jvp(u), torch.einsum("bij,bj->bi", jac, u), rtol=0, atol=1e-12)
     torch.testing.assert_close(lin.vjp(u), torch.einsum("bi,bij->bj", u, jac), rtol=0, atol=1e-12)
     # a row subset uses the matching precomputed factors
-    torch.testing.assert_close(lin.jvp(u[1:3], slice(1, 3)), torch.einsum("bij,bj->bi", jac[1:3], u[1:3]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        lin.jvp(u[1:3], slice(1, 3)), torch.einsum("bij,bj->bi", jac[1:3], u[1:3]), rtol=0, atol=1e-12
+    )
     assert set(lin.gates) == set(fn.gate_activations(mode, x_proj, state, weights))

@@ -20,8 +20,13 @@ def test_the_leaky_rnn_equals_a_hand_written_loop_and_takes_nn_rnn_weights():
     out, h_n = leaky(x)
     h, expected = torch.zeros(2, 5, dtype=torch.float64), []
     for x_t in x:
-        h = F.leaky_relu(x_t @ torch_rnn.weight_ih_l0.t() + torch_rnn.bias_ih_l0 + h @ torch_rnn.weight_hh_l0.t()
-                         + torch_rnn.bias_hh_l0, LEAKY_SLOPE)
+        h = F.leaky_relu(
+            x_t @ torch_rnn.weight_ih_l0.t()
+            + torch_rnn.bias_ih_l0
+            + h @ torch_rnn.weight_hh_l0.t()
+            + torch_rnn.bias_hh_l0,
+            LEAKY_SLOPE,
+        )
         expected.append(h)
     assert torch.allclose(out, torch.stack(expected), atol=1e-12) and torch.allclose(h_n[0], h, atol=1e-12)
     assert "leaky_relu" in repr(leaky)

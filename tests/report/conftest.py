@@ -7,12 +7,16 @@ from torch import nn
 import gradprobe
 
 
-def write_run(path, *, steps=12, every=4, seq_len=30, fix="off", model=None, spike_at=None, seed=0, dependency_length=None):
+def write_run(
+    path, *, steps=12, every=4, seq_len=30, fix="off", model=None, spike_at=None, seed=0, dependency_length=None
+):
     """A small real training run under the probe, writing ``path``."""
     torch.manual_seed(seed)
     model = model or nn.RNN(2, 16)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    with gradprobe.attach(model, log=path, every=every, fix=fix, config={}, dependency_length=dependency_length) as probe:
+    with gradprobe.attach(
+        model, log=path, every=every, fix=fix, config={}, dependency_length=dependency_length
+    ) as probe:
         for step in range(steps):
             out, _ = model(torch.randn(seq_len, 4, 2))
             loss = out.pow(2).mean() * (500.0 if step == spike_at else 1.0)

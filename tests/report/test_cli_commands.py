@@ -19,11 +19,32 @@ def test_rules_table_and_doc():
     lines = result.output.splitlines()
     assert lines[0].split() == ["code", "name", "severity", "kind", "summary"]
     assert [line.split()[0] for line in lines[1:]] == [
-        "GP001", "GP002", "GP101", "GP102", "GP103", "GP201", "GP202", "GP203", "GP301", "GP302", "GP401", "GP402", "GP403",
+        "GP001",
+        "GP002",
+        "GP101",
+        "GP102",
+        "GP103",
+        "GP201",
+        "GP202",
+        "GP203",
+        "GP301",
+        "GP302",
+        "GP401",
+        "GP402",
+        "GP403",
     ]
     doc = run("rules", "gp101").output
     assert doc.startswith("## GP101 vanishing-gradient") and "min_horizon_fraction" in doc
-    for section in ("What it does", "Why is this bad?", "Known problems", "Example", "Use instead", "Fix safety", "Options", "References"):
+    for section in (
+        "What it does",
+        "Why is this bad?",
+        "Known problems",
+        "Example",
+        "Use instead",
+        "Fix safety",
+        "Options",
+        "References",
+    ):
         assert f"### {section}" in doc
     bad = run("rules", "GP999")
     assert bad.exit_code == 2 and "unknown rule code" in bad.output

@@ -60,7 +60,9 @@ def test_json_report_schema(vanishing_log):
     layer = data["layers"]["RNN.l0"]
     assert layer["seq_len"] == 120 and len(layer["grad_norms"]) == 120 and layer["probes"] == 3
     assert data["training"]["steps"] == 24
-    assert {"code", "name", "severity", "layer", "step", "message", "evidence", "fix", "fixes"} == set(data["findings"][0])
+    assert {"code", "name", "severity", "layer", "step", "message", "evidence", "fix", "fixes"} == set(
+        data["findings"][0]
+    )
     assert data["findings"][0]["fixes"][0] == {"action": "orthogonal-recurrent", "params": {}, "safety": "unsafe"}
 
 
@@ -111,7 +113,9 @@ def test_missing_file_and_bad_config(tmp_path, vanishing_log):
     assert result.exit_code == 2 and "ignore must be a list" in result.output
 
 
-def test_a_log_is_judged_with_the_configuration_its_run_recorded_wherever_the_report_runs(tmp_path, monkeypatch, vanishing_log):
+def test_a_log_is_judged_with_the_configuration_its_run_recorded_wherever_the_report_runs(
+    tmp_path, monkeypatch, vanishing_log
+):
     first = run("report", vanishing_log, "--format", "json")
     for folder, table in (("a", 'ignore = ["GP101"]\nfail-on = "info"\n'), ("b", 'fail-on = "error"\n')):
         (tmp_path / folder).mkdir()

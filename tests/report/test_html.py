@@ -43,8 +43,12 @@ def _report(*args: str) -> tuple[int, str]:
 
 def test_static_page_has_its_plots_and_no_scripts(vanishing_log):
     page = render_static(summarize_logs([vanishing_log], config={}))
-    for title in ("Gradient norm over training", "||dL/dh_t||: time step x training step",
-                  "Propagation profile ||v^T dS_T/dS_(T-k)||", "Per-step Jacobian spectral norm"):
+    for title in (
+        "Gradient norm over training",
+        "||dL/dh_t||: time step x training step",
+        "Propagation profile ||v^T dS_T/dS_(T-k)||",
+        "Per-step Jacobian spectral norm",
+    ):
         assert f'aria-label="{title}' in page
     assert page.count("<svg") == 5 and len(re.findall(r"<polyline", page)) >= 4 and page.count("<rect") > 100
     assert "gradprobe[html]" in page  # says how to get the interactive page
@@ -61,10 +65,22 @@ def test_without_plotly_the_static_page_is_written(vanishing_log, tmp_path, monk
 def _hostile_log(path):
     writer = EventWriter(path)
     writer.write("meta", model=HOSTILE, gradprobe=HOSTILE, torch="2", settings={"every": 1, "fix": "off"}, layers=[])
-    writer.write("step", step=0, loss=1.0, grad_norm=1.0, params={HOSTILE: 1.0}, gates={HOSTILE: {HOSTILE: 0.5}}, nonfinite=None)
     writer.write(
-        "deep", step=0, layer=HOSTILE, module=HOSTILE, mode=HOSTILE, seq_len=3, grad_norms=[1.0, 0.5, 0.1],
-        profile=[1.0, 0.1, 0.01], jacobian_norms=[0.1, 0.1, 0.1], rate=-2.3, horizon=2.0, epsilon=1e-3,
+        "step", step=0, loss=1.0, grad_norm=1.0, params={HOSTILE: 1.0}, gates={HOSTILE: {HOSTILE: 0.5}}, nonfinite=None
+    )
+    writer.write(
+        "deep",
+        step=0,
+        layer=HOSTILE,
+        module=HOSTILE,
+        mode=HOSTILE,
+        seq_len=3,
+        grad_norms=[1.0, 0.5, 0.1],
+        profile=[1.0, 0.1, 0.01],
+        jacobian_norms=[0.1, 0.1, 0.1],
+        rate=-2.3,
+        horizon=2.0,
+        epsilon=1e-3,
     )
     writer.write("saturation", step=0, layer=HOSTILE, mode="LSTM", fractions={HOSTILE: 0.5}, low={}, dead_units=None)
     writer.write("fix", step=0, name=HOSTILE, applied=True, detail={})
@@ -92,10 +108,15 @@ def test_interactive_page_is_self_contained_with_its_charts(vanishing_log, tmp_p
     body = page.replace(BUNDLE, "")  # (the bundle's own code mentions URLs it never loads for these charts)
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", body) and "<link" not in body
     titles = _titles(page)
-    for wanted in ("Gradient norm over training", "Loss over training",  # (a vanilla RNN has no gates)
-                   "RNN.l0: horizon and decay rate at each deep probe", "RNN.l0: ||dL/dh_t||",
-                   "RNN.l0: propagation profile", "RNN.l0: per-step Jacobian spectral norm",
-                   "RNN.l0: top Lyapunov exponents at each deep probe"):
+    for wanted in (
+        "Gradient norm over training",
+        "Loss over training",  # (a vanilla RNN has no gates)
+        "RNN.l0: horizon and decay rate at each deep probe",
+        "RNN.l0: ||dL/dh_t||",
+        "RNN.l0: propagation profile",
+        "RNN.l0: per-step Jacobian spectral norm",
+        "RNN.l0: top Lyapunov exponents at each deep probe",
+    ):
         assert any(t.startswith(wanted) for t in titles), (wanted, titles)
     trend = next(data for data, layout in _figures(page) if "horizon and decay" in layout["title"]["text"])
     assert trend[0]["x"] == [0, 8, 16]  # one point per deep probe
@@ -117,19 +138,43 @@ def test_interactive_page_escapes_every_log_string(tmp_path):
 def _long_log(path, steps: int, every: int, spikes: dict[int, float]) -> None:
     """A synthetic log of ``steps`` steps: noisy norms, a few spikes, a deep probe every ``every`` steps."""
     writer = EventWriter(path, flush_seconds=60)
-    writer.write("meta", model="LongRun", settings={"every": every, "fix": "off"},
-                 layers=[{"name": "rnn", "type": "LSTM", "kind": "stack", "mode": "LSTM"}])
+    writer.write(
+        "meta",
+        model="LongRun",
+        settings={"every": every, "fix": "off"},
+        layers=[{"name": "rnn", "type": "LSTM", "kind": "stack", "mode": "LSTM"}],
+    )
     for step in range(steps):
         norm = spikes.get(step, 1.0 + 0.3 * math.sin(step * 0.37) + 0.1 * ((step * 7919) % 13) / 13)
         gates = {"rnn.weight_hh_l0": {"input": norm / 4, "forget": norm / 5, "cell": norm / 3, "output": norm / 6}}
-        writer.write("step", step=step, loss=2.0 / (1 + step / 1000), grad_norm=norm, params={}, gates=gates, nonfinite=None)
+        writer.write(
+            "step", step=step, loss=2.0 / (1 + step / 1000), grad_norm=norm, params={}, gates=gates, nonfinite=None
+        )
         if step % every == 0:
             profile = [math.exp(-0.05 * k) for k in range(50)]
-            writer.write("deep", step=step, layer="rnn.l0", module="rnn", mode="LSTM", seq_len=50,
-                         grad_norms=[10.0 ** (-22 * (49 - t) / 49) for t in range(50)], profile=profile,
-                         jacobian_norms=[0.95] * 50, rate=-0.05 - step * 1e-7, horizon=60.0 + step / 1000, epsilon=1e-3)
-            writer.write("saturation", step=step, layer="rnn.l0", mode="LSTM",
-                         fractions={"input": 0.1, "forget": 0.2 + step / steps / 2}, low={}, dead_units=None)
+            writer.write(
+                "deep",
+                step=step,
+                layer="rnn.l0",
+                module="rnn",
+                mode="LSTM",
+                seq_len=50,
+                grad_norms=[10.0 ** (-22 * (49 - t) / 49) for t in range(50)],
+                profile=profile,
+                jacobian_norms=[0.95] * 50,
+                rate=-0.05 - step * 1e-7,
+                horizon=60.0 + step / 1000,
+                epsilon=1e-3,
+            )
+            writer.write(
+                "saturation",
+                step=step,
+                layer="rnn.l0",
+                mode="LSTM",
+                fractions={"input": 0.1, "forget": 0.2 + step / steps / 2},
+                low={},
+                dead_units=None,
+            )
     writer.close()
 
 
@@ -176,7 +221,9 @@ def test_min_max_series_keeps_the_extremes_of_every_bucket():
 def test_heatmap_scale_is_legible_over_22_decades():
     low, high, ticks, labels = interactive.heatmap_scale([-22.0, 0.3])
     assert high == 1 and high - low == interactive.HEATMAP_DECADES
-    assert 2 <= len(ticks) <= interactive.HEATMAP_LABELS and labels[-1] == "1e1" and all(low <= t <= high for t in ticks)
+    assert (
+        2 <= len(ticks) <= interactive.HEATMAP_LABELS and labels[-1] == "1e1" and all(low <= t <= high for t in ticks)
+    )
 
 
 @needs_plotly
@@ -185,7 +232,9 @@ def test_compare_overlays_two_runs_and_keeps_them_apart(vanishing_log, healthy_l
     code, _ = _report(str(vanishing_log), "--compare", str(healthy_log), "--format", "html", "-o", str(out))
     assert code == 1  # the first run's verdict
     page = out.read_text()
-    norm = next(data for data, layout in _figures(page) if layout["title"]["text"].startswith("Gradient norm over training"))
+    norm = next(
+        data for data, layout in _figures(page) if layout["title"]["text"].startswith("Gradient norm over training")
+    )
     names = [trace["name"] for trace in norm]
     assert names == [f"{vanishing_log.name}: ||grad||", f"{healthy_log.name}: ||grad||"]
     assert norm[1]["line"]["dash"] == "dot"
@@ -197,7 +246,9 @@ def test_compare_overlays_two_runs_and_keeps_them_apart(vanishing_log, healthy_l
 def test_compare_in_text_and_json(vanishing_log, healthy_log):
     code, text = _report(str(vanishing_log), "--compare", str(healthy_log))
     assert code == 1 and "Compared with healthy.log:" in text
-    assert re.search(r"run\.log: 24 steps.*verdict FAIL", text) and re.search(r"healthy\.log: 12 steps.*verdict ok", text)
+    assert re.search(r"run\.log: 24 steps.*verdict FAIL", text) and re.search(
+        r"healthy\.log: 12 steps.*verdict ok", text
+    )
     code, out = _report(str(vanishing_log), "--compare", str(healthy_log), "--format", "json")
     data = json.loads(out)
     assert data["training"]["steps"] == 24 and data["compare"]["training"]["steps"] == 12
@@ -214,9 +265,20 @@ def test_the_page_draws_every_chart_in_a_headless_browser(vanishing_log, tmp_pat
     out = tmp_path / "r.html"
     _report(str(vanishing_log), "--format", "html", "-o", str(out))
     expected = len(_figures(out.read_text()))
-    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=10000", "--dump-dom", out.as_uri()]
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        out.as_uri(),
+    ]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False).stdout
     assert dom.count('class="main-svg"') >= expected  # Plotly drew each chart (2+ svg layers per chart)
     assert len(re.findall(r'<div class="chart js-plotly-plot" id="chart\d+">', dom)) == expected

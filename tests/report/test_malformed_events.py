@@ -86,7 +86,9 @@ def test_exit_codes(tmp_path, vanishing_log, healthy_log, monkeypatch):
     monkeypatch.setattr("gradprobe.report.text.render_text", crash)
     internal = run("report", healthy_log)
     assert internal.exit_code == EXIT_INTERNAL
-    assert internal.output.strip().splitlines() == ["gradprobe: internal error: RuntimeError: renderer bug (run with --debug for the traceback)"]
+    assert internal.output.strip().splitlines() == [
+        "gradprobe: internal error: RuntimeError: renderer bug (run with --debug for the traceback)"
+    ]
     debug = run("--debug", "report", healthy_log)
     assert isinstance(debug.exception, RuntimeError)  # --debug lets the traceback through
 
@@ -96,6 +98,9 @@ def test_plugins_command_lists_hooks_and_status(monkeypatch):
     result = run("--disable-plugin", "gradprobe.rules.gp403_diverging_loss", "plugins")
     assert result.exit_code == EXIT_OK, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
-    assert "active" in lines["gradprobe.rules.gp101_vanishing_gradient"] and "summarize" in lines["gradprobe.rules.gp101_vanishing_gradient"]
+    assert (
+        "active" in lines["gradprobe.rules.gp101_vanishing_gradient"]
+        and "summarize" in lines["gradprobe.rules.gp101_vanishing_gradient"]
+    )
     assert "disabled" in lines["gradprobe.rules.gp402_truncation_vs_horizon"]
     assert "disabled" in lines["gradprobe.rules.gp403_diverging_loss"]

@@ -15,15 +15,39 @@ from gradprobe.rules.engine import RuleEngine
 def _events(steps):
     yield {"kind": "meta", "layers": [], "settings": {"every": 50, "fix": "off"}}
     for step in range(steps):
-        yield {"kind": "step", "step": step, "loss": 1.0, "grad_norm": 1.0 + (step % 7) / 10, "nonfinite": None,
-               "params": {"w": 1.0}, "gates": {}}
+        yield {
+            "kind": "step",
+            "step": step,
+            "loss": 1.0,
+            "grad_norm": 1.0 + (step % 7) / 10,
+            "nonfinite": None,
+            "params": {"w": 1.0},
+            "gates": {},
+        }
         if step % 50 == 0:
-            yield {"kind": "deep", "step": step, "layer": "rnn.l0", "mode": "LSTM", "seq_len": 100,
-                   "grad_norms": [1.0] * 100, "profile": [0.9**k for k in range(100)], "jacobian_norms": [0.9] * 100,
-                   "rate": math.log(0.9), "horizon": 65.6}
+            yield {
+                "kind": "deep",
+                "step": step,
+                "layer": "rnn.l0",
+                "mode": "LSTM",
+                "seq_len": 100,
+                "grad_norms": [1.0] * 100,
+                "profile": [0.9**k for k in range(100)],
+                "jacobian_norms": [0.9] * 100,
+                "rate": math.log(0.9),
+                "horizon": 65.6,
+            }
         if step % 10 == 0:
-            yield {"kind": "saturation", "step": step, "layer": "rnn.l0", "mode": "LSTM",
-                   "fractions": {"input": 0.1}, "low": {}, "dead_units": None, "units": 8}
+            yield {
+                "kind": "saturation",
+                "step": step,
+                "layer": "rnn.l0",
+                "mode": "LSTM",
+                "fractions": {"input": 0.1},
+                "low": {},
+                "dead_units": None,
+                "units": 8,
+            }
 
 
 def _peak(steps):

@@ -21,7 +21,19 @@ from .zoo import lstm_with_forget_bias
 def test_registry_has_the_starting_set_with_docs():
     engine = RuleEngine({})
     assert sorted(engine.registry.rules) == [
-        "GP001", "GP002", "GP101", "GP102", "GP103", "GP201", "GP202", "GP203", "GP301", "GP302", "GP401", "GP402", "GP403",
+        "GP001",
+        "GP002",
+        "GP101",
+        "GP102",
+        "GP103",
+        "GP201",
+        "GP202",
+        "GP203",
+        "GP301",
+        "GP302",
+        "GP401",
+        "GP402",
+        "GP403",
     ]
     for rule in engine.registry.sorted():
         assert rule.category == CATEGORIES[rule.code[:3]]
@@ -83,7 +95,7 @@ def test_findings_are_kept_once_per_code_and_layer_with_a_count():
     assert finding.step == 0 and finding.evidence["occurrences"] == 3
 
 
-THIRD_PARTY = '''
+THIRD_PARTY = """
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.registry import Rule
 
@@ -100,7 +112,7 @@ def gradprobe_lint(model, context):
         layers = getattr(site.module, "num_layers", 1)
         if layers > context.threshold("XY001", "max_layers"):
             yield context.finding("XY001", f"{layers} layers in {site.name}", layer=site.name, evidence={"layers": layers})
-'''
+"""
 
 
 def test_third_party_plugin_loads_through_the_entry_point_group(tmp_path, monkeypatch):

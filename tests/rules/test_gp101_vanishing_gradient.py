@@ -46,7 +46,10 @@ def test_a_loss_on_the_last_step_starves_early_steps():
     torch.manual_seed(0)
     finding = gp101(check(default_tanh_rnn(), torch.randn(200, BATCH, 1), loss_fn=last_step))
     assert finding.severity == "warning" and finding.evidence["evidence"] == ["structure"]
-    assert finding.evidence["starved_steps"] > 150 and "the loss reaches them only through the recurrence" in finding.message
+    assert (
+        finding.evidence["starved_steps"] > 150
+        and "the loss reaches them only through the recurrence" in finding.message
+    )
 
 
 def test_a_met_need_clears_the_horizon():
@@ -82,9 +85,20 @@ def _engine_with(losses, horizons, seq_len=50):
         engine.feed({"kind": "step", "step": step, "loss": loss, "grad_norm": 1.0, "nonfinite": None})
         if step % every == 0 and step // every < len(horizons):
             h = horizons[step // every]
-            engine.feed({"kind": "deep", "step": step, "layer": "rnn.l0", "module": "rnn", "mode": "GRU",
-                         "seq_len": seq_len, "horizon": h, "rate": math.log(1e-3) / h if h else 0.0,
-                         "grad_norms": [1.0] * seq_len, "epsilon": 1e-3})
+            engine.feed(
+                {
+                    "kind": "deep",
+                    "step": step,
+                    "layer": "rnn.l0",
+                    "module": "rnn",
+                    "mode": "GRU",
+                    "seq_len": seq_len,
+                    "horizon": h,
+                    "rate": math.log(1e-3) / h if h else 0.0,
+                    "grad_norms": [1.0] * seq_len,
+                    "epsilon": 1e-3,
+                }
+            )
     return [f for f in engine.findings() if f.code == "GP101"]
 
 
@@ -125,9 +139,20 @@ def _starved_run(losses, seq_len=79, window=20):
     for step, loss in enumerate(losses):
         engine.feed({"kind": "step", "step": step, "loss": loss, "grad_norm": 1.0, "nonfinite": None})
         if step % 25 == 0:
-            engine.feed({"kind": "deep", "step": step, "layer": "rnn.l0", "module": "rnn", "mode": "LSTM",
-                         "seq_len": seq_len, "horizon": 30.0, "rate": math.log(1e-3) / 30,
-                         "grad_norms": profile, "epsilon": 1e-3})
+            engine.feed(
+                {
+                    "kind": "deep",
+                    "step": step,
+                    "layer": "rnn.l0",
+                    "module": "rnn",
+                    "mode": "LSTM",
+                    "seq_len": seq_len,
+                    "horizon": 30.0,
+                    "rate": math.log(1e-3) / 30,
+                    "grad_norms": profile,
+                    "epsilon": 1e-3,
+                }
+            )
     return [f for f in engine.findings() if f.code == "GP101"]
 
 
@@ -159,9 +184,23 @@ def test_a_horizon_past_the_sequence_is_not_stated_as_a_horizon_over_it():
     for step in range(60):
         engine.feed({"kind": "step", "step": step, "loss": 1.0 / (1 + step), "grad_norm": 1.0, "nonfinite": None})
         if step % 10 == 0:
-            engine.feed({"kind": "deep", "step": step, "layer": "rnn.l0", "module": "rnn", "mode": "GRU", "seq_len": 10,
-                         "horizon": 25.0, "rate": math.log(1e-3) / 25, "grad_norms": [1.0] * 10, "epsilon": 1e-3})
+            engine.feed(
+                {
+                    "kind": "deep",
+                    "step": step,
+                    "layer": "rnn.l0",
+                    "module": "rnn",
+                    "mode": "GRU",
+                    "seq_len": 10,
+                    "horizon": 25.0,
+                    "rate": math.log(1e-3) / 25,
+                    "grad_norms": [1.0] * 10,
+                    "epsilon": 1e-3,
+                }
+            )
     (finding,) = [f for f in engine.findings() if f.code == "GP101"]
     assert "over sequences of 10" not in finding.message
-    assert "reaches all 10 steps" in finding.message and "extrapolated horizon 25 steps < the 50 steps" in finding.message
+    assert (
+        "reaches all 10 steps" in finding.message and "extrapolated horizon 25 steps < the 50 steps" in finding.message
+    )
     assert finding.evidence["evidence"] == ["declared"]

@@ -47,7 +47,10 @@ def test_spikes_while_the_loss_improves_are_information():
     falling = [2.0 / (1 + i / 10) for i in range(len(NORMS))]
     (spike,) = _spikes(NORMS, falling)
     assert spike.step == 30 and spike.severity == "info" and spike.evidence["spikes"] == 3
-    assert "3 gradient-norm spikes over 10x the running median (up to 40x, first at step 30) while the loss keeps improving" in spike.message
+    assert (
+        "3 gradient-norm spikes over 10x the running median (up to 40x, first at step 30) while the loss keeps improving"
+        in spike.message
+    )
 
 
 def test_spikes_with_a_diverging_loss_are_an_error():
@@ -74,4 +77,3 @@ def test_no_spike_below_factor_or_before_history():
     assert not _steps(engine, [1.0, 50.0] + [1.0 + 0.5 * (i % 3) for i in range(40)])  # early jump: no history yet
     engine = RuleEngine({}, thresholds={"GP102": {"spike_factor": 30.0}})
     assert not _steps(engine, [1.0] * 20 + [25.0])
-

@@ -7,8 +7,17 @@ def _run(norms, settings=None, fixes=(), growth_rate=None):
     engine = RuleEngine({})
     engine.feed({"kind": "meta", "layers": [], "settings": settings or {}})
     if growth_rate is not None:
-        engine.feed({"kind": "deep", "step": 0, "layer": "rnn.l0", "mode": "RNN_TANH", "seq_len": 50,
-                     "horizon": None, "rate": growth_rate})
+        engine.feed(
+            {
+                "kind": "deep",
+                "step": 0,
+                "layer": "rnn.l0",
+                "mode": "RNN_TANH",
+                "seq_len": 50,
+                "horizon": None,
+                "rate": growth_rate,
+            }
+        )
     for step, norm in enumerate(norms):
         engine.feed({"kind": "step", "step": step, "grad_norm": norm, "nonfinite": None})
     for fix in fixes:

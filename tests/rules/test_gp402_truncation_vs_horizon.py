@@ -10,8 +10,19 @@ def _run(horizon, seq_len, truncation=None, layer="rnn.l0", bidirectional=False,
     profile = [math.exp(-k / (horizon / 6.9)) for k in range(seq_len)] if horizon else [1.0] * seq_len
     grads = [1.0] * seq_len if per_token else list(reversed(profile))  # a loss at every step, or at the last one
     engine.feed(
-        {"kind": "deep", "step": 0, "layer": layer, "module": "rnn", "mode": "LSTM", "seq_len": seq_len,
-         "horizon": horizon, "rate": None, "profile": profile, "grad_norms": grads, "epsilon": 1e-3}
+        {
+            "kind": "deep",
+            "step": 0,
+            "layer": layer,
+            "module": "rnn",
+            "mode": "LSTM",
+            "seq_len": seq_len,
+            "horizon": horizon,
+            "rate": None,
+            "profile": profile,
+            "grad_norms": grads,
+            "epsilon": 1e-3,
+        }
     )
     return [f for f in engine.findings() if f.code == "GP402"], engine.findings()
 
@@ -20,7 +31,9 @@ def test_declared_window_much_longer_than_a_healthy_horizon_wastes_compute():
     (finding,), _ = _run(12.0, 200, truncation=200)
     assert finding.severity == "info" and finding.evidence["suggested"] == 24
     assert "BPTT over 200 steps but gradients fade after 12" in finding.message
-    assert [(f.action, f.params, f.safety) for f in finding.fixes] == [("shorter-truncation", {"window": 24}, "display-only")]
+    assert [(f.action, f.params, f.safety) for f in finding.fixes] == [
+        ("shorter-truncation", {"window": 24}, "display-only")
+    ]
 
 
 def test_silent_without_a_declared_window():

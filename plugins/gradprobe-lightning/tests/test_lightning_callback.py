@@ -148,8 +148,15 @@ def test_mixed_precision_values_are_unscaled(tmp_path):
         log = tmp_path / f"{precision}.log"
         callback = GradprobeCallback(log=str(log), every=2, config={})
         trainer = pl.Trainer(
-            accelerator="gpu", devices=1, precision=precision, max_steps=4, logger=False, callbacks=[callback],
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            accelerator="gpu",
+            devices=1,
+            precision=precision,
+            max_steps=4,
+            logger=False,
+            callbacks=[callback],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
         )
         trainer.fit(model, _loader(8))
         results[precision] = [e for e in iter_events(log) if e["kind"] == "step"]

@@ -47,7 +47,9 @@ def test_sink_writes_training_and_deep_scalars():
     torch.manual_seed(0)
     writer = FakeWriter()
     model = nn.RNN(2, 8)
-    with gradprobe.attach(model, every=2, config={}, sinks=[gradprobe_tensorboard.TensorBoardSink(writer=writer)]) as probe:
+    with gradprobe.attach(
+        model, every=2, config={}, sinks=[gradprobe_tensorboard.TensorBoardSink(writer=writer)]
+    ) as probe:
         _train(probe, model)
     tags = {tag for tag, _, _ in writer.scalars}
     assert {"gradprobe/loss", "gradprobe/grad_norm", "gradprobe/grad_norm/weight_hh_l0"} <= tags
@@ -93,7 +95,9 @@ def test_gate_norms_and_deep_profiles_as_histograms():
     sink = gradprobe_tensorboard.TensorBoardSink(writer=writer)
     with gradprobe.attach(model, every=2, config={}, sinks=[sink, events.append]) as probe:
         _train(probe, model)
-    gates = [(tag, value, step) for tag, value, step in writer.scalars if tag.startswith("gradprobe/gates/weight_hh_l0/")]
+    gates = [
+        (tag, value, step) for tag, value, step in writer.scalars if tag.startswith("gradprobe/gates/weight_hh_l0/")
+    ]
     assert {tag.rsplit("/", 1)[1] for tag, _, _ in gates} == {"input", "forget", "cell", "output"}
     first_step = next(e for e in events if e["kind"] == "step")
     assert {t.rsplit("/", 1)[1]: v for t, v, s in gates if s == 0} == first_step["gates"]["weight_hh_l0"]
