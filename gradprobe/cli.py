@@ -222,7 +222,8 @@ def _load_factory(spec: str) -> Callable[[], Any]:
         target = getattr(target, part)
     if not callable(target):
         raise BadInput(f"{spec} is not callable")
-    return target
+    factory: Callable[[], Any] = target
+    return factory
 
 
 @main.command()

@@ -40,7 +40,8 @@ class Adder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out, _ = self.rnn(x)
-        return self.head(out[-1])
+        logits: Tensor = self.head(out[-1])
+        return logits
 
 
 @dataclass

@@ -41,7 +41,7 @@ MARKER = (
     "failing severity, the dependency length (steps) the task needs"
 )
 
-_RECORDS = pytest.StashKey[list]()
+_RECORDS = pytest.StashKey[list[Any]]()
 _FAIL_ON = pytest.StashKey[str]()
 
 

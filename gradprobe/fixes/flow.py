@@ -103,7 +103,7 @@ class FlowRegularizer:
         if torch.is_grad_enabled() and previous:
             self.pairs.append((previous[0], state[0]))
 
-    def _on_cell(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def _on_cell(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         if not torch.is_grad_enabled():
             return
         state_in, new = cell_call_states(args, kwargs, output)

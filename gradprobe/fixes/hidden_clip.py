@@ -99,12 +99,12 @@ class HiddenGradClip:
     def _on_state(self, previous: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> None:
         self._watch(state[0])
 
-    def _on_cell_output(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def _on_cell_output(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         _, state = cell_call_states(args, kwargs, output)
         if state:
             self._watch(state[0])
 
-    def _on_fused_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _on_fused_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         out, hidden = output
         self._watch(out.data if isinstance(out, PackedSequence) else out)
         h_n = hidden[0] if isinstance(hidden, tuple) else hidden

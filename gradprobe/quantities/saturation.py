@@ -32,7 +32,8 @@ def emit_saturation(
         samples=int(first.shape[0]),
         deep=deep,
     )
-    return summary["fractions"]
+    fractions: dict[str, float] = summary["fractions"]
+    return fractions
 
 
 class SaturationSampling:

@@ -91,13 +91,15 @@ def state_part(flat: tuple[Tensor, ...], convention: str) -> tuple[Tensor, ...]:
     return flat[1:] if convention == OUT_STATE else flat
 
 
-def cell_state_in(args: tuple, kwargs: dict) -> tuple[Tensor, ...]:
+def cell_state_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, ...]:
     """The state a cell call was handed (``cell(x, state)``, ``hx=`` or ``state=``), flat; ``()`` for none."""
     raw_state = args[1] if len(args) > 1 else kwargs.get("hx", kwargs.get("state"))
     return flat_tensors(raw_state) if raw_state is not None else ()
 
 
-def cell_call_states(args: tuple, kwargs: dict, output: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+def cell_call_states(
+    args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     """``(state in, state out)`` of one cell call, as flat tuples (``h`` first), whatever the convention."""
     state_in = cell_state_in(args, kwargs)
     return state_in, state_part(flat_tensors(output), cell_convention(output, state_in) or STATE)
@@ -305,7 +307,7 @@ class CallCapture:
             if module.training and getattr(module, "dropout", 0) and module.num_layers > 1:
                 self.guard(f"forward pre-hook of {site.name}", lambda: self._snapshot_rng(site))
 
-        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self.mode != DEEP or site.kind != "stack" or not self._active():
                 return
             snapshot(module)
@@ -317,7 +319,7 @@ class CallCapture:
 
     def _post_hook(self, site: RecurrentSite) -> Callable[..., None]:
         @eager
-        def observe(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        def observe(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             seen = self.calls_seen.get(site.name)
             if seen is not None:
                 seen[0] += 1
@@ -328,14 +330,16 @@ class CallCapture:
             if self._active():
                 self.guard(f"forward hook of {site.name}", lambda: self._record(site, module, args, kwargs, output))
 
-        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             if self.mode != DEEP and compiling():
                 return  # no graph break on steps that are not deep
             observe(module, args, kwargs, output)
 
         return hook
 
-    def _record(self, site: RecurrentSite, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+    def _record(
+        self, site: RecurrentSite, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         if site.kind == "stack":
             self._record_stack(site, module, args, kwargs, output)
         else:
@@ -357,7 +361,9 @@ class CallCapture:
         if final and _address(final[0]) is not None:
             self._finals[site.name] = tuple(f.detach() for f in final)  # storage only, never the graph
 
-    def _record_stack(self, site: RecurrentSite, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+    def _record_stack(
+        self, site: RecurrentSite, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         out, hidden = output
         data = out.data if isinstance(out, PackedSequence) else out
         input_ = args[0] if args else kwargs["input"]
@@ -389,7 +395,7 @@ class CallCapture:
         chain.append(call)
         self.stack_calls[site.name] = chain
 
-    def _record_cell(self, site: RecurrentSite, args: tuple, kwargs: dict, output: Any) -> None:
+    def _record_cell(self, site: RecurrentSite, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         outputs = flat_tensors(output)
         x = args[0] if args else kwargs["input"]
         state = cell_state_in(args, kwargs)
@@ -437,7 +443,7 @@ class CallCapture:
                 sink = self._cell_grad_sink(calls.grads, (index, position))
                 self._tensor_handles.append(outputs[position].register_hook(sink))
 
-    def _record_sequence(self, calls: CellCalls, args: tuple, kwargs: dict, output: Tensor) -> None:
+    def _record_sequence(self, calls: CellCalls, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> None:
         """A named cell whose one call covers a whole sequence: keep the call to replay, and its output's gradient."""
         if not args:  # called as module(input=x, ...): replayed as module(x, ...)
             args, kwargs = (kwargs["input"],), {k: v for k, v in kwargs.items() if k != "input"}

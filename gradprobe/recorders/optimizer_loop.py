@@ -266,7 +266,9 @@ class OptimizerLoop:
         self._pending.backward = _Backward(record, dict(record["params"]), top)
         self._pending.backwards += 1
 
-    def _before_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _before_step(
+        self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         rest = args[1:] if args and args[0] is optimizer else args  # torch passes the optimizer itself first
         closure = rest[0] if rest else kwargs.get("closure")
         self._closure_step = closure is not None
@@ -279,7 +281,9 @@ class OptimizerLoop:
             return (*args[: len(args) - len(rest)], wrapped, *rest[1:]), kwargs
         return args, {**kwargs, "closure": wrapped}
 
-    def _first_call_records(self, closure: Callable[..., Any], optimizer: Any, kwargs: dict) -> Callable[..., Any]:
+    def _first_call_records(
+        self, closure: Callable[..., Any], optimizer: Any, kwargs: dict[str, Any]
+    ) -> Callable[..., Any]:
         """``closure``, recording the step when its first call returns (before the optimizer moves anything)."""
 
         def closure_seen(*args: Any, **kw: Any) -> Any:
@@ -291,7 +295,7 @@ class OptimizerLoop:
 
         return closure_seen
 
-    def _after_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+    def _after_step(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._closure_step:
             self._closure_step = False
             if not self._closure_recorded:  # the optimizer never called its closure
@@ -299,7 +303,7 @@ class OptimizerLoop:
 
     # -- one step -------------------------------------------------------------
 
-    def _scales(self, optimizer: Any, kwargs: dict) -> tuple[float | None, float]:
+    def _scales(self, optimizer: Any, kwargs: dict[str, Any]) -> tuple[float | None, float]:
         """The scale of the gradients at backward (if known) and at the optimizer (grads still scaled: fused AMP)."""
         scaler = self.scaler if self.scaler is not None else kwargs.get("grad_scaler")
         still_scaled = getattr(optimizer, "grad_scale", None)
@@ -310,7 +314,7 @@ class OptimizerLoop:
             return self._pending.scale_candidate, at_optimizer
         return None, at_optimizer
 
-    def _record(self, optimizer: Any, kwargs: dict) -> None:
+    def _record(self, optimizer: Any, kwargs: dict[str, Any]) -> None:
         found_inf = getattr(optimizer, "found_inf", None)
         if isinstance(found_inf, Tensor) and float(found_inf) > 0:
             self._pending.skipped += 1  # fused AMP optimizer skips this step

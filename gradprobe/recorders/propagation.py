@@ -155,10 +155,12 @@ class TrackLinearization:
         with warnings.catch_warnings():
             # torch scripts its forward-AD decompositions on first use and warns that torch.jit.script is deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.func.jvp(self._step_function(x), (point,), (u,))[1]
+            tangent: Tensor = torch.func.jvp(self._step_function(x), (point,), (u,))[1]
+            return tangent
 
     def _generic_vjp(self, x: Tensor, point: Tensor, w: Tensor) -> Tensor:
-        return torch.func.vjp(self._step_function(x), point)[1](w)[0]
+        cotangent: Tensor = torch.func.vjp(self._step_function(x), point)[1](w)[0]
+        return cotangent
 
     def jvp(self, u: Tensor) -> Tensor:
         """``J u`` for all rows of all steps."""
@@ -195,7 +197,8 @@ def _unit_rows(
 ) -> Tensor:
     """Random unit rows in ``like``'s dtype and device, drawn in ``draw`` (the same vectors for every model dtype)."""
     u = torch.randn(shape, generator=generator, dtype=draw).to(like)
-    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    unit: Tensor = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return unit
 
 
 def propagation_profile(lin: TrackLinearization, generator: torch.Generator) -> list[float]:

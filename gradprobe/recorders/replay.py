@@ -244,7 +244,10 @@ def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool, d
         picked = torch.cat([data[s : s + k] for s, k in zip(starts, keep)])
         if hx is not None:
             order = input_.sorted_indices
-            pick = (lambda h: h.index_select(1, order)[:, :rows]) if order is not None else (lambda h: h[:, :rows])
+
+            def pick(h: Tensor) -> Tensor:
+                return (h.index_select(1, order) if order is not None else h)[:, :rows]
+
             hx = tuple(pick(h) for h in hx) if isinstance(hx, tuple) else pick(hx)
         return PackedSequence(picked, torch.tensor(keep)), hx
     data = input_.detach().to(dtype, copy=True)

@@ -198,11 +198,10 @@ def lstm_jacobian(
     c_next = f * c + i * g
     tc = torch.tanh(c_next)
 
-    col = lambda v: v.unsqueeze(2)
-    dc_dh = col(c * f * (1 - f)) * w_f + col(g * i * (1 - i)) * w_i + col(i * (1 - g**2)) * w_g
+    dc_dh = _col(c * f * (1 - f)) * w_f + _col(g * i * (1 - i)) * w_i + _col(i * (1 - g**2)) * w_g
     dc_dc = torch.diag_embed(f)
     through_c = o * (1 - tc**2)
-    dhraw_dh = col(tc * o * (1 - o)) * w_o + col(through_c) * dc_dh
+    dhraw_dh = _col(tc * o * (1 - o)) * w_o + _col(through_c) * dc_dh
     dhraw_dc = torch.diag_embed(through_c * f)
     if weight_hr is not None:
         dh_dh = weight_hr.matmul(dhraw_dh)
@@ -212,6 +211,11 @@ def lstm_jacobian(
     top = torch.cat([dh_dh, dh_dc], dim=2)
     bottom = torch.cat([dc_dh, dc_dc], dim=2)
     return torch.cat([top, bottom], dim=1)
+
+
+def _col(v: Tensor) -> Tensor:
+    """A batch of vectors as column factors ``[B, H, 1]``."""
+    return v.unsqueeze(2)
 
 
 def gru_jacobian(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None) -> Tensor:
@@ -224,11 +228,10 @@ def gru_jacobian(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor |
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
 
-    col = lambda v: v.unsqueeze(2)
-    dr_dh = col(r * (1 - r)) * w_r
-    dz_dh = col(z * (1 - z)) * w_z
-    dn_dh = col(1 - n**2) * (col(h_n) * dr_dh + col(r) * w_n)
-    return col(1 - z) * dn_dh + col(h - n) * dz_dh + torch.diag_embed(z)
+    dr_dh = _col(r * (1 - r)) * w_r
+    dz_dh = _col(z * (1 - z)) * w_z
+    dn_dh = _col(1 - n**2) * (_col(h_n) * dr_dh + _col(r) * w_n)
+    return _col(1 - z) * dn_dh + _col(h - n) * dz_dh + torch.diag_embed(z)
 
 
 def state_size(mode: str, hidden_size: int, proj_size: int = 0) -> int:

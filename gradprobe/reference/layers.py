@@ -148,7 +148,11 @@ class RecurrentBase(nn.Module):
         """
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
         source: Any = params if params is not None else self.__dict__.get("_parameters", {})
-        get = lambda kind: source.get(kind + suffix)
+
+        def get(kind: str) -> Any:
+            found: Any = source.get(kind + suffix)
+            return found
+
         return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
 
     def extra_repr(self) -> str:
@@ -182,7 +186,7 @@ class RecurrentBase(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles carry no state hooks (they belong to the live HiddenGradClip/FlowRegularizer)."""
-        state = super().__getstate__()
+        state: dict[str, Any] = super().__getstate__()  # type: ignore[no-untyped-call]
         state["_state_hooks"] = OrderedDict()
         return state
 

@@ -76,7 +76,7 @@ def run_direction(
     previous_h: list[Tensor] | None = None
     if mode != "GRU" and weights.weight_hh.requires_grad and torch.is_grad_enabled():
         previous_h = []
-        x_proj = _ProjectionWithRecurrentGrad.apply(
+        x_proj = _ProjectionWithRecurrentGrad.apply(  # type: ignore[no-untyped-call]
             data, weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh, previous_h
         )
         weights = weights._replace(weight_hh=weights.weight_hh.detach())

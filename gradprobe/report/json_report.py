@@ -59,7 +59,7 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
             "lyapunov": latest.get("lyapunov", []),
             "saturation": layer.saturation.get("fractions", {}),
         }
-    return _clean(
+    cleaned: dict[str, Any] = _clean(
         {
             "schema": SCHEMA,
             "verdict": {
@@ -105,6 +105,7 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
             "findings": [f.to_dict() for f in summary.findings],
         }
     )
+    return cleaned
 
 
 def render_json(summary: RunSummary, fail_on: str | None = None, other: RunSummary | None = None) -> str:

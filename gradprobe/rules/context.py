@@ -43,7 +43,8 @@ class RuleContext:
         """
         if code not in self._states:
             self._states[code] = factory()
-        return self._states[code]
+        state: S = self._states[code]
+        return state
 
     def threshold(self, code: str, key: str) -> float:
         """The configured value of a rule's threshold, or its registered default.

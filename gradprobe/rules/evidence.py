@@ -86,7 +86,10 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
     found = VanishingEvidence(track, horizon, seq_len, track.rate(), declared_need(context))
     if math.isinf(horizon):
         return found
-    threshold = lambda key: context.threshold("GP101", key)
+
+    def threshold(key: str) -> float:
+        return context.threshold("GP101", key)
+
     if found.need is not None:
         if horizon >= threshold("min_horizon_fraction") * found.need:
             return found  # the declared need is met: nothing else can make this horizon the problem

@@ -179,7 +179,7 @@ def _robust_sd(values: Any) -> float:
     if len(data) < 4:
         return 0.0
     lower, _, upper = statistics.quantiles(data, n=4, method="inclusive")
-    return (upper - lower) / 1.349
+    return float(upper - lower) / 1.349
 
 
 @dataclass
