@@ -56,7 +56,7 @@ def train(model: Copier, args: argparse.Namespace, log: Path) -> tuple[float, gr
     generator = torch.Generator().manual_seed(args.seed)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
     crit = nn.CrossEntropyLoss()
-    with gradprobe.attach(model, log=log, every=args.every, seq_len=args.delay + SHOWN) as probe:
+    with gradprobe.attach(model, log=log, every=args.every, dependency_length=args.delay + SHOWN) as probe:
         for _ in range(args.steps):
             x, y = make_batch(args.batch, args.delay, generator)
             loss = crit(model(x).flatten(0, 1), y.flatten())

@@ -26,7 +26,7 @@ _PUBLIC = {
     "NotRecurrentError": "gradprobe.discovery",
     "Probe": "gradprobe.probe",
     "Report": "gradprobe.api",
-    "attach": "gradprobe.probe",
+    "attach": "gradprobe.api",
     "check": "gradprobe.api",
     "lint": "gradprobe.api",
 }
@@ -45,11 +45,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from gradprobe.api import Report, check, lint
+    from gradprobe.api import Report, attach, check, lint
     from gradprobe.discovery import NotRecurrentError
     from gradprobe.faults import GradprobeWarning
     from gradprobe.findings import Finding
-    from gradprobe.probe import LayerProfile, Probe, attach
+    from gradprobe.probe import LayerProfile, Probe
 
 
 #: Subpackages reachable as attributes after ``import gradprobe`` (``gradprobe.fixes.apply``), imported on first use.

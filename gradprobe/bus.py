@@ -1,4 +1,7 @@
-"""Delivery of each event to its consumers (run log, plugin hooks, sinks), every consumer isolated.
+"""Delivery of each event to its consumers (run log, plugin hooks, sinks, rules), every consumer isolated.
+
+:class:`EventRouter` is the probe's one way out (``emit``); it delivers
+through an :class:`EventBus` and feeds the rule engine.
 
 A consumer that raises is switched off alone, with one
 :class:`~gradprobe.faults.GradprobeWarning` naming it: a broken TensorBoard
@@ -7,11 +10,20 @@ sink does not stop the run log, and a full disk stops only the run log.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from torch import nn
+
+from gradprobe.events import EventWriter
 from gradprobe.faults import short, warn
+from gradprobe.findings import Finding
+
+T = TypeVar("T")
+
+#: A receiver of every event dict (a TensorBoard writer, a W&B logger).
+Sink = Callable[[dict[str, Any]], None]
 
 Event = dict[str, Any]
 
@@ -86,3 +98,108 @@ def sink_name(sink: object) -> str:
     """A readable name for a sink: its function or class name."""
     name = getattr(sink, "__qualname__", None) or type(sink).__qualname__
     return f"sink {name}"
+
+
+class Judge(Protocol):
+    """The rule engine as the probe sees it (:class:`gradprobe.rules.engine.RuleEngine`)."""
+
+    def feed(self, event: Event) -> list[Finding]:
+        """Show the rules one event; return the findings it brought."""
+        ...
+
+    def call_hook(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call one plugin hook on every plugin."""
+        ...
+
+    def lint(self, model: nn.Module, sites: list[Any], keep: bool = False) -> list[Finding]:
+        """The static findings of a model."""
+        ...
+
+    def findings(self) -> list[Finding]:
+        """The findings so far."""
+        ...
+
+    def finish(self) -> list[Finding]:
+        """The findings only the end of the run can tell."""
+        ...
+
+
+#: Kinds the rules are not shown: their own findings, and a consumer's fault.
+NOT_JUDGED = frozenset({"finding", "fault"})
+
+
+class EventRouter:
+    """The one way out for every event: the run log, the sinks and the plugin hooks (each isolated, an
+    :class:`EventBus`), then the rules, whose findings go out the same way.
+
+    A rule engine that raises is switched off alone (``rules_error``), with a
+    ``fault`` event and one warning; measuring and the consumers go on.
+
+    Args:
+        judge: The rule engine.
+        writer: The run log, if any (the first consumer).
+        sinks: Callables receiving every event, after the plugin hooks.
+    """
+
+    def __init__(self, judge: Judge, writer: EventWriter | None = None, sinks: Sequence[Sink] = ()) -> None:
+        self.judge = judge
+        self.writer = writer
+        self.bus = EventBus(on_fault=self._report_fault)
+        #: The training step the events belong to (for ``fault`` events).
+        self.step = 0
+        #: Why the rules were switched off, once they were.
+        self.rules_error: str | None = None
+        if writer is not None:
+            self.bus.add(f"the run log {writer.path}", writer.write_event, writer.close)
+        self.bus.add("plugin hooks", self._call_event_hook)
+        for sink in sinks:
+            self.bus.add(sink_name(sink), sink)
+
+    def flush_log(self) -> None:
+        """Write what the run log holds to disk now (before the probe switches itself off); never raises."""
+        if self.writer is not None:
+            try:
+                self.writer.flush()
+            except Exception:  # noqa: BLE001, S110 - the log writer reports its own fault
+                pass
+
+    def _call_event_hook(self, event: Event) -> None:
+        self.judge.call_hook("gradprobe_event_written", event=event)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Publish one event; show it to the rules and publish the findings it brought. Never raises."""
+        self.bus.publish({"kind": kind, **fields})
+        if kind not in NOT_JUDGED:
+            self.publish_findings(self.judged("observing an event", lambda: self.judge.feed({"kind": kind, **fields})))
+
+    def publish_findings(self, findings: list[Finding] | None) -> None:
+        """A ``finding`` event for each finding (the rules are not shown their own findings)."""
+        for finding in findings or []:
+            self.bus.publish({"kind": "finding", **finding.to_dict()})
+
+    def judged(self, doing: str, body: Callable[[], T]) -> T | None:
+        """``body()`` run on the rule engine; ``None`` once the rules are off (switched off if it raises)."""
+        if self.rules_error is not None:
+            return None
+        try:
+            return body()
+        except Exception as exc:  # noqa: BLE001 - a rule bug must not break training or measuring
+            self.rules_error = f"{doing}: {short(exc)}"
+            warn(f"gradprobe switched off its rules after an error {self.rules_error}; measuring goes on", stacklevel=5)
+            self.bus.publish({"kind": "fault", "step": self.step, "part": "rules", "message": self.rules_error})
+            return None
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """Consumers and the rules switched off, with the reason."""
+        out = self.bus.faults
+        if self.rules_error is not None:
+            out["rules"] = self.rules_error
+        return out
+
+    def close(self) -> None:
+        """Close every consumer; never raises."""
+        self.bus.close()
+
+    def _report_fault(self, part: str, reason: str) -> None:
+        self.bus.publish({"kind": "fault", "step": self.step, "part": part, "message": reason})

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,71 @@ def resolve(config: Config | Mapping[str, Any] | None) -> Config:
     if isinstance(config, Config):
         return config
     return from_mapping(config)
+
+
+#: Keywords renamed since 0.1, accepted with a :class:`DeprecationWarning`: old name -> new name.
+RENAMED = {"seq_len": "dependency_length", "horizon": "dependency_length"}
+
+
+def renamed(new_value: Any, old_value: Any, old: str, stacklevel: int = 3) -> Any:
+    """``new_value``, else the value passed under the old keyword ``old`` (which warns that it is deprecated)."""
+    if old_value is None:
+        return new_value
+    new = RENAMED[old]
+    warnings.warn(f"gradprobe keyword {old}= is deprecated, use {new}=", DeprecationWarning, stacklevel=stacklevel)
+    return new_value if new_value is not None else old_value
+
+
+@dataclass(frozen=True)
+class Options:
+    """The rule keywords and declared needs that :func:`gradprobe.lint`, :func:`gradprobe.check`,
+    :func:`gradprobe.attach`, the Lightning and Hugging Face callbacks and the pytest marker and fixture all take.
+
+    Pass one as ``options=`` or its fields as keywords (keywords given win).
+
+    Attributes:
+        config: A :class:`Config`, a ``[tool.gradprobe]``-shaped mapping, or ``None`` to read pyproject.toml.
+        thresholds: Per-rule thresholds layered over the configuration's, ``{"GP101": {"min_horizon_fraction": 0.5}}``.
+        ignore: Rule codes never reported, added to the configuration's.
+        fail_on: The lowest failing severity (default: the configuration's ``fail-on``).
+        cells: Custom cell modules (or their qualified names) to probe.
+        dependency_length: The dependency length (steps) the task needs (GP101).
+        truncation: The truncated-BPTT window the loop uses (GP402).
+        grad_clip: The norm the loop clips gradients at (GP401/GP102).
+    """
+
+    config: Config | Mapping[str, Any] | None = None
+    thresholds: Mapping[str, Mapping[str, float]] | None = None
+    ignore: tuple[str, ...] = ()
+    fail_on: str | None = None
+    cells: tuple[Any, ...] = ()
+    dependency_length: int | None = None
+    truncation: int | None = None
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fail_on is not None and self.fail_on not in SEVERITIES:
+            raise ConfigError(f"fail_on must be info, warning or error, got {self.fail_on!r}")
+        if isinstance(self.ignore, str):
+            raise ConfigError("ignore must be a list of rule codes, not one string")
+
+    @classmethod
+    def of(cls, options: Options | None = None, **given: Any) -> Options:
+        """``options`` (or the defaults) with the keywords in ``given`` that are set (not ``None``/empty) on top."""
+        base = options if options is not None else cls()
+        changes: dict[str, Any] = {}
+        for name, value in given.items():
+            if value is None or (name in ("ignore", "cells") and not value):
+                continue
+            changes[name] = tuple(value) if name in ("ignore", "cells") else value
+        return replace(base, **changes) if changes else base
+
+    def rule_config(self) -> Config:
+        """The rule configuration: ``config`` (or pyproject.toml) with the thresholds, suppressions, failing
+        severity and declared dependency length given here on top."""
+        merged = resolve(self.config).merged(self.thresholds, self.ignore)
+        if self.fail_on is not None:
+            merged.fail_on = self.fail_on
+        if self.dependency_length is not None:
+            merged.dependency_length = self.dependency_length
+        return merged

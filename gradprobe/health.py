@@ -1,35 +1,51 @@
 """What the running test considers healthy: set by the pytest plugin, read by :mod:`gradprobe.testing`.
 
 Kept apart from :mod:`gradprobe.testing` so that the pytest plugin can set it
-without importing torch.
+without importing torch. The state is a :class:`contextvars.ContextVar` set
+around each test call (and reset after it), never a module global: a helper
+called outside a test, or in another thread, sees none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
+from gradprobe.config import Options
 
-@dataclass
-class HealthSettings:
-    """What a test considers healthy (set per test by the ``gradprobe`` marker and the plugin's options).
+
+@dataclass(frozen=True)
+class TestHealth:
+    """The running test's gradient-health settings and where its checked reports go.
 
     Attributes:
-        thresholds: Per-rule thresholds, merged under the call's own.
-        ignore: Rule codes never reported.
-        fail_on: Lowest failing severity; ``None`` leaves it to the rule
-            configuration (``fail-on`` of ``[tool.gradprobe]``, default ``warning``).
-        dependency_length: The dependency length (steps) the test declares.
+        options: The rule keywords and declared needs of the test's ``gradprobe``
+            markers (the closest wins) over the session's failing severity.
+        collect: Called with each checked report (for ``--gradprobe-report``).
     """
 
-    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
-    ignore: tuple[str, ...] = ()
-    fail_on: str | None = None
-    dependency_length: int | None = None
+    __test__ = False  # not a pytest test class
+
+    options: Options
+    collect: Callable[[Any], None] | None = None
 
 
-#: Settings of the running test (the pytest plugin sets them from the marker).
-current_settings: HealthSettings | None = None
-#: Called with each checked report when the pytest plugin collects a session report.
-collector: Callable[[Any], None] | None = None
+_CURRENT: ContextVar[TestHealth | None] = ContextVar("gradprobe_test_health", default=None)
+
+
+def current() -> TestHealth:
+    """The running test's settings (the defaults outside a test)."""
+    return _CURRENT.get() or TestHealth(Options())
+
+
+@contextmanager
+def running(health: TestHealth) -> Iterator[None]:
+    """``health`` is the current test's inside the block."""
+    token = _CURRENT.set(health)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gradprobe import health
-from gradprobe.config import ConfigError, load_pyproject
+from gradprobe.config import ConfigError, Options, load_pyproject
 from gradprobe.events import _clean
 from gradprobe.findings import SEVERITIES
 
@@ -34,11 +35,13 @@ FAIL_ON_HELP = (
     "lowest severity that fails gradprobe.assert_healthy (info, warning, error); "
     "default: fail-on of [tool.gradprobe], else warning"
 )
-MARKER_ARGUMENTS = ("thresholds", "ignore", "fail_on", "dependency_length")
+#: The marker takes the rule keywords and declared needs of :class:`gradprobe.config.Options`, as every entry point.
+MARKER_ARGUMENTS = tuple(f.name for f in fields(Options))
 MARKER = (
-    "gradprobe(thresholds=None, ignore=(), fail_on=None, dependency_length=None): gradient-health settings for "
-    "this test: per-rule thresholds such as {'GP101': {'min_horizon_fraction': 0.5}}, rule codes to ignore, the "
-    "failing severity, the dependency length (steps) the task needs"
+    f"gradprobe({', '.join(f'{f.name}={f.default!r}' for f in fields(Options))}): gradient-health settings for this "
+    "test (gradprobe.config.Options): per-rule thresholds such as {'GP101': {'min_horizon_fraction': 0.5}}, rule "
+    "codes to ignore, the failing severity, custom cells, the dependency length (steps) the task needs, the loop's "
+    "truncation window and clipping norm"
 )
 
 _RECORDS = pytest.StashKey[list[Any]]()
@@ -95,9 +98,13 @@ def marker_problem(kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str
         return "ignore must be a list of rule codes"
     if kwargs.get("fail_on") is not None and kwargs["fail_on"] not in SEVERITIES:
         return f"fail_on must be info, warning or error, got {kwargs['fail_on']!r}"
-    need = kwargs.get("dependency_length")
-    if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):
-        return f"dependency_length must be a positive number of steps, got {need!r}"
+    for name in ("dependency_length", "truncation"):
+        need = kwargs.get(name)
+        if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):
+            return f"{name} must be a positive number of steps, got {need!r}"
+    clip = kwargs.get("grad_clip")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        return f"grad_clip must be a positive norm, got {clip!r}"
     return None
 
 
@@ -113,28 +120,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f"gradprobe: invalid @pytest.mark.gradprobe: {shown}")
 
 
-def _settings(item: pytest.Item) -> health.HealthSettings:
-    settings = health.HealthSettings(fail_on=item.config.stash.get(_FAIL_ON, None))
+def marker_options(item: pytest.Item) -> Options:
+    """The test's markers merged (thresholds and suppressions add up, the closest marker wins the rest) over
+    the session's failing severity."""
+    options = Options(fail_on=item.config.stash.get(_FAIL_ON, None))
     for marker in reversed(list(item.iter_markers("gradprobe"))):  # closest marker wins
+        thresholds = {code: dict(values) for code, values in (options.thresholds or {}).items()}
         for code, values in (marker.kwargs.get("thresholds") or {}).items():
-            settings.thresholds.setdefault(code, {}).update(values)
-        settings.ignore = tuple(settings.ignore) + tuple(marker.kwargs.get("ignore", ()))
-        settings.fail_on = marker.kwargs.get("fail_on") or settings.fail_on
-        if marker.kwargs.get("dependency_length") is not None:
-            settings.dependency_length = int(marker.kwargs["dependency_length"])
-    return settings
+            thresholds.setdefault(code, {}).update(values)
+        given = {k: v for k, v in marker.kwargs.items() if k not in ("thresholds", "ignore")}
+        options = Options.of(
+            options, thresholds=thresholds, ignore=(*options.ignore, *marker.kwargs.get("ignore", ())), **given
+        )
+    return options
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     records = item.config.stash[_RECORDS]
-    health.current_settings = _settings(item)
-    health.collector = lambda report: records.append((item.nodeid, report))
-    try:
+    test = health.TestHealth(marker_options(item), lambda report: records.append((item.nodeid, report)))
+    with health.running(test):
         return (yield)
-    finally:
-        health.current_settings = None
-        health.collector = None
 
 
 class GradprobeFixture:
@@ -153,30 +159,29 @@ class GradprobeFixture:
         return testing.assert_healthy(model, inputs, loss_fn, allow, horizon, **kwargs)
 
     def check(self, model: Any, inputs: Any, loss_fn: Any = None, **kwargs: Any) -> Any:
-        """:func:`gradprobe.check` with the marker's thresholds and suppressions."""
+        """:func:`gradprobe.check` with the marker's options under the call's keywords."""
         import gradprobe
 
-        settings = health.current_settings or health.HealthSettings()
-        kwargs.setdefault("thresholds", settings.thresholds)
-        kwargs.setdefault("ignore", settings.ignore)
+        test = health.current()
+        kwargs.setdefault("options", test.options)
         report = gradprobe.check(model, inputs, loss_fn, **kwargs)
-        if health.collector is not None:
-            health.collector(report)
+        if test.collect is not None:
+            test.collect(report)
         return report
 
     def lint(self, model: Any, **kwargs: Any) -> Any:
-        """:func:`gradprobe.lint` with the marker's thresholds and suppressions."""
+        """:func:`gradprobe.lint` with the marker's options under the call's keywords."""
         import gradprobe
 
-        settings = health.current_settings or health.HealthSettings()
-        kwargs.setdefault("thresholds", settings.thresholds)
-        kwargs.setdefault("ignore", settings.ignore)
+        kwargs.setdefault("options", health.current().options)
         return gradprobe.lint(model, **kwargs)
 
     def attach(self, model: Any, **kwargs: Any) -> Any:
-        """:func:`gradprobe.attach`, closed automatically when the test ends."""
+        """:func:`gradprobe.attach` with the marker's options under the call's keywords, closed automatically
+        when the test ends."""
         import gradprobe
 
+        kwargs.setdefault("options", health.current().options)
         probe = gradprobe.attach(model, **kwargs)
         self._probes.append(probe)
         return probe

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor, nn
 
 from gradprobe import health
 from gradprobe.api import Report, check
+from gradprobe.config import Options, renamed
 from gradprobe.findings import Finding, failing
-from gradprobe.health import HealthSettings
 
 
 class GradientHealthError(AssertionError):
@@ -75,7 +76,7 @@ def assert_healthy(
         inputs: One batch (see :func:`gradprobe.check`).
         loss_fn: Maps the output to a scalar loss (default: a fixed random projection).
         allow: Rule codes that may fire without failing the test.
-        horizon: Old name of ``dependency_length``.
+        horizon: Deprecated name of ``dependency_length``.
         dependency_length: The dependency length (steps) the model must carry
             gradients over; GP101 fails when the measured horizon is shorter
             (default: the marker's, else ``[tool.gradprobe]``'s, else undeclared).
@@ -92,26 +93,17 @@ def assert_healthy(
         GradientHealthError: Findings at or above ``fail_on`` that ``allow`` does not cover.
     """
     __tracebackhide__ = True  # pytest shows the test's line and the findings, not this helper
-    settings = health.current_settings or HealthSettings()
-    merged = {code: dict(values) for code, values in settings.thresholds.items()}
+    test = health.current()
+    marker = test.options
+    merged = {code: dict(values) for code, values in (marker.thresholds or {}).items()}
     for code, values in (thresholds or {}).items():
         merged.setdefault(code, {}).update(values)
-    need = dependency_length if dependency_length is not None else horizon
-    if need is None:
-        need = settings.dependency_length
-    report = check(
-        model,
-        inputs,
-        loss_fn,
-        config=config,
-        thresholds=merged,
-        ignore=settings.ignore,
-        dependency_length=need,
-        **check_kwargs,
-    )
-    if health.collector is not None:
-        health.collector(report)
-    level = fail_on or settings.fail_on or report.fail_on
+    need = renamed(dependency_length, horizon, "horizon")
+    opts = Options.of(marker, config=config, thresholds=merged, dependency_length=need)
+    report = check(model, inputs, loss_fn, options=replace(opts, fail_on=None), **check_kwargs)
+    if test.collect is not None:
+        test.collect(report)
+    level = fail_on or marker.fail_on or report.fail_on
     unhealthy = failing(report.findings, level, allow)
     if unhealthy:
         raise GradientHealthError(report, unhealthy, level)

@@ -82,7 +82,7 @@ def test_marker_thresholds_ignore_and_fail_on(project):
 
         @pytest.mark.gradprobe(thresholds={"GP101": {"min_horizon_fraction": 0.01, "error_horizon_fraction": 0.0}})
         def test_required_horizon_overrides(gradprobe):
-            gradprobe.assert_healthy(*vanishing(), horizon=2000)
+            gradprobe.assert_healthy(*vanishing(), dependency_length=2000)
         """
     )
     result = project.runpytest()
@@ -260,7 +260,12 @@ def test_the_plugin_does_not_import_torch_until_a_test_uses_gradprobe(pytester):
 def test_marker_is_registered_with_its_signature(project):
     result = project.runpytest("--markers")
     result.stdout.fnmatch_lines(
-        ["@pytest.mark.gradprobe(thresholds=None, ignore=(), fail_on=None, dependency_length=None): *"]
+        [
+            (
+                "@pytest.mark.gradprobe(config=None, thresholds=None, ignore=(), fail_on=None, cells=(), "
+                "dependency_length=None, truncation=None, grad_clip=None): *"
+            )
+        ]
     )
     project.makepyfile(test_strict="import pytest\n@pytest.mark.gradprobe(ignore=['GP101'])\ndef test_x():\n    pass\n")
     project.runpytest("--strict-markers").assert_outcomes(passed=1)

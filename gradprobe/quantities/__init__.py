@@ -19,8 +19,8 @@ guard that switches a failing part off, and the event bus. A step goes:
    truncated-BPTT window of a loop that carries a detached state.
 """
 
-from gradprobe.quantities.base import Emit, Quantity, StepContext
-from gradprobe.quantities.deep_profile import DeepProfile, LayerProfile
+from gradprobe.quantities.base import Emit, LayerProfile, Quantity, QuantitySetup, StepContext
+from gradprobe.quantities.deep_profile import DeepProfile
 from gradprobe.quantities.saturation import SaturationSampling
 from gradprobe.quantities.schedule import BudgetSchedule, Schedule
 from gradprobe.quantities.sequence_profile import SequenceProfile
@@ -33,6 +33,7 @@ __all__ = [
     "Emit",
     "LayerProfile",
     "Quantity",
+    "QuantitySetup",
     "SaturationSampling",
     "Schedule",
     "SequenceProfile",

@@ -2,97 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
 from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite
-from gradprobe.quantities.base import StepContext
+from gradprobe.quantities.base import LayerProfile, Quantity, QuantitySetup, StepContext
 from gradprobe.quantities.saturation import emit_saturation
 from gradprobe.recorders import propagation, sweep
 from gradprobe.recorders.capture import DEEP, StackCall
-from gradprobe.recorders.replay import SiteReplayers, StackReplayer, Track, weights_in_use
+from gradprobe.recorders.replay import StackReplayer, Track, weights_in_use
 from gradprobe.recorders.saturation import output_gates
 
 
-@dataclass
-class LayerProfile:
-    """The latest deep-probe result of one track (layer direction or cell).
-
-    Lists are indexed by time step (``profile`` by distance back from the end).
-    """
-
-    name: str
-    module: str
-    mode: str | None
-    step: int
-    seq_len: int
-    grad_norms: list[float]
-    profile: list[float]
-    jacobian_norms: list[float]
-    rate: float | None
-    horizon: float | None
-    saturation: dict[str, float] = field(default_factory=dict)
-    #: The top Lyapunov exponents of the state dynamics, natural log per step, largest first.
-    lyapunov: list[float] = field(default_factory=list)
-    #: ``"state"``: the profile ``||v^T dS_T/dS_(T-k)||`` through the layer's state (gradprobe knows its cell math,
-    #: or replays its steps); ``"input"``: ``||v^T dy_T/dx_(T-k)||`` through its inputs, for a module whose one call
-    #: covers a whole sequence (:mod:`gradprobe.quantities.sequence_profile`).
-    profile_kind: str = "state"
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> LayerProfile:
-        return cls(
-            name=event["layer"],
-            module=event.get("module", event["layer"]),
-            mode=event.get("mode"),
-            step=event["step"],
-            seq_len=event["seq_len"],
-            grad_norms=list(event["grad_norms"]),
-            profile=list(event["profile"]),
-            jacobian_norms=list(event["jacobian_norms"]),
-            rate=event.get("rate"),
-            horizon=event.get("horizon"),
-            lyapunov=list(event.get("lyapunov") or []),
-            profile_kind=str(event.get("profile_kind") or "state"),
-        )
-
-
-class DeepProfile:
+class DeepProfile(Quantity):
     """On deep steps: replays every captured layer and measures how gradients travel through time.
 
-    Args:
-        sites: The recurrent layers.
-        replayers: Their replayers.
-        settings: The probe settings (``deep_rows``, ``spectral_rows``, ``spectral_steps``, ``epsilon``).
-        generator: The probe's private random generator (random projections, Lanczos starts).
-        pause: Pauses the capture hooks while cells are re-run.
+    It reads the settings ``deep_rows``, ``spectral_rows``, ``spectral_steps``, ``lyapunov_k`` and ``epsilon``,
+    draws its random projections and Lanczos starts from the probe's private generator, and keeps the latest
+    profile per track in the shared ``setup.profiles``.
     """
 
     modes = frozenset({DEEP})
 
-    def __init__(
-        self,
-        sites: list[RecurrentSite],
-        replayers: SiteReplayers,
-        settings: Any,
-        generator: torch.Generator,
-        pause: Callable[[bool], None],
-    ) -> None:
-        self.sites = sites
-        self.replayers = replayers
-        self.settings = settings
-        self.generator = generator
-        self.pause = pause
+    def __init__(self, setup: QuantitySetup) -> None:
+        self.sites = setup.sites
+        self.replayers = setup.replayers
+        self.settings = setup.settings
+        self.generator = setup.generator
+        self.paused = setup.paused
         #: Latest profile per track name.
-        self.layers: dict[str, LayerProfile] = {}
+        self.layers = setup.profiles
+
+    def release(self) -> None:
+        self.sites = []
 
     def compute(self, context: StepContext) -> None:
+        """Measure every layer captured on this deep step."""
         for site in self.sites:
-            chain = context.capture.stack_calls.get(site.name) if site.kind == "stack" else None
+            chain = context.record.stack_calls.get(site.name) if site.kind == "stack" else None
             if chain and len(chain) == 1:
                 replayer = self.replayers.stack(site.name)
                 if sweep.supported(replayer.twin, chain[0], next(site.module.parameters()).dtype):
@@ -134,12 +80,12 @@ class DeepProfile:
 
     def _replay(self, site: RecurrentSite, context: StepContext) -> list[Track]:
         if site.kind == "stack":
-            chain = context.capture.stack_calls.get(site.name)
+            chain = context.record.stack_calls.get(site.name)
             return self.replayers.stack(site.name).replay_chain(chain) if chain else []
-        calls = context.capture.cell_calls.get(site.name)
+        calls = context.record.cell_calls.get(site.name)
         if calls is None or not calls.inputs or calls.whole_sequence is not None:  # sequence-level: SequenceProfile
             return []
-        return [self.replayers.cell(site.name).replay(calls, self.pause)]
+        return [self.replayers.cell(site.name).replay(calls, self.paused)]
 
     def _analyze(self, site: RecurrentSite, track: Track, context: StepContext) -> None:
         s = self.settings

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite
-from gradprobe.quantities.base import Emit, StepContext
+from gradprobe.quantities.base import Emit, Quantity, QuantitySetup, StepContext
 from gradprobe.recorders import sweep
 from gradprobe.recorders.capture import SAMPLE, CellCalls
-from gradprobe.recorders.replay import SiteReplayers, cell_weights, weights_in_use
+from gradprobe.recorders.replay import cell_weights, weights_in_use
 from gradprobe.recorders.saturation import output_gates, saturation_fractions, track_gates
 from gradprobe.reference import functional as fn
 
@@ -36,28 +36,29 @@ def emit_saturation(
     return fractions
 
 
-class SaturationSampling:
+class SaturationSampling(Quantity):
     """On sampled steps: gate activations of ``rows`` batch rows per layer, recomputed in one batched forward
     pass per layer direction (batched stacks in single or double precision), replayed (other stacks), or
     recomputed from the captured calls (cells).
 
-    Args:
-        sites: The recurrent layers.
-        replayers: Their replayers.
-        rows: Batch rows per step to sample.
+    It samples ``settings.sample_rows`` batch rows per step.
     """
 
     modes = frozenset({SAMPLE})
 
-    def __init__(self, sites: list[RecurrentSite], replayers: SiteReplayers, rows: int) -> None:
-        self.sites = sites
-        self.replayers = replayers
-        self.rows = rows
+    def __init__(self, setup: QuantitySetup) -> None:
+        self.sites = setup.sites
+        self.replayers = setup.replayers
+        self.rows = int(setup.settings.sample_rows)
+
+    def release(self) -> None:
+        self.sites = []
 
     def compute(self, context: StepContext) -> None:
+        """Emit a ``saturation`` event per track sampled on this step."""
         for site in self.sites:
             if site.kind == "stack":
-                chain = context.capture.stack_calls.get(site.name)
+                chain = context.record.stack_calls.get(site.name)
                 if not chain:
                     continue
                 replayer = self.replayers.stack(site.name)
@@ -74,7 +75,7 @@ class SaturationSampling:
                     if gates is not None:
                         emit_saturation(context.emit, context.step, track.name, track.mode, gates, deep=False)
             else:
-                calls = context.capture.cell_calls.get(site.name)
+                calls = context.record.cell_calls.get(site.name)
                 if calls is None or not calls.inputs:
                     continue
                 if site.mode is not None:

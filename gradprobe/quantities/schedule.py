@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from gradprobe.recorders.capture import DEEP, OFF, SAMPLE
+from gradprobe.recorders.capture import DEEP, OFF, SAMPLE, CaptureMode
 
 
 def _ceil(value: float) -> int:
@@ -35,7 +35,7 @@ class Schedule:
         self.every = int(every)
         self.saturation_every = int(saturation_every)
 
-    def mode_for(self, step: int) -> str:
+    def mode_for(self, step: int) -> CaptureMode:
         """``deep``, ``sample`` or ``off`` for training step ``step``."""
         if step % self.every == 0:
             return DEEP
@@ -43,7 +43,7 @@ class Schedule:
             return SAMPLE
         return OFF
 
-    def observe(self, step: int, mode: str, probe_seconds: float = 0.0) -> dict[str, Any] | None:
+    def observe(self, step: int, mode: CaptureMode, probe_seconds: float = 0.0) -> dict[str, Any] | None:
         """Note that step ``step`` (captured in ``mode``) ended, ``probe_seconds`` of it spent recording; a fixed
         schedule never changes."""
         return None
@@ -105,7 +105,7 @@ class BudgetSchedule(Schedule):
         self._extra: dict[str, deque[float]] = {DEEP: deque(maxlen=8), SAMPLE: deque(maxlen=16)}
         self._first_deep_done = False
 
-    def mode_for(self, step: int) -> str:
+    def mode_for(self, step: int) -> CaptureMode:
         if step == 0 or step - self.last_deep >= self.every:
             return DEEP
         if self.saturation_every and step % self.saturation_every == 0:
@@ -116,7 +116,7 @@ class BudgetSchedule(Schedule):
         """The clock starts at the first step (attach time)."""
         self._started = self.clock()
 
-    def observe(self, step: int, mode: str, probe_seconds: float = 0.0) -> dict[str, Any] | None:
+    def observe(self, step: int, mode: CaptureMode, probe_seconds: float = 0.0) -> dict[str, Any] | None:
         now = self.clock()
         started, self._started = self._started, now
         if started is None:

@@ -9,14 +9,7 @@ Lyapunov exponents (they need the state).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import torch
-
-from gradprobe.discovery import RecurrentSite
-from gradprobe.quantities.base import StepContext
-from gradprobe.quantities.deep_profile import LayerProfile
+from gradprobe.quantities.base import LayerProfile, Quantity, QuantitySetup, StepContext
 from gradprobe.quantities.saturation import emit_saturation
 from gradprobe.recorders import propagation
 from gradprobe.recorders.capture import DEEP
@@ -27,41 +20,31 @@ from gradprobe.recorders.sequence_replay import measure_sequence
 INPUT_PROFILE = "input"
 
 
-class SequenceProfile:
+class SequenceProfile(Quantity):
     """On deep steps: replays the latest sequence-level call of each named cell and measures it at the sequence level.
 
-    Args:
-        sites: The recurrent layers (only cells are looked at).
-        settings: The probe settings (``deep_rows``, ``epsilon``).
-        generator: The probe's private random generator.
-        pause: Pauses the capture hooks while a call is replayed.
-        layers: Where the latest profile of each track is kept (shared with :class:`DeepProfile`).
+    It reads the setup's ``settings.deep_rows`` and ``settings.epsilon``, and keeps its profiles in the shared
+    ``setup.profiles``.
     """
 
     modes = frozenset({DEEP})
 
-    def __init__(
-        self,
-        sites: list[RecurrentSite],
-        settings: Any,
-        generator: torch.Generator,
-        pause: Callable[[bool], None],
-        layers: dict[str, LayerProfile],
-    ) -> None:
-        self.sites = [site for site in sites if site.kind == "cell"]
-        self.settings = settings
-        self.generator = generator
-        self.pause = pause
-        self.layers = layers
+    def __init__(self, setup: QuantitySetup) -> None:
+        self.sites = [site for site in setup.sites if site.kind == "cell"]
+        self.settings = setup.settings
+        self.generator = setup.generator
+        self.paused = setup.paused
+        self.layers = setup.profiles
 
     def compute(self, context: StepContext) -> None:
+        """Measure every cell whose latest call covered a whole sequence."""
         s = self.settings
         for site in self.sites:
-            calls = context.capture.cell_calls.get(site.name)
+            calls = context.record.cell_calls.get(site.name)
             sequence = calls.whole_sequence if calls is not None else None
             if calls is None or sequence is None:
                 continue
-            measured = measure_sequence(site.module, sequence, self.generator, self.pause, s.deep_rows)
+            measured = measure_sequence(site.module, sequence, self.generator, self.paused, s.deep_rows)
             grad_norms = measured.grad_norms
             if grad_norms is not None and context.grad_scale != 1.0:
                 grad_norms = [v / context.grad_scale for v in grad_norms]
@@ -89,3 +72,6 @@ class SequenceProfile:
             if gates is not None:
                 record.saturation = emit_saturation(context.emit, context.step, site.name, site.mode, gates, deep=True)
             self.layers[site.name] = record
+
+    def release(self) -> None:
+        self.sites = []

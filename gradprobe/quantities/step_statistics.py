@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from gradprobe.discovery import RecurrentSite
 from gradprobe.faults import warn
 from gradprobe.quantities.base import Emit
-from gradprobe.recorders.capture import CallCapture
+from gradprobe.recorders.capture import StepRecord
 from gradprobe.recorders.gradients import GradientRecorder
 from gradprobe.recorders.optimizer_loop import LoopStep
 
@@ -40,7 +40,7 @@ class StepStatistics:
         return self._gradients.record()
 
     def record(
-        self, step: int, loss: Tensor | float | None, capture: CallCapture, emit: Emit, observed: LoopStep | None = None
+        self, step: int, loss: Tensor | float | None, captured: StepRecord, emit: Emit, observed: LoopStep | None = None
     ) -> tuple[dict[str, Any], dict[str, Any] | None, float | None]:
         """Emit the ``step`` event; return the gradient record, where non-finite values appeared, and the loss.
 
@@ -55,7 +55,7 @@ class StepStatistics:
         loss_value = None
         if loss is not None:
             loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value, capture)
+        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value, captured)
         emit(
             "step",
             step=step,
@@ -102,9 +102,9 @@ class StepStatistics:
             )
 
     @staticmethod
-    def _locate_nonfinite(bad_params: list[str], loss: float | None, capture: CallCapture) -> dict[str, Any] | None:
+    def _locate_nonfinite(bad_params: list[str], loss: float | None, captured: StepRecord) -> dict[str, Any] | None:
         loss_bad = loss is not None and not math.isfinite(loss)
-        bad_forward = capture.nonfinite_outputs() if (bad_params or loss_bad) else []
+        bad_forward = captured.nonfinite_outputs() if (bad_params or loss_bad) else []
         if not (bad_params or bad_forward or loss_bad):
             return None
         where = "forward" if bad_forward else "loss" if loss_bad else "gradient"

@@ -13,22 +13,27 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gradprobe.quantities.base import StepContext
+from gradprobe.quantities.base import Quantity, QuantitySetup, StepContext
+from gradprobe.recorders.capture import DEEP, OFF, SAMPLE
 
 #: Relative change of the typical window that is published again.
 MOVE = 0.1
 
 
-class TruncationWindows:
+class TruncationWindows(Quantity):
     """The typical truncated-BPTT window per recurrent site (every step, in every mode)."""
 
-    def __init__(self) -> None:
+    modes = frozenset({OFF, SAMPLE, DEEP})
+    needs = frozenset()  # the sequence bookkeeping every step keeps is enough
+    on_nonfinite_steps = True
+
+    def __init__(self, setup: QuantitySetup | None = None) -> None:
         self._windows: dict[str, Counter[int]] = {}
         #: The typical window per site, as last published.
         self.published: dict[str, int] = {}
 
     def compute(self, context: StepContext) -> None:
-        for name, sequence in context.capture.sequences.items():
+        for name, sequence in context.record.sequences.items():
             if not sequence.carried or sequence.length < 1:
                 continue
             counts = self._windows.setdefault(name, Counter())

@@ -19,8 +19,11 @@ worker threads) are counted, not captured: the replica's weights are copies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -32,7 +35,17 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.module_hooks import ProbeHookHandle, register_forward_hook, register_forward_pre_hook
 from gradprobe.recorders.sequence_replay import SequenceCall, detached, is_sequence_call
 
-OFF, SAMPLE, DEEP = "off", "sample", "deep"
+
+class CaptureMode(str, Enum):
+    """What the hooks keep on a step: nothing but the sequence bookkeeping, a few rows for saturation, or every
+    call with its gradients."""
+
+    OFF = "off"
+    SAMPLE = "sample"
+    DEEP = "deep"
+
+
+OFF, SAMPLE, DEEP = CaptureMode.OFF, CaptureMode.SAMPLE, CaptureMode.DEEP
 
 
 def compiling() -> bool:
@@ -228,6 +241,42 @@ class Sequence:
     final: tuple[Tensor, ...] = ()
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """What the hooks captured on one training step, handed over whole by :meth:`CallCapture.take`.
+
+    Attributes:
+        mode: The capture mode the step ran in.
+        stack_calls: Per stack site, the latest chain of calls.
+        cell_calls: Per cell site, the latest sequence of calls.
+        sequences: Per site, the sequence it ran this step (length, carried state); kept in every mode.
+        outputs_seen: ``(site, output)`` of every call, scanned for Inf/NaN only when a step went bad.
+    """
+
+    mode: CaptureMode
+    stack_calls: Mapping[str, list[StackCall]]
+    cell_calls: Mapping[str, CellCalls]
+    sequences: Mapping[str, Sequence]
+    outputs_seen: tuple[tuple[str, Tensor], ...] = ()
+
+    def nonfinite_outputs(self) -> list[str]:
+        """Sites whose output this step held Inf/NaN, in forward order (scanned on demand)."""
+        bad: list[str] = []
+        for name, tensor in self.outputs_seen:
+            if name not in bad and not bool(torch.isfinite(tensor.detach()).all()):
+                bad.append(name)
+        return bad
+
+
+@dataclass(frozen=True)
+class SiteCalls:
+    """How often a site's forward hooks ran over the whole run (for the "not measured" reasons)."""
+
+    calls: int
+    with_gradients: int
+    on_replicas: int
+
+
 class CallCapture:
     """Registers the forward hooks of every recurrent site and keeps their calls.
 
@@ -243,8 +292,8 @@ class CallCapture:
         self.sites = sites
         self.guard = guard
         self.sample_rows = sample_rows
-        self.mode = OFF
-        self.paused = False
+        self.mode: CaptureMode = OFF
+        self.paused_now = False
         self.stack_calls: dict[str, list[StackCall]] = {}  # the latest chain of calls per site
         self.cell_calls: dict[str, CellCalls] = {}
         self.sequences: dict[str, Sequence] = {}  # this step's latest sequence per site
@@ -264,7 +313,35 @@ class CallCapture:
             self.handles.append(register_forward_pre_hook(site.module, self._pre_hook(site), with_kwargs=True))
             self.handles.append(register_forward_hook(site.module, self._post_hook(site), with_kwargs=True))
 
-    def start_step(self, mode: str) -> None:
+    def take(self) -> StepRecord:
+        """The step's captured calls as a frozen record; the capture starts afresh (the gradient hooks on the
+        step's outputs are removed, their gradients already arrived)."""
+        record = StepRecord(
+            self.mode,
+            MappingProxyType(self.stack_calls),
+            MappingProxyType(self.cell_calls),
+            MappingProxyType(self.sequences),
+            tuple(self.outputs_seen),
+        )
+        self.clear()
+        return record
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No call is captured inside the block (the probe's own replays of a layer)."""
+        was = self.paused_now
+        self.paused_now = True
+        try:
+            yield
+        finally:
+            self.paused_now = was
+
+    def seen(self, site: str) -> SiteCalls:
+        """How often ``site``'s hooks ran in the run: all calls, those with gradients enabled, those on replicas."""
+        calls, with_gradients = self.calls_seen.get(site, [0, 0])
+        return SiteCalls(calls, with_gradients, self.replica_calls.get(site, 0))
+
+    def start_step(self, mode: CaptureMode) -> None:
         """Forget the previous step's calls and capture the next step's in ``mode``."""
         self.clear()
         self.mode = mode
@@ -277,14 +354,6 @@ class CallCapture:
         for handle in self._tensor_handles:
             handle.remove()
         self._tensor_handles = []
-
-    def nonfinite_outputs(self) -> list[str]:
-        """Sites whose output this step held Inf/NaN, in forward order (scanned on demand)."""
-        bad = []
-        for name, tensor in self.outputs_seen:
-            if name not in bad and not bool(torch.isfinite(tensor.detach()).all()):
-                bad.append(name)
-        return bad
 
     def remove(self) -> None:
         """Remove every hook and drop every captured tensor."""
@@ -299,7 +368,7 @@ class CallCapture:
     # -- hooks ---------------------------------------------------------------
 
     def _active(self) -> bool:
-        return not self.paused and torch.is_grad_enabled()
+        return not self.paused_now and torch.is_grad_enabled()
 
     def _pre_hook(self, site: RecurrentSite) -> Callable[..., None]:
         @eager

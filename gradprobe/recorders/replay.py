@@ -10,7 +10,7 @@ training step into a chain.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,7 +298,7 @@ class CellReplayer:
 
         return step
 
-    def replay(self, calls: CellCalls, pause: Callable[[bool], None]) -> Track:
+    def replay(self, calls: CellCalls, paused: Callable[[], AbstractContextManager[None]]) -> Track:
         """Rebuild the chain ``s_t = cell(x_t, s_{t-1})`` of the captured calls."""
         step = self._step_fn(calls.convention)
         first = calls.states_in[0]
@@ -306,15 +306,11 @@ class CellReplayer:
             first = tuple(torch.zeros_like(s.detach()) for s in state_part(calls.outputs[0], calls.convention))
         state = tuple(s.detach() for s in first)
         previous, states = [], []
-        pause(True)
-        try:
-            with torch.no_grad():
-                for x in calls.inputs:
-                    previous.append(state)
-                    state = step(x, state)
-                    states.append(state)
-        finally:
-            pause(False)
+        with paused(), torch.no_grad():
+            for x in calls.inputs:
+                previous.append(state)
+                state = step(x, state)
+                states.append(state)
         grads = [calls.grads.get((i, calls.h_position)) for i in range(len(calls.inputs))]
         weights = None
         if self.site.mode is not None:

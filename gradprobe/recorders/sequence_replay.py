@@ -21,6 +21,7 @@ last row along the batch dimension depends on no other row. A module with a
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +113,7 @@ def measure_sequence(
     module: nn.Module,
     call: SequenceCall,
     generator: torch.Generator,
-    pause: Callable[[bool], None],
+    paused: Callable[[], AbstractContextManager[None]],
     rows: int = 4,
 ) -> SequenceMeasurement:
     """Replay ``call`` through autograd and measure the gradient norms and the input-space profile.
@@ -123,22 +124,18 @@ def measure_sequence(
     """
     x = call.args[0].detach().requires_grad_(True)
     devices = [x.device] if x.device.type == "cuda" else []
-    pause(True)
-    try:
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            y = _first_tensor(module(x, *call.args[1:], **call.kwargs))
-            declared = getattr(module, "batch_first", None)
-            if isinstance(declared, bool):
-                time_dim = int(declared)
-                grad = _input_gradient(y, x, time_dim, generator, rows)
-            else:
-                grad = _input_gradient(y, x, 0, generator, rows)
-                time_dim = 0
-                if not _depends_on_previous(grad, 0):
-                    time_dim = 1
-                    grad = _input_gradient(y, x, 1, generator, rows)
-    finally:
-        pause(False)
+    with paused(), torch.random.fork_rng(devices=devices), torch.enable_grad():
+        y = _first_tensor(module(x, *call.args[1:], **call.kwargs))
+        declared = getattr(module, "batch_first", None)
+        if isinstance(declared, bool):
+            time_dim = int(declared)
+            grad = _input_gradient(y, x, time_dim, generator, rows)
+        else:
+            grad = _input_gradient(y, x, 0, generator, rows)
+            time_dim = 0
+            if not _depends_on_previous(grad, 0):
+                time_dim = 1
+                grad = _input_gradient(y, x, 1, generator, rows)
     steps = int(x.shape[time_dim])
     per_step = torch.linalg.vector_norm(grad.detach().double().movedim(time_dim, 0).reshape(steps, -1), dim=1)
     backwards = per_step.flip(0).tolist()  # k = 0 is the last step

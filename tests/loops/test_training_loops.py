@@ -8,6 +8,7 @@ from torch import nn
 
 import gradprobe
 from gradprobe.events import iter_events
+from gradprobe.quantities.truncation import TruncationWindows
 
 T = 15
 
@@ -106,7 +107,7 @@ def test_a_declared_window_wins_over_the_detected_one():
             out.sum().backward()
             probe.step()
             state = tuple(s.detach() for s in state)
-    assert probe.truncation == 50 and probe._truncation.published == {"lstm": 35}
+    assert probe.truncation == 50 and probe.quantity(TruncationWindows).published == {"lstm": 35}
 
 
 def _windows_loop(model, windows, log):

@@ -39,7 +39,9 @@ def test_declared_need_the_horizon_misses_is_an_error():
 
 def test_seq_len_is_the_old_name_of_the_need():
     torch.manual_seed(0)
-    assert gp101(check(default_tanh_rnn(), torch.randn(200, BATCH, 1), seq_len=200)).severity == "error"
+    with pytest.warns(DeprecationWarning, match="seq_len= is deprecated, use dependency_length="):
+        report = check(default_tanh_rnn(), torch.randn(200, BATCH, 1), seq_len=200)
+    assert gp101(report).severity == "error"
 
 
 def test_a_loss_on_the_last_step_starves_early_steps():
