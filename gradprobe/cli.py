@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import click
 
-from gradprobe import __version__
 from gradprobe.printable import strip_control
+from gradprobe.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 

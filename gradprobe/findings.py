@@ -64,7 +64,7 @@ def verdict(findings: Iterable[Finding], fail_on: str = DEFAULT_FAIL_ON, allow: 
 
 
 class FixAction(NamedTuple):
-    """One remedy as data (see :mod:`gradprobe.fixes.actions`).
+    """One remedy as data (see :mod:`gradprobe.actions`).
 
     Attributes:
         action: Action id, e.g. ``"orthogonal-recurrent"``.

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from gradprobe.findings import RuleResult
+    from gradprobe.rule_spec import Rule
     from gradprobe.rules.context import RuleContext
-    from gradprobe.rules.registry import Rule
 
 PROJECT = "gradprobe"
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from gradprobe import __version__, distributed
+from gradprobe import distributed
 from gradprobe.bus import EventRouter, Judge, Sink
 from gradprobe.discovery import RecurrentSite, find_recurrent, unwrap
 from gradprobe.events import EventWriter
@@ -56,6 +56,7 @@ from gradprobe.recorders.capture import OFF, CallCapture, CaptureMode
 from gradprobe.recorders.optimizer_loop import LoopStep, OptimizerLoop
 from gradprobe.recorders.replay import SiteReplayers
 from gradprobe.unmeasured import rules_off_finding, unmeasured_tracks, why_unmeasured
+from gradprobe.version import __version__
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from gradprobe.actions import action, truncation_length
 from gradprobe.discovery import find_recurrent
 from gradprobe.findings import Finding, FixAction
 from gradprobe.fixes import reinit
-from gradprobe.fixes.actions import action
 from gradprobe.fixes.clipping import AdaptiveClip, ClipGradNorm, ClipGradValue
 from gradprobe.fixes.flow import FlowRegularizer
 from gradprobe.fixes.hidden_clip import HiddenGradClip
 from gradprobe.fixes.nonfinite import NonFiniteGuard
 from gradprobe.fixes.residual import ResidualRecurrentStack, residual_stack
-from gradprobe.fixes.truncation import TruncatedBPTT, detach_state, length_from_profiles, truncation_length
+from gradprobe.fixes.truncation import TruncatedBPTT, detach_state, length_from_profiles
 from gradprobe.reference.functional import is_relu
 
 _TRACK = re.compile(r"\.l\d+(_reverse)?$")
@@ -46,7 +46,7 @@ class AppliedFix:
         layer: The module changed.
         action: What was done, in words.
         parameters: The parameters rewritten.
-        action_id: The action id (:mod:`gradprobe.fixes.actions`).
+        action_id: The action id (:mod:`gradprobe.actions`).
     """
 
     code: str
@@ -107,7 +107,7 @@ def apply(
     """Run the unsafe (structural) fixes the findings carry, on ``model`` in place.
 
     Dispatches on each finding's :attr:`~gradprobe.findings.Finding.fixes`
-    action ids (see :mod:`gradprobe.fixes.actions`); a warning or error that
+    action ids (see :mod:`gradprobe.actions`); a warning or error that
     carries none gets the defaults of its code (:func:`default_actions`).
     Safe fixes (clipping, skipping non-finite steps) belong in the loop
     (:func:`step_fixes`, or ``attach(..., fix="auto")``); display-only ones

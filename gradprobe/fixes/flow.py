@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from gradprobe.cell_calls import cell_call_states
 from gradprobe.discovery import find_recurrent
 from gradprobe.module_hooks import ProbeHookHandle, register_forward_hook
-from gradprobe.recorders.capture import cell_call_states
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
+from gradprobe.cell_calls import cell_call_states
 from gradprobe.discovery import find_recurrent
 from gradprobe.module_hooks import ProbeHookHandle, register_forward_hook
-from gradprobe.recorders.capture import cell_call_states
 
 if TYPE_CHECKING:
     from typing_extensions import Self

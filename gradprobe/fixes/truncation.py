@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from torch import Tensor
 
-
-def truncation_length(horizon: float | None, seq_len: int, factor: float = 2.0, minimum: int = 8) -> int:
-    """A BPTT window that keeps the gradient signal the model can carry.
-
-    Gradients fade below the probe's ``epsilon`` after ``horizon`` steps, so
-    windows longer than a small multiple of it cost compute without adding
-    signal. Returns ``ceil(factor * horizon)`` clamped to ``[minimum, seq_len]``
-    (``seq_len`` when the signal does not decay).
-    """
-    if horizon is None or not math.isfinite(horizon):
-        return seq_len
-    return int(max(min(minimum, seq_len), min(seq_len, math.ceil(factor * horizon))))
+from gradprobe.actions import truncation_length
 
 
 def length_from_profiles(layers: Iterable[Any], seq_len: int | None = None, factor: float = 2.0) -> int:

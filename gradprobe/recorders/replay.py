@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from gradprobe.cell_calls import as_tuple, flat_tensors, state_part
 from gradprobe.discovery import RecurrentSite
-from gradprobe.recorders.capture import CellCalls, StackCall, as_tuple, flat_tensors, state_part
+from gradprobe.recorders.capture import CellCalls, StackCall
 from gradprobe.reference import GRU, LSTM, RNN, LayerWeights, RecurrentBase
 from gradprobe.reference import functional as fn
 

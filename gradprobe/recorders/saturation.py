@@ -7,9 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
-TANH_LIMIT = 0.95
-TANH_GATES = frozenset({"cell", "cell_state", "new", "tanh", "output_state"})
+from gradprobe.reference.functional import SIGMOID_HIGH, SIGMOID_LOW, TANH_GATES, TANH_LIMIT
 
 
 def saturation_fractions(gates: dict[str, Tensor]) -> dict[str, Any]:

@@ -32,6 +32,11 @@ GATE_NAMES = {
     "LSTM": ("input", "forget", "cell", "output"),
     "GRU": ("reset", "update", "new"),
 }
+#: Where a gate counts as saturated: a sigmoid gate below/above these, a tanh output beyond +-TANH_LIMIT.
+SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
+TANH_LIMIT = 0.95
+#: Gate activations that are tanh outputs (the others are sigmoids).
+TANH_GATES = frozenset({"cell", "cell_state", "new", "tanh", "output_state"})
 
 
 class LayerWeights(NamedTuple):

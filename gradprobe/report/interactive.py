@@ -20,7 +20,7 @@ from html import escape
 from typing import Any
 
 from gradprobe.events import finite_number
-from gradprobe.report.html_report import findings_table, run_heading, verdict_line
+from gradprobe.report.html_parts import findings_table, run_heading, verdict_line
 from gradprobe.report.series import MinMaxSeries
 from gradprobe.report.summary import LayerSummary, RunSummary
 

@@ -93,7 +93,7 @@ class RuleContext:
         """
         if not self.enabled(code):
             return None
-        from gradprobe.fixes.actions import render
+        from gradprobe.actions import render
 
         rule = self.registry[code]
         text = render(tuple(fixes)) or fix

@@ -7,8 +7,8 @@ from typing import Any
 
 from gradprobe.findings import RuleResult
 from gradprobe.hookspecs import hookimpl, observes
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP001",

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from gradprobe.findings import RuleResult
 from gradprobe.hookspecs import hookimpl
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP002",

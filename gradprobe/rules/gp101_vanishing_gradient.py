@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from gradprobe.actions import action
 from gradprobe.findings import Finding, FixAction, RuleResult
-from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.reference.functional import is_relu
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.evidence import VANISHING_THRESHOLDS, VanishingEvidence, vanishing_evidence
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP101",

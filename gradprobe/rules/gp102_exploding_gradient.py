@@ -6,12 +6,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from gradprobe.actions import action
 from gradprobe.findings import Finding, RuleResult
-from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.evidence import spike_judgement
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP102",

@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from gradprobe.actions import action
 from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
-from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
 from gradprobe.layer_weights import recurrent_gain
 from gradprobe.reference.functional import is_relu
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.registry import Rule
 from gradprobe.rules.weights import each_direction
 
 RULE = Rule(

@@ -8,12 +8,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from gradprobe.actions import action
 from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
-from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.registry import Rule
 from gradprobe.rules.weights import each_direction
 
 RULE = Rule(

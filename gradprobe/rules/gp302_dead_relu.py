@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradprobe.actions import action
 from gradprobe.findings import RuleResult
-from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl, observes
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP302",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gradprobe.actions import action
 from gradprobe.findings import RuleResult
-from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.evidence import spike_judgement
 from gradprobe.rules.gp102_exploding_gradient import growth_over_sequence
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP401",

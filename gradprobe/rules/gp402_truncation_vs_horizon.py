@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from gradprobe.actions import action, truncation_length
 from gradprobe.findings import RuleResult
-from gradprobe.fixes.actions import action
-from gradprobe.fixes.truncation import truncation_length
 from gradprobe.hookspecs import hookimpl
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.evidence import vanishing_evidence
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP402",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gradprobe.actions import action
 from gradprobe.findings import RuleResult
-from gradprobe.fixes.actions import action
 from gradprobe.hookspecs import hookimpl
+from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.registry import Rule
 
 RULE = Rule(
     code="GP403",

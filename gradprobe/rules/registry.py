@@ -2,74 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from gradprobe.plugins import PluginManager
+from gradprobe.rule_spec import CATEGORIES, Rule
 
-CATEGORIES = {
-    "GP0": "measurement",
-    "GP1": "gradient flow",
-    "GP2": "initialization",
-    "GP3": "activations",
-    "GP4": "training setup",
-}
+__all__ = ["CATEGORIES", "DuplicateRuleError", "Registry", "Rule", "RulePlugins", "builtin_rule"]
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A rule's identity and documentation, in the manner of ruff/flake8.
-
-    Attributes:
-        code: Unique code such as ``GP101``.
-        name: Kebab-case name such as ``vanishing-gradient``.
-        severity: Default severity of its findings.
-        summary: One line for ``gradprobe rules``.
-        thresholds: Tunable numbers with their defaults.
-        what_it_does / why_bad / known_problems / example / use_instead /
-            fix_safety / references: The rule's doc, in the manner of ruff's.
-        static: Checked by ``gradprobe.lint`` (no data needed).
-    """
-
-    code: str
-    name: str
-    severity: str
-    summary: str
-    thresholds: dict[str, float] = field(default_factory=dict)
-    what_it_does: str = ""
-    why_bad: str = ""
-    example: str = ""
-    use_instead: str = ""
-    static: bool = False
-    known_problems: str = ""
-    fix_safety: str = ""
-    references: str = ""
+class RulePlugins(Protocol):
+    """What the registry needs of a plugin manager (:class:`gradprobe.plugins.PluginManager`)."""
 
     @property
-    def category(self) -> str:
-        return CATEGORIES.get(self.code[:3], "third-party")
+    def hook(self) -> Any:
+        """The hook caller (``pm.hook``)."""
+        ...
 
-    def doc(self) -> str:
-        """The rule's documentation as Markdown."""
-        options = "\n".join(f"- `{k}` (default {v:g})" for k, v in self.thresholds.items()) or "None."
-        parts = [
-            f"## {self.code} {self.name} (default severity {self.severity})",
-            f"### What it does\n{self.what_it_does}",
-            f"### Why is this bad?\n{self.why_bad}",
-        ]
-        if self.known_problems:
-            parts.append(f"### Known problems\n{self.known_problems}")
-        parts += [
-            f"### Example\n```python\n{self.example}\n```",
-            f"### Use instead\n```python\n{self.use_instead}\n```",
-        ]
-        if self.fix_safety:
-            parts.append(f"### Fix safety\n{self.fix_safety}")
-        parts.append(f"### Options\n{options}")
-        if self.references:
-            parts.append(f"### References\n{self.references}")
-        return "\n\n".join(parts) + "\n"
+    def switch_off(self, name: str, where: str, exc: BaseException) -> None:
+        """Switch a failing plugin off, with one warning."""
+        ...
 
 
 class DuplicateRuleError(ValueError):
@@ -88,7 +38,7 @@ class Registry:
         self.rules[rule.code] = rule
 
     @classmethod
-    def from_plugins(cls, pm: PluginManager) -> Registry:
+    def from_plugins(cls, pm: RulePlugins) -> Registry:
         """The rules of every plugin; a plugin that fails or claims a taken code is switched off whole."""
         registry = cls()
         for impl in pm.hook.gradprobe_register_rules.get_hookimpls():  # registration order: built-ins keep their codes

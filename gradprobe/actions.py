@@ -18,6 +18,7 @@ dispatches on the action ids. Safety follows ruff's ``Applicability``:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,3 +120,16 @@ def render(fixes: tuple[FixAction, ...] | list[FixAction]) -> str | None:
     if not fixes:
         return None
     return "; or ".join(describe(f) for f in fixes)
+
+
+def truncation_length(horizon: float | None, seq_len: int, factor: float = 2.0, minimum: int = 8) -> int:
+    """A BPTT window that keeps the gradient signal the model can carry.
+
+    Gradients fade below the probe's ``epsilon`` after ``horizon`` steps, so
+    windows longer than a small multiple of it cost compute without adding
+    signal. Returns ``ceil(factor * horizon)`` clamped to ``[minimum, seq_len]``
+    (``seq_len`` when the signal does not decay).
+    """
+    if horizon is None or not math.isfinite(horizon):
+        return seq_len
+    return int(max(min(minimum, seq_len), min(seq_len, math.ceil(factor * horizon))))
