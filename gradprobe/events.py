@@ -1,53 +1,12 @@
 """The run log: JSON Lines, one event per line, versioned schema.
 
-Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. Kinds:
-
-``meta``
-    First line: gradprobe and torch versions, ``rank`` and ``world_size``
-    (torch.distributed rank or ``null``, and the number of processes), the recurrent layers found (``layers``: a list of
-    ``{"name", "type", "mode", "hidden_size", "num_layers", ...}``), and the
-    probe settings (``every``, ``fix``, ``seq_len``, ``truncation``, ...), and
-    ``config``: the rule configuration the run was judged with
-    (``[tool.gradprobe]``-shaped; ``gradprobe report`` uses it by default).
-``step``
-    Every training step: ``step``, ``loss``, ``grad_norm`` (total L2 norm of
-    all parameter gradients), ``params`` (norm per parameter name), ``gates``
-    (per recurrent weight, norm per gate), ``nonfinite`` (``null`` or where
-    non-finite values appeared first).
-``saturation``
-    ``step``, ``layer`` (a track: module name plus ``.l{k}`` / ``_reverse``
-    for fused stacks), ``mode``, ``fractions`` (per gate, share of
-    activations in the flat region), ``low`` (sigmoid gates: share below
-    0.05, i.e. closed), ``dead_units`` (ReLU only), ``units``, ``samples``,
-    ``deep`` (from a deep step, or sampled).
-``deep``
-    Every ``every`` steps, per track: ``grad_norms`` (``||dL/dh_t||`` per time
-    step), ``profile`` (``||v^T dS_T/dS_{T-k}||`` for k = 0..T-1),
-    ``jacobian_norms`` (spectral norm of ``dS_t/dS_{t-1}`` per step),
-    ``rate`` (fitted log growth per step; negative means decay),
-    ``horizon`` (steps until the propagated signal falls below ``epsilon``;
-    ``null`` when it does not decay), ``seq_len``.
-``unmeasured``
-    Written at close for each attached recurrent module that no deep step
-    could measure: ``layer``, ``tracks`` (those not measured) and ``reason``
-    (scripted, never called, called without gradients, ...). GP001 reports it.
-``loop``
-    What the probe learned about the training loop: ``step``, ``layer`` (a
-    recurrent module) and ``truncation``, the truncated-BPTT window detected
-    when each step starts from a detached copy of the previous step's final
-    state (written when first seen and whenever it changes).
-``fix``
-    A fix applied by the probe: ``step``, ``name``, ``detail``.
-``finding``
-    A rule finding (see :class:`gradprobe.findings.Finding`).
-``error``
-    The probe failed and disabled itself: ``where``, ``message``.
-``fault``
-    One part of the probe (a sink, a plugin hook, the run log, the rules)
-    failed and was switched off alone: ``part``, ``message``.
-
-The fields and types of every kind are in :mod:`gradprobe.schema`; events
-that do not fit are skipped by readers and reported with their line numbers.
+Every event is a JSON object with at least ``{"v": 1, "kind": ...}``. The
+kinds (``meta``, ``step``, ``deep``, ``saturation``, ``unmeasured``, ``loop``,
+``schedule``, ``fix``, ``finding``, ``error``, ``fault``), their fields and
+types are defined once, in :mod:`gradprobe.event_kinds` (the reference page
+``docs/events.md`` is generated from it); :mod:`gradprobe.schema` checks
+events against it, and events that do not fit are skipped by readers and
+reported with their line numbers.
 
 Readers tolerate a truncated last line (a killed run) and report corrupt lines
 with their line numbers instead of failing.
@@ -65,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gradprobe import fast_lines
+from gradprobe.event_kinds import URGENT as URGENT_KINDS
 from gradprobe.printable import strip_control
 from gradprobe.schema import problem as schema_problem
 
@@ -85,16 +45,16 @@ def parse_line(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Make a value JSON-safe: non-finite floats become strings ``"nan"``/``"inf"``/``"-inf"``."""
     if isinstance(value, float):
         if math.isfinite(value):
             return value
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -124,10 +84,12 @@ class EventWriter:
     Args:
         path: The log file; created (with parent folders) or truncated.
         flush_seconds: Longest time an event may sit in the buffer. Events of
-            kinds ``meta``, ``deep``, ``finding`` and ``error`` flush at once.
+            the kinds that matter if the run dies next (``urgent`` in
+            :mod:`gradprobe.event_kinds`: ``meta``, ``deep``, ``fix``,
+            ``finding``, ``error``) flush at once.
     """
 
-    URGENT = frozenset({"meta", "deep", "finding", "error", "fix"})
+    URGENT = URGENT_KINDS
 
     def __init__(self, path: str | os.PathLike[str], flush_seconds: float = 2.0) -> None:
         self.path = Path(path)
@@ -141,7 +103,7 @@ class EventWriter:
         if self._file is None:
             return
         event = {"v": SCHEMA_VERSION, "kind": kind, "time": round(time.time(), 3), **fields}
-        self._file.write(json.dumps(_clean(event), separators=(",", ":"), allow_nan=False) + "\n")
+        self._file.write(json.dumps(json_safe(event), separators=(",", ":"), allow_nan=False) + "\n")
         now = time.monotonic()
         if kind in self.URGENT or now - self._last_flush >= self.flush_seconds:
             self.flush()

@@ -2,9 +2,9 @@
 
 A long log is mostly the lines the probe writes on every step (``step``) and
 on deep or sampled steps (``deep``, ``saturation``). With msgspec, such a line
-is decoded and checked against the schema (``FIELDS`` of
-:mod:`gradprobe.schema`) in one pass in C, by the struct of its kind
-(:class:`StepLine`, :class:`DeepLine`, :class:`SaturationLine`). A line a
+is decoded and checked against the schema in one pass in C, by the struct of
+its kind, made from the kind's one definition in :mod:`gradprobe.event_kinds`
+(:func:`line_struct`). A line a
 struct does not accept (a field it does not know, a value outside the schema,
 a number it reads differently such as ``1e400``) is not judged here: the
 reader parses it generically and :func:`gradprobe.schema.problem` says what is
@@ -49,75 +49,53 @@ def readers() -> tuple[Loads, type[Exception], KnownDecoder | None]:
 if msgspec is not None:
     from typing import Annotated, Literal
 
+    from gradprobe.event_kinds import KINDS, EventKind, FieldType
     from gradprobe.schema import INTEGER_LIMIT, MAX_RATE
 
     # The checks of gradprobe.schema, as msgspec types (`| None`: the field may be null).
     _Number = float | Literal["nan", "inf", "-inf"]
-    _Numbers = list[_Number] | None
     _Integer = Annotated[int, msgspec.Meta(gt=-INTEGER_LIMIT, lt=INTEGER_LIMIT)]
-    _Count = Annotated[int, msgspec.Meta(ge=0, lt=INTEGER_LIMIT)] | None
     _Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
-    class StepLine(msgspec.Struct, forbid_unknown_fields=True):
-        """``FIELDS["step"]`` of the schema, plus the envelope (``v``, ``kind``, ``time``)."""
-
-        v: int
-        kind: Literal["step"]
-        step: _Integer
-        time: float | None = None
-        loss: _Number | None = None
-        grad_norm: _Number | None = None
-        params: dict[str, _Number] | None = None
-        gates: dict[str, dict[str, _Number]] | None = None
-        nonfinite: dict[str, Any] | None = None
-        clip: dict[str, Any] | None = None
-        grad_scale: _Number | None = None
-        skipped: _Count = None
-
-    class DeepLine(msgspec.Struct, forbid_unknown_fields=True):
-        """``FIELDS["deep"]``, the envelope, and the fields the probe writes that the schema leaves open."""
-
-        v: int
-        kind: Literal["deep"]
-        layer: str
-        step: _Integer
-        time: float | None = None
-        seq_len: _Count = None
-        grad_norms: _Numbers = None
-        profile: _Numbers = None
-        jacobian_norms: _Numbers = None
-        rate: Annotated[float, msgspec.Meta(ge=-MAX_RATE, le=MAX_RATE)] | None = None
-        horizon: Annotated[float, msgspec.Meta(ge=0.0)] | Literal["inf"] | None = None
-        lyapunov: _Numbers = None
+    #: The msgspec type of each field type of :mod:`gradprobe.event_kinds`.
+    _TYPES: dict[FieldType, Any] = {
+        FieldType.INTEGER: _Integer,
+        FieldType.COUNT: Annotated[int, msgspec.Meta(ge=0, lt=INTEGER_LIMIT)],
+        FieldType.NUMBER: _Number,
+        FieldType.NUMBERS: list[_Number],
+        FieldType.NUMBER_MAP: dict[str, _Number],
+        FieldType.GATE_MAP: dict[str, dict[str, _Number]],
+        FieldType.SHARE_MAP: dict[str, _Share],
+        FieldType.RATE: Annotated[float, msgspec.Meta(ge=-MAX_RATE, le=MAX_RATE)],
+        FieldType.HORIZON: Annotated[float, msgspec.Meta(ge=0.0)] | Literal["inf"],
         # not gt=0.0: msgspec checks it as >= the smallest denormal, which is 0 where the CPU flushes denormals
-        epsilon: Annotated[float, msgspec.Meta(ge=sys.float_info.min, lt=1.0)] | None = None
-        profile_kind: Literal["state", "input"] | None = None
-        module: Any = None
-        mode: Any = None
-        batch: Any = None
-        chained: Any = None
+        FieldType.EPSILON: Annotated[float, msgspec.Meta(ge=sys.float_info.min, lt=1.0)],
+        FieldType.PROFILE_KIND: Literal["state", "input"],
+        FieldType.SEVERITY: Literal["info", "warning", "error"],
+        FieldType.TEXT: str,
+        FieldType.TEXTS: list[str],
+        FieldType.FLAG: bool,
+        FieldType.MAPPING: dict[str, Any],
+        FieldType.MAPPINGS: list[dict[str, Any]],
+        FieldType.ANY: Any,
+    }
 
-    class SaturationLine(msgspec.Struct, forbid_unknown_fields=True):
-        """``FIELDS["saturation"]``, the envelope, and the fields the probe writes that the schema leaves open."""
-
-        v: int
-        kind: Literal["saturation"]
-        layer: str
-        fractions: dict[str, _Share]
-        time: float | None = None
-        step: _Integer | None = None
-        low: dict[str, _Share] | None = None
-        units: _Count = None
-        samples: _Count = None
-        mode: Any = None
-        dead_units: Any = None
-        deep: Any = None
+    def line_struct(spec: EventKind) -> type[msgspec.Struct]:
+        """The struct of one kind: the envelope (``v``, ``kind``, ``time``), the required fields (not null),
+        the others optional (missing or null: ``None``); a field it does not know refuses the line."""
+        required = [(f.name, _TYPES[f.type]) for f in spec.fields if f.required]
+        optional = [(f.name, _TYPES[f.type] | None, None) for f in spec.fields if not f.required]
+        envelope = [("v", int), ("kind", Literal[spec.kind])]
+        return msgspec.defstruct(
+            f"{spec.kind.capitalize()}Line",
+            [*envelope, *required, ("time", float | None, None), *optional],
+            forbid_unknown_fields=True,
+        )
 
     _GENERIC = msgspec.json.Decoder()
+    #: A decoder per frequent kind (``step``, ``deep``, ``saturation``).
     _BY_KIND: dict[bytes, msgspec.json.Decoder[Any]] = {
-        b"step": msgspec.json.Decoder(StepLine),
-        b"deep": msgspec.json.Decoder(DeepLine),
-        b"saturation": msgspec.json.Decoder(SaturationLine),
+        kind.encode(): msgspec.json.Decoder(line_struct(spec)) for kind, spec in KINDS.items() if spec.frequent
     }
     _REFUSED = (msgspec.ValidationError, msgspec.DecodeError)
     _START = len(KIND_PREFIX)

@@ -132,11 +132,6 @@ class Finding(NamedTuple):
         )
         return cls(**values)
 
-    @property
-    def safe_fixes(self) -> tuple[FixAction, ...]:
-        """The fixes that may run automatically."""
-        return tuple(f for f in self.fixes if f.safety == "safe")
-
     def __str__(self) -> str:
         where = f" {self.layer}" if self.layer else ""
         when = f" step {self.step}" if self.step is not None else ""

@@ -25,7 +25,7 @@ import pytest
 
 from gradprobe import health
 from gradprobe.config import ConfigError, Options, load_pyproject
-from gradprobe.events import _clean
+from gradprobe.events import json_safe
 from gradprobe.findings import SEVERITIES
 
 # Nothing here imports torch: a suite that never uses gradprobe pays only for this module.
@@ -222,7 +222,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not path.is_absolute():
         path = Path(config.rootpath) / path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(data), indent=2, default=str) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(data), indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

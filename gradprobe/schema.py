@@ -1,4 +1,7 @@
-"""The run-log schema: which fields each event kind carries, and their types.
+"""The run-log schema check: which fields each event kind carries, and their types.
+
+The fields and types come from the one definition of each kind in
+:mod:`gradprobe.event_kinds`; this module holds the checks of the field types.
 
 Readers (the report, ``gradprobe report``) check every event read back from a
 log with :func:`problem`; an event that does not fit is skipped and reported
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
+from gradprobe.event_kinds import KINDS, FieldType
 from gradprobe.findings import SEVERITIES
 
 Check = Callable[[Any], bool]
@@ -111,80 +115,56 @@ def severity(value: Any) -> bool:
     return value in SEVERITIES
 
 
-#: kind -> {field: (check, required)}
+def gate_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(number_map(g) for g in value.values())
+
+
+def epsilon(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+
+def profile_kind(value: Any) -> bool:
+    return value in ("state", "input")
+
+
+def texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def mappings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, dict) for x in value)
+
+
+#: The check of each field type of :mod:`gradprobe.event_kinds` (``ANY`` is not checked).
+CHECKS: dict[FieldType, Check] = {
+    FieldType.INTEGER: integer,
+    FieldType.COUNT: count,
+    FieldType.NUMBER: number,
+    FieldType.NUMBERS: numbers,
+    FieldType.NUMBER_MAP: number_map,
+    FieldType.GATE_MAP: gate_map,
+    FieldType.SHARE_MAP: share_map,
+    FieldType.RATE: rate,
+    FieldType.HORIZON: horizon,
+    FieldType.EPSILON: epsilon,
+    FieldType.PROFILE_KIND: profile_kind,
+    FieldType.SEVERITY: severity,
+    FieldType.TEXT: text,
+    FieldType.TEXTS: texts,
+    FieldType.FLAG: flag,
+    FieldType.MAPPING: mapping,
+    FieldType.MAPPINGS: mappings,
+}
+
+#: kind -> {field: (check, required)}, derived from :data:`gradprobe.event_kinds.KINDS`; a field that is not
+#: required may also be ``null``.
 FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
-    "meta": {
-        "rank": (optional(integer), False),
-        "world_size": (optional(integer), False),
-        "config": (optional(mapping), False),
-        "layers": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False),
-        "settings": (optional(mapping), False),
-    },
-    "step": {
-        "step": (integer, True),
-        "loss": (optional(number), False),
-        "grad_norm": (optional(number), False),
-        "params": (optional(number_map), False),
-        "gates": (optional(lambda v: isinstance(v, dict) and all(number_map(g) for g in v.values())), False),
-        "nonfinite": (optional(mapping), False),
-        "clip": (optional(mapping), False),
-        "grad_scale": (optional(number), False),
-        "skipped": (optional(count), False),
-    },
-    "deep": {
-        "layer": (text, True),
-        "step": (integer, True),
-        "seq_len": (optional(count), False),
-        "grad_norms": (optional(numbers), False),
-        "profile": (optional(numbers), False),
-        "jacobian_norms": (optional(numbers), False),
-        "rate": (optional(rate), False),
-        "horizon": (optional(horizon), False),
-        "lyapunov": (optional(numbers), False),
-        "epsilon": (optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1), False),
-        "profile_kind": (optional(lambda v: v in ("state", "input")), False),
-    },
-    "saturation": {
-        "layer": (text, True),
-        "step": (optional(integer), False),
-        "fractions": (share_map, True),
-        "low": (optional(share_map), False),
-        "units": (optional(count), False),
-        "samples": (optional(count), False),
-    },
-    "fix": {
-        "step": (optional(integer), False),
-        "name": (text, True),
-        "applied": (optional(flag), False),
-        "detail": (optional(mapping), False),
-    },
-    "finding": {
-        "code": (text, True),
-        "name": (optional(text), False),
-        "severity": (severity, True),
-        "layer": (optional(text), False),
-        "step": (optional(integer), False),
-        "message": (text, True),
-        "evidence": (optional(mapping), False),
-        "fix": (optional(text), False),
-        "fixes": (optional(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), False),
-    },
-    "unmeasured": {
-        "layer": (text, True),
-        "reason": (text, True),
-        "step": (optional(integer), False),
-        "tracks": (optional(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), False),
-    },
-    "schedule": {
-        "step": (integer, True),
-        "every": (count, True),
-        "saturation_every": (optional(count), False),
-        "budget": (optional(number), False),
-        "expected_overhead": (optional(number), False),
-    },
-    "loop": {"step": (integer, True), "layer": (text, True), "truncation": (optional(count), False)},
-    "error": {"where": (optional(text), False), "message": (text, True)},
-    "fault": {"part": (text, True), "message": (text, True)},
+    kind: {
+        f.name: (CHECKS[f.type] if f.required else optional(CHECKS[f.type]), f.required)
+        for f in spec.fields
+        if f.type is not FieldType.ANY
+    }
+    for kind, spec in KINDS.items()
 }
 
 
@@ -203,9 +183,7 @@ _NUMBER_OR_NONE = frozenset({int, float, type(None)})
 _MAPPING_OR_NONE = frozenset({dict, type(None)})
 _MAPPING = frozenset({dict})
 #: The fields of a step event that :func:`_plain_step` reads; with any other, the walk decides.
-_PLAIN_STEP_FIELDS = frozenset(
-    {"v", "kind", "time", "step", "loss", "grad_norm", "params", "gates", "nonfinite", "clip", "grad_scale", "skipped"}
-)
+_PLAIN_STEP_FIELDS = frozenset({"v", "kind", "time", *(f.name for f in KINDS["step"].fields)})
 
 
 def _plain_step(event: dict[str, Any]) -> bool:

@@ -140,8 +140,3 @@ def chrono_init_(module: nn.Module, max_timescale: int, generator: torch.Generat
         _input_rows(module, name, param).zero_()
         changed.append(name)
     return changed
-
-
-def spectral_norm_of_recurrent(weight: torch.Tensor) -> float:
-    """Largest singular value of a recurrent weight block."""
-    return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gradprobe.events import _clean
+from gradprobe.events import json_safe
 from gradprobe.report.summary import RunSummary
 
 SCHEMA = "gradprobe-report/1"
@@ -59,7 +59,7 @@ def report_dict(summary: RunSummary, fail_on: str | None = None) -> dict[str, An
             "lyapunov": latest.get("lyapunov", []),
             "saturation": layer.saturation.get("fractions", {}),
         }
-    cleaned: dict[str, Any] = _clean(
+    cleaned: dict[str, Any] = json_safe(
         {
             "schema": SCHEMA,
             "verdict": {

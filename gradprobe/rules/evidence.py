@@ -73,13 +73,6 @@ VANISHING_THRESHOLDS: dict[str, float] = {
 }
 
 
-def vanishing_threshold(context: RuleContext, key: str) -> float:
-    """GP101's configured threshold, or its default when GP101 is not registered (switched off)."""
-    if "GP101" in context.registry:
-        return context.threshold("GP101", key)
-    return VANISHING_THRESHOLDS[key]
-
-
 def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEvidence:
     """Collect the evidence (see the module doc) for one track, with GP101's thresholds."""
     horizon, seq_len = track.horizon(), track.max_seq_len
