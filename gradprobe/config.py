@@ -10,6 +10,9 @@ Example ``pyproject.toml``::
     [tool.gradprobe.thresholds]
     GP101.min_horizon_fraction = 0.5
     GP301.max_fraction = 0.4
+
+    [tool.gradprobe.signals]       # the run's shared signals, which several rules read
+    loss_rise = 0.5                # a loss this far (relative) above its best level is diverging
 """
 
 from __future__ import annotations
@@ -34,6 +37,70 @@ class ConfigError(ValueError):
     """A threshold or suppression that does not exist or has the wrong type."""
 
 
+#: The run's shared signals and their defaults: read by several rules, so no one rule owns them
+#: (see :class:`gradprobe.rules.observations.Observations`).
+SIGNALS: dict[str, float] = {
+    # a loss this far (relative) above its best level is diverging (GP101, GP102, GP401, GP403)
+    "loss_rise": 0.25,
+    # a gradient norm over spike_factor x the median of the last spike_window steps is a spike, judged after
+    # min_history steps (GP102, GP401)
+    "spike_factor": 10.0,
+    "spike_window": 50,
+    "min_history": 10,
+    # spikes are harmful when one is over extreme_factor x the median, or min_spikes repeat with no loss recorded
+    "extreme_factor": 1000.0,
+    "min_spikes": 3,
+    # a gradient norm pinned at the same maximum in this share of the steps is clipping in place (GP102, GP401)
+    "min_pinned_fraction": 0.05,
+}
+
+#: Rule thresholds that became shared signals, accepted with a :class:`DeprecationWarning`.
+MOVED_TO_SIGNALS: dict[tuple[str, str], str] = {
+    ("GP403", "rise"): "loss_rise",
+    ("GP102", "spike_factor"): "spike_factor",
+    ("GP102", "spike_window"): "spike_window",
+    ("GP102", "min_history"): "min_history",
+    ("GP102", "extreme_factor"): "extreme_factor",
+    ("GP102", "min_spikes"): "min_spikes",
+    ("GP401", "min_pinned_fraction"): "min_pinned_fraction",
+}
+
+
+def split_signals(
+    thresholds: Mapping[str, Mapping[str, float]] | None, source: str = "thresholds"
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """``(rule thresholds, signals)``: the thresholds with those that became shared signals moved out (each
+    with a :class:`DeprecationWarning` naming its new place)."""
+    rules: dict[str, dict[str, float]] = {}
+    signals: dict[str, float] = {}
+    for code, values in (thresholds or {}).items():
+        for key, value in values.items():
+            signal = MOVED_TO_SIGNALS.get((str(code), str(key)))
+            if signal is None:
+                rules.setdefault(str(code), {})[str(key)] = value
+                continue
+            warnings.warn(
+                f"gradprobe threshold {code}.{key} is deprecated, use signals.{signal} "
+                f"([tool.gradprobe.signals] or signals={{'{signal}': ...}}): several rules read it",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            signals[signal] = value
+    return rules, signals
+
+
+def check_signals(signals: Mapping[str, Any], source: str = "signals") -> dict[str, float]:
+    """The signals as floats; unknown names and non-numbers raise :class:`ConfigError`."""
+    out: dict[str, float] = {}
+    for key, value in signals.items():
+        if key not in SIGNALS:
+            raise ConfigError(f"{source}: unknown signal {key!r} (known: {', '.join(SIGNALS)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: signals.{key} must be a number, got {value!r}")
+        out[str(key)] = float(value)
+    return out
+
+
 @dataclass
 class Config:
     """Thresholds per rule code and the set of suppressed codes.
@@ -47,26 +114,41 @@ class Config:
             and the CLI exit codes all use it.
         dependency_length: The dependency length (steps) the task needs, when
             declared; GP101 judges the gradient horizon against it.
+        signals: The shared signals set (:data:`SIGNALS` names them, with their defaults).
     """
 
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     ignore: set[str] = field(default_factory=set)
     fail_on: str = DEFAULT_FAIL_ON
     dependency_length: int | None = None
+    signals: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``[tool.gradprobe]``-shaped mapping (recorded in a run log's meta event)."""
         out: dict[str, Any] = {"thresholds": self.thresholds, "ignore": sorted(self.ignore), "fail-on": self.fail_on}
         if self.dependency_length is not None:
             out["dependency-length"] = self.dependency_length
+        if self.signals:
+            out["signals"] = dict(self.signals)
         return out
 
-    def merged(self, thresholds: Mapping[str, Mapping[str, float]] | None = None, ignore: Iterable[str] = ()) -> Config:
-        """A copy with more thresholds and suppressions layered on top."""
+    def signal(self, name: str) -> float:
+        """A shared signal's value: set here, else its default."""
+        return float(self.signals.get(name, SIGNALS[name]))
+
+    def merged(
+        self,
+        thresholds: Mapping[str, Mapping[str, float]] | None = None,
+        ignore: Iterable[str] = (),
+        signals: Mapping[str, float] | None = None,
+    ) -> Config:
+        """A copy with more thresholds, suppressions and signals layered on top."""
+        rules, moved = split_signals(thresholds)
         merged = {code: dict(values) for code, values in self.thresholds.items()}
-        for code, values in (thresholds or {}).items():
+        for code, values in rules.items():
             merged.setdefault(code, {}).update(values)
-        return Config(merged, set(self.ignore) | set(ignore), self.fail_on, self.dependency_length)
+        signal_values = {**self.signals, **moved, **check_signals(signals or {})}
+        return Config(merged, set(self.ignore) | set(ignore), self.fail_on, self.dependency_length, signal_values)
 
 
 def load_pyproject(start: str | os.PathLike[str] | None = None) -> Config:
@@ -85,7 +167,7 @@ def load_pyproject(start: str | os.PathLike[str] | None = None) -> Config:
 
 def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
     """Build a :class:`Config` from a ``[tool.gradprobe]``-shaped mapping."""
-    known = {"ignore", "thresholds", "fail-on", "fail_on", "dependency-length", "dependency_length"}
+    known = {"ignore", "thresholds", "fail-on", "fail_on", "dependency-length", "dependency_length", "signals"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{source}: unknown gradprobe setting(s): {', '.join(sorted(unknown))}")
@@ -97,6 +179,11 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{source}: thresholds.{code}.{key} must be a number, got {value!r}")
         thresholds[str(code)] = {str(k): float(v) for k, v in values.items()}
+    thresholds, moved = split_signals(thresholds, source)
+    raw_signals = data.get("signals", {})
+    if not isinstance(raw_signals, Mapping):
+        raise ConfigError(f"{source}: signals must be a table of numbers")
+    signals = {**moved, **check_signals(raw_signals, source)}
     ignore = data.get("ignore", [])
     if isinstance(ignore, str) or not all(isinstance(c, str) for c in ignore):
         raise ConfigError(f"{source}: ignore must be a list of rule codes")
@@ -106,7 +193,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
     need = data.get("dependency-length", data.get("dependency_length"))
     if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):
         raise ConfigError(f"{source}: dependency-length must be a positive integer (steps), got {need!r}")
-    return Config(thresholds, set(ignore), fail_on, need)
+    return Config(thresholds, set(ignore), fail_on, need, signals)
 
 
 def resolve(config: Config | Mapping[str, Any] | None) -> Config:
@@ -147,6 +234,7 @@ class Options:
         dependency_length: The dependency length (steps) the task needs (GP101).
         truncation: The truncated-BPTT window the loop uses (GP402).
         grad_clip: The norm the loop clips gradients at (GP401/GP102).
+        signals: The run's shared signals several rules read (:data:`SIGNALS`), layered over the configuration's.
     """
 
     config: Config | Mapping[str, Any] | None = None
@@ -157,6 +245,7 @@ class Options:
     dependency_length: int | None = None
     truncation: int | None = None
     grad_clip: float | None = None
+    signals: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.fail_on is not None and self.fail_on not in SEVERITIES:
@@ -178,7 +267,7 @@ class Options:
     def rule_config(self) -> Config:
         """The rule configuration: ``config`` (or pyproject.toml) with the thresholds, suppressions, failing
         severity and declared dependency length given here on top."""
-        merged = resolve(self.config).merged(self.thresholds, self.ignore)
+        merged = resolve(self.config).merged(self.thresholds, self.ignore, self.signals)
         if self.fail_on is not None:
             merged.fail_on = self.fail_on
         if self.dependency_length is not None:

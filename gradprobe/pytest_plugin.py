@@ -102,6 +102,11 @@ def marker_problem(kwargs: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str
         need = kwargs.get(name)
         if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):
             return f"{name} must be a positive number of steps, got {need!r}"
+    signals = kwargs.get("signals") or {}
+    if not isinstance(signals, Mapping) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in signals.values()
+    ):
+        return "signals must map signal names to numbers"
     clip = kwargs.get("grad_clip")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
         return f"grad_clip must be a positive norm, got {clip!r}"

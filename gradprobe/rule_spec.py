@@ -27,6 +27,7 @@ class Rule:
         what_it_does / why_bad / known_problems / example / use_instead /
             fix_safety / references: The rule's doc, in the manner of ruff's.
         static: Checked by ``gradprobe.lint`` (no data needed).
+        signals: The run's shared signals it reads (``[tool.gradprobe.signals]``; owned by no one rule).
     """
 
     code: str
@@ -42,6 +43,7 @@ class Rule:
     known_problems: str = ""
     fix_safety: str = ""
     references: str = ""
+    signals: tuple[str, ...] = ()
 
     @property
     def category(self) -> str:
@@ -64,6 +66,9 @@ class Rule:
         if self.fix_safety:
             parts.append(f"### Fix safety\n{self.fix_safety}")
         parts.append(f"### Options\n{options}")
+        if self.signals:
+            shown = "\n".join(f"- `{name}`" for name in self.signals)
+            parts.append(f"### Shared signals it reads (`[tool.gradprobe.signals]`)\n{shown}")
         if self.references:
             parts.append(f"### References\n{self.references}")
         return "\n\n".join(parts) + "\n"

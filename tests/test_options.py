@@ -98,3 +98,30 @@ def test_new_names_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         gradprobe.attach(_rnn(), config={}, dependency_length=30).close()
+
+
+def test_shared_signals_belong_to_no_rule_and_are_set_in_one_place():
+    from gradprobe.config import SIGNALS, from_mapping
+    from gradprobe.rules.engine import RuleEngine
+
+    engine = RuleEngine(from_mapping({"signals": {"loss_rise": 0.5}}))
+    assert (
+        engine.context.run.signals.loss_rise == 0.5
+        and engine.context.run.signals.spike_factor == SIGNALS["spike_factor"]
+    )
+    assert engine.config.to_dict()["signals"] == {"loss_rise": 0.5}  # recorded in the meta event, re-judged alike
+    engine = RuleEngine(Options(config={}, signals={"min_spikes": 5}).rule_config())
+    assert engine.context.run.signals.min_spikes == 5
+    with pytest.raises(ConfigError, match="unknown signal 'loss_climb'"):
+        from_mapping({"signals": {"loss_climb": 1.0}})
+    for rule in engine.registry.sorted():  # each rule owns only its thresholds; what several read is a signal
+        assert not set(rule.thresholds) & set(SIGNALS), rule.code
+    gp403 = engine.registry["GP403"]
+    assert gp403.signals == ("loss_rise",) and "`loss_rise`" in gp403.doc()
+
+
+def test_an_old_threshold_of_a_shared_signal_warns_and_moves():
+    with pytest.warns(DeprecationWarning, match=r"GP403.rise is deprecated, use signals.loss_rise"):
+        config = Options(config={}, thresholds={"GP403": {"rise": 0.5}, "GP101": {"min_horizon_fraction": 0.5}})
+        moved = config.rule_config()
+    assert moved.signals == {"loss_rise": 0.5} and moved.thresholds == {"GP101": {"min_horizon_fraction": 0.5}}

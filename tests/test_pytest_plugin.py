@@ -263,7 +263,7 @@ def test_marker_is_registered_with_its_signature(project):
         [
             (
                 "@pytest.mark.gradprobe(config=None, thresholds=None, ignore=(), fail_on=None, cells=(), "
-                "dependency_length=None, truncation=None, grad_clip=None): *"
+                "dependency_length=None, truncation=None, grad_clip=None, signals=None): *"
             )
         ]
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from gradprobe.actions import render
 from gradprobe.config import Config, ConfigError
 from gradprobe.findings import Finding, FixAction
-from gradprobe.rules.observations import Observations
-from gradprobe.rules.registry import Registry, builtin_rule
+from gradprobe.rules.observations import Observations, Signals
+from gradprobe.rules.registry import Registry
 
 S = TypeVar("S")
 
@@ -19,21 +20,24 @@ class RuleContext:
     Attributes:
         config: Thresholds, suppressions and declared needs in force.
         registry: All registered rules.
-        meta: The run log's ``meta`` event (layers, settings) once seen.
         sites: For static checks, the model's recurrent sites.
         run: The run's :class:`~gradprobe.rules.observations.Observations`
-            (loss trend, gradient norms, clipping, deep-probe history), updated
-            by the engine before the rules see each event. Read-only for rules.
+            (the meta event, loss trend, gradient norms, clipping, deep-probe
+            history, the shared signals' thresholds), updated by the engine
+            before the rules see each event. Read-only for rules.
     """
 
-    def __init__(self, config: Config, registry: Registry, run: Observations | None = None) -> None:
+    def __init__(self, config: Config, registry: Registry, sites: list[Any] | None = None) -> None:
         self.config = config
         self.registry = registry
-        self.meta: dict[str, Any] = {}
-        self.detected_truncation: int | None = None
-        self.sites: list[Any] = []
-        self.run = run or Observations()
+        self.sites: list[Any] = list(sites or [])
+        self.run = Observations(Signals.of(config))
         self._states: dict[str, Any] = {}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The run log's ``meta`` event (layers, settings) once seen."""
+        return self.run.meta
 
     def state(self, code: str, factory: Callable[[], S] = dict) -> S:  # type: ignore[assignment]
         """The rule's own state for this run, created by ``factory`` on first use.
@@ -47,12 +51,14 @@ class RuleContext:
         return state
 
     def threshold(self, code: str, key: str) -> float:
-        """The configured value of a rule's threshold, or its registered default.
+        """The configured value of a rule's own threshold, or its registered default.
 
-        A rule may read another built-in rule's threshold (GP401 reads GP102's
-        spike factor); when that rule is switched off, its default still holds.
+        Each rule reads only its own thresholds; what several rules read is a
+        shared signal (``context.run.signals``).
         """
-        rule = self.registry.rules.get(code) or builtin_rule(code)
+        rule = self.registry.rules.get(code)
+        if rule is None:
+            raise ConfigError(f"no rule {code} is registered")
         if key not in rule.thresholds:
             raise ConfigError(f"{code} has no threshold {key!r}")
         return float(self.config.thresholds.get(code, {}).get(key, rule.thresholds[key]))
@@ -70,7 +76,7 @@ class RuleContext:
     def truncation(self) -> int | None:
         """The loop's truncated-BPTT window: declared (``attach(truncation=)``), else detected (``loop`` events)."""
         declared = self.settings.get("truncation")
-        return int(declared) if declared else self.detected_truncation
+        return int(declared) if declared else self.run.detected_truncation
 
     def finding(
         self,
@@ -93,8 +99,6 @@ class RuleContext:
         """
         if not self.enabled(code):
             return None
-        from gradprobe.actions import render
-
         rule = self.registry[code]
         text = render(tuple(fixes)) or fix
         return Finding(

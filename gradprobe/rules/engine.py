@@ -11,7 +11,6 @@ from gradprobe.config import Config, ConfigError, resolve
 from gradprobe.findings import NOT_MEASURED, Finding, severity_rank
 from gradprobe.plugins import PluginManager, default_plugin_manager
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.observations import Observations
 from gradprobe.rules.registry import Registry
 
 
@@ -41,11 +40,8 @@ class RuleEngine:
         self.config = resolve(config).merged(thresholds, ignore)
         self._validate()
         self.context = RuleContext(self.config, self.registry)
-        if "GP102" in self.registry:
-            spike = {k: self.context.threshold("GP102", k) for k in ("spike_factor", "spike_window", "min_history")}
-            self.context.run = Observations(
-                spike["spike_factor"], int(spike["spike_window"]), int(spike["min_history"])
-            )
+        #: The sites linted at attach (named in the "not judged" findings when no meta event came).
+        self._linted: list[Any] = []
         self._kept: dict[tuple[str, str | None], Finding] = {}
         self._counts: dict[tuple[str, str | None], int] = {}
 
@@ -64,10 +60,6 @@ class RuleEngine:
     def feed(self, event: dict[str, Any]) -> list[Finding]:
         """Show one event to every rule that reads its kind; return the findings that are new."""
         kind = event.get("kind")
-        if kind == "meta":
-            self.context.meta = event
-        elif kind == "loop" and event.get("truncation"):
-            self.context.detected_truncation = int(event["truncation"])
         self.context.run.feed(event)
         if kind == "finding":
             # static findings were judged on the model at attach time and cannot be re-derived from events,
@@ -139,7 +131,7 @@ class RuleEngine:
         for (plugin, layer), reason in self.pm.layer_faults.items():
             per_layer.setdefault(layer, []).append(f"{plugin} ({reason})")
         attached = [str(layer.get("name")) for layer in self.context.meta.get("layers", []) if isinstance(layer, dict)]
-        for layer in attached or [getattr(site, "name", str(site)) for site in self.context.sites]:
+        for layer in attached or [getattr(site, "name", str(site)) for site in self._linted]:
             for plugin, reason in self.pm.run_faults.items():
                 per_layer.setdefault(layer, []).append(f"{plugin} ({reason})")
         found = []
@@ -167,10 +159,10 @@ class RuleEngine:
         """
         found: list[Finding] = []
         for site in sites:  # one layer at a time: a rule that fails on one layer goes on for the others
-            self.context.sites = [site]
-            for result in self.pm.call_for_layer("gradprobe_lint", site.name, model=model, context=self.context):
+            context = RuleContext(self.config, self.registry, sites=[site])
+            for result in self.pm.call_for_layer("gradprobe_lint", site.name, model=model, context=context):
                 found.extend(f for f in result or () if isinstance(f, Finding) and f not in found)
-        self.context.sites = sites
+        self._linted = list(sites)
         found.extend(self._rule_faults())
         if keep:
             for finding in found:

@@ -73,6 +73,13 @@ VANISHING_THRESHOLDS: dict[str, float] = {
 }
 
 
+def vanishing_threshold(context: RuleContext, key: str) -> float:
+    """A threshold of the vanishing evidence: GP101's as configured, else the default in
+    :data:`VANISHING_THRESHOLDS` (the table GP101 registers; GP402 weighs the same evidence, and reads it
+    here whether or not GP101 is installed)."""
+    return float(context.config.thresholds.get("GP101", {}).get(key, VANISHING_THRESHOLDS[key]))
+
+
 def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEvidence:
     """Collect the evidence (see the module doc) for one track, with GP101's thresholds."""
     horizon, seq_len = track.horizon(), track.max_seq_len
@@ -81,7 +88,7 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
         return found
 
     def threshold(key: str) -> float:
-        return context.threshold("GP101", key)
+        return vanishing_threshold(context, key)
 
     if found.need is not None:
         if horizon >= threshold("min_horizon_fraction") * found.need:
@@ -107,7 +114,7 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
         found.reasons.clear()
         found.numbers.update(initial_loss=loss.initial, latest_loss=loss.latest, improvement=gained)
     if horizon < seq_len and loss.stalled(
-        int(threshold("stall_min_steps")), threshold("min_improvement"), context.threshold("GP403", "rise")
+        int(threshold("stall_min_steps")), threshold("min_improvement"), context.run.signals.loss_rise
     ):
         found.kinds.append("stalled-loss")
         gained = loss.improvement() or 0.0
@@ -135,7 +142,7 @@ def _improving(context: RuleContext, min_improvement: float) -> bool:
     late = loss.late_improvement()
     if late is not None and late < min_improvement / 4:
         return False
-    return loss.divergence(context.threshold("GP403", "rise")) is None
+    return loss.divergence(context.run.signals.loss_rise) is None
 
 
 @dataclass
@@ -157,10 +164,10 @@ def spike_judgement(context: RuleContext) -> SpikeJudgement:
         return SpikeJudgement(False, "")
     if loss.nonfinite:
         return SpikeJudgement(True, "and the loss turned non-finite")
-    if loss.divergence(context.threshold("GP403", "rise")) is not None:
+    if loss.divergence(context.run.signals.loss_rise) is not None:
         return SpikeJudgement(True, "and the loss diverges")
-    if norms.max_spike_ratio >= context.threshold("GP102", "extreme_factor"):
-        return SpikeJudgement(True, f"one over {context.threshold('GP102', 'extreme_factor'):g}x the median")
-    if loss.finite == 0 and norms.spikes >= context.threshold("GP102", "min_spikes"):
+    if norms.max_spike_ratio >= context.run.signals.extreme_factor:
+        return SpikeJudgement(True, f"one over {context.run.signals.extreme_factor:g}x the median")
+    if loss.finite == 0 and norms.spikes >= context.run.signals.min_spikes:
         return SpikeJudgement(True, "repeated, with no loss recorded to show they are harmless")
     return SpikeJudgement(False, "while the loss keeps improving" if loss.finite else "isolated")

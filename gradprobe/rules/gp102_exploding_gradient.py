@@ -18,19 +18,21 @@ RULE = Rule(
     name="exploding-gradient",
     severity="error",
     summary="Gradient signal grows through time, or gradient norms spike repeatedly",
-    thresholds={
-        "max_growth": 100.0,
-        "spike_factor": 10.0,
-        "spike_window": 50,
-        "min_history": 10,
-        "min_spikes": 3,
-        "extreme_factor": 1000.0,
-    },
+    thresholds={"max_growth": 100.0},
+    signals=(
+        "spike_factor",
+        "spike_window",
+        "min_history",
+        "min_spikes",
+        "extreme_factor",
+        "loss_rise",
+        "min_pinned_fraction",
+    ),
     what_it_does=(
         "Flags (error) a propagation profile whose fitted growth over the sequence exceeds max_growth. Counts the "
         "training steps whose total gradient norm is more than spike_factor x the running median of the last "
         "spike_window steps. Spikes are info while the loss keeps improving; a warning when they hurt: the loss "
-        "diverges (GP403's rise) or turns non-finite, one spike is over extreme_factor x the median, or min_spikes "
+        "diverges (the loss_rise signal) or turns non-finite, one spike is over extreme_factor x the median, or min_spikes "
         "repeat with no loss recorded (error when repeated and harmful). With clipping in place spikes are info, "
         "unless the probe's clipping keeps firing at norms over 10x its threshold: then the cause is structural and "
         "re-initialization is recommended."
@@ -86,10 +88,10 @@ def _spikes(context: RuleContext) -> Finding | None:
     norms, run = context.run.norms, context.run
     if not norms.spikes:
         return None
-    clipped, how, threshold = run.clipping.in_place(norms, context.threshold("GP401", "min_pinned_fraction"))
-    repeated = norms.spikes >= context.threshold("GP102", "min_spikes")
+    clipped, how, threshold = run.clipping.in_place(norms, context.run.signals.min_pinned_fraction)
+    repeated = norms.spikes >= context.run.signals.min_spikes
     judged = spike_judgement(context)
-    diverging = run.loss.divergence(context.threshold("GP403", "rise")) is not None or run.loss.nonfinite > 0
+    diverging = run.loss_divergence() is not None or run.loss.nonfinite > 0
     far = run.clipping.far_above
     evidence: dict[str, Any] = {
         "spikes": norms.spikes,
@@ -104,7 +106,7 @@ def _spikes(context: RuleContext) -> Finding | None:
         f"{norms.spikes} gradient-norm spike{'s' if norms.spikes > 1 else ''} over {norms.spike_factor:g}x the running median "
         f"(up to {norms.max_spike_ratio:.0f}x, first at step {norms.first_spike_step})"
     )
-    if far >= context.threshold("GP102", "min_spikes"):
+    if far >= context.run.signals.min_spikes:
         severity = "error" if diverging or far >= 0.5 * max(norms.steps, 1) else "warning"
         evidence["clipped_far_above"] = far
         return context.finding(

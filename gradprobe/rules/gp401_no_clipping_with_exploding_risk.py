@@ -17,12 +17,21 @@ RULE = Rule(
     name="no-clipping-with-exploding-risk",
     severity="warning",
     summary="Repeated gradient spikes or growth through time, and no clipping in place",
-    thresholds={"min_pinned_fraction": 0.05},
+    thresholds={"max_growth": 100.0},
+    signals=(
+        "spike_factor",
+        "spike_window",
+        "min_history",
+        "min_spikes",
+        "extreme_factor",
+        "loss_rise",
+        "min_pinned_fraction",
+    ),
     what_it_does=(
-        "Weighs the exploding risk (GP102's harmful spikes, a profile growing past GP102's max_growth, or a "
+        "Weighs the exploding risk (GP102's harmful spikes, a profile growing past max_growth, or a "
         "diverging loss) against the signs of clipping: clipping seen between backward and the optimizer step "
         "(attach(..., optimizer=opt)), a declared threshold (attach(..., grad_clip=)), the probe's "
-        "own clipping (fix='auto'), or a gradient norm pinned at the same maximum in at least min_pinned_fraction of "
+        "own clipping (fix='auto'), or a gradient norm pinned at the same maximum in at least the min_pinned_fraction signal of "
         "the steps (clip_grad_norm_ before probe.step). With risk and no clipping it suggests twice the median norm "
         "of the first steps whose loss was not rising (the healthy scale, never a norm of the explosion); with "
         "clipping it stays silent."
@@ -48,7 +57,7 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 def gradprobe_summarize(context: RuleContext) -> RuleResult:
     run = context.run
     norms = run.norms
-    clipped, _, _ = run.clipping.in_place(norms, context.threshold("GP401", "min_pinned_fraction"))
+    clipped, _, _ = run.clipping.in_place(norms, context.run.signals.min_pinned_fraction)
     if clipped:
         return None
     risk = []
@@ -59,12 +68,12 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
     growth = {}
     for name, track in run.tracks.items():
         value = growth_over_sequence(track.rate(), track.latest.seq_len)
-        if value is not None and value > context.threshold("GP102", "max_growth"):
+        if value is not None and value > context.threshold("GP401", "max_growth"):
             growth[name] = value
     if growth:
         layer, value = max(growth.items(), key=lambda item: item[1])
         risk.append(f"signal growth x{value:.3g} through time in {layer}")
-    divergence = run.loss.divergence(context.threshold("GP403", "rise"))
+    divergence = run.loss_divergence()
     if divergence is not None:
         risk.append(f"a diverging loss ({divergence['best']:.4g} -> {divergence['latest']:.4g})")
     if not risk:

@@ -16,11 +16,12 @@ RULE = Rule(
     name="diverging-loss",
     severity="warning",
     summary="Loss diverging (rising above its best and its start) or non-finite",
-    thresholds={"rise": 0.25, "error_ratio": 2.0},
+    thresholds={"error_ratio": 2.0},
+    signals=("loss_rise",),
     what_it_does=(
         "Follows the loss passed to probe.step(loss): the median of the first 20 steps (start), of the last 20 "
         "(now), and the lowest median of a 20-step block (best). The loss diverges when now exceeds best by more "
-        "than rise x |best| and is above the start: a warning, an error once now is over error_ratio x the start. "
+        "than loss_rise x |best| (a shared signal) and is above the start: a warning, an error once now is over error_ratio x the start. "
         "Any non-finite loss is an error, with the first step and the count. The message carries the gradient "
         "evidence (largest norm, spikes) and learning-rate advice."
     ),
@@ -72,7 +73,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                 fixes=(*fixes, action("skip-nonfinite")),
             )
         ]
-    divergence = loss.divergence(context.threshold("GP403", "rise"))
+    divergence = context.run.loss_divergence()
     if divergence is None:
         return None
     initial, latest = divergence["initial"], divergence["latest"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from gradprobe.config import SIGNALS, Config
 from gradprobe.events import finite_number, number
 
 #: Losses at the start of a run that define its starting level.
@@ -399,18 +400,42 @@ def reached_steps(grad_norms: list[Any], epsilon: float) -> list[bool] | None:
     return [v >= epsilon * top for v in values]
 
 
+@dataclass(frozen=True)
+class Signals:
+    """The thresholds of the run's shared signals, which several rules read (so that no one rule owns them):
+    ``[tool.gradprobe.signals]``; :data:`gradprobe.config.SIGNALS` says what each means."""
+
+    loss_rise: float = SIGNALS["loss_rise"]
+    spike_factor: float = SIGNALS["spike_factor"]
+    spike_window: int = int(SIGNALS["spike_window"])
+    min_history: int = int(SIGNALS["min_history"])
+    extreme_factor: float = SIGNALS["extreme_factor"]
+    min_spikes: float = SIGNALS["min_spikes"]
+    min_pinned_fraction: float = SIGNALS["min_pinned_fraction"]
+
+    @classmethod
+    def of(cls, config: Config) -> Signals:
+        """The signals as ``config`` sets them (defaults for the others)."""
+        values = {name: config.signal(name) for name in SIGNALS}
+        values["spike_window"] = int(values["spike_window"])
+        values["min_history"] = int(values["min_history"])
+        return cls(**values)  # type: ignore[arg-type]
+
+
 class Observations:
-    """Loss trend, gradient norms, clipping and deep-probe history of one run.
+    """The meta event, loss trend, gradient norms, clipping and deep-probe history of one run.
 
     Args:
-        spike_factor: A norm above this multiple of the running median is a spike.
-        spike_window: Steps in that running median.
-        min_history: Steps before spikes are judged.
+        signals: The thresholds of the shared signals (spikes, a diverging loss, clipping in place).
     """
 
-    def __init__(self, spike_factor: float = 10.0, spike_window: int = 50, min_history: int = 10) -> None:
+    def __init__(self, signals: Signals | None = None) -> None:
+        self.signals = signals or Signals()
+        self.meta: dict[str, Any] = {}
+        #: The truncated-BPTT window the probe detected (``loop`` events), if any.
+        self.detected_truncation: int | None = None
         self.loss = LossTrend()
-        self.norms = NormHistory(spike_factor, int(spike_window), int(min_history))
+        self.norms = NormHistory(self.signals.spike_factor, self.signals.spike_window, self.signals.min_history)
         self.clipping = Clipping()
         self.tracks: dict[str, TrackHistory] = {}
         self.settings: dict[str, Any] = {}
@@ -437,6 +462,7 @@ class Observations:
             if spike is not None:
                 spike["step"] = step
         elif kind == "meta":
+            self.meta = event
             settings = event.get("settings")
             self.settings = dict(settings) if isinstance(settings, dict) else {}
             self.clipping.declared = finite_number(self.settings.get("grad_clip"))
@@ -446,8 +472,14 @@ class Observations:
                     self.bidirectional.add(str(layer.get("name")))
         elif kind == "fix":
             self.clipping.add_fix(event)
+        elif kind == "loop" and event.get("truncation"):
+            self.detected_truncation = int(event["truncation"])
         elif kind == "deep":
             self._add_deep(event)
+
+    def loss_divergence(self) -> dict[str, Any] | None:
+        """The loss diverging by the ``loss_rise`` signal (:meth:`LossTrend.divergence`), or ``None``."""
+        return self.loss.divergence(self.signals.loss_rise)
 
     def _add_deep(self, event: dict[str, Any]) -> None:
         name = str(event["layer"])

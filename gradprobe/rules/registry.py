@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from gradprobe.rule_spec import CATEGORIES, Rule
 
-__all__ = ["CATEGORIES", "DuplicateRuleError", "Registry", "Rule", "RulePlugins", "builtin_rule"]
+__all__ = ["CATEGORIES", "DuplicateRuleError", "Registry", "Rule", "RulePlugins"]
 
 
 class RulePlugins(Protocol):
@@ -63,20 +63,3 @@ class Registry:
 
     def sorted(self) -> list[Rule]:
         return [self.rules[c] for c in sorted(self.rules)]
-
-
-def builtin_rule(code: str) -> Rule:
-    """The built-in rule with this code, whether or not its plugin is registered.
-
-    Raises:
-        KeyError: No built-in rule has this code.
-    """
-    import importlib
-
-    from gradprobe.plugins import DEFAULT_PLUGINS
-
-    for name in DEFAULT_PLUGINS:
-        rule = getattr(importlib.import_module(name), "RULE", None)
-        if isinstance(rule, Rule) and rule.code == code:
-            return rule
-    raise KeyError(code)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import gradprobe
@@ -75,5 +76,16 @@ def test_spikes_under_declared_clipping_are_information():
 def test_no_spike_below_factor_or_before_history():
     engine = RuleEngine({})
     assert not _steps(engine, [1.0, 50.0] + [1.0 + 0.5 * (i % 3) for i in range(40)])  # early jump: no history yet
-    engine = RuleEngine({}, thresholds={"GP102": {"spike_factor": 30.0}})
+    engine = RuleEngine({"signals": {"spike_factor": 30.0}})
     assert not _steps(engine, [1.0] * 20 + [25.0])
+    engine = RuleEngine({})
+    _steps(engine, [1.0] * 20 + [25.0])
+    assert engine.context.run.norms.spikes == 1  # the default factor 10 calls it a spike
+
+
+def test_the_old_spike_threshold_still_works_and_warns():
+    with pytest.warns(DeprecationWarning, match=r"GP102.spike_factor is deprecated, use signals.spike_factor"):
+        engine = RuleEngine({}, thresholds={"GP102": {"spike_factor": 30.0}})
+    assert engine.config.signals == {"spike_factor": 30.0} and "GP102" not in engine.config.thresholds
+    _steps(engine, [1.0] * 20 + [25.0])
+    assert engine.context.run.norms.spikes == 0
