@@ -111,7 +111,7 @@ class StackReplayer:
         module: Any = self.site.module
         params = weights_in_use(module)
         dtype = next(iter(params.values())).dtype  # under autocast the captured tensors may be half precision
-        input_, hx = _detached_input(call.input, call.hx, rows, module.batch_first, dtype)
+        input_, hx = detached_input(call.input, call.hx, rows, module.batch_first, dtype)
         deep = rows is None and bool(call.grads)
         if deep:
             # the graph only needs to reach the hidden states: hang it on the initial state, so the
@@ -227,7 +227,9 @@ def _initial_state_requiring_grad(twin: RecurrentBase, input_: Any, hx: Any) -> 
     return states if twin.mode == "LSTM" else states[0]
 
 
-def _detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool, dtype: torch.dtype) -> tuple[Any, Any]:
+def detached_input(input_: Any, hx: Any, rows: int | None, batch_first: bool, dtype: torch.dtype) -> tuple[Any, Any]:
+    """A captured call's input and initial state, detached copies in ``dtype`` (its first ``rows`` batch rows when
+    given; packed input: the longest sequences)."""
     hx = (
         None
         if hx is None

@@ -106,7 +106,8 @@ def rnn_step(
     return torch.relu(pre) if relu else torch.tanh(pre)
 
 
-def _relu_slope(pre: Tensor, leaky: bool) -> Tensor:
+def relu_slope(pre: Tensor, leaky: bool) -> Tensor:
+    """The derivative of (leaky) ReLU at ``pre`` (1 where positive, else 0 or :data:`LEAKY_SLOPE`)."""
     positive = (pre > 0).to(pre.dtype)
     return positive + (1 - positive) * LEAKY_SLOPE if leaky else positive
 
@@ -183,7 +184,7 @@ def rnn_jacobian(
 ) -> Tensor:
     """``diag(act'(pre)) W_hh``."""
     pre = preactivation(x_proj, h, weight_hh, bias_hh)
-    slope = _relu_slope(pre, leaky) if relu else 1 - torch.tanh(pre) ** 2
+    slope = relu_slope(pre, leaky) if relu else 1 - torch.tanh(pre) ** 2
     return slope.unsqueeze(2) * weight_hh.unsqueeze(0)
 
 
@@ -303,7 +304,7 @@ class Linearization:
             if is_relu(mode):
                 leaky = mode == "RNN_LEAKY_RELU"
                 self.gates = {"leaky_relu_pre" if leaky else "relu_pre": pre}
-                self._slope = _relu_slope(pre, leaky)
+                self._slope = relu_slope(pre, leaky)
             else:
                 self._tanh_factors(torch.tanh(pre))
 

@@ -218,7 +218,7 @@ class RecurrentBase(nn.Module):
             data, sizes, sorted_indices, unsorted_indices = input
             batch_sizes = [int(b) for b in sizes]
             if hx is not None:
-                hx = self._map_hidden(
+                hx = self.map_hidden(
                     hx, lambda h: h.index_select(1, sorted_indices) if sorted_indices is not None else h
                 )
         else:
@@ -232,7 +232,7 @@ class RecurrentBase(nn.Module):
                 input = input.unsqueeze(0 if self.batch_first else 1)
                 if hx is not None:
                     self._check_hidden_dims(hx, 2, "unbatched 2-D")
-                    hx = self._map_hidden(hx, lambda h: h.unsqueeze(1))
+                    hx = self.map_hidden(hx, lambda h: h.unsqueeze(1))
             elif hx is not None:
                 self._check_hidden_dims(hx, 3, "batched 3-D")
             if self.batch_first:
@@ -240,7 +240,7 @@ class RecurrentBase(nn.Module):
             data = input.reshape(-1, input.size(-1)) if input.numel() else input.flatten(0, 1)
             batch_sizes = [input.size(1)] * input.size(0)
         self._check_input(data, self.layer_weights(0, 0, params).weight_ih)
-        init = self._initial_states(data, batch_sizes[0], hx)
+        init = self.initial_states(data, batch_sizes[0], hx)
 
         traces: list[list[DirectionTrace]] = []
         layer_input = data
@@ -248,7 +248,7 @@ class RecurrentBase(nn.Module):
         masks: list[Tensor | None] = [None]
         for layer in range(self.num_layers):
             if layer:
-                mask = self._dropout_mask(layer_input)
+                mask = self.dropout_mask(layer_input)
                 masks.append(mask)
                 if mask is not None:
                     layer_input = layer_input * mask
@@ -289,7 +289,7 @@ class RecurrentBase(nn.Module):
         hidden = final if self.mode == "LSTM" else final[0]
         return output, hidden, StackTrace(traces, batch_sizes, masks)
 
-    def _dropout_mask(self, layer_input: Tensor) -> Tensor | None:
+    def dropout_mask(self, layer_input: Tensor) -> Tensor | None:
         """The scaled keep-mask of inter-layer dropout, ``None`` when dropout is off.
 
         Drawn as ATen's CPU dropout draws it (``bernoulli_(1 - p)`` on a tensor
@@ -322,7 +322,9 @@ class RecurrentBase(nn.Module):
             shapes.append((rows, batch, self.hidden_size))
         return shapes
 
-    def _initial_states(self, data: Tensor, batch: int, hx: Any) -> State:
+    def initial_states(self, data: Tensor, batch: int, hx: Any) -> State:
+        """The initial states of every layer direction, ``(h0[, c0])`` each ``[layers * directions, batch, *]``:
+        ``hx`` checked against the expected shapes, or zeros like ``data`` when ``hx`` is ``None``."""
         shapes = self._expected_state_shapes(batch)
         if hx is None:
             return tuple(data.new_zeros(shape) for shape in shapes)
@@ -341,7 +343,8 @@ class RecurrentBase(nn.Module):
             got = ", ".join(f"{s.dim()}-D" for s in states)
             raise RuntimeError(f"For {label} input, hx should also be {dims}-D but got ({got}) tensors")
 
-    def _map_hidden(self, hx: Any, fn: Any) -> Any:
+    def map_hidden(self, hx: Any, fn: Any) -> Any:
+        """``fn`` applied to each tensor of a hidden state (``h`` or ``(h, c)``)."""
         if self.mode == "LSTM":
             return tuple(fn(h) for h in hx)
         return fn(hx)

@@ -142,13 +142,13 @@ def _qr_steps(monkeypatch) -> list[int]:
     from gradprobe.recorders import sweep
 
     spans: list[int] = []
-    real = sweep._LyapunovPeriods.add
+    real = sweep.LyapunovPeriods.add
 
     def add(self, upper, done):
         spans.append(done - self.last)
         real(self, upper, done)
 
-    monkeypatch.setattr(sweep._LyapunovPeriods, "add", add)
+    monkeypatch.setattr(sweep.LyapunovPeriods, "add", add)
     return spans
 
 
@@ -168,10 +168,10 @@ def test_vectors_that_shrink_fast_are_re_orthonormalized_before_they_leave_singl
     stops at ln(1e10) / |ln g| = 5 steps; 32 steps (the range check switched off) take them to 1e-54, below
     float32's smallest number, and lose the exponents."""
     gain = 0.02
-    from gradprobe.recorders import sweep
+    from gradprobe.recorders.sweep import lyapunov as sweep_lyapunov
 
     if not limited:
-        monkeypatch.setattr(sweep, "LYAPUNOV_RANGE", math.inf)
+        monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_RANGE", math.inf)
     spans = _qr_steps(monkeypatch)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
     rnn = _linear_rnn(gain * q).float()
@@ -191,11 +191,11 @@ def test_single_precision_exponents_far_apart_need_the_period_to_shrink(fixed_pe
     """W = Q diag(1, 0.5, 0.1, 0.001) Q^T in float32: the slowest vector shrinks 1000-fold per step against the
     fastest. The adapted period (one step) keeps every exponent; eight steps between QR steps (a ratio of 1e24,
     far beyond single precision) lose them by more than 1 (2.4 on four seeds), which shows the check can fail."""
-    from gradprobe.recorders import sweep
+    from gradprobe.recorders.sweep import lyapunov as sweep_lyapunov
 
     if fixed_period is not None:
-        monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", fixed_period)
-        monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", fixed_period)
+        monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_EVERY", fixed_period)
+        monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_MAX_EVERY", fixed_period)
     spans = _qr_steps(monkeypatch)
     q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
     exponents = torch.tensor([1.0, 0.5, 0.1, 0.001], dtype=torch.float64)
@@ -215,7 +215,7 @@ def test_adapted_periods_give_the_exponents_of_a_qr_step_at_every_step(cls, monk
     """A nonlinear layer (recurrent weights x2, T=150): the adapted periods (4, 8, then 3 to the burn-in's end,
     then up to 32) give the same exponents as a QR step after every step, to round-off; the burn-in is 15 steps
     in both (a burn-in rounded up to whole periods would average a different stretch of the sequence)."""
-    from gradprobe.recorders import sweep
+    from gradprobe.recorders.sweep import lyapunov as sweep_lyapunov
 
     torch.manual_seed(5)
     model = cls(3, 12).double()
@@ -225,8 +225,8 @@ def test_adapted_periods_give_the_exponents_of_a_qr_step_at_every_step(cls, monk
     spans = _qr_steps(monkeypatch)
     adapted = gradprobe.check(model, x, config={}, lyapunov_k=4).layers[f"{cls.__name__}.l0"].lyapunov
     assert spans[:3] == [4, 8, 3] and max(spans) > 8
-    monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", 1)
-    monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", 1)
+    monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_EVERY", 1)
+    monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_MAX_EVERY", 1)
     every_step = gradprobe.check(model, x, config={}, lyapunov_k=4).layers[f"{cls.__name__}.l0"].lyapunov
     assert len(adapted) == 4 and adapted == pytest.approx(every_step, rel=1e-12, abs=1e-12)
 
@@ -237,8 +237,8 @@ def test_off_the_cpu_the_period_is_fixed_and_the_diagonals_are_read_at_the_end(s
     (3 of 35 steps), and the exponents from the diagonals at the end; none without QR steps (lyapunov_k=0)."""
     from gradprobe.recorders import sweep
 
-    assert sweep._LyapunovPeriods(torch.device("meta"), steps).exponents() == []
-    periods = sweep._LyapunovPeriods(torch.device("meta"), steps)
+    assert sweep.LyapunovPeriods(torch.device("meta"), steps).exponents() == []
+    periods = sweep.LyapunovPeriods(torch.device("meta"), steps)
     rates = torch.tensor([math.log(2.0), math.log(0.5), -3.0], dtype=torch.float64)
     spans = []
     for done in range(1, steps + 1):

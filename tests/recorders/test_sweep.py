@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import gradprobe
 from gradprobe.recorders import sweep
 from gradprobe.recorders.capture import StackCall
+from gradprobe.recorders.sweep import lyapunov as sweep_lyapunov
 from gradprobe.reference import RNN as ReferenceRNN
 from gradprobe.reference import functional as fn
 
@@ -116,8 +117,8 @@ def test_the_profile_is_the_product_of_analytic_jacobians(module, output_known, 
     the CPU), leave the profile's rows as they are.
     """
     if fixed_period is not None:
-        monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", fixed_period)
-        monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", fixed_period)
+        monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_EVERY", fixed_period)
+        monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_MAX_EVERY", fixed_period)
     torch.manual_seed(3)
     steps = 40
     x = torch.randn(steps, 4, 3, dtype=torch.float64)
@@ -189,8 +190,8 @@ def test_padded_and_packed_calls_take_the_sweep_and_unbatched_calls_the_general_
 def test_lyapunov_exponents_do_not_depend_on_how_often_the_vectors_are_re_orthonormalized(every, steps, monkeypatch):
     """W = g P (P a cyclic permutation, orthogonal): every exponent is ln g exactly, whatever the QR period,
     burn-in and sequence parity."""
-    monkeypatch.setattr(sweep, "LYAPUNOV_EVERY", every)
-    monkeypatch.setattr(sweep, "LYAPUNOV_MAX_EVERY", every)  # a fixed period
+    monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_EVERY", every)
+    monkeypatch.setattr(sweep_lyapunov, "LYAPUNOV_MAX_EVERY", every)  # a fixed period
     g = 0.7
     q = torch.eye(6, dtype=torch.float64).roll(1, dims=0)
     rnn = nn.RNN(1, 6, nonlinearity="relu").double()  # P keeps positive states positive: the relu's slope is 1
