@@ -36,9 +36,13 @@ class Main(click.Group):
         def one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
             click.echo(f"gradprobe: warning: {strip_control(str(message))}", err=True)
 
-        warnings.showwarning = one_line
+        from gradprobe.plugins import DISABLE_ENV
+
+        disabled = os.environ.get(DISABLE_ENV)
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # one-line warnings for this command only
+                warnings.showwarning = one_line
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
             raise
         except BrokenPipeError:  # the reader went away (`gradprobe plugins | head`): stop quietly
@@ -54,6 +58,11 @@ class Main(click.Group):
                 f"gradprobe: internal error: {strip_control(short(exc))} (run with --debug for the traceback)", err=True
             )
             ctx.exit(EXIT_INTERNAL)
+        finally:  # --disable-plugin holds for this command only
+            if disabled is None:
+                os.environ.pop(DISABLE_ENV, None)
+            else:
+                os.environ[DISABLE_ENV] = disabled
 
 
 class BadInput(click.ClickException):

@@ -104,7 +104,7 @@ class PluginManager(pluggy.PluginManager):
         found = self._callers.get(hook)
         if found is None:
             impls = reversed(getattr(self.hook, hook).get_hookimpls())
-            # gradprobe hooks are plain calls; wrappers are not supported
+            # pluggy's order (tryfirst/trylast, then last registered first); wrappers are refused by add()
             found = [
                 (impl.plugin_name, impl.function, tuple(impl.argnames))
                 for impl in impls
@@ -114,10 +114,32 @@ class PluginManager(pluggy.PluginManager):
         return found
 
     def add(self, plugin: object, name: str, source: str) -> None:
-        """Register a plugin and record it as active."""
+        """Register a plugin and record it as active.
+
+        A plugin with a hook wrapper (``wrapper=True`` or ``hookwrapper=True``)
+        is refused, loudly: gradprobe calls each implementation on its own so
+        that one plugin's error switches off that plugin alone, and a wrapper
+        would not run around the others as pluggy promises.
+        """
         self.register(plugin, name=name)
-        hooks = [c.name for c in self.get_hookcallers(plugin) or ()]
-        self.statuses[name] = PluginStatus(name, source, hooks=sorted(hooks))
+        callers = self.get_hookcallers(plugin) or []
+        wrappers = [
+            caller.name
+            for caller in callers
+            for impl in caller.get_hookimpls()
+            if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper)
+        ]
+        if wrappers:
+            self.unregister(name=name)
+            self.skip(
+                name,
+                source,
+                "failed",
+                f"hook wrappers are not supported ({', '.join(sorted(wrappers))}): gradprobe calls each plugin's hooks "
+                "on their own, so that one plugin's error switches off that plugin alone",
+            )
+            return
+        self.statuses[name] = PluginStatus(name, source, hooks=sorted(c.name for c in callers))
 
     def skip(self, name: str, source: str, status: str, reason: str) -> None:
         """Record a plugin that is not loaded; a failure is also a warning."""

@@ -150,3 +150,25 @@ def test_the_built_in_rules_declare_what_they_observe():
         function = getattr(module, "gradprobe_observe", None)
         if function is not None:
             assert hasattr(function, hookspecs.OBSERVES_ATTRIBUTE), name
+
+
+def test_a_plugin_with_a_hook_wrapper_is_refused_loudly():
+    """gradprobe calls each plugin's hooks on their own (one plugin's error switches off that plugin alone), so a
+    wrapper cannot run around the others: it is refused with a warning, never silently dropped."""
+    import types
+
+    from gradprobe.hookspecs import hookimpl
+    from gradprobe.plugins import make_plugin_manager
+
+    plugin = types.ModuleType("wrapping_plugin")
+
+    @hookimpl(wrapper=True)
+    def gradprobe_event_written(event):
+        return (yield)
+
+    plugin.gradprobe_event_written = gradprobe_event_written
+    pm = make_plugin_manager(load_entry_points=False)
+    with pytest.warns(GradprobeWarning, match="hook wrappers are not supported"):
+        pm.add(plugin, "wrapping_plugin", "test")
+    assert pm.get_plugin("wrapping_plugin") is None
+    assert pm.statuses["wrapping_plugin"].status == "failed"

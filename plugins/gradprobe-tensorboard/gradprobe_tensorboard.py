@@ -8,6 +8,7 @@ writes every probe's events there.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import warnings
@@ -54,6 +55,12 @@ class TensorBoardSink:
 
             array = np.log10(np.asarray(numbers)) if log10 else np.asarray(numbers)
             self.writer.add_histogram(f"{self.prefix}/{tag}", array, step)
+
+    def close(self) -> None:
+        """Flush and close the writer (idempotent)."""
+        writer, self.writer = self.writer, None
+        if writer is not None and hasattr(writer, "close"):
+            writer.close()
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.writer is None:
@@ -108,7 +115,19 @@ def _summary_writer(log_dir: str | None) -> Any:
     return SummaryWriter(log_dir)
 
 
-_shared: TensorBoardSink | None = None
+#: The sink of ``$GRADPROBE_TENSORBOARD_DIR``, with its folder: one per folder at a time, closed when the
+#: folder changes and at exit.
+_shared: tuple[str, TensorBoardSink] | None = None
+
+
+def _close_shared() -> None:
+    global _shared
+    shared, _shared = _shared, None
+    if shared is not None:
+        shared[1].close()
+
+
+atexit.register(_close_shared)
 
 
 @hookimpl
@@ -118,6 +137,7 @@ def gradprobe_event_written(event: dict[str, Any]) -> None:
     folder = os.environ.get(ENV)
     if not folder:
         return
-    if _shared is None:
-        _shared = TensorBoardSink(folder)
-    _shared(event)
+    if _shared is None or _shared[0] != folder:
+        _close_shared()
+        _shared = (folder, TensorBoardSink(folder))
+    _shared[1](event)

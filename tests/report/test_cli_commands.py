@@ -102,3 +102,21 @@ def test_the_demo_leaves_the_denormal_setting_as_it_found_it(tmp_path):
     before = _flushing_denormals()
     run_demo(tmp_path, TrainingSetup(steps=2, seq_len=5, batch=4, lr=1e-2, seed=0), hidden=4, echo=lambda _: None)
     assert _flushing_denormals() == before
+
+
+def test_a_command_leaves_the_process_as_it_found_it(tmp_path, monkeypatch):
+    """One-line warnings and --disable-plugin hold for the command only (no process-wide state left behind)."""
+    import os
+    import warnings
+
+    from gradprobe.plugins import DISABLE_ENV
+
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    before = warnings.showwarning
+    result = CliRunner().invoke(main, ["--disable-plugin", "gradprobe.rules.gp203_input_weight_scale", "rules"])
+    assert result.exit_code == 0 and "GP203" not in result.output and "GP101" in result.output
+    assert warnings.showwarning is before
+    assert DISABLE_ENV not in os.environ
+    monkeypatch.setenv(DISABLE_ENV, "some-plugin")
+    CliRunner().invoke(main, ["--disable-plugin", "other", "rules"])
+    assert os.environ[DISABLE_ENV] == "some-plugin"

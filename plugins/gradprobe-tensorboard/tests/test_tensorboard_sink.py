@@ -77,7 +77,30 @@ def test_entry_point_hook_writes_when_the_variable_is_set(monkeypatch, tmp_path)
     with Probe(model, settings=ProbeSettings(every=1), rules=RuleEngine({}, plugin_manager=pm)) as probe:
         _train(probe, model, steps=1)
     assert made == [str(tmp_path)]
-    assert any(tag == "gradprobe/loss" for tag, _, _ in gradprobe_tensorboard._shared.writer.scalars)
+    folder, sink = gradprobe_tensorboard._shared
+    assert folder == str(tmp_path)
+    assert any(tag == "gradprobe/loss" for tag, _, _ in sink.writer.scalars)
+
+
+def test_the_shared_sink_is_closed_when_the_folder_changes_and_at_exit(monkeypatch, tmp_path):
+    closed = []
+
+    class ClosingWriter(FakeWriter):
+        def close(self):
+            closed.append(self)
+
+    real_sink = gradprobe_tensorboard.TensorBoardSink
+    monkeypatch.setattr(gradprobe_tensorboard, "TensorBoardSink", lambda folder: real_sink(writer=ClosingWriter()))
+    monkeypatch.setattr(gradprobe_tensorboard, "_shared", None)
+    monkeypatch.setenv(gradprobe_tensorboard.ENV, str(tmp_path / "a"))
+    gradprobe_tensorboard.gradprobe_event_written({"kind": "step", "step": 0, "loss": 1.0})
+    first = gradprobe_tensorboard._shared[1].writer
+    monkeypatch.setenv(gradprobe_tensorboard.ENV, str(tmp_path / "b"))
+    gradprobe_tensorboard.gradprobe_event_written({"kind": "step", "step": 1, "loss": 1.0})
+    assert closed == [first] and gradprobe_tensorboard._shared[0] == str(tmp_path / "b")
+    second = gradprobe_tensorboard._shared[1].writer
+    gradprobe_tensorboard._close_shared()  # what runs at exit (atexit)
+    assert closed == [first, second] and gradprobe_tensorboard._shared is None
 
 
 def test_hook_is_silent_without_the_variable(monkeypatch):
