@@ -35,7 +35,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
@@ -47,7 +46,6 @@ from gradprobe.discovery import RecurrentSite, find_recurrent, unwrap
 from gradprobe.events import EventWriter
 from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
-from gradprobe.layer_weights import describe_with_scales
 from gradprobe.quantities import BudgetSchedule, LayerProfile, Quantity, Schedule, StepContext, StepStatistics
 from gradprobe.quantities.base import Emit, QuantitySetup
 from gradprobe.quantities.registry import BUILT_IN, QuantityFactory, build
@@ -55,57 +53,18 @@ from gradprobe.quantities.truncation import TruncationWindows
 from gradprobe.recorders.capture import OFF, CallCapture, CaptureMode
 from gradprobe.recorders.optimizer_loop import LoopStep, OptimizerLoop
 from gradprobe.recorders.replay import SiteReplayers
+from gradprobe.run_meta import meta_fields
+from gradprobe.settings import ProbeSettings
 from gradprobe.unmeasured import rules_off_finding, unmeasured_tracks, why_unmeasured
-from gradprobe.version import __version__
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-FIX_MODES = ("off", "recommend", "auto")
 
 Q = TypeVar("Q", bound=Quantity)
 
 
 __all__ = ["Fixer", "FixerFactory", "GradprobeWarning", "LayerProfile", "Probe", "ProbeSettings"]
-
-
-@dataclass
-class ProbeSettings:
-    """Knobs of the probe; see :func:`attach` for their meaning."""
-
-    every: int | str = 50
-    fix: str = "off"
-    epsilon: float = 1e-3
-    saturation_every: int = 20
-    sample_rows: int = 4
-    deep_rows: int = 4
-    spectral_rows: int = 1
-    spectral_steps: int = 10
-    lyapunov_k: int = 4
-    seed: int = 0
-    flush_seconds: float = 2.0
-    dependency_length: int | None = None
-    truncation: int | None = None
-    grad_clip: float | None = None
-    budget: float = 0.03
-
-    def __post_init__(self) -> None:
-        if self.fix not in FIX_MODES:
-            raise ValueError(f"fix must be one of {', '.join(FIX_MODES)}, got {self.fix!r}")
-        if self.every != "auto" and (isinstance(self.every, (bool, str)) or int(self.every) < 1):
-            raise ValueError(f"every must be a number of steps >= 1 or 'auto', got {self.every!r}")
-        if isinstance(self.lyapunov_k, bool) or not isinstance(self.lyapunov_k, int) or self.lyapunov_k < 0:
-            raise ValueError(f"lyapunov_k must be a number of exponents >= 0, got {self.lyapunov_k!r}")
-        if not (isinstance(self.budget, (int, float)) and 0 < self.budget < 1):
-            raise ValueError(f"budget must be a share of the step time in (0, 1), got {self.budget!r}")
-        if not 0 < self.epsilon < 1:
-            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
-        for name in ("dependency_length", "truncation"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive number of steps, got {value!r}")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be a positive norm, got {self.grad_clip!r}")
 
 
 class Fixer(Protocol):
@@ -213,7 +172,7 @@ class Probe:
         )
         self._quantities = build(setup, quantities)
         self._needed = frozenset({OFF}).union(*(q.asks() for q in self._quantities))
-        self._emit_meta(model, optimizer)
+        self._router.emit("meta", **meta_fields(model, self.sites, self.settings, self.rules, optimizer))
         self._router.publish_findings(
             self._router.judged("linting the model", lambda: self.rules.lint(model, self.sites, keep=True))
         )
@@ -227,24 +186,6 @@ class Probe:
         self._capture.start_step(self._mode_for(0))
         if isinstance(self.schedule, BudgetSchedule):
             self.schedule.start()
-
-    def _emit_meta(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-        """The run's ``meta`` event: versions, layers with their weight scales, settings, rule configuration."""
-        rank, world_size = distributed.rank_and_world()
-        config = getattr(self.rules, "config", None)
-        self._router.emit(
-            "meta",
-            rank=rank,
-            world_size=world_size,
-            gradprobe=__version__,
-            torch=torch.__version__,
-            model=type(model).__name__,
-            layers=[describe_with_scales(site) for site in self.sites],
-            settings=vars(self.settings).copy(),
-            # so that ``gradprobe report`` judges the log as it was judged live
-            config=config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
-            optimizer=type(optimizer).__name__ if optimizer is not None else None,
-        )
 
     def _mode_for(self, step: int) -> CaptureMode:
         """The schedule's mode for ``step``, no deeper than some quantity needs."""
