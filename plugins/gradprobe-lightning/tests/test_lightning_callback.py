@@ -166,3 +166,15 @@ def test_mixed_precision_values_are_unscaled(tmp_path):
     for a, b in zip(plain, mixed):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.05)  # fp16 autocast changes the numbers a little
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=0.05)
+
+
+def test_the_callback_takes_the_options_every_entry_point_takes(tmp_path):
+    """The same rule keywords as lint/check/attach: an Options object, with keywords on top."""
+    from gradprobe.config import Options
+
+    torch.manual_seed(0)
+    model = Spiky(lr=1e-4)
+    callback = GradprobeCallback(every=100, options=Options(config={}, ignore=("GP401",)), fail_on="error")
+    _trainer(tmp_path, callback).fit(model, _loader(14))
+    codes = {f.code for f in callback.findings}
+    assert "GP102" in codes and "GP401" not in codes

@@ -121,3 +121,15 @@ def test_close_after_a_failed_train_removes_every_hook(tmp_path):
             callback.close()
     assert callback.probe is None and callback.steps == 3
     assert torch.autograd.backward is original
+
+
+def test_the_callback_takes_the_options_every_entry_point_takes(tmp_path):
+    """The same rule keywords as lint/check/attach: an Options object, with keywords on top."""
+    from gradprobe.config import Options
+
+    torch.manual_seed(0)
+    model = TinyTagger(spike_at=10)
+    callback = GradprobeTrainerCallback(every=100, options=Options(config={}), ignore=["GP401"])
+    _train(tmp_path, model, callback, max_steps=12, max_grad_norm=0.0, learning_rate=1e-4)
+    codes = {f.code for f in callback.findings}
+    assert "GP102" in codes and "GP401" not in codes
