@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
+from gradprobe.event_kinds import Kind
 from gradprobe.events import EventWriter
 from gradprobe.faults import short, warn
 from gradprobe.findings import Finding
@@ -166,7 +167,7 @@ class EventRouter:
     def _call_event_hook(self, event: Event) -> None:
         self.judge.call_hook("gradprobe_event_written", event=event)
 
-    def emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, kind: Kind, **fields: Any) -> None:
         """Publish one event; show it to the rules and publish the findings it brought. Never raises."""
         self.bus.publish({"kind": kind, **fields})
         if kind not in NOT_JUDGED:

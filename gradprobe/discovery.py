@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,6 +16,10 @@ from gradprobe.reference.functional import GATE_COUNT, GATE_NAMES
 
 class NotRecurrentError(TypeError):
     """The model holds no recurrent layer gradprobe can probe."""
+
+
+#: How a recurrent module is driven: a whole sequence per call, one step per call, or scripted (no hooks).
+SiteKind = Literal["stack", "cell", "scripted"]
 
 
 @dataclass
@@ -35,7 +39,7 @@ class RecurrentSite:
 
     name: str
     module: nn.Module
-    kind: str
+    kind: SiteKind
     mode: str | None
     tracks: list[str] = field(default_factory=list)
 
@@ -140,6 +144,7 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
         if id(module) in inside_stack:
             continue
         mode = mode_of(module)
+        kind: SiteKind
         if _scripted_recurrent(module) or (isinstance(module, torch.jit.ScriptModule) and id(module) in custom):
             kind = "scripted"
             inside_stack.update(id(m) for m in module.modules())

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from gradprobe.discovery import RecurrentSite
+from gradprobe.event_kinds import Kind
 from gradprobe.recorders.capture import CaptureMode, StepRecord
 from gradprobe.recorders.replay import SiteReplayers
 
@@ -24,7 +25,7 @@ from gradprobe.recorders.replay import SiteReplayers
 class Emit(Protocol):
     """Publish one event (``kind`` plus its fields) to the log, the sinks, the plugin hooks and the rules."""
 
-    def __call__(self, kind: str, **fields: Any) -> None: ...
+    def __call__(self, kind: Kind, **fields: Any) -> None: ...
 
 
 @dataclass
