@@ -242,18 +242,18 @@ class CallCapture:
         self.sample_rows = sample_rows
         self.mode: CaptureMode = OFF
         self.paused_now = False
-        self.stack_calls: dict[str, list[StackCall]] = {}  # the latest chain of calls per site
-        self.cell_calls: dict[str, CellCalls] = {}
-        self.sequences: dict[str, Sequence] = {}  # this step's latest sequence per site
+        self._stack_calls: dict[str, list[StackCall]] = {}  # the latest chain of calls per site
+        self._cell_calls: dict[str, CellCalls] = {}
+        self._sequences: dict[str, Sequence] = {}  # this step's latest sequence per site
         self._finals: dict[str, tuple[Tensor, ...]] = {}  # detached final state of the last sequence, across steps
-        self.outputs_seen: list[tuple[str, Tensor]] = []  # checked for Inf/NaN only when a step went bad
+        self._outputs_seen: list[tuple[str, Tensor]] = []  # checked for Inf/NaN only when a step went bad
         self.handles: list[ProbeHookHandle] = []
         self._tensor_handles: list[RemovableHandle] = []
         self._pending_rng: tuple[str, Tensor] | None = None  # RNG state before a deep step's forward
         #: Per site, calls seen in the whole run: ``[any, with gradients enabled]`` (for "not measured" reasons).
-        self.calls_seen: dict[str, list[int]] = {site.name: [0, 0] for site in sites}
+        self._calls_seen: dict[str, list[int]] = {site.name: [0, 0] for site in sites}
         #: Per site, calls seen on ``DataParallel`` replicas (not captured).
-        self.replica_calls: dict[str, int] = {}
+        self._replica_calls: dict[str, int] = {}
         self._conventions: dict[str, str] = {}  # per cell site, as last decided (kept across steps)
         for site in sites:
             if site.kind == "scripted":  # TorchScript modules take no hooks
@@ -261,16 +261,20 @@ class CallCapture:
             self.handles.append(register_forward_pre_hook(site.module, self._pre_hook(site), with_kwargs=True))
             self.handles.append(register_forward_hook(site.module, self._post_hook(site), with_kwargs=True))
 
+    def peek(self) -> StepRecord:
+        """The calls captured so far on this step, as a read-only record (the capture goes on)."""
+        return StepRecord(
+            self.mode,
+            MappingProxyType(self._stack_calls),
+            MappingProxyType(self._cell_calls),
+            MappingProxyType(self._sequences),
+            tuple(self._outputs_seen),
+        )
+
     def take(self) -> StepRecord:
         """The step's captured calls as a frozen record; the capture starts afresh (the gradient hooks on the
         step's outputs are removed, their gradients already arrived)."""
-        record = StepRecord(
-            self.mode,
-            MappingProxyType(self.stack_calls),
-            MappingProxyType(self.cell_calls),
-            MappingProxyType(self.sequences),
-            tuple(self.outputs_seen),
-        )
+        record = self.peek()
         self.clear()
         return record
 
@@ -286,8 +290,8 @@ class CallCapture:
 
     def seen(self, site: str) -> SiteCalls:
         """How often ``site``'s hooks ran in the run: all calls, those with gradients enabled, those on replicas."""
-        calls, with_gradients = self.calls_seen.get(site, [0, 0])
-        return SiteCalls(calls, with_gradients, self.replica_calls.get(site, 0))
+        calls, with_gradients = self._calls_seen.get(site, [0, 0])
+        return SiteCalls(calls, with_gradients, self._replica_calls.get(site, 0))
 
     def start_step(self, mode: CaptureMode) -> None:
         """Forget the previous step's calls and capture the next step's in ``mode``."""
@@ -295,10 +299,10 @@ class CallCapture:
         self.mode = mode
 
     def clear(self) -> None:
-        self.stack_calls = {}
-        self.cell_calls = {}
-        self.sequences = {}
-        self.outputs_seen = []
+        self._stack_calls = {}
+        self._cell_calls = {}
+        self._sequences = {}
+        self._outputs_seen = []
         for handle in self._tensor_handles:
             handle.remove()
         self._tensor_handles = []
@@ -337,12 +341,12 @@ class CallCapture:
     def _post_hook(self, site: RecurrentSite) -> Callable[..., None]:
         @eager
         def observe(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            seen = self.calls_seen.get(site.name)
+            seen = self._calls_seen.get(site.name)
             if seen is not None:
                 seen[0] += 1
                 seen[1] += int(torch.is_grad_enabled())
             if getattr(module, "_is_replica", False):
-                self.replica_calls[site.name] = self.replica_calls.get(site.name, 0) + 1
+                self._replica_calls[site.name] = self._replica_calls.get(site.name, 0) + 1
                 return
             if self._active():
                 self.guard(f"forward hook of {site.name}", lambda: self._record(site, module, args, kwargs, output))
@@ -364,15 +368,15 @@ class CallCapture:
 
     def _begin(self, site: RecurrentSite, state: tuple[Tensor, ...]) -> bool:
         """Note a call of ``site``; return whether it starts a new sequence (which then replaces the old one)."""
-        sequence = self.sequences.get(site.name)
+        sequence = self._sequences.get(site.name)
         if sequence is not None and continues(state, sequence.final):
             return False
-        self.sequences[site.name] = Sequence(carried=carried_detached(state, self._finals.get(site.name, ())))
-        self.outputs_seen = [(name, t) for name, t in self.outputs_seen if name != site.name]
+        self._sequences[site.name] = Sequence(carried=carried_detached(state, self._finals.get(site.name, ())))
+        self._outputs_seen = [(name, t) for name, t in self._outputs_seen if name != site.name]
         return True
 
     def _end(self, site: RecurrentSite, steps: int, final: tuple[Tensor, ...]) -> None:
-        sequence = self.sequences[site.name]
+        sequence = self._sequences[site.name]
         sequence.length += steps
         sequence.final = final
         if final and _address(final[0]) is not None:
@@ -388,10 +392,10 @@ class CallCapture:
         final = as_tuple(hidden)
         new_sequence = self._begin(site, as_tuple(hx))
         self._end(site, _time_steps(input_, module.batch_first), final)
-        self.outputs_seen.append((site.name, data))
+        self._outputs_seen.append((site.name, data))
         if self.mode == OFF:
             return
-        chain = self.stack_calls.get(site.name, [])
+        chain = self._stack_calls.get(site.name, [])
         call = StackCall(input_, hx, module.training, final=final)
         pending = self._pending_rng
         if pending is not None and pending[0] == site.name:
@@ -410,7 +414,7 @@ class CallCapture:
         if new_sequence or self.mode == SAMPLE or len(chain) >= MAX_CHAIN_CALLS:
             chain = []  # a sampled step needs one call; a chain too long to keep restarts (memory stays bounded)
         chain.append(call)
-        self.stack_calls[site.name] = chain
+        self._stack_calls[site.name] = chain
 
     def _record_cell(self, site: RecurrentSite, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         outputs = flat_tensors(output)
@@ -420,7 +424,7 @@ class CallCapture:
         if decided is not None:
             self._conventions[site.name] = decided
         convention = self._conventions.get(site.name, STATE)
-        sequence = self.sequences.get(site.name)
+        sequence = self._sequences.get(site.name)
         was_handed_on = sequence is not None and handed_on(state, sequence.final)
         new_sequence = self._begin(site, state)
         # a call over a whole sequence starts one (a cell with 3-D inputs, a graph cell say, is called again
@@ -431,12 +435,12 @@ class CallCapture:
             self._end(site, steps, state_part(outputs, convention))
         else:
             self._end(site, 1, outputs)
-        self.outputs_seen.append((site.name, outputs[0]))
+        self._outputs_seen.append((site.name, outputs[0]))
         if self.mode == OFF:
             return
-        calls = self.cell_calls.get(site.name)
+        calls = self._cell_calls.get(site.name)
         if new_sequence or calls is None or len(calls.inputs) >= MAX_CHAIN_CALLS:
-            calls = self.cell_calls[site.name] = (
+            calls = self._cell_calls[site.name] = (
                 CellCalls()
             )  # the latest sequence replaces the old: memory stays bounded
         elif not was_handed_on:

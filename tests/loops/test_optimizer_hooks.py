@@ -257,7 +257,7 @@ def test_lbfgs_one_probe_step_per_optimizer_step_and_bounded_capture():
             opt.zero_grad()
             loss = nn.functional.mse_loss(model(x), y)
             loss.backward()
-            kept.append(len(probe._capture.cell_calls["cell"].inputs))
+            kept.append(len(probe._capture.peek().cell_calls["cell"].inputs))
             return loss
 
         for _ in range(3):

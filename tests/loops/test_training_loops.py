@@ -53,7 +53,9 @@ def test_lbfgs_closure_calls_keep_one_sequence_in_memory(make):
             loss.backward()
             capture = probe._capture
             kept.append(
-                len(capture.cell_calls["cell"].inputs) if make is CellLoop else len(capture.stack_calls["lstm"])
+                len(capture.peek().cell_calls["cell"].inputs)
+                if make is CellLoop
+                else len(capture.peek().stack_calls["lstm"])
             )
             return loss
 

@@ -72,7 +72,7 @@ def _captured_stack_call(module, x):
     out, hidden = module(x)
     loss = out.pow(2).sum() + sum(h.sum() for h in (hidden if isinstance(hidden, tuple) else (hidden,)))
     loss.backward()
-    (call,) = capture.stack_calls[site.name]  # one call: one sequence
+    (call,) = capture.peek().stack_calls[site.name]  # one call: one sequence
     capture.remove()
     return site, call
 
