@@ -57,6 +57,25 @@ class Report:
         return "\n".join(lines)
 
 
+def _rule_keywords(
+    config: Config | Mapping[str, Any] | None,
+    thresholds: Mapping[str, Mapping[str, float]] | None,
+    ignore: Iterable[str],
+    fail_on: str | None,
+    cells: Iterable[str | nn.Module],
+    dependency_length: int | None,
+) -> dict[str, Any]:
+    """The rule keywords every entry point takes, as :meth:`Options.of` takes them."""
+    return {
+        "config": config,
+        "thresholds": thresholds,
+        "ignore": ignore,
+        "fail_on": fail_on,
+        "cells": cells,
+        "dependency_length": dependency_length,
+    }
+
+
 def lint(
     model: nn.Module,
     config: Config | Mapping[str, Any] | None = None,
@@ -82,12 +101,7 @@ def lint(
     """
     opts = Options.of(
         options,
-        config=config,
-        thresholds=thresholds,
-        ignore=ignore,
-        fail_on=fail_on,
-        cells=cells,
-        dependency_length=dependency_length,
+        **_rule_keywords(config, thresholds, ignore, fail_on, cells, dependency_length),
         truncation=truncation,
         grad_clip=grad_clip,
     )
@@ -149,12 +163,7 @@ def check(
     """
     opts = Options.of(
         options,
-        config=config,
-        thresholds=thresholds,
-        ignore=ignore,
-        fail_on=fail_on,
-        cells=cells,
-        dependency_length=renamed(dependency_length, seq_len, "seq_len"),
+        **_rule_keywords(config, thresholds, ignore, fail_on, cells, renamed(dependency_length, seq_len, "seq_len")),
         truncation=truncation,
         grad_clip=grad_clip,
     )
@@ -274,12 +283,7 @@ def attach(
     """
     opts = Options.of(
         options,
-        config=config,
-        thresholds=thresholds,
-        ignore=ignore,
-        fail_on=fail_on,
-        cells=cells,
-        dependency_length=renamed(dependency_length, seq_len, "seq_len"),
+        **_rule_keywords(config, thresholds, ignore, fail_on, cells, renamed(dependency_length, seq_len, "seq_len")),
         truncation=truncation,
         grad_clip=grad_clip,
     )

@@ -145,6 +145,18 @@ def _improving(context: RuleContext, min_improvement: float) -> bool:
     return loss.divergence(context.run.signals.loss_rise) is None
 
 
+#: The shared signals the exploding evidence (spikes and whether they hurt) reads: GP102's and GP401's.
+EXPLODING_SIGNALS = (
+    "spike_factor",
+    "spike_window",
+    "min_history",
+    "min_spikes",
+    "extreme_factor",
+    "loss_rise",
+    "min_pinned_fraction",
+)
+
+
 @dataclass
 class SpikeJudgement:
     """Whether GP102's spikes hurt this run, and why."""

@@ -11,7 +11,7 @@ from gradprobe.findings import Finding, RuleResult
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.evidence import spike_judgement
+from gradprobe.rules.evidence import EXPLODING_SIGNALS, spike_judgement
 
 RULE = Rule(
     code="GP102",
@@ -19,15 +19,7 @@ RULE = Rule(
     severity="error",
     summary="Gradient signal grows through time, or gradient norms spike repeatedly",
     thresholds={"max_growth": 100.0},
-    signals=(
-        "spike_factor",
-        "spike_window",
-        "min_history",
-        "min_spikes",
-        "extreme_factor",
-        "loss_rise",
-        "min_pinned_fraction",
-    ),
+    signals=EXPLODING_SIGNALS,
     what_it_does=(
         "Flags (error) a propagation profile whose fitted growth over the sequence exceeds max_growth. Counts the "
         "training steps whose total gradient norm is more than spike_factor x the running median of the last "

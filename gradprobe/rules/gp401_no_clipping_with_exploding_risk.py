@@ -9,7 +9,7 @@ from gradprobe.findings import RuleResult
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.evidence import spike_judgement
+from gradprobe.rules.evidence import EXPLODING_SIGNALS, spike_judgement
 from gradprobe.rules.gp102_exploding_gradient import growth_over_sequence
 
 RULE = Rule(
@@ -18,15 +18,7 @@ RULE = Rule(
     severity="warning",
     summary="Repeated gradient spikes or growth through time, and no clipping in place",
     thresholds={"max_growth": 100.0},
-    signals=(
-        "spike_factor",
-        "spike_window",
-        "min_history",
-        "min_spikes",
-        "extreme_factor",
-        "loss_rise",
-        "min_pinned_fraction",
-    ),
+    signals=EXPLODING_SIGNALS,
     what_it_does=(
         "Weighs the exploding risk (GP102's harmful spikes, a profile growing past max_growth, or a "
         "diverging loss) against the signs of clipping: clipping seen between backward and the optimizer step "
