@@ -51,6 +51,7 @@ from gradprobe.quantities.base import Emit, QuantitySetup
 from gradprobe.quantities.registry import BUILT_IN, QuantityFactory, build
 from gradprobe.quantities.truncation import TruncationWindows
 from gradprobe.recorders.capture import OFF, CallCapture, CaptureMode
+from gradprobe.recorders.gradients import GradientRecorder
 from gradprobe.recorders.optimizer_loop import LoopStep, OptimizerLoop
 from gradprobe.recorders.replay import SiteReplayers
 from gradprobe.run_meta import meta_fields
@@ -133,7 +134,7 @@ class Probe:
         self._router = EventRouter(rules, writer, sinks)
         self._profiles: dict[str, LayerProfile] = {}
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
-        self._statistics: StepStatistics | None = None
+        self._gradients: GradientRecorder | None = None
         self._replayers: SiteReplayers | None = None
         self._quantities: list[Quantity] = []
         self._fixer: Fixer | None = None
@@ -164,11 +165,11 @@ class Probe:
         fixer: FixerFactory | None,
         quantities: tuple[QuantityFactory, ...],
     ) -> None:
-        self._statistics = StepStatistics(model, self.sites)
+        gradients = self._gradients = GradientRecorder(model, self.sites)
         self._replayers = SiteReplayers(self.sites)
         generator = torch.Generator().manual_seed(self.settings.seed)
         setup = QuantitySetup(
-            self.sites, self.settings, generator, self._replayers, self._capture.paused, self._profiles
+            self.sites, self.settings, generator, self._replayers, self._capture.paused, self._profiles, gradients
         )
         self._quantities = build(setup, quantities)
         self._needed = frozenset({OFF}).union(*(q.asks() for q in self._quantities))
@@ -179,10 +180,7 @@ class Probe:
         if self.settings.fix != "off" and fixer is not None:
             self._fixer = fixer(model, self.settings.fix, self._router.emit)
         if optimizer is not None:
-            statistics = self._statistics
-            self._loop = OptimizerLoop(
-                optimizer, model, statistics.read_gradients, self._optimizer_step, self._guard, scaler
-            )
+            self._loop = OptimizerLoop(optimizer, model, gradients.record, self._optimizer_step, self._guard, scaler)
         self._capture.start_step(self._mode_for(0))
         if isinstance(self.schedule, BudgetSchedule):
             self.schedule.start()
@@ -312,28 +310,32 @@ class Probe:
 
     def _report_unmeasured(self) -> None:
         """An ``unmeasured`` event for every attached layer no deep step could measure (GP001), with the reason."""
-        statistics = self._statistics
-        if self.step_index == 0 or statistics is None:
+        if self.step_index == 0:
             return  # no step was recorded: GP002 speaks for the run
+        statistics = self.quantity(StepStatistics)
         for site, missing in unmeasured_tracks(self.sites, self._profiles):
-            reason = why_unmeasured(
-                site, self._capture.seen(site.name), statistics.got_gradients(site), self.schedule.every
-            )
+            got_gradients = statistics is not None and statistics.got_gradients(site)
+            reason = why_unmeasured(site, self._capture.seen(site.name), got_gradients, self.schedule.every)
             self._router.emit("unmeasured", step=self.step_index - 1, layer=site.name, tracks=missing, reason=reason)
 
     def _record(self, loss: Tensor | float | None, observed: LoopStep | None = None) -> None:
-        assert self._statistics is not None  # set in _start
         captured = self._capture.take()
-        emit = self._router.emit
-        record, nonfinite, loss_value = self._statistics.record(self.step_index, loss, captured, emit, observed)
         scale = observed.grad_scale if observed is not None else 1.0
-        context = StepContext(self.step_index, captured.mode, captured, emit, grad_scale=scale)
+        context = StepContext(
+            self.step_index, captured.mode, captured, self._router.emit, scale, loss=loss, loop=observed
+        )
+        statistics = self.quantity(StepStatistics)  # first: whether the step had non-finite values
+        if statistics is not None:
+            statistics.compute(context)
+        figures = statistics.latest if statistics is not None else None
+        nonfinite = figures is not None and figures.nonfinite is not None
         for quantity in self._quantities:
             # nothing to learn from replaying NaN/Inf; GP103 reports the step
-            if captured.mode in quantity.modes and (nonfinite is None or quantity.on_nonfinite_steps):
+            runs = quantity is not statistics and captured.mode in quantity.modes
+            if runs and (not nonfinite or quantity.on_nonfinite_steps):
                 quantity.compute(context)
-        if self._fixer is not None:
-            self._fixer.after_backward(self.step_index, record, nonfinite, loss_value)
+        if self._fixer is not None and figures is not None:
+            self._fixer.after_backward(self.step_index, figures.gradients, figures.nonfinite, figures.loss)
 
     # -- errors, detaching ---------------------------------------------------------
 
@@ -366,8 +368,8 @@ class Probe:
 
     def _detach(self) -> None:
         self._remove_hooks()
-        if self._statistics is not None:
-            self._statistics.release()
+        if self._gradients is not None:
+            self._gradients.release()
         if self._replayers is not None:
             self._replayers.release()
         for quantity in self._quantities:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gradprobe.config import SIGNALS
+
 CATEGORIES = {
     "GP0": "measurement",
     "GP1": "gradient flow",
@@ -67,7 +69,7 @@ class Rule:
             parts.append(f"### Fix safety\n{self.fix_safety}")
         parts.append(f"### Options\n{options}")
         if self.signals:
-            shown = "\n".join(f"- `{name}`" for name in self.signals)
+            shown = "\n".join(f"- `{name}` (default {SIGNALS[name]:g})" for name in self.signals)
             parts.append(f"### Shared signals it reads (`[tool.gradprobe.signals]`)\n{shown}")
         if self.references:
             parts.append(f"### References\n{self.references}")

@@ -100,7 +100,7 @@ MEASURING_PATHS = {
     "forward hooks": (CallCapture, "_record_cell"),
     "deep profile": (DeepProfile, "compute"),
     "sampled saturation": (SaturationSampling, "compute"),
-    "step statistics": (StepStatistics, "record"),
+    "step statistics": (StepStatistics, "compute"),
     "schedule": (Schedule, "observe"),
     "optimizer hooks": (OptimizerLoop, "_record"),
 }

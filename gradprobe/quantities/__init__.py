@@ -1,22 +1,26 @@
 """What the probe measures, one object per quantity (the shape of Cockpit's quantities).
 
-Each quantity has its own job and says on which kind of step it runs; the
+Each quantity has its own job, says on which kind of step it runs and which
+capture it needs (:class:`~gradprobe.quantities.base.Quantity`), and is built
+from one :class:`~gradprobe.quantities.base.QuantitySetup`;
+:mod:`gradprobe.quantities.registry` lists them. The
 :class:`~gradprobe.probe.Probe` keeps the lifecycle (attach, step, close), the
-guard that switches a failing part off, and the event bus. A step goes:
+schedule and the guard. A step goes:
 
 1. :class:`~gradprobe.quantities.schedule.Schedule` chooses the step's capture
    mode (deep, sampled or off) before its forward pass (:class:`BudgetSchedule`
    for ``every="auto"``: intervals chosen from measured costs);
 2. :class:`~gradprobe.quantities.step_statistics.StepStatistics` records the
    cheap figures of every step (loss, gradient norms per parameter and gate,
-   where non-finite values appeared first);
-3. the quantities that run in this mode compute from what the hooks captured:
+   where non-finite values appeared first); on a non-finite step only the
+   quantities that say so compute;
+3. the quantities that run in this mode compute from the step's frozen record:
    :class:`~gradprobe.quantities.saturation.SaturationSampling` on sampled
    steps, :class:`~gradprobe.quantities.deep_profile.DeepProfile` on deep steps;
    :class:`~gradprobe.quantities.sequence_profile.SequenceProfile` on deep steps
    for a module whose one call covers a whole sequence (measured through its inputs);
-4. :class:`~gradprobe.quantities.truncation.TruncationWindows` notes the typical
-   truncated-BPTT window of a loop that carries a detached state.
+   :class:`~gradprobe.quantities.truncation.TruncationWindows` on every step
+   (the typical truncated-BPTT window of a loop that carries a detached state).
 """
 
 from gradprobe.quantities.base import Emit, LayerProfile, Quantity, QuantitySetup, StepContext

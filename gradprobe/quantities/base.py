@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite
 from gradprobe.event_kinds import Kind
 from gradprobe.recorders.capture import CaptureMode, StepRecord
+from gradprobe.recorders.gradients import GradientRecorder
+from gradprobe.recorders.optimizer_loop import LoopStep
 from gradprobe.recorders.replay import SiteReplayers
 
 
@@ -83,6 +86,7 @@ class QuantitySetup:
         replayers: The autograd replayers of the sites.
         paused: A context in which the capture hooks keep nothing (the probe's own replays).
         profiles: The latest deep profile per track, shared by the quantities that measure profiles.
+        gradients: Reads the model's parameter gradients (norms per parameter and gate, non-finite ones).
     """
 
     sites: list[RecurrentSite]
@@ -91,6 +95,7 @@ class QuantitySetup:
     replayers: SiteReplayers
     paused: Callable[[], AbstractContextManager[None]]
     profiles: dict[str, LayerProfile]
+    gradients: GradientRecorder
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ class StepContext:
         emit: Where the quantity publishes its events.
         grad_scale: The AMP loss scale the backward pass ran under: captured
             gradients are divided by it (1.0 without AMP).
+        loss: The step's loss, as handed to ``probe.step`` or taken from the backward pass.
+        loop: With optimizer hooks, what the loop did between backward and the optimizer.
     """
 
     step: int
@@ -111,6 +118,8 @@ class StepContext:
     record: StepRecord
     emit: Emit
     grad_scale: float = 1.0
+    loss: Tensor | float | None = None
+    loop: LoopStep | None = None
 
 
 class Quantity:

@@ -15,6 +15,7 @@ from gradprobe.quantities.base import Quantity, QuantitySetup
 from gradprobe.quantities.deep_profile import DeepProfile
 from gradprobe.quantities.saturation import SaturationSampling
 from gradprobe.quantities.sequence_profile import SequenceProfile
+from gradprobe.quantities.step_statistics import StepStatistics
 from gradprobe.quantities.truncation import TruncationWindows
 
 #: Builds one quantity for an attached model.
@@ -22,6 +23,7 @@ QuantityFactory = Callable[[QuantitySetup], Quantity]
 
 #: The built-in quantities, in the order they compute on a step.
 BUILT_IN: tuple[QuantityFactory, ...] = (
+    StepStatistics,  # first: whether the step had non-finite values decides whether the others compute
     SaturationSampling,
     DeepProfile,
     SequenceProfile,

@@ -3,62 +3,77 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite
 from gradprobe.faults import warn
-from gradprobe.quantities.base import Emit
-from gradprobe.recorders.capture import StepRecord
-from gradprobe.recorders.gradients import GradientRecorder
+from gradprobe.quantities.base import Quantity, QuantitySetup, StepContext
+from gradprobe.recorders.capture import DEEP, OFF, SAMPLE, StepRecord
 from gradprobe.recorders.optimizer_loop import LoopStep
 
 
-class StepStatistics:
-    """Records a ``step`` event after every backward pass.
+@dataclass(frozen=True)
+class StepFigures:
+    """What :class:`StepStatistics` found on one step.
 
+    Attributes:
+        gradients: The gradient record (:meth:`GradientRecorder.record`).
+        nonfinite: Where non-finite values appeared first, or ``None``.
+        loss: The loss as a number, or ``None``.
+    """
+
+    gradients: dict[str, Any]
+    nonfinite: dict[str, Any] | None
+    loss: float | None
+
+
+class StepStatistics(Quantity):
+    """Records a ``step`` event after every backward pass (every step, whatever its capture mode).
+
+    It runs first on a step: what it finds (:attr:`latest`) tells the probe
+    whether the step had non-finite values (the other quantities then have
+    nothing to learn from it) and hands the per-step fixes their gradients.
     It also notices a loop that records no gradient at all (``probe.step``
     before ``backward``, or everything frozen) and warns once.
-
-    Args:
-        model: The model whose trainable parameters are read.
-        sites: Its recurrent layers (for per-gate norms).
     """
+
+    modes = frozenset({OFF, SAMPLE, DEEP})
+    needs = frozenset()  # the gradients and the loss are there on every step
+    on_nonfinite_steps = True
 
     #: Steps without any gradient, from the start, before the probe warns.
     NO_GRADIENT_STEPS = 3
 
-    def __init__(self, model: nn.Module, sites: list[RecurrentSite]) -> None:
-        self._gradients = GradientRecorder(model, sites)
+    def __init__(self, setup: QuantitySetup) -> None:
+        self._gradients = setup.gradients
         self._gradient_seen = False
         #: The latest step's gradient norm per parameter name (for "not measured" reasons).
         self.latest_params: dict[str, float] = {}
+        #: What the latest step showed.
+        self.latest: StepFigures | None = None
 
-    def read_gradients(self) -> dict[str, Any]:
-        """The gradient record of the gradients as they are now."""
-        return self._gradients.record()
+    def compute(self, context: StepContext) -> None:
+        """Emit the ``step`` event and keep what it found in :attr:`latest`.
 
-    def record(
-        self, step: int, loss: Tensor | float | None, captured: StepRecord, emit: Emit, observed: LoopStep | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any] | None, float | None]:
-        """Emit the ``step`` event; return the gradient record, where non-finite values appeared, and the loss.
-
-        ``observed`` (optimizer hooks) brings the gradients as they were right
-        after backward, unscaled, and what the loop did to them before the
-        optimizer (``clip``); without it the gradients are read now.
+        With optimizer hooks (``context.loop``) the gradients are those right
+        after backward, unscaled, with what the loop did to them before the
+        optimizer (``clip``); without them the gradients are read now.
         """
+        observed = context.loop
         gradients = observed.gradients if observed is not None else None
         record = gradients if gradients is not None else self._gradients.record()
-        self._watch_for_missing_gradients(step, record)
+        self._watch_for_missing_gradients(context.step, record)
         self.latest_params = record["params"]
-        loss_value = None
+        loss, loss_value = context.loss, None
         if loss is not None:
             loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value, captured)
-        emit(
+        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value, context.record)
+        context.emit(
             "step",
-            step=step,
+            step=context.step,
             loss=loss_value,
             grad_norm=record["grad_norm"],
             params=record["params"],
@@ -66,7 +81,7 @@ class StepStatistics:
             nonfinite=nonfinite,
             **self._loop_fields(observed),
         )
-        return record, nonfinite, loss_value
+        self.latest = StepFigures(record, nonfinite, loss_value)
 
     @staticmethod
     def _loop_fields(observed: LoopStep | None) -> dict[str, Any]:
@@ -87,7 +102,7 @@ class StepStatistics:
     def release(self) -> None:
         """Drop every reference to the model's parameters."""
         self.latest_params = {}
-        self._gradients.release()
+        self.latest = None
 
     def _watch_for_missing_gradients(self, step: int, record: dict[str, Any]) -> None:
         if self._gradient_seen:
