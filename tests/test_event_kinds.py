@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -109,3 +110,28 @@ def test_the_events_reference_page_is_generated_from_the_definitions():
     assert page == markdown(), "docs/events.md is stale: python -m gradprobe.event_kinds > docs/events.md"
     for kind in KINDS:
         assert f"## `{kind}`" in page
+
+
+def test_events_are_read_only_once_published():
+    """A sink that changes an event is switched off alone; the log, the rules and the other sinks see it as sent."""
+    import pytest
+
+    from gradprobe import GradprobeWarning
+
+    def meddling(event: dict) -> None:
+        if event["kind"] == "step":
+            event["loss"] = 0.0
+
+    seen: list[dict] = []
+    torch.manual_seed(0)
+    model = nn.GRU(2, 4)
+    with pytest.warns(GradprobeWarning, match="switched off sink .*meddling.*read-only"):
+        with gradprobe.attach(model, every=1, config={}, sinks=[meddling, seen.append]) as probe:
+            out, _ = model(torch.randn(5, 2, 2))
+            loss = out.pow(2).mean()
+            loss.backward()
+            probe.step(loss)
+    (step,) = [e for e in seen if e["kind"] == "step"]
+    assert step["loss"] == pytest.approx(float(loss))
+    assert any(part.endswith("meddling") and "read-only" in why for part, why in probe.faults.items())
+    assert dict(step) == step and json.loads(json.dumps(step))["kind"] == "step"  # still a dict to every reader
