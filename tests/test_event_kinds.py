@@ -132,6 +132,6 @@ def test_events_are_read_only_once_published():
             loss.backward()
             probe.step(loss)
     (step,) = [e for e in seen if e["kind"] == "step"]
-    assert step["loss"] == pytest.approx(float(loss))
+    assert step["loss"] == pytest.approx(loss.item())
     assert any(part.endswith("meddling") and "read-only" in why for part, why in probe.faults.items())
     assert dict(step) == step and json.loads(json.dumps(step))["kind"] == "step"  # still a dict to every reader
