@@ -200,6 +200,7 @@ def report(
         text = render_text(summary, fail_on, other, names)
     if fmt == "text":
         text = strip_control(text)
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate from a log cannot be written
     if output is not None:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)

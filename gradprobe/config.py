@@ -172,7 +172,10 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
     if unknown:
         raise ConfigError(f"{source}: unknown gradprobe setting(s): {', '.join(sorted(unknown))}")
     thresholds: dict[str, dict[str, float]] = {}
-    for code, values in dict(data.get("thresholds", {})).items():
+    raw_thresholds = data.get("thresholds", {})
+    if not isinstance(raw_thresholds, Mapping):
+        raise ConfigError(f"{source}: thresholds must be a table of rule codes")
+    for code, values in raw_thresholds.items():
         if not isinstance(values, Mapping):
             raise ConfigError(f"{source}: thresholds.{code} must be a table of numbers")
         for key, value in values.items():
@@ -185,10 +188,10 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: signals must be a table of numbers")
     signals = {**moved, **check_signals(raw_signals, source)}
     ignore = data.get("ignore", [])
-    if isinstance(ignore, str) or not all(isinstance(c, str) for c in ignore):
+    if not isinstance(ignore, (list, tuple, set, frozenset)) or not all(isinstance(c, str) for c in ignore):
         raise ConfigError(f"{source}: ignore must be a list of rule codes")
     fail_on = data.get("fail-on", data.get("fail_on", DEFAULT_FAIL_ON))
-    if fail_on not in SEVERITIES:
+    if not isinstance(fail_on, str) or fail_on not in SEVERITIES:
         raise ConfigError(f"{source}: fail-on must be info, warning or error")
     need = data.get("dependency-length", data.get("dependency_length"))
     if need is not None and (isinstance(need, bool) or not isinstance(need, int) or need < 1):

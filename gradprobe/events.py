@@ -66,6 +66,8 @@ def number(value: Any) -> float | None:
         return None
     try:
         return float(value)
+    except OverflowError:  # an integer beyond any float (a 400-digit loss): as large as a float can say
+        return (math.inf if value > 0 else -math.inf) if isinstance(value, int) else None
     except (TypeError, ValueError):
         return None
 
@@ -185,7 +187,7 @@ def iter_events(
                 event = parse_line(raw)
                 if type(event) is not dict or "kind" not in event or "v" not in event:
                     raise ValueError("not a gradprobe event (no 'v'/'kind')")
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
                 truncated = not raw.endswith(b"\n")
                 if not seen_valid and number == 1 and not truncated:
                     raise LogFormatError(f"{path} is not a gradprobe run log (line 1: {_short(exc)})") from None

@@ -97,7 +97,7 @@ if msgspec is not None:
     _BY_KIND: dict[bytes, msgspec.json.Decoder[Any]] = {
         kind.encode(): msgspec.json.Decoder(line_struct(spec)) for kind, spec in KINDS.items() if spec.frequent
     }
-    _REFUSED = (msgspec.ValidationError, msgspec.DecodeError)
+    _REFUSED = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)  # RecursionError: nested too deep
     _START = len(KIND_PREFIX)
 
     _STEP_PREFIX = KIND_PREFIX + b'step"'

@@ -124,13 +124,29 @@ class Finding(NamedTuple):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
-        """Inverse of :meth:`to_dict`; extra keys are ignored."""
-        values: dict[str, Any] = {k: data.get(k) for k in cls._fields if k in data or k == "fix"}
+        """Inverse of :meth:`to_dict`; extra keys are ignored, and what a log left out or typed wrongly takes
+        its neutral value (a static finding without a layer, an evidence that is not a mapping)."""
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) else None
+
+        step = data.get("step")
+        evidence = data.get("evidence")
         raw = data.get("fixes") or []
-        values["fixes"] = tuple(
-            f for f in (FixAction.from_dict(x) for x in (raw if isinstance(raw, list) else [])) if f is not None
+        return cls(
+            code=str(data.get("code")),
+            name=text("name") or str(data.get("code")),
+            severity=str(data.get("severity")),
+            layer=text("layer"),
+            step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+            message=str(data.get("message", "")),
+            evidence=dict(evidence) if isinstance(evidence, dict) else {},
+            fix=text("fix"),
+            fixes=tuple(
+                f for f in (FixAction.from_dict(x) for x in (raw if isinstance(raw, list) else [])) if f is not None
+            ),
         )
-        return cls(**values)
 
     def __str__(self) -> str:
         where = f" {self.layer}" if self.layer else ""

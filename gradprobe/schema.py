@@ -102,8 +102,8 @@ def rate(value: Any) -> bool:
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
+        and abs(value) <= MAX_RATE  # first: an integer too large for a float fails here, not in isfinite
         and math.isfinite(value)
-        and abs(value) <= MAX_RATE
     )
 
 

@@ -15,6 +15,20 @@ from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing, severity_rank,
 from gradprobe.report.series import Downsampled, MinMaxSeries
 from gradprobe.rules.engine import RuleEngine, sort_findings
 
+#: The per-step series of a ``deep`` event.
+DEEP_SERIES = ("grad_norms", "profile", "jacobian_norms", "lyapunov")
+
+
+def readable_deep(event: dict[str, Any]) -> dict[str, Any]:
+    """A ``deep`` event as the reports read it: each series a list of floats (``None`` for a missing value; an
+    empty list where the log left the series out or null), ``horizon`` and ``rate`` floats or ``None``."""
+    out = dict(event)
+    for key in DEEP_SERIES:
+        values = event.get(key)
+        out[key] = [number(v) for v in values] if isinstance(values, list) else []
+    out["horizon"], out["rate"] = number(event.get("horizon")), number(event.get("rate"))
+    return out
+
 
 @dataclass
 class LayerSummary:
@@ -98,14 +112,13 @@ class RunSummary:
         elif kind == "deep":
             layer = self._layer(event["layer"])
             layer.mode = event.get("mode")
-            layer.latest = event
+            latest = layer.latest = readable_deep(event)
             layer.probes += 1
             if not self.charts:
                 return
-            layer.heatmap.add((event.get("step"), [number(v) for v in event.get("grad_norms", [])]))
-            horizon = number(event.get("horizon"))
-            lyapunov = [number(v) for v in event.get("lyapunov") or []]
-            layer.trend.add((event.get("step"), horizon, number(event.get("rate")), event.get("seq_len"), lyapunov))
+            layer.heatmap.add((event.get("step"), latest["grad_norms"]))
+            trend = (latest["horizon"], latest["rate"], event.get("seq_len"), latest["lyapunov"])
+            layer.trend.add((event.get("step"), *trend))
         elif kind == "saturation":
             layer = self._layer(event["layer"], event.get("mode"))
             layer.saturation = event

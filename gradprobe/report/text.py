@@ -83,9 +83,10 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
     lines.append(f"gradprobe report: {sources}")
     if meta:
         steps = f"steps {summary.first_step}-{summary.last_step}" if summary.steps else "no training steps"
+        settings = meta.get("settings") or {}
         lines.append(
             f"  model {meta.get('model')}, {steps}, gradprobe {meta.get('gradprobe')}, torch {meta.get('torch')}, "
-            f"deep probe every {meta.get('settings', {}).get('every')} steps, fix={meta.get('settings', {}).get('fix')}"
+            f"deep probe every {settings.get('every')} steps, fix={settings.get('fix')}"
         )
     counts = {s: sum(f.severity == s for f in summary.findings) for s in SEVERITIES}
     lines.append("")

@@ -107,7 +107,7 @@ class RuleContext:
 
     def layer_info(self, module: str) -> dict[str, Any]:
         """The ``meta`` description of a recurrent module (empty when unknown)."""
-        for layer in self.meta.get("layers", []):
+        for layer in self.meta.get("layers") or []:
             if isinstance(layer, dict) and layer.get("name") == module:
                 return layer
         return {}

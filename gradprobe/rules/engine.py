@@ -130,7 +130,9 @@ class RuleEngine:
         per_layer: dict[str, list[str]] = {}
         for (plugin, layer), reason in self.pm.layer_faults.items():
             per_layer.setdefault(layer, []).append(f"{plugin} ({reason})")
-        attached = [str(layer.get("name")) for layer in self.context.meta.get("layers", []) if isinstance(layer, dict)]
+        attached = [
+            str(layer.get("name")) for layer in self.context.meta.get("layers") or [] if isinstance(layer, dict)
+        ]
         for layer in attached or [getattr(site, "name", str(site)) for site in self._linted]:
             for plugin, reason in self.pm.run_faults.items():
                 per_layer.setdefault(layer, []).append(f"{plugin} ({reason})")

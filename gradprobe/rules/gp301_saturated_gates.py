@@ -191,7 +191,7 @@ class Blame:
 def _blame(context: RuleContext, track: str, mode: str | None, gate: str) -> Blame:
     """The fixes for a saturated track: the recurrent weights, the input weights, a gate's bias, or the inputs' scale."""
     scales: dict[str, Any] = {}
-    for layer in context.meta.get("layers", []):
+    for layer in context.meta.get("layers") or []:
         found = layer.get("scales") if isinstance(layer, dict) else None
         if isinstance(found, dict) and isinstance(found.get(track), dict):
             scales = found[track]
