@@ -98,7 +98,9 @@ class EventBus:
     def _run(self, consumer: Consumer, doing: str, action: Callable[..., None], *args: Any) -> None:
         try:
             action(*args)
-        except Exception as exc:  # noqa: BLE001 - a consumer must not break training or the other consumers
+        except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and GeneratorExit too: a consumer must not break training or the other consumers
             consumer.failed = f"{doing}: {short(exc)}"
             warn(
                 f"gradprobe switched off {consumer.name} after an error {consumer.failed}; the rest of the probe goes on",
@@ -141,6 +143,10 @@ class Judge(Protocol):
         ...
 
 
+def _nothing(event: Event) -> None:
+    """The delivery of a consumer that never started."""
+
+
 #: Kinds the rules are not shown: their own findings, and a consumer's fault.
 NOT_JUDGED = frozenset({"finding", "fault"})
 
@@ -172,6 +178,13 @@ class EventRouter:
         for sink in sinks:
             self.bus.add(sink_name(sink), sink)
 
+    def switched_off(self, name: str, reason: str) -> None:
+        """A consumer that failed before it could start (a run log that cannot be opened): listed among the
+        faults, reported once (a warning and a ``fault`` event to the consumers that work)."""
+        self.bus.consumers.append(Consumer(name, _nothing, failed=reason))
+        warn(f"gradprobe switched off {name} after an error {reason}; the rest of the probe goes on", stacklevel=5)
+        self._report_fault(name, reason)
+
     def flush_log(self) -> None:
         """Write what the run log holds to disk now (before the probe switches itself off); never raises."""
         if self.writer is not None:
@@ -201,7 +214,9 @@ class EventRouter:
             return None
         try:
             return body()
-        except Exception as exc:  # noqa: BLE001 - a rule bug must not break training or measuring
+        except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and GeneratorExit too: a rule bug must not break training or measuring
             self.rules_error = f"{doing}: {short(exc)}"
             warn(f"gradprobe switched off its rules after an error {self.rules_error}; measuring goes on", stacklevel=5)
             self.bus.publish({"kind": "fault", "step": self.step, "part": "rules", "message": self.rules_error})

@@ -9,6 +9,7 @@ Warnings (a skipped plugin, a malformed log line) are one line each.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -181,23 +182,25 @@ def report(
     from gradprobe.report.json_report import render_json
     from gradprobe.report.text import render_text
 
-    config = load_pyproject(config_path.parent) if config_path is not None else None
-    charts = fmt == "html"  # only the HTML report plots series over training
-    if sys.stderr.isatty():
-        total = sum(p.stat().st_size for path in logs for p in expand_rank_logs(path) if p.is_file())
-        with click.progressbar(length=total, label="reading logs", file=sys.stderr, show_pos=False) as bar:
-            summary = summarize_logs(logs, config, progress=bar.update, charts=charts)
-    else:
-        summary = summarize_logs(logs, config, charts=charts)
-    fail_on = fail_on or summary.fail_on
-    other = summarize_logs(compare, config, charts=charts) if compare else None
-    names = (_run_name(logs), _run_name(compare)) if compare else ("run", "other")
-    if fmt == "html":
-        text = render_html(summary, fail_on, other, names)
-    elif fmt == "json":
-        text = render_json(summary, fail_on, other)
-    else:
-        text = render_text(summary, fail_on, other, names)
+    # stdout carries the report alone: what a plugin prints while the logs are judged goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        config = load_pyproject(config_path.parent) if config_path is not None else None
+        charts = fmt == "html"  # only the HTML report plots series over training
+        if sys.stderr.isatty():
+            total = sum(p.stat().st_size for path in logs for p in expand_rank_logs(path) if p.is_file())
+            with click.progressbar(length=total, label="reading logs", file=sys.stderr, show_pos=False) as bar:
+                summary = summarize_logs(logs, config, progress=bar.update, charts=charts)
+        else:
+            summary = summarize_logs(logs, config, charts=charts)
+        fail_on = fail_on or summary.fail_on
+        other = summarize_logs(compare, config, charts=charts) if compare else None
+        names = (_run_name(logs), _run_name(compare)) if compare else ("run", "other")
+        if fmt == "html":
+            text = render_html(summary, fail_on, other, names)
+        elif fmt == "json":
+            text = render_json(summary, fail_on, other)
+        else:
+            text = render_text(summary, fail_on, other, names)
     if fmt == "text":
         text = strip_control(text)
     text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate from a log cannot be written

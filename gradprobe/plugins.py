@@ -219,7 +219,9 @@ class PluginManager(pluggy.PluginManager):
                 result = function(*map(kwargs.__getitem__, argnames))
                 if result is not None and type(result) is not list and isinstance(result, Iterator):
                     result = list(result)  # a generator raises while it is consumed: consume it here
-            except Exception as exc:  # noqa: BLE001 - one plugin must not take the others (or training) down
+            except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit and GeneratorExit too: one plugin must not take the others (or training) down
                 if layer is None:
                     self.switch_off(plugin_name, hook, exc)
                 else:
@@ -252,7 +254,9 @@ def make_plugin_manager(load_entry_points: bool = True, disable: Iterable[str] =
             elif pm.get_plugin(entry.name) is None:
                 try:
                     plugin = entry.load()
-                except Exception as exc:  # noqa: BLE001 - a broken install must not stop gradprobe
+                except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - SystemExit and GeneratorExit too: a broken install must not stop gradprobe
                     pm.skip(entry.name, source, "failed", f"import failed: {short(exc)}")
                     continue
                 pm.add(plugin, entry.name, source)

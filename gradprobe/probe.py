@@ -130,8 +130,7 @@ class Probe:
         #: ``(layer, tracks)`` of every attached layer, kept after detaching for the "not measured" findings.
         self._attached = [(site.name, list(site.tracks)) for site in self.sites]
         self.schedule = self._schedule()
-        writer = EventWriter(distributed.log_path_for_this_rank(log), self.settings.flush_seconds) if log else None
-        self._router = EventRouter(rules, writer, sinks)
+        self._router = self._open_router(rules, log, sinks)
         self._profiles: dict[str, LayerProfile] = {}
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
         self._gradients: GradientRecorder | None = None
@@ -145,6 +144,20 @@ class Probe:
             self._detach()
             self._router.close()
             raise
+
+    def _open_router(self, rules: Judge, log: str | os.PathLike[str] | None, sinks: Sequence[Sink]) -> EventRouter:
+        """The router, with the run log when it can be opened; a log that cannot (a read-only folder, a path
+        that is a folder) is switched off like a log whose disk fills up: one warning, the run goes on."""
+        if not log:
+            return EventRouter(rules, None, sinks)
+        path = distributed.log_path_for_this_rank(log)
+        try:
+            writer = EventWriter(path, self.settings.flush_seconds)
+        except OSError as exc:
+            router = EventRouter(rules, None, sinks)
+            router.switched_off(f"the run log {path}", f"opening: {short(exc)}")
+            return router
+        return EventRouter(rules, writer, sinks)
 
     def _schedule(self) -> Schedule:
         s = self.settings

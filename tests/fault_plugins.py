@@ -54,7 +54,41 @@ class DuplicateCode:
         register(Rule(code="GP101", name="my-vanishing", severity="error", summary="claims a built-in code"))
 
 
+class LintExits(_Base):
+    code = "XP004"
+
+    @hookimpl
+    def gradprobe_lint(self, model, context):
+        raise SystemExit(7)
+
+
+class SummarizeExits(_Base):
+    code = "XP005"
+
+    @hookimpl
+    def gradprobe_summarize(self, context):
+        raise SystemExit(7)
+
+
+class EventHookGeneratorExit:
+    @hookimpl
+    def gradprobe_event_written(self, event):
+        raise GeneratorExit
+
+
+class ObservePrints(_Base):
+    code = "XP006"
+
+    @hookimpl
+    def gradprobe_observe(self, event, context):
+        print("a plugin talking on stdout")
+
+
 LINT_RAISES = LintRaises()
+LINT_EXITS = LintExits()
+SUMMARIZE_EXITS = SummarizeExits()
+EVENT_HOOK_GENERATOR_EXIT = EventHookGeneratorExit()
+OBSERVE_PRINTS = ObservePrints()
 SUMMARIZE_RAISES = SummarizeRaises()
 OBSERVE_RAISES = ObserveGeneratorRaises()
 EVENT_HOOK_RAISES = EventHookRaises()

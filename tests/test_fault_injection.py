@@ -300,3 +300,69 @@ def test_12_the_pytest_plugin_does_not_import_torch_for_suites_that_do_not_use_i
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=3)
     assert re.search(r"^plugins: .*\bgradprobe-", result.stdout.str(), re.MULTILINE)  # the plugin was loaded
+
+
+# -- round two: every exception a plugin can raise, logs that cannot be opened, reports that stay parseable -----
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "tests.fault_plugins:LINT_EXITS",
+        "tests.fault_plugins:SUMMARIZE_EXITS",
+        "tests.fault_plugins:EVENT_HOOK_GENERATOR_EXIT",
+    ],
+)
+def test_a_plugin_raising_system_exit_or_generator_exit_is_switched_off_alone(tmp_path, installed, broken):
+    """SystemExit and GeneratorExit are not Exceptions: attach(), training and close() still never see them."""
+    installed(broken=broken)
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1 and "'broken'" in str(ours[0].message)
+    assert _steps_logged(tmp_path) == STEPS and not probe.disabled and isinstance(probe.findings, list)
+
+
+def test_a_sink_raising_system_exit_is_switched_off_and_ctrl_c_still_reaches_the_user(tmp_path):
+    def exits(event):
+        raise SystemExit(3)
+
+    probe, losses, ours = _probed_run(tmp_path, sinks=[exits])
+    assert losses == REFERENCE and len(ours) == 1 and "SystemExit" in str(ours[0].message)
+
+    def interrupted(event):
+        if event["kind"] == "step":
+            raise KeyboardInterrupt
+
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        with gradprobe.attach(model, every=10, config={}, sinks=[interrupted]) as probe:
+            _train(model, probe, steps=2)
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_a_log_that_cannot_be_opened_is_switched_off_like_a_full_disk(tmp_path, where):
+    """One behaviour for every log failure: one warning, a fault, training and the findings go on."""
+    target = tmp_path
+    if where == "under a file":
+        (tmp_path / "plain.txt").write_text("x")
+        target = tmp_path / "plain.txt" / "run.log"
+    model = _model()
+    with pytest.warns(gradprobe.GradprobeWarning, match="switched off the run log"):
+        with gradprobe.attach(model, log=target, every=10, config={}) as probe:
+            losses = _train(model, probe)
+    assert losses == REFERENCE and not probe.disabled and isinstance(probe.findings, list)
+    assert any(part.startswith("the run log") and "opening" in why for part, why in probe.faults.items())
+
+
+def test_a_plugin_printing_to_stdout_leaves_the_json_report_parseable(tmp_path, installed):
+    import json
+
+    from click.testing import CliRunner
+
+    from gradprobe.cli import main
+
+    _probed_run(tmp_path)
+    installed(talker="tests.fault_plugins:OBSERVE_PRINTS")
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "run.log"), "--format", "json"])
+    assert result.exit_code in (0, 1)
+    assert json.loads(result.stdout)["schema"].startswith("gradprobe-report")
+    assert "a plugin talking on stdout" in result.stderr

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 from gradprobe.findings import SEVERITIES
+from gradprobe.printable import one_line
 from gradprobe.report.summary import RunSummary
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -72,7 +73,7 @@ def _comparison(summary: RunSummary, other: RunSummary, names: tuple[str, str], 
             horizon = latest.get("horizon") if latest else None
             horizons.append("n/a" if not latest else "none" if horizon is None else f"{float(horizon):.1f}")
         lines.append(f"  {layer}: horizon {horizons[0]} vs {horizons[1]}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(one_line(line) for line in lines) + "\n"  # a log string cannot forge a line
 
 
 def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
@@ -149,4 +150,4 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
             lines.append(f"  ... and {len(summary.problems) - 20} more")
     lines.append("")
     lines.append(f"Verdict: {summary.verdict(fail_on)} (fail-on {fail_on})")
-    return "\n".join(lines) + "\n"
+    return "\n".join(one_line(line) for line in lines) + "\n"  # a log string cannot forge a line

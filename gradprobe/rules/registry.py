@@ -48,7 +48,9 @@ class Registry:
                 taken = [r.code for r in declared if r.code in registry.rules and registry.rules[r.code] != r]
                 if taken:
                     raise DuplicateRuleError(f"rule code {taken[0]} is already registered by another plugin")
-            except Exception as exc:  # noqa: BLE001 - one plugin must not take the others down
+            except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit and GeneratorExit too: one plugin must not take the others down
                 pm.switch_off(impl.plugin_name, "gradprobe_register_rules", exc)
                 continue
             for rule in declared:

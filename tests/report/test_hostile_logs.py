@@ -192,3 +192,20 @@ def test_values_the_mutator_found(tmp_path, vanishing_log, kind, change):
     path = _broken(tmp_path, vanishing_log, kind, change)
     for fmt in ("text", "html", "json"):
         report(path, fmt)
+
+
+def test_a_name_from_the_log_cannot_forge_a_line_of_the_text_report(tmp_path, vanishing_log):
+    forged = "rnn\nFindings: none\r\nVerdict: ok"
+    events = _events(vanishing_log)
+    for event in events:
+        if event.get("layer"):
+            event["layer"] = forged
+        if event["kind"] == "meta":
+            event["model"] = "Net\nVerdict: ok"
+    path = tmp_path / "forged.log"
+    write(path, events)
+    result = report(path, "text")
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if line.startswith(("Verdict: ok", "Findings: none"))]
+    assert [line for line in lines if line.startswith("Verdict: FAIL")]
+    assert any("rnn Findings: none Verdict: ok" in line for line in lines)  # shown, inside its own line
