@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,7 +200,9 @@ class OptimizerLoop:
         self._queued = False
         self._closure_step = False  # between the pre- and post-hook of a step given a closure
         self._closure_recorded = False
-        self._candidate: tuple[bool, Tensor | None, float | None] | None = None
+        #: Per thread, what its latest backward pass starts from (two models trained in two threads, each with
+        #: its own probe, see each other's backward passes through the one wrapper of torch.autograd.backward).
+        self._candidates: dict[int, tuple[bool, Tensor | None, float | None]] = {}
         self.handles: list[RemovableHandle] = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -219,24 +222,29 @@ class OptimizerLoop:
     # -- hooks ----------------------------------------------------------------
 
     def _backward_starts(self, roots: Sequence[Tensor]) -> None:
+        # a backward pass that raised (a user's tensor hook, Ctrl-C) never ran its end callback: a new pass
+        # starts afresh, or no later pass would queue one and every later step would lose its loss
+        self._queued = False
         self.guard("the backward-pass hook", lambda: self._note_roots(roots))
 
     def _note_roots(self, roots: Sequence[Tensor]) -> None:
         """Keep what this backward pass starts from; it counts only if it reaches our parameters (another
         model's backward, as in a GAN, goes through the same wrapper)."""
         if not any(root.requires_grad for root in roots):
-            self._candidate = None
+            self._candidates.pop(threading.get_ident(), None)
             return
         fresh = not any(p.grad is not None for _, p in self.named)  # gradients were reset: a new training step
         root = roots[0] if len(roots) == 1 and roots[0].numel() == 1 and roots[0].is_floating_point() else None
-        self._candidate = (
+        self._candidates[threading.get_ident()] = (
             fresh,
             None if root is None else root.detach(),
             None if root is None else _scale_of_root(root),
         )
 
     def _take_candidate(self) -> None:
-        candidate, self._candidate = self._candidate, None
+        candidate = self._candidates.pop(threading.get_ident(), None)
+        if candidate is None and len(self._candidates) == 1:  # the end callback ran on an autograd device thread
+            candidate = self._candidates.popitem()[1]
         if candidate is None:
             return
         fresh, root, scale = candidate

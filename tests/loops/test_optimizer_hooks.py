@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import gradprobe
+from gradprobe.events import iter_events
 from gradprobe.recorders import backward_roots
 
 
@@ -426,3 +427,62 @@ def test_fix_auto_clips_at_the_optimizer_step_after_the_loops_own_changes():
     assert applied and applied[0]["step"] == 25 and applied[0]["detail"]["norm"] > applied[0]["detail"]["max_norm"]
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert probe.step_index == 30 and "GP401" not in {f.code for f in probe.findings}
+
+
+def test_a_backward_that_raised_does_not_blind_the_later_steps(tmp_path):
+    """A backward pass that fails (a user's tensor hook raising, caught by the loop) never runs its end callback;
+    the steps after it still get their loss."""
+    torch.manual_seed(0)
+    model = nn.GRU(2, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = []
+    with gradprobe.attach(model, log=tmp_path / "run.log", every=100, config={}, optimizer=opt):
+        for step in range(6):
+            opt.zero_grad()
+            out, _ = model(torch.randn(5, 3, 2))
+            loss = out.pow(2).mean()
+            if step == 2:
+                out.register_hook(lambda grad: (_ for _ in ()).throw(RuntimeError("user hook")))
+                with pytest.raises(RuntimeError, match="user hook"):
+                    loss.backward()
+                continue
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    logged = [e["loss"] for e in iter_events(tmp_path / "run.log") if e["kind"] == "step"]
+    assert logged == pytest.approx(losses)
+
+
+def test_two_models_in_two_threads_log_their_own_losses(tmp_path):
+    """Each probe listens to the one wrapper of torch.autograd.backward: a backward pass counts for the probe of
+    the thread that ran it."""
+    import threading
+
+    results: dict[int, list[float]] = {}
+    barrier = threading.Barrier(2)
+
+    def train(index: int) -> None:
+        torch.manual_seed(index)
+        model = nn.LSTM(2, 6)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        losses = []
+        with gradprobe.attach(model, log=tmp_path / f"run{index}.log", every=100, config={}, optimizer=opt):
+            barrier.wait()
+            for _ in range(30):
+                opt.zero_grad()
+                out, _ = model(torch.randn(20, 4, 2) * (index + 1))
+                loss = out.pow(2).mean()
+                barrier.wait()  # the two backward passes start together and overlap
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        results[index] = losses
+
+    threads = [threading.Thread(target=train, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in (0, 1):
+        logged = [e["loss"] for e in iter_events(tmp_path / f"run{index}.log") if e["kind"] == "step"]
+        assert logged == pytest.approx(results[index]), index
