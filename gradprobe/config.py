@@ -67,7 +67,7 @@ MOVED_TO_SIGNALS: dict[tuple[str, str], str] = {
 
 
 def split_signals(
-    thresholds: Mapping[str, Mapping[str, float]] | None, source: str = "thresholds"
+    thresholds: Mapping[str, Mapping[str, float]] | None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """``(rule thresholds, signals)``: the thresholds with those that became shared signals moved out (each
     with a :class:`DeprecationWarning` naming its new place)."""
@@ -182,7 +182,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{source}: thresholds.{code}.{key} must be a number, got {value!r}")
         thresholds[str(code)] = {str(k): float(v) for k, v in values.items()}
-    thresholds, moved = split_signals(thresholds, source)
+    thresholds, moved = split_signals(thresholds)
     raw_signals = data.get("signals", {})
     if not isinstance(raw_signals, Mapping):
         raise ConfigError(f"{source}: signals must be a table of numbers")

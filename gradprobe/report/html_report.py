@@ -100,7 +100,7 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
         out.append(
             heatmap("||dL/dh_t||: time step x training step", rows, x_label="time step t", y_label="training step")
         )
-        profile = [None if v is None else float(v) for v in latest.get("profile", [])]
+        profile = latest["profile"]  # floats or None (report.summary.readable_deep)
         ks = list(range(len(profile)))
         series = [Series("measured", ks, profile)]
         if rate is not None and profile:
@@ -119,7 +119,7 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
                 vlines=[float(horizon)] if horizon is not None else (),
             )
         )
-        jac = [None if v is None else float(v) for v in latest.get("jacobian_norms", [])]
+        jac = latest["jacobian_norms"]
         out.append(
             line_chart(
                 "Per-step Jacobian spectral norm",

@@ -122,7 +122,7 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
             lyapunov = latest.get("lyapunov") or []
             if lyapunov and isinstance(lyapunov[0], (int, float)):
                 detail += f", lambda1 {float(lyapunov[0]):+.3f}/step"
-            norms = [None if v is None else float(v) for v in latest.get("grad_norms", [])]
+            norms = latest["grad_norms"]  # floats or None (report.summary.readable_deep)
             lines.append(f"  {name:<{width}}  {sparkline(norms)}  {detail}")
     if summary.steps:
         lines.append("")
