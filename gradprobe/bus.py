@@ -6,16 +6,22 @@ through an :class:`EventBus` and feeds the rule engine.
 A consumer that raises is switched off alone, with one
 :class:`~gradprobe.faults.GradprobeWarning` naming it: a broken TensorBoard
 sink does not stop the run log, and a full disk stops only the run log.
+Sinks receive events on a background thread each (:mod:`gradprobe.courier`):
+a slow or hung sink loses events, with one warning, and never holds a
+training step up.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
+from gradprobe import courier as couriers
+from gradprobe.courier import Courier
 from gradprobe.event_kinds import Kind
 from gradprobe.events import EventWriter
 from gradprobe.faults import short, warn
@@ -53,6 +59,10 @@ class Consumer:
     deliver: Callable[[Event], None]
     close: Callable[[], None] | None = None
     failed: str | None = None
+    #: Delivers on a background thread (a sink), else ``None`` (on the caller's thread).
+    courier: Courier | None = None
+    #: Whether the events it dropped (falling behind) were reported.
+    drops_reported: bool = False
 
 
 @dataclass
@@ -68,8 +78,16 @@ class EventBus:
     on_fault: Callable[[str, str], None] | None = None
     consumers: list[Consumer] = field(default_factory=list)
 
-    def add(self, name: str, deliver: Callable[[Event], None], close: Callable[[], None] | None = None) -> None:
-        self.consumers.append(Consumer(name, deliver, close))
+    def add(
+        self,
+        name: str,
+        deliver: Callable[[Event], None],
+        close: Callable[[], None] | None = None,
+        background: bool = False,
+    ) -> None:
+        """Add a consumer; ``background`` delivers to it from a bounded queue on its own thread."""
+        courier = Courier(name, deliver) if background else None
+        self.consumers.append(Consumer(name, deliver, close, courier=courier))
 
     @property
     def faults(self) -> dict[str, str]:
@@ -79,11 +97,43 @@ class EventBus:
     def publish(self, event: Event) -> None:
         """Deliver ``event`` to every working consumer; never raises."""
         for consumer in self.consumers:
-            if consumer.failed is None:
+            if consumer.failed is not None:
+                continue
+            courier = consumer.courier
+            if courier is None:
                 self._run(consumer, "delivering an event", consumer.deliver, event)
+            else:
+                if courier.error is not None or (courier.dropped and not consumer.drops_reported):
+                    self._report_background(consumer)
+                courier.put(event)
+
+    def _report_background(self, consumer: Consumer) -> None:
+        """Report, on the caller's thread, what went wrong on a consumer's background thread (once each)."""
+        courier = consumer.courier
+        if courier is None or consumer.failed is not None:
+            return
+        if courier.error is not None:
+            self._switch_off(consumer, courier.error, stacklevel=6)
+        elif courier.dropped and not consumer.drops_reported:
+            consumer.drops_reported = True
+            reason = f"falling behind: it dropped events (its queue of {courier.capacity} was full)"
+            warn(f"gradprobe's {consumer.name} is {reason}; training is not held up", stacklevel=6)
+            self._tell(consumer.name, reason)
 
     def close(self) -> None:
-        """Close every consumer that has a ``close``; never raises."""
+        """Let the background consumers deliver what they hold (for :data:`gradprobe.courier.CLOSE_SECONDS` at
+        most, all together), then close every consumer that has a ``close``; never raises."""
+        seconds = couriers.CLOSE_SECONDS
+        deadline = time.monotonic() + seconds
+        for consumer in self.consumers:
+            courier = consumer.courier
+            if courier is None:
+                continue
+            if not courier.stop(deadline) and consumer.failed is None:
+                consumer.failed = f"closing: still busy after {seconds:g} s; events not delivered"
+                warn(f"gradprobe gave up on {consumer.name}, {consumer.failed}", stacklevel=4)
+            else:
+                self._report_background(consumer)
         for consumer in self.consumers:
             if consumer.close is None:
                 continue
@@ -101,16 +151,22 @@ class EventBus:
         except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
             raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit and GeneratorExit too: a consumer must not break training or the other consumers
-            consumer.failed = f"{doing}: {short(exc)}"
-            warn(
-                f"gradprobe switched off {consumer.name} after an error {consumer.failed}; the rest of the probe goes on",
-                stacklevel=5,
-            )
-            if self.on_fault is not None:
-                try:
-                    self.on_fault(consumer.name, consumer.failed)
-                except Exception:  # noqa: BLE001, S110 - reporting a fault must not raise either
-                    pass
+            self._switch_off(consumer, f"{doing}: {short(exc)}", stacklevel=6)
+
+    def _switch_off(self, consumer: Consumer, reason: str, stacklevel: int) -> None:
+        consumer.failed = reason
+        warn(
+            f"gradprobe switched off {consumer.name} after an error {reason}; the rest of the probe goes on",
+            stacklevel=stacklevel,
+        )
+        self._tell(consumer.name, reason)
+
+    def _tell(self, name: str, reason: str) -> None:
+        if self.on_fault is not None:
+            try:
+                self.on_fault(name, reason)
+            except Exception:  # noqa: BLE001, S110 - reporting a fault must not raise either
+                pass
 
 
 def sink_name(sink: object) -> str:
@@ -176,7 +232,7 @@ class EventRouter:
             self.bus.add(f"the run log {writer.path}", writer.write_event, writer.close)
         self.bus.add("plugin hooks", self._call_event_hook)
         for sink in sinks:
-            self.bus.add(sink_name(sink), sink)
+            self.bus.add(sink_name(sink), sink, background=True)
 
     def switched_off(self, name: str, reason: str) -> None:
         """A consumer that failed before it could start (a run log that cannot be opened): listed among the
@@ -184,6 +240,13 @@ class EventRouter:
         self.bus.consumers.append(Consumer(name, _nothing, failed=reason))
         warn(f"gradprobe switched off {name} after an error {reason}; the rest of the probe goes on", stacklevel=5)
         self._report_fault(name, reason)
+
+    def release_log(self) -> None:
+        """Start writing the run log (held until the probe started, so that a failed start leaves an earlier log
+        untouched); never raises."""
+        log = next((c for c in self.bus.consumers if self.writer is not None and c.close == self.writer.close), None)
+        if log is not None and log.failed is None and self.writer is not None:
+            self.bus._run(log, "writing the events held until the probe started", self.writer.release)
 
     def flush_log(self) -> None:
         """Write what the run log holds to disk now (before the probe switches itself off); never raises."""

@@ -253,7 +253,8 @@ KINDS: dict[str, EventKind] = {
         ),
         EventKind(
             "fault",
-            "One part of the probe (a sink, a plugin hook, the run log, the rules) failed and was switched off alone.",
+            "One part of the probe (a sink, a plugin hook, the run log, the rules) failed and was switched off alone, "
+            "or a sink fell behind and lost events.",
             (
                 Field("part", T.TEXT, "the part", required=True),
                 Field("message", T.TEXT, "the error", required=True),

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from gradprobe import fast_lines
 from gradprobe.event_kinds import URGENT as URGENT_KINDS
+from gradprobe.log_file import claim
 from gradprobe.printable import strip_control
 from gradprobe.schema import problem as schema_problem
 
@@ -83,29 +84,54 @@ def finite_number(value: Any) -> float | None:
 class EventWriter:
     """Appends events to a JSON Lines file and flushes at least every ``flush_seconds``.
 
+    The file is claimed first (:func:`gradprobe.log_file.claim`): a path that
+    another live writer holds is never truncated or shared; the log goes to
+    ``run.1.log`` (then :attr:`moved_from` names the path asked for).
+
     Args:
         path: The log file; created (with parent folders) or truncated.
         flush_seconds: Longest time an event may sit in the buffer. Events of
             the kinds that matter if the run dies next (``urgent`` in
             :mod:`gradprobe.event_kinds`: ``meta``, ``deep``, ``fix``,
             ``finding``, ``error``) flush at once.
+        hold: Keep events in memory, and an existing file as it is, until
+            :meth:`release` (a probe whose start fails leaves an earlier log
+            untouched; :meth:`close` before :meth:`release` writes nothing).
     """
 
     URGENT = URGENT_KINDS
 
-    def __init__(self, path: str | os.PathLike[str], flush_seconds: float = 2.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
+    def __init__(self, path: str | os.PathLike[str], flush_seconds: float = 2.0, hold: bool = False) -> None:
+        asked = Path(path)
+        self.path, fd, self._created = claim(asked)
+        #: The path asked for, when another writer held it and this log went to a numbered sibling.
+        self.moved_from: Path | None = asked if self.path != asked else None
+        self._held: list[str] | None = [] if hold else None
+        if not hold:
+            os.ftruncate(fd, 0)
+        self._file: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8")
         self.flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
+
+    def release(self) -> None:
+        """Replace the file's content with the events held so far, and write the next ones as they come."""
+        held, self._held = self._held, None
+        if held is None or self._file is None:
+            return
+        os.ftruncate(self._file.fileno(), 0)
+        self._file.writelines(held)
+        self.flush()
 
     def write(self, kind: str, **fields: Any) -> None:
         """Write one event ``{"v": 1, "kind": kind, "time": ..., **fields}``."""
         if self._file is None:
             return
         event = {"v": SCHEMA_VERSION, "kind": kind, "time": round(time.time(), 3), **fields}
-        self._file.write(json.dumps(json_safe(event), separators=(",", ":"), allow_nan=False) + "\n")
+        line = json.dumps(json_safe(event), separators=(",", ":"), allow_nan=False) + "\n"
+        if self._held is not None:
+            self._held.append(line)
+            return
+        self._file.write(line)
         now = time.monotonic()
         if kind in self.URGENT or now - self._last_flush >= self.flush_seconds:
             self.flush()
@@ -122,13 +148,19 @@ class EventWriter:
             self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Flush and close; later writes are ignored."""
-        if self._file is not None:
-            handle, self._file = self._file, None
-            try:
+        """Flush and close; later writes are ignored. Before :meth:`release`: close without writing (a file this
+        writer created is removed)."""
+        if self._file is None:
+            return
+        handle, self._file = self._file, None
+        abandoned = self._held is not None
+        try:
+            if not abandoned:
                 handle.flush()
-            finally:
-                handle.close()
+        finally:
+            handle.close()
+            if abandoned and self._created:
+                self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import pluggy
 
 from gradprobe import hookspecs
 from gradprobe.faults import short, warn
+from gradprobe.watchdog import HookTimeout, Watchdog, budget_seconds
 
 ENTRY_POINT_GROUP = "gradprobe"
 #: The hooks through which plugins judge: one that raises leaves layers unjudged (GP001).
@@ -89,6 +90,11 @@ class PluginManager(pluggy.PluginManager):
         #: Plugin name -> why, for rule plugins switched off whole while this manager ran (a rule hook raised;
         #: not a plugin that failed to load, nor one whose event or sink hook raised: they judge nothing).
         self.run_faults: dict[str, str] = {}
+        #: The time budget of one call into a plugin that is not built in (``GRADPROBE_HOOK_SECONDS``).
+        self.hook_seconds = budget_seconds()
+        self._watchdog: Watchdog | None = None
+        #: Built-in plugins, called without a time budget.
+        self._trusted: set[str] = set()
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         self._callers.clear()
@@ -140,6 +146,8 @@ class PluginManager(pluggy.PluginManager):
             )
             return
         self.statuses[name] = PluginStatus(name, source, hooks=sorted(c.name for c in callers))
+        if source == "built-in":
+            self._trusted.add(name)
 
     def skip(self, name: str, source: str, status: str, reason: str) -> None:
         """Record a plugin that is not loaded; a failure is also a warning."""
@@ -216,13 +224,14 @@ class PluginManager(pluggy.PluginManager):
             if layer is not None and self.layer_faults and (plugin_name, layer) in self.layer_faults:
                 continue
             try:
-                result = function(*map(kwargs.__getitem__, argnames))
-                if result is not None and type(result) is not list and isinstance(result, Iterator):
-                    result = list(result)  # a generator raises while it is consumed: consume it here
+                if self.hook_seconds is None or plugin_name in self._trusted:
+                    result = _called(function, argnames, kwargs)
+                else:
+                    result = self._timed(plugin_name, hook, function, argnames, kwargs)
             except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
                 raise
             except BaseException as exc:  # noqa: BLE001 - SystemExit and GeneratorExit too: one plugin must not take the others (or training) down
-                if layer is None:
+                if layer is None or isinstance(exc, HookTimeout):
                     self.switch_off(plugin_name, hook, exc)
                 else:
                     self.switch_off_for_layer(plugin_name, layer, hook, exc)
@@ -230,6 +239,42 @@ class PluginManager(pluggy.PluginManager):
             if result is not None:
                 results.append(result)
         return results
+
+    def _timed(
+        self, plugin_name: str, hook: str, function: Any, argnames: tuple[str, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """One call into a plugin under the time budget: interrupted past it (:class:`HookTimeout`); a call that
+        returned late switches the plugin off all the same (its result is kept)."""
+        seconds = self.hook_seconds
+        assert seconds is not None
+        watchdog = self._watchdog = self._watchdog or Watchdog(seconds)
+        call = watchdog.enter()
+        try:
+            try:
+                result = _called(function, argnames, kwargs)
+            finally:
+                took = watchdog.leave(call)
+        except HookTimeout:
+            watchdog.leave(call)
+            raise HookTimeout(f"ran past its time budget of {seconds:g} s ({ENV_HINT}) and was interrupted") from None
+        if took > seconds:
+            self.switch_off(
+                plugin_name, hook, HookTimeout(f"took {took:.1f} s, past its time budget of {seconds:g} s ({ENV_HINT})")
+            )
+        return result
+
+
+#: Where the time budget of a hook call is set, for the messages.
+ENV_HINT = "GRADPROBE_HOOK_SECONDS"
+
+
+def _called(function: Any, argnames: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
+    """``function`` called with the hook arguments it names; a generator it returns consumed here (it raises
+    while it is consumed)."""
+    result = function(*map(kwargs.__getitem__, argnames))
+    if result is not None and type(result) is not list and isinstance(result, Iterator):
+        result = list(result)
+    return result
 
 
 def make_plugin_manager(load_entry_points: bool = True, disable: Iterable[str] = ()) -> PluginManager:

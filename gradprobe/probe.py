@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
@@ -144,6 +145,7 @@ class Probe:
             self._detach()
             self._router.close()
             raise
+        self._router.release_log()
 
     def _open_router(self, rules: Judge, log: str | os.PathLike[str] | None, sinks: Sequence[Sink]) -> EventRouter:
         """The router, with the run log when it can be opened; a log that cannot (a read-only folder, a path
@@ -152,11 +154,17 @@ class Probe:
             return EventRouter(rules, None, sinks)
         path = distributed.log_path_for_this_rank(log)
         try:
-            writer = EventWriter(path, self.settings.flush_seconds)
+            writer = EventWriter(path, self.settings.flush_seconds, hold=True)
         except OSError as exc:
             router = EventRouter(rules, None, sinks)
             router.switched_off(f"the run log {path}", f"opening: {short(exc)}")
             return router
+        if writer.moved_from is not None:
+            warn(
+                f"gradprobe: {writer.moved_from} is being written by another run (another process or probe); "
+                f"this run writes {writer.path}",
+                stacklevel=5,
+            )
         return EventRouter(rules, writer, sinks)
 
     def _schedule(self) -> Schedule:
@@ -282,6 +290,12 @@ class Probe:
         if self.error is not None:
             out["measuring"] = self.error
         return out
+
+    @property
+    def log_path(self) -> Path | None:
+        """Where the run log goes (``run.1.log`` when another run held the path asked for); ``None`` without one."""
+        writer = self._router.writer
+        return writer.path if writer is not None else None
 
     @property
     def layers(self) -> dict[str, LayerProfile]:

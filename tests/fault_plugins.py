@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rules.registry import Rule
 
@@ -84,6 +86,64 @@ class ObservePrints(_Base):
         print("a plugin talking on stdout")
 
 
+class ObserveHangs(_Base):
+    """Loops for ever in pure Python at step 3 (and swallows the first interruption, as careless code does)."""
+
+    code = "XP007"
+
+    @hookimpl
+    def gradprobe_observe(self, event, context):
+        if event.get("kind") == "step" and event.get("step") == 3:
+            try:
+                while True:
+                    pass
+            except BaseException:  # noqa: BLE001 - a careless plugin; the watchdog interrupts it again
+                while True:
+                    pass
+
+
+class ObserveSlow(_Base):
+    """Blocks 0.6 s in one C call once (past a 0.2 s budget), then returns."""
+
+    code = "XP008"
+
+    @hookimpl
+    def gradprobe_observe(self, event, context):
+        if event.get("kind") == "step" and event.get("step") == 3:
+            time.sleep(0.6)
+
+
+class EventHookHangs:
+    @hookimpl
+    def gradprobe_event_written(self, event):
+        if event.get("kind") == "step":
+            while True:
+                pass
+
+
+class EventHookInterrupted:
+    """Raises KeyboardInterrupt on the training thread, as a user's Ctrl-C inside the hook would."""
+
+    @hookimpl
+    def gradprobe_event_written(self, event):
+        if event.get("kind") == "step":
+            raise KeyboardInterrupt
+
+
+class SummarizeHangs(_Base):
+    code = "XP009"
+
+    @hookimpl
+    def gradprobe_summarize(self, context):
+        while True:
+            pass
+
+
+OBSERVE_HANGS = ObserveHangs()
+OBSERVE_SLOW = ObserveSlow()
+EVENT_HOOK_HANGS = EventHookHangs()
+EVENT_HOOK_INTERRUPTED = EventHookInterrupted()
+SUMMARIZE_HANGS = SummarizeHangs()
 LINT_RAISES = LintRaises()
 LINT_EXITS = LintExits()
 SUMMARIZE_EXITS = SummarizeExits()

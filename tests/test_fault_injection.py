@@ -7,8 +7,11 @@ available. (Issue 10, faults 1-12.)
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import threading
+import time
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 
 import gradprobe
-from gradprobe import plugins
+from gradprobe import courier, plugins
 from gradprobe.events import EventWriter, iter_events
 from gradprobe.rules.registry import Registry
 
@@ -321,21 +324,126 @@ def test_a_plugin_raising_system_exit_or_generator_exit_is_switched_off_alone(tm
     assert _steps_logged(tmp_path) == STEPS and not probe.disabled and isinstance(probe.findings, list)
 
 
-def test_a_sink_raising_system_exit_is_switched_off_and_ctrl_c_still_reaches_the_user(tmp_path):
-    def exits(event):
-        raise SystemExit(3)
+def test_a_sink_raising_system_exit_or_keyboard_interrupt_is_switched_off_alone(tmp_path):
+    """A sink runs on its own thread: whatever it raises (even KeyboardInterrupt, which there is not the user's
+    Ctrl-C) switches it off alone."""
+    for error in (SystemExit(3), KeyboardInterrupt()):
 
-    probe, losses, ours = _probed_run(tmp_path, sinks=[exits])
-    assert losses == REFERENCE and len(ours) == 1 and "SystemExit" in str(ours[0].message)
+        def raises(event, error=error):
+            if event["kind"] == "step":
+                raise error
 
-    def interrupted(event):
-        if event["kind"] == "step":
-            raise KeyboardInterrupt
+        probe, losses, ours = _probed_run(tmp_path, sinks=[raises])
+        assert losses == REFERENCE and len(ours) == 1 and type(error).__name__ in str(ours[0].message)
+        assert _steps_logged(tmp_path) == STEPS and any(part.startswith("sink") for part in probe.faults)
 
+
+def test_ctrl_c_inside_a_plugin_hook_reaches_the_user(installed):
+    installed(interrupted="tests.fault_plugins:EVENT_HOOK_INTERRUPTED")
     model = _model()
     with pytest.raises(KeyboardInterrupt):
-        with gradprobe.attach(model, every=10, config={}, sinks=[interrupted]) as probe:
+        with gradprobe.attach(model, every=10, config={}) as probe:
             _train(model, probe, steps=2)
+
+
+def test_a_hung_sink_never_holds_a_step_up(tmp_path, monkeypatch):
+    """Case 1: a sink that never returns loses events (one warning when its queue fills, one when the run
+    closes without it), and training, the run log and the findings go on as without it."""
+    monkeypatch.setattr(courier, "CAPACITY", 8)
+    monkeypatch.setattr(courier, "CLOSE_SECONDS", 0.3)
+    release = threading.Event()
+    received = []
+
+    def hangs(event):
+        received.append(event["kind"])
+        release.wait()
+
+    try:
+        probe, losses, ours = _probed_run(tmp_path, sinks=[hangs])
+    finally:
+        release.set()
+    assert losses == REFERENCE and received == ["meta"]
+    messages = [str(w.message) for w in ours]
+    assert len(messages) == 2, messages
+    assert "falling behind" in messages[0] and "gave up on sink" in messages[1]
+    assert _steps_logged(tmp_path) == STEPS and not probe.disabled
+    faults = [e for e in iter_events(tmp_path / "run.log") if e["kind"] == "fault"]
+    assert len(faults) == 1 and "dropped events" in faults[0]["message"]
+
+
+def test_a_slow_sink_gets_every_event_in_order_by_the_end_of_the_run(tmp_path):
+    seen = []
+
+    def slow(event):
+        time.sleep(0.002)
+        seen.append(dict(event))
+
+    _probe, losses, ours = _probed_run(tmp_path, sinks=[slow])
+    assert losses == REFERENCE and not ours
+    logged = [(e["kind"], e.get("step")) for e in iter_events(tmp_path / "run.log")]
+    assert [(e["kind"], e.get("step")) for e in seen] == logged
+
+
+@pytest.mark.parametrize(
+    ("plugin", "hook"),
+    [
+        ("OBSERVE_HANGS", "gradprobe_observe"),
+        ("EVENT_HOOK_HANGS", "gradprobe_event_written"),
+        ("SUMMARIZE_HANGS", "gradprobe_summarize"),
+    ],
+)
+def test_a_hung_plugin_hook_is_interrupted_and_switched_off(tmp_path, installed, monkeypatch, plugin, hook):
+    """Case 1: a plugin hook on the training thread that loops for ever is interrupted after its time budget
+    (again if it swallows the interruption) and switched off alone; training and the log go on."""
+    monkeypatch.setenv("GRADPROBE_HOOK_SECONDS", "0.2")
+    installed(broken=f"tests.fault_plugins:{plugin}")
+    probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1
+    assert "'broken'" in str(ours[0].message) and "time budget of 0.2 s" in str(ours[0].message)
+    assert hook in str(ours[0].message)
+    assert _steps_logged(tmp_path) == STEPS and not probe.disabled and isinstance(probe.findings, list)
+
+
+def test_a_plugin_hook_blocked_in_one_long_c_call_is_switched_off_when_it_returns(tmp_path, installed, monkeypatch):
+    monkeypatch.setenv("GRADPROBE_HOOK_SECONDS", "0.2")
+    installed(slow="tests.fault_plugins:OBSERVE_SLOW")
+    _probe, losses, ours = _probed_run(tmp_path)
+    assert losses == REFERENCE and len(ours) == 1 and "time budget of 0.2 s" in str(ours[0].message)
+    assert "'slow'" in str(ours[0].message) and _steps_logged(tmp_path) == STEPS
+
+
+def test_a_late_return_switches_the_plugin_off_where_nothing_can_interrupt_it(tmp_path, installed, monkeypatch):
+    """Off CPython (no asynchronous exceptions) a call past the budget is judged when it returns."""
+    from gradprobe import watchdog
+
+    monkeypatch.setattr(watchdog, "_can_interrupt", lambda: False)
+    monkeypatch.setenv("GRADPROBE_HOOK_SECONDS", "0.2")
+    installed(slow="tests.fault_plugins:OBSERVE_SLOW")
+    _probe, losses, ours = _probed_run(tmp_path)
+    assert (
+        losses == REFERENCE
+        and len(ours) == 1
+        and re.search(r"took 0\.\d s, past its time budget", str(ours[0].message))
+    )
+    assert _steps_logged(tmp_path) == STEPS
+
+
+def test_report_bounds_a_hung_plugin_hook(tmp_path, installed, monkeypatch):
+    """The report calls the same hooks: a plugin whose summary never returns is interrupted; exit 0/1, never a
+    hang."""
+    from click.testing import CliRunner
+
+    from gradprobe.cli import main
+
+    _probed_run(tmp_path)
+    monkeypatch.setenv("GRADPROBE_HOOK_SECONDS", "0.2")
+    installed(broken="tests.fault_plugins:SUMMARIZE_HANGS")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # the command prints its warnings on one line each
+        result = CliRunner().invoke(main, ["report", str(tmp_path / "run.log"), "--format", "json"])
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads(result.stdout)["verdict"]
+    assert "'broken'" in result.stderr and "time budget of 0.2 s" in result.stderr
 
 
 @pytest.mark.parametrize("where", ["a folder", "under a file"])

@@ -11,6 +11,7 @@ import math
 from html import escape
 
 from gradprobe.report.html_parts import findings_table, run_heading, verdict_line
+from gradprobe.report.series import on_time_axis
 from gradprobe.report.summary import RunSummary
 from gradprobe.report.svg import Series, heatmap, line_chart
 
@@ -96,12 +97,18 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
                 + ", ".join(f"{e(str(g))} {float(v):.0%}" for g, v in layer.saturation["fractions"].items())
             )
         out.append("<p>" + "; ".join(facts) + "</p><div class='charts'>")
-        rows = [(f"step {step}", norms) for step, norms in layer.heatmap]
+        stride, grid = layer.heatmap.grid()
+        rows = [(f"step {step}", norms) for step, norms in grid]
         out.append(
-            heatmap("||dL/dh_t||: time step x training step", rows, x_label="time step t", y_label="training step")
+            heatmap(
+                "||dL/dh_t||: time step x training step",
+                rows,
+                x_label="time step t" if stride == 1 else f"time step t (largest of each {stride})",
+                y_label="training step",
+                x_step=stride,
+            )
         )
-        profile = latest["profile"]  # floats or None (report.summary.readable_deep)
-        ks = list(range(len(profile)))
+        ks, profile = on_time_axis(latest["profile"])  # floats or None (report.summary.readable_deep)
         series = [Series("measured", ks, profile)]
         if rate is not None and profile:
             series.append(
@@ -119,11 +126,11 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
                 vlines=[float(horizon)] if horizon is not None else (),
             )
         )
-        jac = latest["jacobian_norms"]
+        ts, jac = on_time_axis(latest["jacobian_norms"])
         out.append(
             line_chart(
                 "Per-step Jacobian spectral norm",
-                [Series("||dS_t/dS_(t-1)||", list(range(len(jac))), jac)],
+                [Series("||dS_t/dS_(t-1)||", ts, jac)],
                 x_label="time step t",
                 y_label="spectral norm",
                 hline=1.0,

@@ -21,7 +21,7 @@ from typing import Any
 
 from gradprobe.events import finite_number
 from gradprobe.report.html_parts import findings_table, run_heading, verdict_line
-from gradprobe.report.series import MinMaxSeries
+from gradprobe.report.series import MinMaxSeries, on_time_axis
 from gradprobe.report.summary import LayerSummary, RunSummary
 
 STYLE = """
@@ -290,7 +290,8 @@ def heatmap_scale(values: list[float]) -> tuple[float, float, list[float], list[
 
 
 def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
-    rows = [(step, norms) for step, norms in layer.heatmap if norms]
+    stride, grid = layer.heatmap.grid()
+    rows = [(step, norms) for step, norms in grid if norms]
     if not rows:
         return None
     width = max(len(norms) for _, norms in rows)
@@ -308,7 +309,7 @@ def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
     trace = {
         "type": "heatmap",
         "z": z,
-        "x": list(range(width)),
+        "x": [c * stride for c in range(width)],
         "y": [step for step, _ in rows],
         "zmin": zmin,
         "zmax": zmax,
@@ -325,9 +326,8 @@ def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
 
 def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
     latest = layer.latest
-    profile = [finite_number(v) for v in latest.get("profile", [])]
+    ks, profile = on_time_axis([finite_number(v) for v in latest.get("profile", [])])
     rate = finite_number(latest.get("rate"))
-    ks = list(range(len(profile)))
     traces: list[dict[str, Any]] = [{"type": "scatter", "mode": "lines", "name": "measured", "x": ks, "y": profile}]
     if rate is not None and profile and abs(rate) < 700:
         fit = [math.exp(rate * k) if abs(rate * k) < 700 else None for k in ks]
@@ -341,7 +341,7 @@ def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
                 "line": {"dash": "dash"},
             }
         )
-    jac = [finite_number(v) for v in latest.get("jacobian_norms", [])]
+    ts, jac = on_time_axis([finite_number(v) for v in latest.get("jacobian_norms", [])])
     step = latest.get("step")
     return [
         page.chart(
@@ -351,7 +351,7 @@ def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
         ),
         page.chart(
             f"{name}: per-step Jacobian spectral norm at step {step}",
-            [{"type": "scatter", "mode": "lines", "name": "||dS_t/dS_(t-1)||", "x": list(range(len(jac))), "y": jac}],
+            [{"type": "scatter", "mode": "lines", "name": "||dS_t/dS_(t-1)||", "x": ts, "y": jac}],
             {
                 "xaxis": _axis("time step t"),
                 "yaxis": _axis("spectral norm"),

@@ -2,8 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+#: Columns a chart's time axis (time step t, steps back k) shows at most; a longer series is binned.
+TIME_AXIS_LIMIT = 1000
+
+
+def binning_stride(length: int, limit: int = TIME_AXIS_LIMIT) -> int:
+    """The power-of-two bin width that fits ``length`` values into ``limit`` columns (1: no binning)."""
+    stride = 1
+    while length > stride * limit:
+        stride *= 2
+    return stride
+
+
+def binned(values: Sequence[float | None], stride: int) -> list[float | None]:
+    """Each run of ``stride`` values as its largest finite value (``None`` where it has none): a spike is never
+    averaged away, and memory and page size stay bounded for any sequence length."""
+    if stride == 1:
+        return list(values)
+    out: list[float | None] = []
+    for start in range(0, len(values), stride):
+        finite = [v for v in values[start : start + stride] if v is not None and math.isfinite(v)]
+        out.append(max(finite) if finite else None)
+    return out
+
+
+def on_time_axis(values: Sequence[float | None], limit: int = TIME_AXIS_LIMIT) -> tuple[list[int], list[float | None]]:
+    """``(x, y)`` of a series over time steps, binned to at most ``limit`` points (x: each bin's first step)."""
+    stride = binning_stride(len(values), limit)
+    ys = binned(values, stride)
+    return [i * stride for i in range(len(ys))], ys
+
+
+class TimeRows:
+    """Heatmap rows (one per deep probe) over time steps, each binned on arrival; :meth:`grid` puts them on one
+    common axis. Memory: at most ``rows`` x ``limit`` values, whatever the sequence length."""
+
+    def __init__(self, rows: int = 200, limit: int = TIME_AXIS_LIMIT) -> None:
+        self.limit = limit
+        self.kept = Downsampled(rows)
+
+    def add(self, step: Any, values: Sequence[float | None]) -> None:
+        stride = binning_stride(len(values), self.limit)
+        self.kept.add((step, stride, binned(values, stride)))
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def grid(self) -> tuple[int, list[tuple[Any, list[float | None]]]]:
+        """``(stride, [(step, values), ...])``: every row binned by the widest stride (column ``c`` covers time
+        steps ``c * stride`` onward)."""
+        items = list(self.kept)
+        stride = max((row_stride for _, row_stride, _ in items), default=1)
+        return stride, [(step, binned(values, stride // row_stride)) for step, row_stride, values in items]
 
 
 class Downsampled:

@@ -6,13 +6,14 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gradprobe.config import Config, ConfigError, from_mapping, load_pyproject
 from gradprobe.distributed import expand_rank_logs
 from gradprobe.events import LogFormatError, LogProblem, iter_events, number
 from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing, severity_rank, verdict
-from gradprobe.report.series import Downsampled, MinMaxSeries
+from gradprobe.report.series import Downsampled, MinMaxSeries, TimeRows
 from gradprobe.rules.engine import RuleEngine, sort_findings
 
 #: The per-step series of a ``deep`` event.
@@ -37,7 +38,7 @@ class LayerSummary:
     name: str
     mode: str | None = None
     latest: dict[str, Any] = field(default_factory=dict)  # the latest deep event
-    heatmap: Downsampled = field(default_factory=lambda: Downsampled(200))  # (step, grad_norms)
+    heatmap: TimeRows = field(default_factory=TimeRows)  # grad_norms per deep probe, binned over time
     saturation: dict[str, Any] = field(default_factory=dict)  # the latest saturation event
     probes: int = 0
     trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, horizon, rate, seq_len, lyapunov)
@@ -52,7 +53,9 @@ class LogSummary:
     events: int = 0
     problems: list[LogProblem] = field(default_factory=list)
     rank: int | None = None
+    world_size: Any = None
     error: dict[str, Any] | None = None
+    metas: int = 0
 
 
 @dataclass
@@ -116,7 +119,7 @@ class RunSummary:
             layer.probes += 1
             if not self.charts:
                 return
-            layer.heatmap.add((event.get("step"), latest["grad_norms"]))
+            layer.heatmap.add(event.get("step"), latest["grad_norms"])
             trend = (latest["horizon"], latest["rate"], event.get("seq_len"), latest["lyapunov"])
             layer.trend.add((event.get("step"), *trend))
         elif kind == "saturation":
@@ -229,7 +232,14 @@ def summarize_logs(
                 summary.fail_on = engine.config.fail_on
             kind = event["kind"]
             if kind == "meta":
+                log.metas += 1
+                if log.metas > 1:
+                    raise LogFormatError(
+                        f"{path} holds more than one run (a second meta event, event {log.events}): two runs wrote "
+                        "this file; report each run's own log"
+                    )
                 log.rank = event.get("rank")
+                log.world_size = event.get("world_size")
             elif kind == "error" and log.error is None:
                 log.error = event
             summary.add(event)
@@ -238,6 +248,7 @@ def summarize_logs(
             detail = f" ({log.problems[0]})" if log.problems else ""
             raise LogFormatError(f"{path} holds no gradprobe event{detail}")
         summary.logs.append(log)
+        _refuse_unrelated(summary.logs)
         for finding in engine.findings():
             per_key.setdefault((finding.code, finding.layer), []).append((finding, log.rank))
     merged = []
@@ -249,6 +260,20 @@ def summarize_logs(
         merged.append(finding)
     summary.findings = sort_findings(merged)
     return summary
+
+
+def _refuse_unrelated(logs: list[LogSummary]) -> None:
+    """Several logs read as one run must be distinct ranks of one distributed run."""
+    if len(logs) < 2:
+        return
+    ranks = [log.rank for log in logs]
+    worlds = {repr(log.world_size) for log in logs}
+    if any(not isinstance(rank, int) for rank in ranks) or len(set(ranks)) < len(ranks) or len(worlds) > 1:
+        shown = ", ".join(f"{Path(log.path).name} (rank {log.rank}, world size {log.world_size})" for log in logs)
+        raise LogFormatError(
+            f"these logs are not the ranks of one distributed run: {shown}; report each run on its own, "
+            "or set them side by side with --compare"
+        )
 
 
 def _engine_for(config: Config | Mapping[str, Any] | None, first: dict[str, Any], log: LogSummary) -> RuleEngine:

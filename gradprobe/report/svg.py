@@ -143,8 +143,10 @@ def heatmap(
     y_label: str = "",
     width: int = 520,
     height: int = 260,
+    x_step: int = 1,
 ) -> str:
-    """An SVG heatmap of log10 values: one row per labelled series (e.g. training step), one column per time step."""
+    """An SVG heatmap of log10 values: one row per labelled series (e.g. training step), one column per time step
+    (per ``x_step`` time steps: the axis is labelled in time steps)."""
     left, right, top, bottom = 70, 70, 28, 40
     values = [math.log10(v) for _, row in rows for v in row if v is not None and math.isfinite(v) and v > 0]
     parts = [
@@ -175,7 +177,7 @@ def heatmap(
             )
     for tick in _ticks(0, columns - 1):
         parts.append(
-            f'<text x="{left + (tick + 0.5) * cw:.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{tick:g}</text>'
+            f'<text x="{left + (tick + 0.5) * cw:.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{tick * x_step:g}</text>'
         )
     parts.append(
         f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">{escape(x_label)}</text>'

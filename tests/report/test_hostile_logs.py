@@ -3,7 +3,8 @@
 The numbered cases are those of the faults issue, round two (9-14); the seeded
 mutator turns a real log into a few hundred broken ones (values of the wrong
 type, huge integers, nesting past Python's recursion limit, lone surrogates,
-missing fields, stray events, bad recorded configurations) and runs every
+missing fields, stray events, bad recorded configurations, series stretched to
+50,000 points) and runs every
 report format on each, with and without msgspec.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import json
 import random
+import time
+import tracemalloc
 
 import pytest
 from click.testing import CliRunner
@@ -59,6 +62,9 @@ def mutate(events: list[dict], rng: random.Random) -> list[dict]:
             event[rng.choice(["layer", "module", "mode", "name", "code", "message", "where", "model"])] = rng.choice(
                 WEIRD
             )
+        elif op < 0.77:
+            deep = next((e for e in events if e.get("kind") == "deep"), event)
+            deep[rng.choice(["grad_norms", "profile", "jacobian_norms"])] = [rng.random() for _ in range(50_000)]
         elif op < 0.85:
             events.insert(i, {"v": 1, "kind": rng.choice(KINDS), "step": rng.choice([0, 1, None, -5, 10**30])})
         else:
@@ -76,10 +82,27 @@ def write(path, events: list[dict], rng: random.Random | None = None) -> None:
     path.write_text("".join(lines), encoding="utf-8", errors="surrogatepass")
 
 
-def report(path, fmt: str, *extra: str):
-    result = CliRunner().invoke(main, ["report", str(path), "--format", fmt, *extra])
+#: Seconds one report of a mutated log may take (a few tens of milliseconds in practice).
+SECONDS = 20.0
+
+
+def report(path, fmt: str, *extra: str, memory: bool = False):
+    """``gradprobe report``, answering 0, 1 or 2 in bounded time (and, with ``memory``, bounded memory: what it
+    traces stays under 30 MB plus 100 times the log's size)."""
+    if memory:
+        tracemalloc.start()
+    started = time.monotonic()
+    try:
+        result = CliRunner().invoke(main, ["report", str(path), "--format", fmt, *extra])
+        took = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1] if memory else 0
+    finally:
+        if memory:
+            tracemalloc.stop()
     assert result.exit_code in ANSWERS, (path, fmt, result.exit_code, result.output[-500:])
     assert "internal error" not in result.output and "Traceback" not in result.output
+    assert took < SECONDS, (path, fmt, took)
+    assert peak < 30e6 + 100 * path.stat().st_size, (path, fmt, peak)
     return result
 
 
@@ -89,15 +112,15 @@ def _events(path) -> list[dict]:
 
 @pytest.mark.parametrize("block", range(6))
 def test_mutated_logs_get_an_answer_never_an_internal_error(tmp_path, vanishing_log, monkeypatch, block):
-    """300 seeded mutations of a real log (6 blocks of 50), every format; the JSON report is the same with and
-    without msgspec."""
+    """300 seeded mutations of a real log (6 blocks of 50), every format, each in bounded time (and every tenth in
+    bounded memory); the JSON report is the same with and without msgspec."""
     base = _events(vanishing_log)
     for seed in range(block * 50, block * 50 + 50):
         rng = random.Random(seed)
         path = tmp_path / f"m{seed}.log"
         write(path, mutate(base, rng), rng)
         for fmt in ("text", "html"):
-            report(path, fmt, "-o", str(tmp_path / f"m{seed}.{fmt}"))
+            report(path, fmt, "-o", str(tmp_path / f"m{seed}.{fmt}"), memory=seed % 10 == 0)
         fast = report(path, "json")
         with monkeypatch.context() as patched:
             patched.setattr(fast_lines, "msgspec", None)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from gradprobe.cli import main
-from gradprobe.events import EventWriter
+from gradprobe.events import EventWriter, LogFormatError
 from gradprobe.report import interactive, summarize_logs
 from gradprobe.report.html_report import render_html, render_static
 from gradprobe.report.series import MinMaxSeries
@@ -239,8 +239,8 @@ def test_compare_overlays_two_runs_and_keeps_them_apart(vanishing_log, healthy_l
     assert names == [f"{vanishing_log.name}: ||grad||", f"{healthy_log.name}: ||grad||"]
     assert norm[1]["line"]["dash"] == "dot"
     assert "Findings of healthy.log" in page
-    merged = summarize_logs([vanishing_log, healthy_log], config={})  # passed as LOGS they are ranks of one run
-    assert merged.steps == 24 + 12
+    with pytest.raises(LogFormatError, match="not the ranks of one distributed run"):
+        summarize_logs([vanishing_log, healthy_log], config={})  # two runs are never merged as one
 
 
 def test_compare_in_text_and_json(vanishing_log, healthy_log):
@@ -288,3 +288,60 @@ def test_nice_ticks():
     assert _ticks(0, 599) == [0, 200, 400]
     assert _ticks(0, 99) == [0, 20, 40, 60, 80]
     assert _ticks(3, 3) == [3]
+
+
+def _long_sequence_log(path, length):
+    """A log with one deep event over ``length`` time steps, a spike at t = length // 3."""
+    writer = EventWriter(path)
+    writer.write("meta", model="M", gradprobe="0", torch="2", settings={"every": 1, "fix": "off"}, layers=[])
+    writer.write("step", step=0, loss=1.0, grad_norm=1.0)
+    series = [0.5 + (t % 7) / 10 for t in range(length)]
+    series[length // 3] = 1e6
+    writer.write(
+        "deep",
+        step=0,
+        layer="rnn.l0",
+        module="RNN",
+        mode="RNN",
+        seq_len=length,
+        batch=1,
+        grad_norms=series,
+        profile=series,
+        jacobian_norms=series,
+        rate=-0.1,
+        horizon=10.0,
+        epsilon=0.001,
+    )
+    writer.close()
+
+
+def test_a_very_long_sequence_is_binned_on_the_time_axis_and_its_spike_kept(tmp_path):
+    """Faults round two, case 15: the page's time axes hold at most TIME_AXIS_LIMIT points however long the
+    sequence (the heatmap was padded to the widest row: 1.44 GB for T = 2.5M); a spike survives the binning."""
+    import tracemalloc
+
+    from gradprobe.report.series import TIME_AXIS_LIMIT
+
+    length = 300_000
+    path = tmp_path / "long.log"
+    _long_sequence_log(path, length)
+    summary = summarize_logs([path], config={})
+    tracemalloc.start()
+    try:
+        static = render_static(summary)
+        interactive_page = interactive.render_interactive(summary, "", None, None, ("run", "other"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, f"rendering peaked at {peak / 1e6:.0f} MB"  # 3 x 300k points drawn unbinned: ~200 MB
+    assert len(static) < 1e6 and len(interactive_page) < 1e6
+    figures = _figures(interactive_page)
+    heat = next(data[0] for data, layout in figures if data and data[0].get("type") == "heatmap")
+    assert len(heat["x"]) <= TIME_AXIS_LIMIT and heat["x"][-1] <= length
+    row = heat["z"][0]
+    assert max(v for v in row if v is not None) == pytest.approx(6.0)  # log10 of the spike
+    spike_column = max(range(len(row)), key=lambda c: row[c] if row[c] is not None else -1)
+    assert heat["x"][spike_column] <= length // 3 < heat["x"][spike_column] + (heat["x"][1] - heat["x"][0])
+    for data, layout in figures:
+        if layout["title"]["text"].startswith(("rnn.l0: propagation profile", "rnn.l0: per-step Jacobian")):
+            assert len(data[0]["x"]) <= TIME_AXIS_LIMIT and max(data[0]["y"]) == pytest.approx(1e6)
