@@ -23,7 +23,7 @@ _PUBLIC = {
     "Finding": "gradprobe.findings",
     "GradprobeWarning": "gradprobe.faults",
     "LayerProfile": "gradprobe.probe",
-    "NotRecurrentError": "gradprobe.discovery",
+    "NotRecurrentError": "gradprobe.errors",
     "Probe": "gradprobe.probe",
     "Report": "gradprobe.api",
     "attach": "gradprobe.api",
@@ -46,7 +46,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from gradprobe.api import Report, attach, check, lint
-    from gradprobe.discovery import NotRecurrentError
+    from gradprobe.errors import NotRecurrentError
     from gradprobe.faults import GradprobeWarning
     from gradprobe.findings import Finding
     from gradprobe.probe import LayerProfile, Probe

@@ -81,7 +81,7 @@ def _bad_input_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from gradprobe.config import ConfigError
-        from gradprobe.discovery import NotRecurrentError
+        from gradprobe.errors import NotRecurrentError
         from gradprobe.events import LogFormatError
 
         try:

@@ -10,13 +10,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from gradprobe.cell_modes import GATE_COUNT, GATE_NAMES
+from gradprobe.errors import NotRecurrentError
 from gradprobe.reference import CellBase, RecurrentBase
-from gradprobe.reference.functional import GATE_COUNT, GATE_NAMES
-
-
-class NotRecurrentError(TypeError):
-    """The model holds no recurrent layer gradprobe can probe."""
-
 
 #: How a recurrent module is driven: a whole sequence per call, one step per call, or scripted (no hooks).
 SiteKind = Literal["stack", "cell", "scripted"]

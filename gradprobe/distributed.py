@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
-
-import torch
 
 from gradprobe.faults import warn
 
 
 def rank_and_world() -> tuple[int | None, int]:
-    """This process's rank and the world size of an initialized torch.distributed group, else ``(None, 1)``."""
-    distributed = torch.distributed
-    if distributed.is_available() and distributed.is_initialized():
+    """This process's rank and the world size of an initialized torch.distributed group, else ``(None, 1)``.
+
+    Reads torch only when the process has imported it (a group cannot be initialized otherwise): the report,
+    which finds rank files through this module, never imports torch.
+    """
+    torch = sys.modules.get("torch")
+    distributed = getattr(torch, "distributed", None) if torch is not None else None
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
         return int(distributed.get_rank()), int(distributed.get_world_size())
     return None, 1
 

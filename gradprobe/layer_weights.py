@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradprobe.cell_modes import GATE_NAMES, is_relu
 from gradprobe.discovery import RecurrentSite, gate_count
-from gradprobe.reference.functional import GATE_NAMES, is_relu
 
 
 def directions(site: RecurrentSite) -> Iterator[tuple[str, dict[str, Tensor]]]:

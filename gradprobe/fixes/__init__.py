@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from gradprobe.actions import action, truncation_length
+from gradprobe.cell_modes import is_relu
 from gradprobe.discovery import find_recurrent
 from gradprobe.findings import Finding, FixAction
 from gradprobe.fixes import reinit
@@ -32,7 +33,6 @@ from gradprobe.fixes.hidden_clip import HiddenGradClip
 from gradprobe.fixes.nonfinite import NonFiniteGuard
 from gradprobe.fixes.residual import ResidualRecurrentStack, residual_stack
 from gradprobe.fixes.truncation import TruncatedBPTT, detach_state, length_from_profiles
-from gradprobe.reference.functional import is_relu
 
 _TRACK = re.compile(r"\.l\d+(_reverse)?$")
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gradprobe.cell_modes import GATE_COUNT
 from gradprobe.discovery import mode_of
-from gradprobe.reference.functional import GATE_COUNT
 
 
 def _mode(module: nn.Module) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradprobe.reference.functional import SIGMOID_HIGH, SIGMOID_LOW, TANH_GATES, TANH_LIMIT
+from gradprobe.cell_modes import SIGMOID_HIGH, SIGMOID_LOW, TANH_GATES, TANH_LIMIT
 
 
 def saturation_fractions(gates: dict[str, Tensor]) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradprobe.cell_modes import GATE_COUNT, RNN_NONLINEARITIES
 from gradprobe.reference import functional as fn
-from gradprobe.reference.functional import RNN_NONLINEARITIES, LayerWeights, State
+from gradprobe.reference.functional import LayerWeights, State
 
 
 class CellBase(nn.Module):
@@ -28,7 +29,7 @@ class CellBase(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        gate_size = fn.GATE_COUNT[self.mode] * hidden_size
+        gate_size = GATE_COUNT[self.mode] * hidden_size
         self.weight_ih = nn.Parameter(torch.empty((gate_size, input_size), **factory))
         self.weight_hh = nn.Parameter(torch.empty((gate_size, hidden_size), **factory))
         if bias:

@@ -17,26 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-State = tuple[Tensor, ...]
+# the vocabulary of cell modes (gate counts and names, saturation limits) lives in gradprobe.cell_modes: no torch
+from gradprobe.cell_modes import LEAKY_SLOPE, is_relu
 
-MODES = ("RNN_TANH", "RNN_RELU", "RNN_LEAKY_RELU", "LSTM", "GRU")
-GATE_COUNT = {"RNN_TANH": 1, "RNN_RELU": 1, "RNN_LEAKY_RELU": 1, "LSTM": 4, "GRU": 3}
-#: Slope of the leaky ReLU for negative pre-activations (``RNN_LEAKY_RELU``; torch's LeakyReLU default).
-LEAKY_SLOPE = 0.01
-#: The Elman RNN's ``nonlinearity`` argument and the mode it selects (``leaky_relu``: gradprobe's modules only).
-RNN_NONLINEARITIES = {"tanh": "RNN_TANH", "relu": "RNN_RELU", "leaky_relu": "RNN_LEAKY_RELU"}
-GATE_NAMES = {
-    "RNN_TANH": ("",),
-    "RNN_RELU": ("",),
-    "RNN_LEAKY_RELU": ("",),
-    "LSTM": ("input", "forget", "cell", "output"),
-    "GRU": ("reset", "update", "new"),
-}
-#: Where a gate counts as saturated: a sigmoid gate below/above these, a tanh output beyond +-TANH_LIMIT.
-SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
-TANH_LIMIT = 0.95
-#: Gate activations that are tanh outputs (the others are sigmoids).
-TANH_GATES = frozenset({"cell", "cell_state", "new", "tanh", "output_state"})
+State = tuple[Tensor, ...]
 
 
 class LayerWeights(NamedTuple):
@@ -89,11 +73,6 @@ def preactivation(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor 
     """``x_proj + W_hh h (+ b_hh)``: the gate pre-activations of RNN and LSTM."""
     pre = torch.addmm(x_proj, h, weight_hh.t())
     return pre if bias_hh is None else pre + bias_hh
-
-
-def is_relu(mode: str | None) -> bool:
-    """Whether ``mode`` is an Elman RNN with a ReLU (plain or leaky)."""
-    return mode in ("RNN_RELU", "RNN_LEAKY_RELU")
 
 
 def rnn_step(

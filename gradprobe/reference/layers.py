@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
-from gradprobe.reference.functional import GATE_COUNT, RNN_NONLINEARITIES, LayerWeights, State
+from gradprobe.cell_modes import GATE_COUNT, RNN_NONLINEARITIES
+from gradprobe.reference.functional import LayerWeights, State
 from gradprobe.reference.sequence import DirectionTrace, join_steps, run_direction
 
 

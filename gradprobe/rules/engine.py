@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from gradprobe.config import Config, ConfigError, resolve
 from gradprobe.findings import NOT_MEASURED, Finding, severity_rank
 from gradprobe.plugins import PluginManager, default_plugin_manager
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class RuleEngine:

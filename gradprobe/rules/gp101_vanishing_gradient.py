@@ -6,9 +6,9 @@ import math
 from collections.abc import Callable
 
 from gradprobe.actions import action
+from gradprobe.cell_modes import is_relu
 from gradprobe.findings import Finding, FixAction, RuleResult
 from gradprobe.hookspecs import hookimpl
-from gradprobe.reference.functional import is_relu
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
 from gradprobe.rules.evidence import VANISHING_THRESHOLDS, VanishingEvidence, vanishing_evidence

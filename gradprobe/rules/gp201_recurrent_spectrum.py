@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from gradprobe.actions import action
-from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
 from gradprobe.hookspecs import hookimpl
-from gradprobe.layer_weights import recurrent_gain
-from gradprobe.reference.functional import is_relu
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.weights import each_direction
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from gradprobe.discovery import RecurrentSite
 
 RULE = Rule(
     code="GP201",
@@ -51,10 +51,15 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
+    from gradprobe.rules.weights import each_direction  # torch: only where a model is linted, never in the report
+
     return [_spectrum(context, site, track, params) for site, track, params in each_direction(context.sites)]
 
 
 def _spectrum(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:
+    from gradprobe.cell_modes import is_relu
+    from gradprobe.layer_weights import recurrent_gain
+
     mode = site.mode or ""
     sigma = recurrent_gain(mode, params["weight_hh"])
     gamma = 1.0  # max slope of tanh and of ReLU

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from gradprobe.actions import action
-from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.weights import each_direction
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from gradprobe.discovery import RecurrentSite
 
 RULE = Rule(
     code="GP202",
@@ -42,6 +43,8 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
+    from gradprobe.rules.weights import each_direction  # torch: only where a model is linted, never in the report
+
     return [
         _forget_bias(context, site, track, params) for site, track, params in each_direction(context.sites, ("LSTM",))
     ]
@@ -58,6 +61,8 @@ def _forget_bias(context: RuleContext, site: RecurrentSite, track: str, params: 
             severity="info",
             evidence={"forget_bias": None},
         )
+    import torch
+
     bias = float(torch.stack([p.detach().double() for p in parts]).sum(0).mean())
     if bias > 0:
         return None

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from gradprobe.actions import action
-from gradprobe.discovery import RecurrentSite
 from gradprobe.findings import Finding, RuleResult
 from gradprobe.hookspecs import hookimpl
-from gradprobe.layer_weights import input_scale
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.weights import each_direction
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from gradprobe.discovery import RecurrentSite
 
 RULE = Rule(
     code="GP203",
@@ -41,10 +42,14 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
+    from gradprobe.rules.weights import each_direction  # torch: only where a model is linted, never in the report
+
     return [_input_scale(context, site, track, params) for site, track, params in each_direction(context.sites)]
 
 
 def _input_scale(context: RuleContext, site: RecurrentSite, track: str, params: dict[str, Tensor]) -> Finding | None:
+    from gradprobe.layer_weights import input_scale
+
     scale = input_scale(site.mode or "", params["weight_ih"])
     stds, reference, scheme = scale.stds, scale.reference, scale.scheme
     fixes = (action("he-input" if scheme == "He" else "xavier-input"),)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradprobe.actions import action
+from gradprobe.cell_modes import TANH_GATES, is_relu
 from gradprobe.findings import RuleResult
 from gradprobe.hookspecs import hookimpl, observes
-from gradprobe.reference.functional import TANH_GATES, is_relu
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradprobe
+from gradprobe.cell_modes import LEAKY_SLOPE
 from gradprobe.reference import RNN, RNNCell
-from gradprobe.reference.functional import LEAKY_SLOPE
 
 
 def test_the_leaky_rnn_equals_a_hand_written_loop_and_takes_nn_rnn_weights():

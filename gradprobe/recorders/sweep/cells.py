@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from gradprobe.cell_modes import LEAKY_SLOPE, is_relu
 from gradprobe.recorders.sweep.run import DirectionRun, carry, tanh_by_sigmoid, tanh_into
 from gradprobe.reference import functional as fn
 from gradprobe.reference.functional import LayerWeights
@@ -345,7 +346,7 @@ class RNNFactors(StepFactors):
     def __init__(self, run: DirectionRun, start: int, stop: int, rows: FactorRows) -> None:
         y = run.h[start + 1 : stop + 1]
         slope, main = rows.buffer(y.shape[-1], y)
-        if fn.is_relu(run.mode):  # an (leaky) ReLU output has the sign of its pre-activation
+        if is_relu(run.mode):  # an (leaky) ReLU output has the sign of its pre-activation
             main.copy_(fn.relu_slope(y, run.mode == "RNN_LEAKY_RELU"))
         else:
             torch.addcmul(y.new_ones(()), y, y, value=-1, out=main)  # 1 - y^2, the one broadcast
@@ -372,7 +373,7 @@ def _relu_into(pre: Tensor, out: Tensor) -> Tensor:
 
 
 def _leaky_relu_into(pre: Tensor, out: Tensor) -> Tensor:
-    return torch.where(pre > 0, pre, pre * fn.LEAKY_SLOPE, out=out)
+    return torch.where(pre > 0, pre, pre * LEAKY_SLOPE, out=out)
 
 
 class RNNSweep(CellSweep):
