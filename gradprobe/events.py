@@ -127,7 +127,10 @@ class EventWriter:
         if self._file is None:
             return
         event = {"v": SCHEMA_VERSION, "kind": kind, "time": round(time.time(), 3), **fields}
-        line = json.dumps(json_safe(event), separators=(",", ":"), allow_nan=False) + "\n"
+        try:  # most events hold finite numbers only: written as they are, without a copy
+            line = json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n"
+        except (ValueError, TypeError):  # NaN/Inf (written "nan", "inf"), or keys that are not strings
+            line = json.dumps(json_safe(event), separators=(",", ":"), allow_nan=False) + "\n"
         if self._held is not None:
             self._held.append(line)
             return

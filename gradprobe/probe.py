@@ -33,7 +33,6 @@ one :class:`~gradprobe.bus.EventRouter` (log, sinks, plugin hooks, rules).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -47,6 +46,7 @@ from gradprobe.discovery import RecurrentSite, find_recurrent, unwrap
 from gradprobe.events import EventWriter
 from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
+from gradprobe.probe_clock import ProbeClock
 from gradprobe.quantities import BudgetSchedule, LayerProfile, Quantity, Schedule, StepContext, StepStatistics
 from gradprobe.quantities.base import Emit, QuantitySetup
 from gradprobe.quantities.registry import BUILT_IN, QuantityFactory, build
@@ -131,6 +131,8 @@ class Probe:
         #: ``(layer, tracks)`` of every attached layer, kept after detaching for the "not measured" findings.
         self._attached = [(site.name, list(site.tracks)) for site in self.sites]
         self.schedule = self._schedule()
+        #: The probe's own time in the current step, every hook included (``every="auto"`` prices it).
+        self._clock = ProbeClock()
         self._router = self._open_router(rules, log, sinks)
         self._profiles: dict[str, LayerProfile] = {}
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
@@ -226,17 +228,15 @@ class Probe:
             loop = self._loop
             self._guard("probe.step", lambda: loop.hand_over(loss))
             return
-        started = time.perf_counter()
         self._guard("probe.step", lambda: self._record(loss))
-        self._advance(time.perf_counter() - started)
+        self._advance(self._clock.take())
 
     def _optimizer_step(self, observed: LoopStep) -> None:
         """One optimizer step (optimizer hooks): record it like ``probe.step`` with what the loop did."""
         if self.closed:
             return
-        started = time.perf_counter()
         self._guard("the optimizer step", lambda: self._record(observed.loss, observed))
-        self._advance(time.perf_counter() - started)
+        self._advance(self._clock.take())
 
     def _advance(self, probe_seconds: float) -> None:
         if not self.disabled:
@@ -369,10 +369,13 @@ class Probe:
     def _guard(self, where: str, body: Callable[[], None]) -> None:
         if self.disabled:
             return
+        self._clock.enter()
         try:
             body()
         except Exception as exc:  # noqa: BLE001 - the probe must never break training
             self._fail(where, exc)
+        finally:
+            self._clock.leave()
 
     def _fail(self, where: str, exc: BaseException) -> None:
         if self.error is not None:

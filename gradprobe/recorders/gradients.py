@@ -17,7 +17,12 @@ _GATED = re.compile(r"(^|\.)(weight_ih|weight_hh|bias_ih|bias_hh)(_l\d+(_reverse
 class GradientRecorder:
     """Reads ``p.grad`` of every trainable parameter after ``backward``.
 
-    All norms are computed on the device and fetched with a single transfer.
+    One pass over the gradients (one fused ``_foreach_norm`` where torch has
+    it) gives everything a step records: a gated weight enters it as its gate
+    blocks (contiguous views, no copy), whose norms are the per-gate norms and
+    combine into the parameter's norm; the parameters' norms give the total and
+    the non-finite check (a norm is finite when every entry is). One transfer
+    brings the norms back.
     """
 
     def __init__(self, model: nn.Module, sites: list[RecurrentSite]) -> None:
@@ -28,7 +33,8 @@ class GradientRecorder:
                 self.names.append(name)
                 self.params.append(param)
         prefixes = {site.name: site for site in sites}
-        self.gated: list[tuple[int, int, tuple[str, ...]]] = []  # (param index, gate count, labels)
+        #: Parameter index -> its gate labels, for the gated weights and biases of the recurrent layers.
+        self.gates: dict[int, tuple[str, ...]] = {}
         for index, name in enumerate(self.names):
             owner, _, leaf = name.rpartition(".")
             site = prefixes.get(owner) or (prefixes.get(type(model).__name__) if not owner else None)
@@ -36,7 +42,7 @@ class GradientRecorder:
                 continue
             count = gate_count(site.mode)
             if count > 1 and self.params[index].shape[0] % count == 0:
-                self.gated.append((index, count, gate_names(site.mode)))
+                self.gates[index] = gate_names(site.mode)
 
     def record(self) -> dict[str, Any]:
         """Norms of the current gradients.
@@ -49,24 +55,31 @@ class GradientRecorder:
         present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
         if not present:
             return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
-        grads = [g for _, g in present]
-        norms = tensor_norms(grads)
-        gate_parts: list[Tensor] = []
-        gate_index: list[tuple[int, int, tuple[str, ...]]] = []
-        for index, count, labels in self.gated:
-            grad = self.params[index].grad
-            if grad is not None:
-                gate_parts.append(torch.linalg.vector_norm(grad.detach().reshape(count, -1).float(), dim=1))
-                gate_index.append((index, count, labels))
-        flat = torch.cat([norms.float(), *(g.to(norms.device) for g in gate_parts)]).tolist()
-        per_param = dict(zip((self.names[i] for i, _ in present), flat[: len(present)]))
-        total = float(sum(v * v for v in flat[: len(present)]) ** 0.5)
+        pieces: list[Tensor] = []
+        for index, grad in present:
+            labels = self.gates.get(index)
+            if labels is None:
+                pieces.append(grad)
+            else:
+                pieces.extend(grad.detach().chunk(len(labels), dim=0))
+        flat = tensor_norms(pieces).tolist()
+        per_param: dict[str, float] = {}
         gates: dict[str, dict[str, float]] = {}
-        offset = len(present)
-        for index, count, labels in gate_index:
-            gates[self.names[index]] = dict(zip(labels, flat[offset : offset + count]))
-            offset += count
-        suspicious = [(i, g) for (i, g), n in zip(present, flat) if not _finite(n)]
+        offset = 0
+        for index, _ in present:
+            labels = self.gates.get(index)
+            name = self.names[index]
+            if labels is None:
+                per_param[name] = flat[offset]
+                offset += 1
+            else:
+                parts = flat[offset : offset + len(labels)]
+                gates[name] = dict(zip(labels, parts))
+                per_param[name] = math.sqrt(sum(v * v for v in parts))  # Inf and NaN carry through
+                offset += len(labels)
+        norms = list(per_param.values())
+        total = math.sqrt(sum(v * v for v in norms))
+        suspicious = [(i, g) for (i, g), n in zip(present, norms) if not _finite(n)]
         nonfinite = [self.names[i] for i, g in reversed(suspicious) if not bool(torch.isfinite(g).all())]
         return {"grad_norm": total, "params": per_param, "gates": gates, "nonfinite_params": nonfinite}
 
@@ -74,7 +87,7 @@ class GradientRecorder:
         """Drop every reference to the model's parameters."""
         self.params = []
         self.names = []
-        self.gated = []
+        self.gates = {}
 
 
 def _finite(value: float) -> bool:

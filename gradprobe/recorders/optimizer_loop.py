@@ -63,11 +63,29 @@ class LoopStep:
 
 @dataclass
 class _Backward:
-    """What the last backward pass left."""
+    """What the last backward pass left: its gradient record, and each gradient tensor with its version counter
+    (an in-place change between backward and the optimizer, such as clipping, bumps it)."""
 
     record: dict[str, Any]
     l2: dict[str, float]
-    max_abs: dict[str, float]
+    grads: dict[str, tuple[Tensor, int | None]]
+
+    def changed(self, named: Sequence[tuple[str, Tensor]]) -> bool:
+        """Whether any gradient was replaced or changed in place since backward (no pass over the gradients)."""
+        for name, param in named:
+            seen = self.grads.get(name)
+            grad = param.grad
+            if grad is None:
+                continue
+            if seen is None or seen[0] is not grad or seen[1] is None or seen[1] != _version(grad):
+                return True
+        return False
+
+
+def _version(tensor: Tensor) -> int | None:
+    """The tensor's version counter (bumped by every in-place change), when torch exposes it."""
+    version = getattr(tensor, "_version", None)
+    return version if isinstance(version, int) else None
 
 
 @dataclass
@@ -119,9 +137,18 @@ def scaled_record(record: dict[str, Any], factor: float) -> dict[str, Any]:
 
 
 def compare(
-    before: _Backward, after_l2: dict[str, float], after_max: dict[str, float], scale_before: float, scale_after: float
+    before: _Backward,
+    after_l2: dict[str, float],
+    largest: Callable[[], dict[str, float]],
+    scale_before: float,
+    scale_after: float,
 ) -> dict[str, Any] | None:
-    """What changed the gradients between backward and the optimizer, in unscaled units (``None``: nothing)."""
+    """What changed the gradients between backward and the optimizer, in unscaled units (``None``: nothing).
+
+    ``largest()`` gives each gradient's largest absolute entry now; it is called (a second pass) only when the
+    change is not a uniform factor: clipping by value clamps the entries beyond the threshold, so every
+    gradient it changed has its largest entry at the threshold, the largest of all.
+    """
     names = [n for n in after_l2 if n in before.l2]
     raw = {n: before.l2[n] / scale_before for n in names}
     got = {n: after_l2[n] / scale_after for n in names}
@@ -137,15 +164,14 @@ def compare(
     uniform = all(abs(q - base) <= 1e-4 * max(base, 1e-30) for q in ratios)
     if uniform and base < 1:
         return {"kind": "norm", "threshold": got_total, "norm": raw_total, "norm_after": got_total}
-    top_after = max((after_max[n] / scale_after for n in names), default=0.0)
-    raw_top = {n: before.max_abs[n] / scale_before for n in names}
-    clipped_entries = any(v > top_after * (1 + 1e-6) for v in raw_top.values())
-    untouched = all(
-        abs(raw[n] - got[n]) <= RELATIVE_TOLERANCE * max(raw[n], 1e-30)
-        for n in names
-        if raw_top[n] <= top_after * (1 + 1e-6)
+    after_max = largest()
+    top_after = max((after_max[n] / scale_after for n in names if n in after_max), default=0.0)
+    changed = [n for n in names if abs(raw[n] - got[n]) > RELATIVE_TOLERANCE * max(raw[n], 1e-30)]
+    at_threshold = all(
+        got[n] < raw[n] and abs(after_max.get(n, 0.0) / scale_after - top_after) <= 1e-6 * max(top_after, 1e-30)
+        for n in changed
     )
-    if clipped_entries and untouched:
+    if changed and top_after > 0 and at_threshold:
         return {"kind": "value", "threshold": top_after, "norm": raw_total, "norm_after": got_total}
     return {"kind": "other", "threshold": None, "norm": raw_total, "norm_after": got_total}
 
@@ -269,9 +295,9 @@ class OptimizerLoop:
         self.guard("the end-of-backward hook", self._snapshot)
 
     def _snapshot(self) -> None:
-        record = self.read_gradients()  # its per-parameter norms are the L2 norms: only the largest entries are new
-        top = _norms_by_name([(n, p.grad) for n, p in self.named if p.grad is not None], math.inf)
-        self._pending.backward = _Backward(record, dict(record["params"]), top)
+        record = self.read_gradients()  # its per-parameter norms are the L2 norms the optimizer step compares
+        grads = {n: (p.grad, _version(p.grad)) for n, p in self.named if p.grad is not None}
+        self._pending.backward = _Backward(record, dict(record["params"]), grads)
         self._pending.backwards += 1
 
     def _before_step(
@@ -334,12 +360,20 @@ class OptimizerLoop:
         if before is not None:
             at_backward, at_optimizer = self._scales(optimizer, kwargs)
             present = [(n, p.grad) for n, p in self.named if p.grad is not None and n in before.l2]
-            after_l2, after_max = _norms_by_name(present, 2.0), _norms_by_name(present, math.inf)
+            # the loop left the gradients as backward made them (no clipping): no second pass. Under AMP the
+            # gradients are read again: the unscaling kernel changes them in place without a version bump
+            untouched = at_backward in (None, 1.0) and at_optimizer == 1.0 and not before.changed(self.named)
+            after_l2 = {n: before.l2[n] for n, _ in present} if untouched else _norms_by_name(present, 2.0)
             if at_backward is None:
                 at_backward = self._detected_scale(before, after_l2, at_optimizer)
             step.grad_scale = at_backward
             step.gradients = scaled_record(before.record, at_backward)
-            step.clip = compare(before, after_l2, after_max, at_backward, at_optimizer)
+            if untouched:
+                step.clip = None
+            else:
+                step.clip = compare(
+                    before, after_l2, lambda: _norms_by_name(present, math.inf), at_backward, at_optimizer
+                )
             step.loss = self._loss(pending, at_backward)
         self._pending = _Pending()
         self.on_step(step)

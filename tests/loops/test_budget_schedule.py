@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 import torch
@@ -141,3 +142,36 @@ def test_bad_every_and_budget_are_refused():
     with pytest.raises(ValueError, match="budget"):
         gradprobe.attach(nn.GRU(2, 2), every="auto", budget=1.5, config={})
     assert OFF == "off"
+
+
+@pytest.mark.parametrize("slow_part", ["forward hook", "end of backward"])
+def test_the_budget_clock_prices_every_part_of_the_probe(tmp_path, monkeypatch, slow_part):
+    """The cheap recording's price covers every hook of the probe, not only the optimizer-step recording: a part
+    made 3 ms slower shows in cheap_ms, and a cheap recording alone over the budget says over_budget."""
+    from gradprobe.events import iter_events
+    from gradprobe.recorders import capture, gradients
+
+    target, name = (
+        (capture.CallCapture, "_record") if slow_part == "forward hook" else (gradients.GradientRecorder, "record")
+    )
+    original = getattr(target, name)
+
+    def slow(self, *args, **kwargs):
+        until = time.perf_counter() + 0.003
+        while time.perf_counter() < until:
+            pass
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(target, name, slow)
+    torch.manual_seed(0)
+    model = nn.LSTM(8, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    log = tmp_path / "run.log"
+    with gradprobe.attach(model, log=log, every="auto", budget=0.03, optimizer=opt, config={}):
+        for _ in range(30):
+            opt.zero_grad()
+            model(torch.randn(10, 2, 8))[0].pow(2).mean().backward()
+            opt.step()
+    chosen = [e for e in iter_events(log) if e["kind"] == "schedule"]
+    assert chosen and chosen[0]["cheap_ms"] >= 3.0, chosen[0]
+    assert chosen[0]["over_budget"] is True and chosen[0]["expected_overhead"] > 0.03
