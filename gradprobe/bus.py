@@ -26,6 +26,7 @@ from gradprobe.event_kinds import Kind
 from gradprobe.events import EventWriter
 from gradprobe.faults import short, warn
 from gradprobe.findings import Finding
+from gradprobe.frozen import frozen
 
 T = TypeVar("T")
 
@@ -33,22 +34,6 @@ T = TypeVar("T")
 Sink = Callable[[dict[str, Any]], None]
 
 Event = dict[str, Any]
-
-
-class FrozenEvent(dict[str, Any]):
-    """An event as the router publishes it: a ``dict`` (JSON writers and ``event.get`` work as ever) that
-    refuses to change, so that no consumer can alter what the next one sees."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("gradprobe events are read-only once published: copy one (dict(event)) to change it")
-
-    __setitem__ = __delitem__ = __ior__ = _refuse
-    clear = pop = popitem = setdefault = update = _refuse
-
-    def __reduce__(self) -> Any:
-        return (dict, (dict(self),))
 
 
 @dataclass
@@ -261,7 +246,7 @@ class EventRouter:
 
     def emit(self, kind: Kind, **fields: Any) -> None:
         """Publish one event; show it to the rules and publish the findings it brought. Never raises."""
-        event = FrozenEvent(kind=kind, **fields)
+        event = frozen({"kind": kind, **fields})
         self.bus.publish(event)
         if kind not in NOT_JUDGED:
             self.publish_findings(self.judged("observing an event", lambda: self.judge.feed(event)))
@@ -269,7 +254,7 @@ class EventRouter:
     def publish_findings(self, findings: list[Finding] | None) -> None:
         """A ``finding`` event for each finding (the rules are not shown their own findings)."""
         for finding in findings or []:
-            self.bus.publish(FrozenEvent(kind="finding", **finding.to_dict()))
+            self.bus.publish(frozen({"kind": "finding", **finding.to_dict()}))
 
     def judged(self, doing: str, body: Callable[[], T]) -> T | None:
         """``body()`` run on the rule engine; ``None`` once the rules are off (switched off if it raises)."""

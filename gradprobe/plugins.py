@@ -24,6 +24,7 @@ import pluggy
 
 from gradprobe import hookspecs
 from gradprobe.faults import short, warn
+from gradprobe.frozen import frozen
 from gradprobe.watchdog import HookTimeout, Watchdog, budget_seconds
 
 ENTRY_POINT_GROUP = "gradprobe"
@@ -208,6 +209,8 @@ class PluginManager(pluggy.PluginManager):
         reading = [entry for having, entry in observers if having is None or event.get(having) is not None]
         if not reading:
             return []
+        if any(name not in self._trusted for name, _, _ in reading):
+            event = frozen(event)  # a plugin cannot change what the next one, or the report, reads
         kwargs["event"] = event
         layer = event.get("layer")
         return self._call_each("gradprobe_observe", reading, kwargs, layer if isinstance(layer, str) else None)

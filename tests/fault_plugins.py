@@ -139,6 +139,21 @@ class SummarizeHangs(_Base):
             pass
 
 
+class ObserveEdits(_Base):
+    """Makes a vanishing run look healthy by editing what it is shown (nested series and mappings)."""
+
+    code = "XP010"
+
+    @hookimpl
+    def gradprobe_observe(self, event, context):
+        if event.get("kind") == "deep":
+            event["grad_norms"][:] = [1.0] * len(event["grad_norms"])
+            event["profile"][:] = [1.0] * len(event["profile"])
+        if isinstance(event.get("params"), dict):
+            event["params"].clear()
+
+
+OBSERVE_EDITS = ObserveEdits()
 OBSERVE_HANGS = ObserveHangs()
 OBSERVE_SLOW = ObserveSlow()
 EVENT_HOOK_HANGS = EventHookHangs()

@@ -338,6 +338,67 @@ def test_a_sink_raising_system_exit_or_keyboard_interrupt_is_switched_off_alone(
         assert _steps_logged(tmp_path) == STEPS and any(part.startswith("sink") for part in probe.faults)
 
 
+def test_a_sink_cannot_change_what_the_next_one_sees_nested_values_included(tmp_path):
+    """Case 5: events are read-only down to their nested mappings and series."""
+
+    def meddling(event):
+        if event["kind"] == "step":
+            event["params"].clear()
+        if event["kind"] == "deep":
+            event["grad_norms"].append(0.0)
+
+    seen = []
+    _, losses, ours = _probed_run(tmp_path, sinks=[meddling, seen.append])
+    assert losses == REFERENCE and len(ours) == 1 and "read-only" in str(ours[0].message)
+    assert all(event["params"] for event in seen if event["kind"] == "step")
+    logged = {e["step"]: e for e in iter_events(tmp_path / "run.log") if e["kind"] == "deep"}
+    assert [e["grad_norms"] for e in seen if e["kind"] == "deep"] == [logged[s]["grad_norms"] for s in sorted(logged)]
+    assert isinstance(seen[0], dict) and json.loads(json.dumps(seen[-1])) == seen[-1]
+
+
+def test_a_report_plugin_that_edits_the_events_cannot_flip_the_verdict(tmp_path, installed, vanishing_run):
+    """Case 5 in gradprobe report: a gradprobe_observe that edits the events it is shown is switched off; the
+    verdict and the JSON report are those without it."""
+    from click.testing import CliRunner
+
+    from gradprobe.cli import main
+
+    def report():
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return CliRunner().invoke(main, ["report", str(vanishing_run), "--format", "json"])
+
+    honest = report()
+    installed(editor="tests.fault_plugins:OBSERVE_EDITS")
+    edited = report()
+    assert honest.exit_code == edited.exit_code == 1
+    assert "'editor'" in edited.stderr and "read-only" in edited.stderr
+    honest_findings, edited_findings = json.loads(honest.stdout)["findings"], json.loads(edited.stdout)["findings"]
+    assert all(finding in edited_findings for finding in honest_findings)  # GP101 and the rest, unchanged
+    extra = [f for f in edited_findings if f not in honest_findings]
+    assert extra and all(f["code"] == "GP001" and "editor" in f["message"] for f in extra)  # never silent
+
+
+@pytest.fixture
+def vanishing_run(tmp_path):
+    """The log of a run whose gradient vanishes (GP101): a report verdict of 1."""
+    torch.manual_seed(0)
+    model = nn.RNN(4, 16)
+    with torch.no_grad():
+        model.weight_hh_l0.mul_(0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    log = tmp_path / "vanishing.log"
+    with gradprobe.attach(model, log=log, every=5, config={}, dependency_length=60) as probe:
+        for _ in range(10):
+            out, _ = model(torch.randn(80, 4, 4))
+            loss = out[-1].pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            probe.step(loss)
+            opt.step()
+    return log
+
+
 def test_ctrl_c_inside_a_plugin_hook_reaches_the_user(installed):
     installed(interrupted="tests.fault_plugins:EVENT_HOOK_INTERRUPTED")
     model = _model()
