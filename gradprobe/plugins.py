@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 
@@ -85,7 +85,7 @@ class PluginManager(pluggy.PluginManager):
         #: a report calls ``gradprobe_observe`` once per event, so the list is built once, not per call.
         self._callers: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
         #: Per event kind, the ``gradprobe_observe`` implementations that read it (see :func:`hookspecs.observes`).
-        self._observers: dict[str, list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]] = {}
+        self._observers: dict[str, _Observers] = {}
         #: ``(plugin name, layer)`` -> why: a plugin that raised on one layer is switched off for that layer alone.
         self.layer_faults: dict[tuple[str, str], str] = {}
         #: Plugin name -> why, for rule plugins switched off whole while this manager ran (a rule hook raised;
@@ -181,16 +181,21 @@ class PluginManager(pluggy.PluginManager):
                 stacklevel=5,
             )
 
-    def _observers_of(self, kind: str) -> list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]:
+    def _observers_of(self, kind: str) -> _Observers:
         """``gradprobe_observe``'s implementations that read ``kind``, each with the field it needs (or ``None``)."""
         found = self._observers.get(kind)
         if found is None:
-            found = []
+            entries = []
             for entry in self._implementations("gradprobe_observe"):
                 kinds, having = getattr(entry[1], hookspecs.OBSERVES_ATTRIBUTE, (None, None))
                 if kinds is None or kind in kinds:
-                    found.append((having, entry))
-            self._observers[kind] = found
+                    entries.append((having, entry))
+            found = self._observers[kind] = _Observers(
+                entries,
+                [entry for _, entry in entries],
+                any(having is not None for having, _ in entries),
+                all(entry[0] in self._trusted for _, entry in entries),
+            )
         return found
 
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
@@ -204,12 +209,12 @@ class PluginManager(pluggy.PluginManager):
     def observe(self, event: dict[str, Any], **kwargs: Any) -> list[Any]:
         """``gradprobe_observe`` for one event: only the implementations that read it (:func:`hookspecs.observes`)."""
         observers = self._observers_of(str(event.get("kind")))
-        if not observers:
-            return []
-        reading = [entry for having, entry in observers if having is None or event.get(having) is not None]
+        reading = observers.all
+        if observers.filtered:
+            reading = [entry for having, entry in observers.entries if having is None or event.get(having) is not None]
         if not reading:
             return []
-        if any(name not in self._trusted for name, _, _ in reading):
+        if not observers.trusted:
             event = frozen(event)  # a plugin cannot change what the next one, or the report, reads
         kwargs["event"] = event
         layer = event.get("layer")
@@ -269,6 +274,15 @@ class PluginManager(pluggy.PluginManager):
 
 #: Where the time budget of a hook call is set, for the messages.
 ENV_HINT = "GRADPROBE_HOOK_SECONDS"
+
+
+class _Observers(NamedTuple):
+    """The ``gradprobe_observe`` implementations that read one kind of event."""
+
+    entries: list[tuple[str | None, tuple[str, Any, tuple[str, ...]]]]  # each with the field it needs, or None
+    all: list[tuple[str, Any, tuple[str, ...]]]
+    filtered: bool  # some need a field: filter per event
+    trusted: bool  # all built in: shown the event as it is
 
 
 def _called(function: Any, argnames: tuple[str, ...], kwargs: dict[str, Any]) -> Any:

@@ -20,13 +20,21 @@ from gradprobe.rules.engine import RuleEngine, sort_findings
 DEEP_SERIES = ("grad_norms", "profile", "jacobian_norms", "lyapunov")
 
 
+_ALL_FLOATS = frozenset({float})
+
+
 def readable_deep(event: dict[str, Any]) -> dict[str, Any]:
     """A ``deep`` event as the reports read it: each series a list of floats (``None`` for a missing value; an
     empty list where the log left the series out or null), ``horizon`` and ``rate`` floats or ``None``."""
     out = dict(event)
     for key in DEEP_SERIES:
         values = event.get(key)
-        out[key] = [number(v) for v in values] if isinstance(values, list) else []
+        if not isinstance(values, list):
+            out[key] = []
+        elif _ALL_FLOATS.issuperset(map(type, values)):  # the common case: already floats, read as they are
+            out[key] = values
+        else:
+            out[key] = [number(v) for v in values]
     out["horizon"], out["rate"] = number(event.get("horizon")), number(event.get("rate"))
     return out
 
