@@ -57,13 +57,19 @@ class CaptureMode(str, Enum):
 OFF, SAMPLE, DEEP = CaptureMode.OFF, CaptureMode.SAMPLE, CaptureMode.DEEP
 
 
-def compiling() -> bool:
-    """Whether Dynamo is tracing the current code (``torch.compile``)."""
-    compiler = getattr(torch, "compiler", None)
-    check = getattr(compiler, "is_compiling", None)
+def _compiling_check() -> Callable[[], bool] | None:
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
     if check is None:  # torch < 2.3
         check = getattr(getattr(torch, "_dynamo", None), "is_compiling", None)
-    return bool(check()) if check is not None else False
+    return check
+
+
+_IS_COMPILING = _compiling_check()
+
+
+def compiling() -> bool:
+    """Whether Dynamo is tracing the current code (``torch.compile``)."""
+    return bool(_IS_COMPILING()) if _IS_COMPILING is not None else False
 
 
 def eager(body: Callable[..., None]) -> Callable[..., None]:
@@ -299,6 +305,8 @@ class CallCapture:
         self.mode = mode
 
     def clear(self) -> None:
+        # the final states kept across steps: storage only, never the graph
+        self._finals = {name: tuple(f.detach() for f in final) for name, final in self._finals.items()}
         self._stack_calls = {}
         self._cell_calls = {}
         self._sequences = {}
@@ -339,7 +347,8 @@ class CallCapture:
         self._pending_rng = (site.name, torch.get_rng_state())
 
     def _post_hook(self, site: RecurrentSite) -> Callable[..., None]:
-        @eager
+        where = f"forward hook of {site.name}"
+
         def observe(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             seen = self._calls_seen.get(site.name)
             if seen is not None:
@@ -349,12 +358,15 @@ class CallCapture:
                 self._replica_calls[site.name] = self._replica_calls.get(site.name, 0) + 1
                 return
             if self._active():
-                self.guard(f"forward hook of {site.name}", lambda: self._record(site, module, args, kwargs, output))
+                self.guard(where, lambda: self._record(site, module, args, kwargs, output))
+
+        traced = eager(observe)  # a graph break where Dynamo traces the hook
 
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            if self.mode != DEEP and compiling():
-                return  # no graph break on steps that are not deep
-            observe(module, args, kwargs, output)
+            if not compiling():
+                observe(module, args, kwargs, output)  # eager code: no Dynamo wrapper to pay for on every call
+            elif self.mode == DEEP:
+                traced(module, args, kwargs, output)  # no graph break on steps that are not deep
 
         return hook
 
@@ -366,10 +378,11 @@ class CallCapture:
         else:
             self._record_cell(site, args, kwargs, output)
 
-    def _begin(self, site: RecurrentSite, state: tuple[Tensor, ...]) -> bool:
-        """Note a call of ``site``; return whether it starts a new sequence (which then replaces the old one)."""
+    def _begin(self, site: RecurrentSite, state: tuple[Tensor, ...], handed: bool = False) -> bool:
+        """Note a call of ``site``; return whether it starts a new sequence (which then replaces the old one).
+        ``handed``: the caller found ``state`` to be the sequence's final state already."""
         sequence = self._sequences.get(site.name)
-        if sequence is not None and continues(state, sequence.final):
+        if sequence is not None and (handed or continues(state, sequence.final)):
             return False
         self._sequences[site.name] = Sequence(carried=carried_detached(state, self._finals.get(site.name, ())))
         self._outputs_seen = [(name, t) for name, t in self._outputs_seen if name != site.name]
@@ -379,8 +392,8 @@ class CallCapture:
         sequence = self._sequences[site.name]
         sequence.length += steps
         sequence.final = final
-        if final and _address(final[0]) is not None:
-            self._finals[site.name] = tuple(f.detach() for f in final)  # storage only, never the graph
+        if final:
+            self._finals[site.name] = final  # detached when the step ends (clear): storage only, never the graph
 
     def _record_stack(
         self, site: RecurrentSite, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
@@ -426,7 +439,7 @@ class CallCapture:
         convention = self._conventions.get(site.name, STATE)
         sequence = self._sequences.get(site.name)
         was_handed_on = sequence is not None and handed_on(state, sequence.final)
-        new_sequence = self._begin(site, state)
+        new_sequence = self._begin(site, state, was_handed_on)
         # a call over a whole sequence starts one (a cell with 3-D inputs, a graph cell say, is called again
         # with the state it returned: its later calls continue the chain and are steps)
         whole = new_sequence and bool(outputs) and is_sequence_call(x, outputs[0])
