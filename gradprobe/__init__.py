@@ -4,6 +4,7 @@ Public API::
 
     findings = gradprobe.lint(model)
     report = gradprobe.check(model, inputs, loss_fn=None)
+    gradprobe.assert_healthy(model, inputs, dependency_length=50)  # raises AssertionError, listing the findings
     with gradprobe.attach(model, log="run.log", every=50, fix="off") as probe:
         ...
         probe.step(loss)
@@ -26,6 +27,7 @@ _PUBLIC = {
     "NotRecurrentError": "gradprobe.errors",
     "Probe": "gradprobe.probe",
     "Report": "gradprobe.api",
+    "assert_healthy": "gradprobe.testing",
     "attach": "gradprobe.api",
     "check": "gradprobe.api",
     "lint": "gradprobe.api",
@@ -39,6 +41,7 @@ __all__ = [
     "Probe",
     "Report",
     "__version__",
+    "assert_healthy",
     "attach",
     "check",
     "lint",
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from gradprobe.faults import GradprobeWarning
     from gradprobe.findings import Finding
     from gradprobe.probe import LayerProfile, Probe
+    from gradprobe.testing import assert_healthy
 
 
 #: Subpackages reachable as attributes after ``import gradprobe`` (``gradprobe.fixes.apply``), imported on first use.

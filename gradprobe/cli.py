@@ -125,14 +125,19 @@ def plugins() -> None:
         warnings.simplefilter("ignore")  # failures are listed below, with their reasons
         pm = make_plugin_manager()
         Registry.from_plugins(pm)
-    click.echo(f"{'name':<44}{'source':<24}{'status':<10}hooks / reason")
-    for status in pm.statuses.values():
+    statuses = list(pm.statuses.values())
+    # columns as wide as their longest entry (a long module name never runs into its source)
+    name_width = max([len("name"), *(len(strip_control(s.name)) for s in statuses)]) + 2
+    source_width = max([len("source"), *(len(strip_control(s.source)) for s in statuses)]) + 2
+    click.echo(f"{'name':<{name_width}}{'source':<{source_width}}{'status':<10}hooks / reason")
+    for status in statuses:
         detail = (
             status.reason
             if status.status != "active"
             else ", ".join(h.removeprefix("gradprobe_") for h in status.hooks)
         )
-        click.echo(strip_control(f"{status.name:<44}{status.source:<24}{status.status:<10}{detail}"))
+        name, source = strip_control(status.name), strip_control(status.source)
+        click.echo(strip_control(f"{name:<{name_width}}{source:<{source_width}}{status.status:<10}{detail}"))
 
 
 @main.command()
@@ -277,10 +282,10 @@ def rules(code: str | None) -> None:
             raise BadInput(f"unknown rule code {code!r}; run 'gradprobe rules' for the list")
         click.echo(registry[code.upper()].doc())
         return
-    click.echo(f"{'code':<7}{'name':<34}{'severity':<10}{'kind':<9}summary")
+    click.echo(f"{'code':<7}{'name':<34}{'severity':<15}{'kind':<9}summary")
     for rule in registry.sorted():
         kind = "static" if rule.static else "measured"
-        click.echo(f"{rule.code:<7}{rule.name:<34}{rule.severity:<10}{kind:<9}{rule.summary}")
+        click.echo(f"{rule.code:<7}{rule.name:<34}{rule.severities:<15}{kind:<9}{rule.summary}")
 
 
 @main.command()
@@ -293,10 +298,26 @@ def rules(code: str | None) -> None:
 )
 @click.option("--steps", type=int, default=600, show_default=True)
 @click.option("--seq-len", type=int, default=100, show_default=True)
-def demo(out: Path, steps: int, seq_len: int) -> None:
-    """Train a small LSTM with a vanishing gradient, report it, fix it, train again (~20 s on 2 cores)."""
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="torch threads (default: 1, fastest for a model this small, unless OMP_NUM_THREADS is set).",
+)
+def demo(out: Path, steps: int, seq_len: int, threads: int | None) -> None:
+    """Train a small LSTM with a vanishing gradient, report it, fix it, train again (~10 s)."""
+    import os
+
+    import torch
+
     from gradprobe.demo import TrainingSetup, run_demo
 
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        # a small model runs fastest on one thread; torch's default (every core) on a busy machine
+        # can make the same 10 s demo take minutes
+        torch.set_num_threads(1)
     run_demo(out, TrainingSetup(steps=steps, seq_len=seq_len), echo=click.echo)
 
 

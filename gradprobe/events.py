@@ -224,6 +224,8 @@ def iter_events(
                     raise ValueError("not a gradprobe event (no 'v'/'kind')")
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
                 truncated = not raw.endswith(b"\n")
+                if not seen_valid and number == 1 and (b"\x00" in raw or isinstance(exc, UnicodeDecodeError)):
+                    raise LogFormatError(f"{path} is not a gradprobe run log (binary data)") from None
                 if not seen_valid and number == 1 and not truncated:
                     raise LogFormatError(f"{path} is not a gradprobe run log (line 1: {_short(exc)})") from None
                 if problems is not None:

@@ -149,9 +149,11 @@ class Finding(NamedTuple):
         )
 
     def __str__(self) -> str:
+        """One line with code, name, severity, layer, step and message, then ``fix: ...`` when there is one."""
         where = f" {self.layer}" if self.layer else ""
         when = f" step {self.step}" if self.step is not None else ""
-        return f"{self.code} {self.name} [{self.severity}]{where}{when}: {self.message}"
+        text = f"{self.code} {self.name} [{self.severity}]{where}{when}: {self.message}"
+        return f"{text}\n    fix: {self.fix}" if self.fix else text
 
 
 RuleResult: TypeAlias = "Iterable[Finding | None] | None"

@@ -30,6 +30,7 @@ class Rule:
             fix_safety / references: The rule's doc, in the manner of ruff's.
         static: Checked by ``gradprobe.lint`` (no data needed).
         signals: The run's shared signals it reads (``[tool.gradprobe.signals]``; owned by no one rule).
+        raises: Every severity its findings can take, lowest first (default: ``severity`` alone).
     """
 
     code: str
@@ -46,6 +47,13 @@ class Rule:
     fix_safety: str = ""
     references: str = ""
     signals: tuple[str, ...] = ()
+    raises: tuple[str, ...] = ()
+
+    @property
+    def severities(self) -> str:
+        """The severities its findings take, as ``gradprobe rules`` shows them: ``warning`` or ``info-error``."""
+        raised = self.raises or (self.severity,)
+        return raised[0] if len(raised) == 1 else f"{raised[0]}-{raised[-1]}"
 
     @property
     def category(self) -> str:

@@ -17,6 +17,7 @@ RULE = Rule(
     code="GP101",
     name="vanishing-gradient",
     severity="info",
+    raises=("info", "warning", "error"),
     summary="Gradient horizon shorter than the task needs (info without evidence that it hurts)",
     thresholds=dict(VANISHING_THRESHOLDS),
     what_it_does=(

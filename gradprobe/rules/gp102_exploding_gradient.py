@@ -17,6 +17,7 @@ RULE = Rule(
     code="GP102",
     name="exploding-gradient",
     severity="error",
+    raises=("info", "warning", "error"),
     summary="Gradient signal grows through time, or gradient norms spike repeatedly",
     thresholds={"max_growth": 100.0},
     signals=EXPLODING_SIGNALS,

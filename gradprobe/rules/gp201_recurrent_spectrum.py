@@ -21,6 +21,7 @@ RULE = Rule(
     code="GP201",
     name="recurrent-spectrum",
     severity="warning",
+    raises=("info", "warning"),
     summary="sigma_max(W_hh) * gamma far from 1 (Pascanu's condition)",
     thresholds={"vanish_below": 1.0, "explode_above": 2.0, "gated_explode_above": 4.0, "min_memory_steps": 3.0},
     what_it_does=(

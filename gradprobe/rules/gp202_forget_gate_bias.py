@@ -21,6 +21,7 @@ RULE = Rule(
     code="GP202",
     name="forget-gate-bias",
     severity="warning",
+    raises=("info", "warning", "error"),
     summary="LSTM forget-gate bias <= 0 (memory decays from the start)",
     thresholds={"warn_below": -0.5, "error_below": -2.0},
     what_it_does=(

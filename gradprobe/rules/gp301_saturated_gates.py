@@ -17,6 +17,7 @@ RULE = Rule(
     code="GP301",
     name="saturated-gates",
     severity="warning",
+    raises=("info", "warning", "error"),
     summary="Large share of gate/tanh activations in their flat regions",
     thresholds={
         "max_fraction": 0.5,

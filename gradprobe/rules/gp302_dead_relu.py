@@ -17,6 +17,7 @@ RULE = Rule(
     code="GP302",
     name="dead-relu",
     severity="warning",
+    raises=("warning", "error"),
     summary="ReLU RNN units that never activate",
     thresholds={"max_dead_fraction": 0.25, "max_zero_fraction": 0.9},
     what_it_does=(

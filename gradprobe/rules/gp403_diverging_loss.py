@@ -15,6 +15,7 @@ RULE = Rule(
     code="GP403",
     name="diverging-loss",
     severity="warning",
+    raises=("warning", "error"),
     summary="Loss diverging (rising above its best and its start) or non-finite",
     thresholds={"error_ratio": 2.0},
     signals=("loss_rise",),
@@ -59,7 +60,8 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         "max_grad_norm": norms.maximum,
         "spikes": norms.spikes,
     }
-    fixes = (action("lower-learning-rate", factor=10), action("clip-grad-norm-auto"))
+    automatic = context.run.clipping.auto  # fix="auto" clips and guards already: recommend what it cannot do
+    fixes = (action("lower-learning-rate", factor=10),) + (() if automatic else (action("clip-grad-norm-auto"),))
     if loss.nonfinite:
         total = loss.nonfinite + loss.finite
         return [
@@ -70,7 +72,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                 step=loss.first_nonfinite_step,
                 severity="error",
                 evidence=evidence,
-                fixes=(*fixes, action("skip-nonfinite")),
+                fixes=fixes if automatic else (*fixes, action("skip-nonfinite")),
             )
         ]
     divergence = context.run.loss_divergence()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 from click.testing import CliRunner
@@ -120,3 +121,34 @@ def test_a_command_leaves_the_process_as_it_found_it(tmp_path, monkeypatch):
     monkeypatch.setenv(DISABLE_ENV, "some-plugin")
     CliRunner().invoke(main, ["--disable-plugin", "other", "rules"])
     assert os.environ[DISABLE_ENV] == "some-plugin"
+
+
+def test_plugins_columns_never_run_together():
+    from click.testing import CliRunner
+
+    from gradprobe.cli import main
+
+    lines = CliRunner().invoke(main, ["plugins"]).output.splitlines()
+    row = next(line for line in lines if line.startswith("gradprobe.rules.gp401_no_clipping_with_exploding_risk"))
+    assert "gp401_no_clipping_with_exploding_risk  built-in" in row
+
+
+def test_rules_show_every_severity_a_rule_raises():
+    from click.testing import CliRunner
+
+    from gradprobe.cli import main
+
+    output = CliRunner().invoke(main, ["rules"]).output
+    assert re.search(r"^GP101\s+vanishing-gradient\s+info-error\s", output, re.MULTILINE)
+    assert re.search(r"^GP103\s+non-finite-gradient\s+error\s", output, re.MULTILINE)
+
+
+def test_a_binary_file_is_not_a_run_log(tmp_path):
+    from click.testing import CliRunner
+
+    from gradprobe.cli import main
+
+    path = tmp_path / "picture.log"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    result = CliRunner().invoke(main, ["report", str(path)])
+    assert result.exit_code == 2 and "binary data" in result.output and "truncated" not in result.output

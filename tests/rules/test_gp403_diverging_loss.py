@@ -52,3 +52,19 @@ def test_a_run_that_blows_up_from_its_first_steps_is_diverging(seed):
     losses = _noisy(lambda t: min(1.5**t, 1e4), 50, rng, spread=0.2)
     (finding,) = _judge(losses)
     assert finding.severity == "error" and finding.step == 0
+
+
+@pytest.mark.parametrize("fix", ["off", "auto"])
+def test_under_fix_auto_the_fix_does_not_recommend_itself(fix):
+    """With fix="auto" the probe clips and guards already: GP403 recommends what it cannot do (a lower
+    learning rate), not attach(..., fix='auto') again."""
+    engine = RuleEngine({})
+    engine.feed({"kind": "meta", "layers": [], "settings": {"fix": fix}})
+    level = lambda t: 2.0 * 0.97**t if t < 40 else 2.0 * 0.97**40 * 1.06 ** (t - 40)
+    for step, loss in enumerate(_noisy(level, 90, random.Random(0), spread=0.2)):
+        engine.feed({"kind": "step", "step": step, "loss": loss, "grad_norm": 1.0})
+    (finding,) = [f for f in engine.findings() if f.code == "GP403"]
+    actions = [f.action for f in finding.fixes]
+    assert "lower-learning-rate" in actions
+    assert ("clip-grad-norm-auto" in actions) == (fix == "off")
+    assert ("fix='auto'" in (finding.fix or "")) == (fix == "off")
