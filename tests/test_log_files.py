@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,28 +92,21 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import torch
-    from torch import nn
+
+    sys.path.insert(0, sys.argv[4])
     import gradprobe
+    from tests.test_log_files import _model, _train
 
     log, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    torch.manual_seed(0)
-    model = nn.GRU(3, 6)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model = _model()
     with gradprobe.attach(model, log=log, every=5, config={}) as probe:
         ready.write_text("attached")
         deadline = time.monotonic() + 60
         while not go.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        for _ in range(STEPS):
-            out, _ = model(torch.randn(8, 4, 3))
-            loss = out.pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            probe.step(loss)
-            opt.step()
+        _train(model, probe)
     """
-).replace("STEPS", str(STEPS))
+)
 
 
 @needs_flock
@@ -122,7 +116,9 @@ def test_two_processes_on_one_log_path_write_two_whole_logs(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     child = subprocess.Popen(
-        [sys.executable, str(script), str(log), str(ready), str(go)], stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(log), str(ready), str(go), str(Path(__file__).resolve().parent.parent)],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
