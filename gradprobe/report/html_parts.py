@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from gradprobe.findings import SEVERITIES, Finding
+from gradprobe.findings import SEVERITIES, Finding, severity_rank
 from gradprobe.report.summary import RunSummary
 
 
@@ -59,4 +59,75 @@ def findings_table(findings: list[Finding]) -> list[str]:
             f"<td>{e(f.message)}</td><td>{evidence}</td><td>{e(f.fix or '')}</td></tr>"
         )
     out.append("</table>")
+    return out
+
+
+SUMMARY_OPEN = (
+    "<div class='summary' style='border:2px solid #999;border-radius:6px;padding:6px 16px;margin:12px 0;"
+    "background:#fafafa'>"
+)
+
+#: What a healthy run looks like on each chart, one sentence under it.
+CAPTIONS = {
+    "trend": (
+        "Healthy: the horizon reaches the steps the task needs (dashed red) and holds there over training; "
+        "it is drawn at most at T (dashed grey), beyond which it is an extrapolation."
+    ),
+    "heatmap": (
+        "Healthy: the colour fades slowly from right (the loss) to left (the first steps); "
+        "a dark left side means the early steps get no gradient."
+    ),
+    "profile": (
+        "Healthy: the signal falls slowly with the steps back k (a straight line on this log axis is a constant "
+        "share kept per step); a steep fall is a vanishing gradient, a rise an exploding one."
+    ),
+    "jacobian": ("Healthy: per-step norms near 1; well below 1 shrink the gradient at every step, above 1 grow it."),
+    "lyapunov": (
+        "Healthy: lambda1 at or a little below 0; above 0 the state dynamics expand and gradients explode, "
+        "far below they contract and vanish."
+    ),
+    "saturation": "Healthy: low shares; gates pinned at 0 or 1 pass no gradient.",
+    "training": "Healthy: the loss falls and the gradient norm stays within a band, without repeated spikes.",
+}
+
+
+def caption(kind: str) -> str:
+    """The sentence under a chart (static text, nothing from a log)."""
+    return f"<p class='caption'><i>{escape(CAPTIONS[kind])}</i></p>"
+
+
+def summary_box(summary: RunSummary, fail_on: str) -> list[str]:
+    """The top of the page: the verdict, each finding with its step and its fix as code, and the one call that
+    applies the structural fixes (every string from a log escaped)."""
+    e = escape
+    out = [
+        SUMMARY_OPEN,
+        verdict_line(summary, fail_on),
+    ]
+    ordered = sorted(summary.findings, key=lambda f: -severity_rank(f.severity))
+    if not ordered:
+        out.append("<p>No findings: every measured layer looks healthy.</p></div>")
+        return out
+    out.append("<ul>")
+    for f in ordered:
+        where = f" in {e(f.layer)}" if f.layer else ""
+        since = f" (seen at step {e(str(f.step))})" if f.step is not None else " (static: the model as built)"
+        out.append(
+            f"<li><b class='{e(f.severity)}'>{e(f.code)} {e(f.name)}</b> [{e(f.severity)}]{where}{since}: {e(f.message)}"
+        )
+        if f.fix:
+            out.append(f"<pre><code>{e(f.fix)}</code></pre>")
+        out.append("</li>")
+    out.append("</ul>")
+    if any(action.safety == "unsafe" for f in ordered for action in f.fixes):
+        out.append(
+            "<p>Do this: the structural fixes above run on your model, from its initial weights, with</p>"
+            "<pre><code>gradprobe.fixes.apply(model, probe.findings)</code></pre>"
+        )
+    if any(action.safety == "safe" for f in ordered for action in f.fixes):
+        out.append(
+            "<p>The safe ones (clipping, a non-finite guard) run every step with</p>"
+            '<pre><code>gradprobe.attach(model, optimizer=opt, fix="auto")</code></pre>'
+        )
+    out.append("</div>")
     return out

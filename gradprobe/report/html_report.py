@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from html import escape
 
-from gradprobe.report.html_parts import findings_table, run_heading, verdict_line
+from gradprobe.report.html_parts import caption, findings_table, run_heading, summary_box
 from gradprobe.report.series import on_time_axis
-from gradprobe.report.summary import RunSummary
+from gradprobe.report.summary import RunSummary, horizon_text
 from gradprobe.report.svg import Series, heatmap, line_chart
 
 STYLE = """
@@ -40,30 +40,48 @@ def render_html(
     bundle = plotly_bundle()
     if bundle is not None:
         return render_interactive(summary, bundle, fail_on, other, names)
-    return render_static(summary, fail_on, compared=other is not None)
+    return render_static(summary, fail_on, other, names)
 
 
-def render_static(summary: RunSummary, fail_on: str | None = None, compared: bool = False) -> str:
-    """The static SVG page (no plotly installed)."""
+def _training_series(run: RunSummary, label: str, dashed: bool, column: int, what: str) -> Series:
+    """One run's loss (column 1) or gradient norm (column 2) over training, for the static charts."""
+    rows = list(run.training)
+    name = f"{label}: {what}" if dashed or label != "run" else what
+    return Series(name, [row[0] for row in rows], [row[column] for row in rows], dashed=dashed)
+
+
+def render_static(
+    summary: RunSummary,
+    fail_on: str | None = None,
+    other: RunSummary | None = None,
+    names: tuple[str, str] = ("run", "other"),
+) -> str:
+    """The static SVG page (no plotly installed), with ``other`` overlaid (dashed) when given."""
     fail_on = fail_on or summary.fail_on
     e = escape
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>", "<title>gradprobe report</title>"]
     out.append(f"<style>{STYLE}</style></head><body>")
     out.extend(run_heading(summary))
-    note = "pip install 'gradprobe[html]' for the interactive report (zoom, hover, trends over training"
-    out.append(f"<p><i>Static page: {note}{', the compared run' if compared else ''}).</i></p>")
-    out.append(verdict_line(summary, fail_on))
+    note = "pip install 'gradprobe[html]' for the interactive report (zoom, hover, trends over training)"
+    out.append(f"<p><i>Static page: {note}.</i></p>")
+    if other is not None:
+        compared = ", ".join(e(log.path) for log in other.logs)
+        out.append(f"<p>Compared with {e(names[1])}: {compared} ({other.steps} steps); its lines are dashed.</p>")
+    out.extend(summary_box(summary, fail_on))
 
     out.append("<h2>Findings</h2>")
     out.extend(findings_table(summary.findings))
+    if other is not None:
+        out.append(f"<h2>Findings of {e(names[1])}</h2>")
+        out.extend(findings_table(other.findings))
 
     out.append("<h2>Training</h2><div class='charts'>")
-    steps = [s for s, _, _ in summary.training]
+    runs = [(names[0], summary, False), *([(names[1], other, True)] if other is not None else [])]
     clip_steps = [step for step, name, applied in summary.fix_steps if applied and step is not None]
     out.append(
         line_chart(
             "Gradient norm over training (red: fixes applied)",
-            [Series("||grad||", steps, [g for _, _, g in summary.training])],
+            [_training_series(run, label, dashed, 2, "||grad||") for label, run, dashed in runs],
             x_label="training step",
             y_label="total gradient norm",
             log_y=True,
@@ -73,12 +91,12 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
     out.append(
         line_chart(
             "Loss",
-            [Series("loss", steps, [loss for _, loss, _ in summary.training])],
+            [_training_series(run, label, dashed, 1, "loss") for label, run, dashed in runs],
             x_label="training step",
             y_label="loss",
         )
     )
-    out.append("</div>")
+    out.append("</div>" + caption("training"))
 
     for name, layer in summary.layers.items():
         latest = layer.latest
@@ -88,7 +106,7 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
         horizon = latest.get("horizon")
         rate = latest.get("rate")
         facts = [f"latest deep probe at step {e(str(latest.get('step')))}", f"T = {e(str(latest.get('seq_len')))}"]
-        facts.append("horizon " + ("none (no decay)" if horizon is None else f"{float(horizon):.1f} steps"))
+        facts.append("horizon " + e(horizon_text(horizon, latest.get("seq_len"))))
         if rate is not None:
             facts.append(f"fitted x{math.exp(float(rate)):.3f} per step")
         if layer.saturation.get("fractions"):
@@ -110,6 +128,10 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
         )
         ks, profile = on_time_axis(latest["profile"])  # floats or None (report.summary.readable_deep)
         series = [Series("measured", ks, profile)]
+        compared_layer = other.layers.get(name) if other is not None else None
+        if compared_layer is not None and compared_layer.latest:
+            other_ks, other_profile = on_time_axis(compared_layer.latest["profile"])
+            series.append(Series(f"{names[1]}: measured", other_ks, other_profile, dashed=True, color="#7f7f7f"))
         if rate is not None and profile:
             series.append(
                 Series(
@@ -127,16 +149,20 @@ def render_static(summary: RunSummary, fail_on: str | None = None, compared: boo
             )
         )
         ts, jac = on_time_axis(latest["jacobian_norms"])
+        jacobians = [Series("||dS_t/dS_(t-1)||", ts, jac)]
+        if compared_layer is not None and compared_layer.latest:
+            other_ts, other_jac = on_time_axis(compared_layer.latest["jacobian_norms"])
+            jacobians.append(Series(f"{names[1]}", other_ts, other_jac, dashed=True, color="#7f7f7f"))
         out.append(
             line_chart(
                 "Per-step Jacobian spectral norm",
-                [Series("||dS_t/dS_(t-1)||", ts, jac)],
+                jacobians,
                 x_label="time step t",
                 y_label="spectral norm",
                 hline=1.0,
             )
         )
-        out.append("</div>")
+        out.append("</div>" + "".join(caption(kind) for kind in ("heatmap", "profile", "jacobian")))
 
     if summary.problems:
         out.append("<h2>Problems reading the log</h2><ul>")

@@ -19,8 +19,8 @@ import math
 from html import escape
 from typing import Any
 
-from gradprobe.events import finite_number
-from gradprobe.report.html_parts import findings_table, run_heading, verdict_line
+from gradprobe.events import finite_number, number
+from gradprobe.report.html_parts import caption, findings_table, run_heading, summary_box
 from gradprobe.report.series import MinMaxSeries, on_time_axis
 from gradprobe.report.summary import LayerSummary, RunSummary
 
@@ -176,15 +176,28 @@ def _gates(page: Page, summary: RunSummary) -> list[str]:
     return charts
 
 
-def _trend(page: Page, name: str, runs: list[tuple[str, LayerSummary | None, str | None]]) -> str:
+def _capped(horizon: Any, seq_len: Any) -> float | None:
+    """A horizon on the chart: at most T (beyond the sequence it is an extrapolation); no decay reaches T."""
+    length = finite_number(seq_len)
+    value = number(horizon)
+    if value is None or not math.isfinite(value):
+        return length
+    return min(value, length) if length is not None else value
+
+
+def _trend(
+    page: Page, name: str, runs: list[tuple[str, LayerSummary | None, str | None]], need: float | None = None
+) -> str:
     traces = []
+    longest = 0.0
     for index, (run_name, layer, dash) in enumerate(runs):
         if layer is None:
             continue
         prefix = f"{run_name}: " if len(runs) > 1 else ""
         rows = list(layer.trend)
         steps = [row[0] for row in rows]
-        horizon = [finite_number(row[1]) for row in rows]
+        horizon = [_capped(row[1], row[3]) for row in rows]
+        longest = max([longest, *(t for row in rows if (t := finite_number(row[3])) is not None)])
         decay = [math.exp(r) if (r := finite_number(row[2])) is not None and abs(r) < 700 else None for row in rows]
         traces.append(
             {
@@ -207,15 +220,44 @@ def _trend(page: Page, name: str, runs: list[tuple[str, LayerSummary | None, str
                 "line": {"color": COLORS[index + 2], "dash": dash or "solid"},
             }
         )
+    shapes = []
+    for level, label, color in ((longest, "T (the sequence)", "#888"), (need or 0.0, "declared need", "#d62728")):
+        if level > 0:
+            shapes.append(
+                {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": level, "y1": level,
+                 "line": {"dash": "dash", "color": color, "width": 1}, "name": label}
+            )  # fmt: skip
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"{label}: {level:g}",
+                    "x": [None],
+                    "y": [None],
+                    "line": {"dash": "dash", "color": color},
+                }
+            )  # fmt: skip (a legend entry for the line)
     return page.chart(
         f"{name}: horizon and decay rate at each deep probe",
         traces,
         {
             "xaxis": _axis("training step"),
-            "yaxis": _axis("horizon (time steps)", rangemode="tozero"),
+            "yaxis": _axis("horizon (time steps, at most T)", log=True),
             "yaxis2": _axis("signal kept per step", overlaying="y", side="right", showgrid=False),
+            "shapes": shapes,
         },
     )
+
+
+def _captioned(chart: str, kind: str) -> str:
+    """A chart with the sentence under it saying what healthy looks like."""
+    return f"<div>{chart}{caption(kind)}</div>"
+
+
+def _declared_need(summary: RunSummary) -> float | None:
+    """The dependency length the run declared (``attach(dependency_length=)``), if any."""
+    settings = summary.meta.get("settings")
+    return finite_number(settings.get("dependency_length")) if isinstance(settings, dict) else None
 
 
 def _lyapunov(page: Page, name: str, layer: LayerSummary) -> str | None:
@@ -393,7 +435,7 @@ def render_interactive(
             f"<p>Compared with {e(names[1])}: {compared} ({other.steps} steps"
             f"{'; ' + e(other.loss_text()) if other.loss_text() else ''}); its curves are dotted.</p>"
         )
-    out.append(verdict_line(summary, fail_on))
+    out.extend(summary_box(summary, fail_on))
     out.append("<h2>Findings</h2>")
     out.extend(findings_table(summary.findings))
     if other is not None:
@@ -405,7 +447,7 @@ def render_interactive(
         "no spike is lost. Drag to zoom, double-click to reset; hover for values.</p><div class='charts'>"
     )
     out.extend(_training(page, runs))
-    out.append("</div>")
+    out.append("</div>" + caption("training"))
     gates = _gates(page, summary)
     if gates:
         out.append("<h2>Gradient norm per gate</h2><div class='charts'>")
@@ -418,15 +460,22 @@ def render_interactive(
             f"<h2>{e(name)} <small>({e(str(layer.mode))}, {layer.probes} deep probes)</small></h2><div class='charts'>"
         )
         other_layer = other.layers.get(name) if other is not None else None
-        out.append(
-            _trend(
-                page, name, [(names[0], layer, None), *([(names[1], other_layer, "dot")] if other is not None else [])]
-            )
+        trend = _trend(
+            page,
+            name,
+            [(names[0], layer, None), *([(names[1], other_layer, "dot")] if other is not None else [])],
+            _declared_need(summary),
         )
-        for chart in (_lyapunov(page, name, layer), _saturation(page, name, layer), _heatmap(page, name, layer)):
+        out.append(_captioned(trend, "trend"))
+        for chart, kind in (
+            (_lyapunov(page, name, layer), "lyapunov"),
+            (_saturation(page, name, layer), "saturation"),
+            (_heatmap(page, name, layer), "heatmap"),
+        ):
             if chart is not None:
-                out.append(chart)
-        out.extend(_latest(page, name, layer))
+                out.append(_captioned(chart, kind))
+        profile, jacobian = _latest(page, name, layer)
+        out.extend((_captioned(profile, "profile"), _captioned(jacobian, "jacobian")))
         out.append("</div>")
     if summary.problems:
         out.append("<h2>Problems reading the log</h2><ul>")

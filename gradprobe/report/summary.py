@@ -23,6 +23,18 @@ DEEP_SERIES = ("grad_norms", "profile", "jacobian_norms", "lyapunov")
 _ALL_FLOATS = frozenset({float})
 
 
+def horizon_text(horizon: Any, seq_len: Any) -> str:
+    """A gradient horizon as the reports print it: ``none (no decay)``, ``> T (the whole sequence of 100)``
+    when it reaches past the sequence (an extrapolation, not a measurement), else the steps."""
+    steps = number(horizon)
+    if steps is None or not math.isfinite(steps):
+        return "none (no decay)"
+    length = number(seq_len)
+    if length is not None and steps > length:
+        return f"> T (the whole sequence of {length:.0f})"
+    return f"{steps:.0f} steps"
+
+
 def readable_deep(event: dict[str, Any]) -> dict[str, Any]:
     """A ``deep`` event as the reports read it: each series a list of floats (``None`` for a missing value; an
     empty list where the log left the series out or null), ``horizon`` and ``rate`` floats or ``None``."""

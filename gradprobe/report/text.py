@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from gradprobe.findings import SEVERITIES
 from gradprobe.printable import one_line
-from gradprobe.report.summary import RunSummary
+from gradprobe.report.summary import RunSummary, horizon_text
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -70,8 +70,7 @@ def _comparison(summary: RunSummary, other: RunSummary, names: tuple[str, str], 
         horizons = []
         for run in (summary, other):
             latest = run.layers[layer].latest if layer in run.layers else {}
-            horizon = latest.get("horizon") if latest else None
-            horizons.append("n/a" if not latest else "none" if horizon is None else f"{float(horizon):.1f}")
+            horizons.append(horizon_text(latest.get("horizon"), latest.get("seq_len")) if latest else "n/a")
         lines.append(f"  {layer}: horizon {horizons[0]} vs {horizons[1]}")
     return "\n".join(one_line(line) for line in lines) + "\n"  # a log string cannot forge a line
 
@@ -114,9 +113,8 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
             latest = layer_summary.latest
             if not latest:
                 continue
-            horizon = latest.get("horizon")
             rate = latest.get("rate")
-            detail = f"T={latest.get('seq_len')}, horizon {'none' if horizon is None else f'{float(horizon):.0f}'}"
+            detail = f"T={latest.get('seq_len')}, horizon {horizon_text(latest.get('horizon'), latest.get('seq_len'))}"
             if rate is not None:
                 detail += f", x{math.exp(float(rate)):.2f}/step"
             lyapunov = latest.get("lyapunov") or []
@@ -124,6 +122,10 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
                 detail += f", lambda1 {float(lyapunov[0]):+.3f}/step"
             norms = latest["grad_norms"]  # floats or None (report.summary.readable_deep)
             lines.append(f"  {name:<{width}}  {sparkline(norms)}  {detail}")
+        lines.append(
+            "  (horizon: steps back until the gradient's signal falls below 1e-3 of its size; xR/step: the share "
+            "of it kept per step back; lambda1 > 0: the state dynamics expand and gradients grow, < 0: they contract)"
+        )
     if summary.steps:
         lines.append("")
         count = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -195,7 +196,8 @@ def test_a_100k_step_log_keeps_its_spikes_trends_and_a_bounded_page(tmp_path):
     for step, value in spikes.items():  # every spike survives the down-sampling, at its own step
         assert (step, value) in zip(norm["x"], norm["y"])
     trend = next(data for title, data in figures.items() if "horizon and decay" in title)
-    assert len(trend[0]["x"]) == steps // every and trend[0]["y"][-1] == pytest.approx(60.0 + (steps - every) / 1000)
+    assert len(trend[0]["x"]) == steps // every
+    assert trend[0]["y"][-1] == 50.0  # a horizon of 159.5 steps on a sequence of T=50 is drawn at T
     saturation = next(data for title, data in figures.items() if "saturated share" in title)
     assert {t["name"] for t in saturation} == {"input", "forget"} and len(saturation[0]["x"]) == steps // every
     gates = next(data for title, data in figures.items() if title.startswith("Gradient norm per gate"))
@@ -345,3 +347,73 @@ def test_a_very_long_sequence_is_binned_on_the_time_axis_and_its_spike_kept(tmp_
     for data, layout in figures:
         if layout["title"]["text"].startswith(("rnn.l0: propagation profile", "rnn.l0: per-step Jacobian")):
             assert len(data[0]["x"]) <= TIME_AXIS_LIMIT and max(data[0]["y"]) == pytest.approx(1e6)
+
+
+def test_the_horizon_chart_caps_at_t_on_a_log_axis_with_lines_for_t_and_the_need(tmp_path):
+    """The fixed run's horizon, extrapolated to 62,014 steps on T=100, would flatten the broken run's 12 to 0:
+    both are drawn at most at T, on a log axis, with T and the declared need as dashed lines."""
+    runs = {}
+    for name, horizon in (("broken", 12.0), ("fixed", 62014.0)):
+        path = tmp_path / f"{name}.log"
+        writer = EventWriter(path)
+        writer.write("meta", model="M", gradprobe="0", torch="2", settings={"every": 1, "dependency_length": 100})
+        for step in range(3):
+            writer.write("step", step=step, loss=1.0, grad_norm=1.0)
+            writer.write(
+                "deep", step=step, layer="rnn.l0", module="rnn", mode="LSTM", seq_len=100, batch=4,
+                grad_norms=[1.0] * 100, profile=[0.9**k for k in range(100)], rate=-0.1, horizon=horizon,
+            )  # fmt: skip
+        writer.close()
+        runs[name] = path
+    page = interactive.render_interactive(
+        summarize_logs([runs["broken"]], config={}), "", None, summarize_logs([runs["fixed"]], config={}),
+        ("broken.log", "fixed.log"),
+    )  # fmt: skip
+    data, layout = next((d, lay) for d, lay in _figures(page) if "horizon and decay" in lay["title"]["text"])
+    horizons = {trace["name"]: trace["y"] for trace in data if trace["name"].endswith("horizon (steps)")}
+    assert horizons == {"broken.log: horizon (steps)": [12.0] * 3, "fixed.log: horizon (steps)": [100.0] * 3}
+    assert layout["yaxis"]["type"] == "log"
+    assert sorted(shape["y0"] for shape in layout["shapes"]) == [100.0, 100.0]  # T and the declared need
+    assert {trace["name"] for trace in data} >= {"T (the sequence): 100", "declared need: 100"}
+
+
+def test_the_text_report_says_a_horizon_past_the_sequence_reaches_all_of_it(tmp_path):
+    from gradprobe.report.summary import horizon_text
+    from gradprobe.report.text import render_text
+
+    assert horizon_text(62013.9, 100) == "> T (the whole sequence of 100)"
+    assert horizon_text(12.0, 100) == "12 steps" and horizon_text(None, 100) == "none (no decay)"
+    path = tmp_path / "run.log"
+    writer = EventWriter(path)
+    writer.write("meta", model="M", gradprobe="0", torch="2", settings={"every": 1})
+    writer.write("step", step=0, loss=1.0, grad_norm=1.0)
+    writer.write(
+        "deep", step=0, layer="rnn.l0", module="rnn", mode="LSTM", seq_len=53, batch=4,
+        grad_norms=[1.0] * 53, profile=[1.0] * 53, rate=-0.001, horizon=1344.0, lyapunov=[-0.01],
+    )  # fmt: skip
+    writer.close()
+    text = render_text(summarize_logs([path], config={}))
+    assert "T=53, horizon > T (the whole sequence of 53)" in text and "horizon 1344" not in text
+    assert "lambda1 > 0: the state dynamics expand" in text  # the figures are explained where they are printed
+
+
+@pytest.mark.parametrize("page_kind", ["interactive", "static"])
+def test_the_page_opens_with_a_summary_box_and_says_under_each_chart_what_healthy_looks_like(
+    vanishing_log, healthy_log, page_kind
+):
+    summary = summarize_logs([vanishing_log], config={})
+    other = summarize_logs([healthy_log], config={})
+    if page_kind == "interactive":
+        page = interactive.render_interactive(summary, "", None, other, ("run.log", "healthy.log"))
+    else:
+        page = render_static(summary, None, other, ("run.log", "healthy.log"))
+    box = page[page.index("<div class='summary'") : page.index("</div>", page.index("<div class='summary'"))]
+    assert "Verdict: <b>FAIL</b>" in box
+    gp101 = next(f for f in summary.findings if f.code == "GP101")
+    assert f"GP101 vanishing-gradient</b> [{gp101.severity}]" in box and f"seen at step {gp101.step}" in box
+    assert f"<pre><code>{html.escape(gp101.fix)}</code></pre>" in box
+    assert page.index("<div class='summary'") < page.index("<h2>Findings</h2>")  # at the top
+    assert page.count("<p class='caption'>") >= 4 and "Healthy: the colour fades slowly" in page
+    assert "Findings of healthy.log" in page  # the compared run, on the static page too
+    if page_kind == "static":
+        assert page.count("stroke-dasharray") >= 2  # its training curves and profile, dashed
