@@ -238,6 +238,8 @@ KINDS: dict[str, EventKind] = {
                 Field("evidence", T.MAPPING, "the numbers behind the message"),
                 Field("fix", T.TEXT, "the remedies as text"),
                 Field("fixes", T.MAPPINGS, "the remedies as data: action, params, safety"),
+                Field("first_step", T.INTEGER, "the first step it was seen at (measured findings)"),
+                Field("last_step", T.INTEGER, "the last step it was seen at (measured findings)"),
             ),
             urgent=True,
         ),

@@ -104,6 +104,8 @@ class Finding(NamedTuple):
         evidence: The numbers behind the message.
         fix: The remedies as text, rendered from ``fixes``.
         fixes: The remedies as data (:class:`FixAction`).
+        first_step: The first training step it was seen at (a measured finding; ``None`` when unknown).
+        last_step: The last training step it was seen at.
     """
 
     code: str
@@ -115,6 +117,8 @@ class Finding(NamedTuple):
     evidence: dict[str, Any]
     fix: str | None = None
     fixes: tuple[FixAction, ...] = ()
+    first_step: int | None = None
+    last_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``finding`` event's fields)."""
@@ -131,7 +135,10 @@ class Finding(NamedTuple):
             value = data.get(key)
             return value if isinstance(value, str) else None
 
-        step = data.get("step")
+        def integer(key: str) -> int | None:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
         evidence = data.get("evidence")
         raw = data.get("fixes") or []
         return cls(
@@ -139,19 +146,23 @@ class Finding(NamedTuple):
             name=text("name") or str(data.get("code")),
             severity=str(data.get("severity")),
             layer=text("layer"),
-            step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+            step=integer("step"),
             message=str(data.get("message", "")),
             evidence=dict(evidence) if isinstance(evidence, dict) else {},
             fix=text("fix"),
             fixes=tuple(
                 f for f in (FixAction.from_dict(x) for x in (raw if isinstance(raw, list) else [])) if f is not None
             ),
+            first_step=integer("first_step"),
+            last_step=integer("last_step"),
         )
 
     def __str__(self) -> str:
         """One line with code, name, severity, layer, step and message, then ``fix: ...`` when there is one."""
         where = f" {self.layer}" if self.layer else ""
         when = f" step {self.step}" if self.step is not None else ""
+        if self.first_step is not None and self.last_step is not None and self.first_step != self.last_step:
+            when = f" steps {self.first_step}-{self.last_step}"
         text = f"{self.code} {self.name} [{self.severity}]{where}{when}: {self.message}"
         return f"{text}\n    fix: {self.fix}" if self.fix else text
 

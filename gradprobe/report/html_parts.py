@@ -43,19 +43,25 @@ def verdict_line(summary: RunSummary, fail_on: str) -> str:
     )
 
 
+def _steps_seen(finding: Finding) -> str:
+    first, last = finding.first_step, finding.last_step
+    if first is not None and last is not None and first != last:
+        return f"{first}-{last}"
+    return str(finding.step) if finding.step is not None else "static"
+
+
 def findings_table(findings: list[Finding]) -> list[str]:
     """The findings as an HTML table (every string escaped), or a line saying there are none."""
     e = escape
     if not findings:
         return ["<p>No findings.</p>"]
-    out = [
-        "<table><tr><th>severity</th><th>code</th><th>layer</th><th>step</th><th>message</th><th>evidence</th><th>fix</th></tr>"
-    ]
+    columns = ("severity", "code", "layer", "steps seen", "message", "evidence", "fix")
+    out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"]
     for f in findings:
         evidence = "<br>".join(f"{e(str(k))}={e(_value(v))}" for k, v in f.evidence.items())
         out.append(
             f"<tr><td class='{e(f.severity)}'>{e(f.severity)}</td><td>{e(f.code)} {e(f.name)}</td>"
-            f"<td>{e(str(f.layer or ''))}</td><td>{e(str(f.step if f.step is not None else ''))}</td>"
+            f"<td>{e(str(f.layer or ''))}</td><td>{e(_steps_seen(f))}</td>"
             f"<td>{e(f.message)}</td><td>{evidence}</td><td>{e(f.fix or '')}</td></tr>"
         )
     out.append("</table>")
@@ -111,7 +117,10 @@ def summary_box(summary: RunSummary, fail_on: str) -> list[str]:
     out.append("<ul>")
     for f in ordered:
         where = f" in {e(f.layer)}" if f.layer else ""
-        since = f" (seen at step {e(str(f.step))})" if f.step is not None else " (static: the model as built)"
+        if f.first_step is not None and f.last_step is not None and f.first_step != f.last_step:
+            since = f" (seen from step {f.first_step} to step {f.last_step})"
+        else:
+            since = f" (seen at step {e(str(f.step))})" if f.step is not None else " (static: the model as built)"
         out.append(
             f"<li><b class='{e(f.severity)}'>{e(f.code)} {e(f.name)}</b> [{e(f.severity)}]{where}{since}: {e(f.message)}"
         )

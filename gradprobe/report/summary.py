@@ -23,6 +23,15 @@ DEEP_SERIES = ("grad_norms", "profile", "jacobian_norms", "lyapunov")
 _ALL_FLOATS = frozenset({float})
 
 
+def seen_when(finding: Finding) -> str:
+    """`` steps 0-575 (first seen at 0)`` for a finding seen over several steps, `` step 575`` for one, ``""`` for
+    a static one."""
+    first, last = finding.first_step, finding.last_step
+    if first is not None and last is not None and first != last:
+        return f" steps {first}-{last} (first seen at step {first})"
+    return f" step {finding.step}" if finding.step is not None else ""
+
+
 def horizon_text(horizon: Any, seq_len: Any) -> str:
     """A gradient horizon as the reports print it: ``none (no decay)``, ``> T (the whole sequence of 100)``
     when it reaches past the sequence (an extrapolation, not a measurement), else the steps."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from gradprobe.findings import SEVERITIES
 from gradprobe.printable import one_line
-from gradprobe.report.summary import RunSummary, horizon_text
+from gradprobe.report.summary import RunSummary, horizon_text, seen_when
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -99,8 +99,7 @@ def _render_one(summary: RunSummary, fail_on: str | None = None) -> str:
         for layer in dict.fromkeys(f.layer for f in group):
             lines.append(f"    {layer or '(whole model)'}")
             for f in (f for f in group if f.layer == layer):
-                when = f" step {f.step}" if f.step is not None else ""
-                lines.append(f"      {f.code} {f.name}{when}: {f.message}")
+                lines.append(f"      {f.code} {f.name}{seen_when(f)}: {f.message}")
                 if f.evidence:
                     lines.append("          evidence: " + ", ".join(f"{k}={_fmt(v)}" for k, v in f.evidence.items()))
                 if f.fix:

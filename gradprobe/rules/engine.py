@@ -45,6 +45,8 @@ class RuleEngine:
         self._linted: list[Any] = []
         self._kept: dict[tuple[str, str | None], Finding] = {}
         self._counts: dict[tuple[str, str | None], int] = {}
+        #: Per (code, layer), the first and last step a finding was seen at.
+        self._spans: dict[tuple[str, str | None], tuple[int, int]] = {}
 
     def _validate(self) -> None:
         for code, values in self.config.thresholds.items():
@@ -92,6 +94,7 @@ class RuleEngine:
     def _keep(self, finding: Finding) -> bool:
         key = (finding.code, finding.layer)
         self._counts[key] = self._counts.get(key, 0) + 1
+        self._note_span(key, finding)
         old = self._kept.get(key)
         if old is None or severity_rank(finding.severity) > severity_rank(old.severity):
             self._kept[key] = finding
@@ -121,8 +124,27 @@ class RuleEngine:
             count = self._counts.get(key, 0)
             if count > 1:
                 finding = finding._replace(evidence={**finding.evidence, "occurrences": count})
-            out.append(finding)
+            out.append(self._spanned(key, finding))
         return sort_findings(out)
+
+    def _note_span(self, key: tuple[str, str | None], finding: Finding) -> None:
+        """Widen the steps ``key`` was seen over with one occurrence."""
+        seen = [s for s in (finding.first_step, finding.step, finding.last_step) if s is not None]
+        if not seen:
+            return
+        old = self._spans.get(key)
+        low, high = min(seen), max(seen)
+        self._spans[key] = (low, high) if old is None else (min(old[0], low), max(old[1], high))
+
+    def _spanned(self, key: tuple[str, str | None], finding: Finding) -> Finding:
+        """``finding`` with the first and last step it was seen at (measured findings only)."""
+        if finding.step is None and finding.first_step is None:
+            return finding  # static: the model as built
+        seen = [s for s in (finding.first_step, finding.step, finding.last_step) if s is not None]
+        span = self._spans.get(key)
+        if span is not None:
+            seen.extend(span)
+        return finding._replace(first_step=min(seen), last_step=max(seen))
 
     def _rule_faults(self) -> list[Finding]:
         """GP001 for each layer a failed rule plugin covered (:attr:`PluginManager.layer_faults`, ``run_faults``)."""

@@ -110,7 +110,7 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
         "evidence": list(e.kinds),
         **e.numbers,
     }
-    return context.finding(
+    found = context.finding(
         "GP101",
         message,
         layer=track.name,
@@ -119,6 +119,9 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
         evidence=evidence,
         fixes=_fixes(context, e) if e.hurts else (),
     )
+    # since when: the first probe from which the horizon stayed short of what is judged
+    since = track.first_below(e.judged_length) if e.judged_length else None
+    return found._replace(first_step=since) if found is not None and since is not None else found
 
 
 def _fixes(context: RuleContext, e: VanishingEvidence) -> tuple[FixAction, ...]:

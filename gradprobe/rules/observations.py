@@ -351,6 +351,10 @@ class DeepRecord:
         return None if self.grad_norms is None else reached_steps(self.grad_norms, self.epsilon)
 
 
+#: Probes of a track whose horizons are kept over the whole run (thinned evenly beyond it).
+HORIZON_HISTORY = 512
+
+
 @dataclass
 class TrackHistory:
     """The deep probes of one track: the first few and the most recent few."""
@@ -364,12 +368,32 @@ class TrackHistory:
     max_seq_len: int = 0
     epsilon: float = 1e-3
 
+    #: ``(step, horizon)`` of the probes over the whole run, thinned to every other one past HORIZON_HISTORY.
+    horizons: list[tuple[int | None, float]] = field(default_factory=list)
+    _stride: int = 1
+
     def add(self, record: DeepRecord) -> None:
         self.probes += 1
         self.max_seq_len = max(self.max_seq_len, record.seq_len)
         if len(self.early) < KEPT_PROBES:
             self.early.append(record)
         self.recent.append(record)
+        if (self.probes - 1) % self._stride == 0:
+            self.horizons.append((record.step, record.horizon))
+            if len(self.horizons) > HORIZON_HISTORY:
+                self.horizons = self.horizons[::2]
+                self._stride *= 2
+
+    def first_below(self, steps: float) -> int | None:
+        """The first probe's step at which the horizon was under ``steps`` and stayed under it after (``None``:
+        the latest probes are not under it)."""
+        first = None
+        for step, horizon in self.horizons:
+            if horizon < steps:
+                first = step if first is None else first
+            else:
+                first = None
+        return first
 
     @property
     def latest(self) -> DeepRecord:

@@ -20,7 +20,8 @@ def test_text_report_groups_findings_with_evidence_and_fix(vanishing_log):
     out = result.output
     assert "Findings: 1 errors" in out
     error_block = out.split("  ERROR\n")[1]
-    assert error_block.startswith("    RNN.l0\n      GP101 vanishing-gradient step 16:")
+    # since when: the horizon was short from the first deep probe on, and still at the last (step 16)
+    assert error_block.startswith("    RNN.l0\n      GP101 vanishing-gradient steps 0-16 (first seen at step 0):")
     assert "< the 120 steps the task needs in RNN.l0" in out
     assert "evidence: horizon=" in out and "fix: orthogonal recurrent weights" in out
     assert "Gradient vs time step" in out and "RNN.l0  " in out and "T=120, horizon" in out
@@ -60,9 +61,9 @@ def test_json_report_schema(vanishing_log):
     layer = data["layers"]["RNN.l0"]
     assert layer["seq_len"] == 120 and len(layer["grad_norms"]) == 120 and layer["probes"] == 3
     assert data["training"]["steps"] == 24
-    assert {"code", "name", "severity", "layer", "step", "message", "evidence", "fix", "fixes"} == set(
-        data["findings"][0]
-    )
+    fields = {"code", "name", "severity", "layer", "step", "message", "evidence", "fix", "fixes"}
+    assert fields | {"first_step", "last_step"} == set(data["findings"][0])
+    assert (data["findings"][0]["first_step"], data["findings"][0]["last_step"]) == (0, 16)  # since when
     assert data["findings"][0]["fixes"][0] == {"action": "orthogonal-recurrent", "params": {}, "safety": "unsafe"}
 
 

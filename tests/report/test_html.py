@@ -410,7 +410,8 @@ def test_the_page_opens_with_a_summary_box_and_says_under_each_chart_what_health
     box = page[page.index("<div class='summary'") : page.index("</div>", page.index("<div class='summary'"))]
     assert "Verdict: <b>FAIL</b>" in box
     gp101 = next(f for f in summary.findings if f.code == "GP101")
-    assert f"GP101 vanishing-gradient</b> [{gp101.severity}]" in box and f"seen at step {gp101.step}" in box
+    assert f"GP101 vanishing-gradient</b> [{gp101.severity}]" in box
+    assert f"seen from step {gp101.first_step} to step {gp101.last_step}" in box and gp101.first_step == 0
     assert f"<pre><code>{html.escape(gp101.fix)}</code></pre>" in box
     assert page.index("<div class='summary'") < page.index("<h2>Findings</h2>")  # at the top
     assert page.count("<p class='caption'>") >= 4 and "Healthy: the colour fades slowly" in page

@@ -156,3 +156,24 @@ def test_a_clipped_training_run_stays_healthy():
             opt.step()
             opt.zero_grad()
     assert not [f for f in probe.findings if f.severity != "info"], probe.findings
+
+
+def test_a_measured_finding_says_the_first_and_last_step_it_was_seen_at():
+    """Since when: every measured finding carries the steps it was seen over; a static one none."""
+    from gradprobe.findings import Finding
+    from gradprobe.rules.engine import RuleEngine
+
+    engine = RuleEngine({})
+    engine.feed({"kind": "meta", "layers": [], "settings": {}})
+    for step in range(12):
+        bad = step in (3, 5, 9)
+        engine.feed(
+            {
+                "kind": "step", "step": step, "loss": 1.0, "grad_norm": float("nan") if bad else 1.0,
+                "nonfinite": {"where": "gradient", "parameter": "w", "parameters": ["w"], "count": 1} if bad else None,
+            }
+        )  # fmt: skip
+    (gp103,) = [f for f in engine.findings() if f.code == "GP103"]
+    assert (gp103.first_step, gp103.last_step) == (3, 9)
+    assert "steps 3-9" in str(gp103).splitlines()[0]
+    assert Finding.from_dict(gp103.to_dict()) == gp103  # through the log and back
