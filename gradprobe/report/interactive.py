@@ -249,6 +249,18 @@ def _trend(
     )
 
 
+#: The compared run's name and its summary of the same layer, when there is one.
+Compared = tuple[str, LayerSummary] | None
+
+
+def _overlaid(layer: LayerSummary, compared: Compared) -> list[tuple[str, LayerSummary, str]]:
+    """``(name prefix, layer, line dash)`` of this run (solid) and the compared one (dotted)."""
+    runs = [("", layer, "solid")]
+    if compared is not None:
+        runs.append((f"{compared[0]}: ", compared[1], "dot"))
+    return runs
+
+
 def _captioned(chart: str, kind: str) -> str:
     """A chart with the sentence under it saying what healthy looks like."""
     return f"<div>{chart}{caption(kind)}</div>"
@@ -260,23 +272,25 @@ def _declared_need(summary: RunSummary) -> float | None:
     return finite_number(settings.get("dependency_length")) if isinstance(settings, dict) else None
 
 
-def _lyapunov(page: Page, name: str, layer: LayerSummary) -> str | None:
-    """The top Lyapunov exponents at each deep probe (a line per exponent)."""
-    rows = [row for row in layer.trend if row[4]]
-    if not rows:
+def _lyapunov(page: Page, name: str, layer: LayerSummary, compared: Compared = None) -> str | None:
+    """The top Lyapunov exponents at each deep probe (a line per exponent; the compared run's dotted)."""
+    traces: list[dict[str, Any]] = []
+    for prefix, run_layer, dash in _overlaid(layer, compared):
+        rows = [row for row in run_layer.trend if row[4]]
+        count = max((len(row[4]) for row in rows), default=0)
+        traces.extend(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"{prefix}lambda{i + 1}",
+                "x": [r[0] for r in rows],
+                "y": [finite_number(r[4][i]) if i < len(r[4]) else None for r in rows],
+                "line": {"color": COLORS[i % len(COLORS)], "dash": dash},
+            }
+            for i in range(count)
+        )
+    if not traces:
         return None
-    count = max(len(row[4]) for row in rows)
-    traces = [
-        {
-            "type": "scatter",
-            "mode": "lines+markers",
-            "name": f"lambda{i + 1}",
-            "x": [r[0] for r in rows],
-            "y": [finite_number(r[4][i]) if i < len(r[4]) else None for r in rows],
-            "line": {"color": COLORS[i % len(COLORS)]},
-        }
-        for i in range(count)
-    ]
     return page.chart(
         f"{name}: top Lyapunov exponents at each deep probe",
         traces,
@@ -298,22 +312,24 @@ def _lyapunov(page: Page, name: str, layer: LayerSummary) -> str | None:
     )
 
 
-def _saturation(page: Page, name: str, layer: LayerSummary) -> str | None:
-    rows = list(layer.saturation_trend)
-    gates = sorted({gate for _, fractions in rows for gate in fractions})
-    if not gates:
+def _saturation(page: Page, name: str, layer: LayerSummary, compared: Compared = None) -> str | None:
+    traces: list[dict[str, Any]] = []
+    for prefix, run_layer, dash in _overlaid(layer, compared):
+        rows = list(run_layer.saturation_trend)
+        gates = sorted({gate for _, fractions in rows for gate in fractions})
+        traces.extend(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"{prefix}{gate}",
+                "x": [r[0] for r in rows],
+                "y": [finite_number(r[1].get(gate)) for r in rows],
+                "line": {"color": COLORS[i % len(COLORS)], "dash": dash},
+            }
+            for i, gate in enumerate(gates)
+        )
+    if not traces:
         return None
-    traces = [
-        {
-            "type": "scatter",
-            "mode": "lines",
-            "name": gate,
-            "x": [r[0] for r in rows],
-            "y": [finite_number(r[1].get(gate)) for r in rows],
-            "line": {"color": COLORS[i % len(COLORS)]},
-        }
-        for i, gate in enumerate(gates)
-    ]
     return page.chart(
         f"{name}: saturated share per gate",
         traces,
@@ -332,6 +348,7 @@ def heatmap_scale(values: list[float]) -> tuple[float, float, list[float], list[
 
 
 def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
+    """``||dL/dh_t||`` by time step and training step (one run: a heatmap cannot overlay another)."""
     stride, grid = layer.heatmap.grid()
     rows = [(step, norms) for step, norms in grid if norms]
     if not rows:
@@ -366,11 +383,31 @@ def _heatmap(page: Page, name: str, layer: LayerSummary) -> str | None:
     )
 
 
-def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
+def _latest(page: Page, name: str, layer: LayerSummary, compared: Compared = None) -> list[str]:
     latest = layer.latest
     ks, profile = on_time_axis([finite_number(v) for v in latest.get("profile", [])])
     rate = finite_number(latest.get("rate"))
     traces: list[dict[str, Any]] = [{"type": "scatter", "mode": "lines", "name": "measured", "x": ks, "y": profile}]
+    jacobians: list[dict[str, Any]] = []
+    for prefix, run_layer, dash in _overlaid(layer, compared):
+        series = run_layer.latest or {}
+        ts, jac = on_time_axis([finite_number(v) for v in series.get("jacobian_norms", [])])
+        line = {"dash": dash}
+        jacobians.append(
+            {"type": "scatter", "mode": "lines", "name": f"{prefix}||dS_t/dS_(t-1)||", "x": ts, "y": jac, "line": line}
+        )
+        if prefix:  # the compared run's profile, dotted
+            other_ks, other_profile = on_time_axis([finite_number(v) for v in series.get("profile", [])])
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"{prefix}measured",
+                    "x": other_ks,
+                    "y": other_profile,
+                    "line": line,
+                }
+            )
     if rate is not None and profile and abs(rate) < 700:
         fit = [math.exp(rate * k) if abs(rate * k) < 700 else None for k in ks]
         traces.append(
@@ -383,7 +420,6 @@ def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
                 "line": {"dash": "dash"},
             }
         )
-    ts, jac = on_time_axis([finite_number(v) for v in latest.get("jacobian_norms", [])])
     step = latest.get("step")
     return [
         page.chart(
@@ -393,7 +429,7 @@ def _latest(page: Page, name: str, layer: LayerSummary) -> list[str]:
         ),
         page.chart(
             f"{name}: per-step Jacobian spectral norm at step {step}",
-            [{"type": "scatter", "mode": "lines", "name": "||dS_t/dS_(t-1)||", "x": ts, "y": jac}],
+            jacobians,
             {
                 "xaxis": _axis("time step t"),
                 "yaxis": _axis("spectral norm"),
@@ -467,14 +503,16 @@ def render_interactive(
             _declared_need(summary),
         )
         out.append(_captioned(trend, "trend"))
+        overlay = (names[1], other_layer) if other_layer is not None else None
         for chart, kind in (
-            (_lyapunov(page, name, layer), "lyapunov"),
-            (_saturation(page, name, layer), "saturation"),
+            (_lyapunov(page, name, layer, overlay), "lyapunov"),
+            (_saturation(page, name, layer, overlay), "saturation"),
             (_heatmap(page, name, layer), "heatmap"),
+            (_heatmap(page, f"{name} ({names[1]})", other_layer) if other_layer is not None else None, "heatmap"),
         ):
             if chart is not None:
                 out.append(_captioned(chart, kind))
-        profile, jacobian = _latest(page, name, layer)
+        profile, jacobian = _latest(page, name, layer, overlay)
         out.extend((_captioned(profile, "profile"), _captioned(jacobian, "jacobian")))
         out.append("</div>")
     if summary.problems:

@@ -10,8 +10,10 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+import gradprobe
 from gradprobe.cli import main
 from gradprobe.events import EventWriter, LogFormatError
 from gradprobe.report import interactive, summarize_logs
@@ -418,3 +420,28 @@ def test_the_page_opens_with_a_summary_box_and_says_under_each_chart_what_health
     assert "Findings of healthy.log" in page  # the compared run, on the static page too
     if page_kind == "static":
         assert page.count("stroke-dasharray") >= 2  # its training curves and profile, dashed
+
+
+def test_every_per_layer_chart_shows_the_compared_run(vanishing_log, tmp_path):
+    """--compare on a fixed rerun (same layers): each per-layer chart overlays it, dotted; a heatmap cannot, so
+    the compared run gets its own."""
+    from tests.report.conftest import write_run
+
+    fixed_log = tmp_path / "fixed.log"
+    rnn = torch.nn.RNN(2, 16)
+    gradprobe.fixes.reinit.orthogonal_recurrent_(rnn)
+    write_run(fixed_log, model=rnn, seq_len=120, steps=24, every=8, dependency_length=120)
+    page = interactive.render_interactive(
+        summarize_logs([vanishing_log], config={}), "", None, summarize_logs([fixed_log], config={}),
+        ("run.log", "fixed.log"),
+    )  # fmt: skip
+    per_layer = [
+        (data, layout["title"]["text"]) for data, layout in _figures(page) if "RNN.l0" in layout["title"]["text"]
+    ]
+    assert len(per_layer) >= 6
+    for data, title in per_layer:
+        if data and data[0].get("type") == "heatmap":
+            continue  # a heatmap cannot overlay: the compared run has its own, below
+        assert any(str(trace.get("name", "")).startswith("fixed.log: ") for trace in data), title
+    heatmaps = [title for data, title in per_layer if data and data[0].get("type") == "heatmap"]
+    assert any("(fixed.log)" in title for title in heatmaps) and len(heatmaps) == 2
