@@ -152,7 +152,12 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
             severity = "error" if worst > error_fraction else "warning"
             why = "from the first samples" if from_start else "and the loss is not improving"
         else:
-            severity, why = "info", "developed in training while the loss improves"
+            gained = loss.improvement()
+            severity = "info"
+            if gained is not None and gained > 0:
+                why = f"developed in training while the loss improves ({gained:.0%} of its start gone)"
+            else:  # say only what was measured: the loss is neither stalled nor diverging, nor has it improved
+                why = "developed in training; the loss shows no harm yet (neither stalled nor diverging)"
         closed = worst_gate == "forget"
         blame = _blame(context, layer, entry.mode, worst_gate)
         fixes = (action("forget-bias", value=1.0),) if closed else blame.fixes

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -78,3 +80,37 @@ def test_large_inputs_with_weights_in_range_blame_the_inputs():
     finding = _gp301(check(_saturated_rnn(), 30 * torch.randn(60, BATCH, 8)))
     assert finding.fixes[0].action == "normalize-inputs"
     assert "the inputs' scale is the suspect" in finding.message
+
+
+def _info_from_a_run(losses):
+    """GP301 over events: tanh outputs saturating later in training (not from the first samples)."""
+    from gradprobe.rules.engine import RuleEngine
+
+    engine = RuleEngine({})
+    engine.feed({"kind": "meta", "layers": [], "settings": {}})
+    for step, loss in enumerate(losses):
+        engine.feed({"kind": "step", "step": step, "loss": loss, "grad_norm": 1.0})
+        share = 0.0 if step < len(losses) // 4 else 0.99
+        if step % 2 == 0:
+            engine.feed(
+                {
+                    "kind": "saturation",
+                    "step": step,
+                    "layer": "rnn.l0",
+                    "mode": "RNN_TANH",
+                    "fractions": {"tanh": share},
+                }
+            )
+    return [f for f in engine.findings() if f.code == "GP301"]
+
+
+def test_an_info_finding_says_the_loss_improves_only_when_it_did():
+    """A loss that went up and came back (8.28 -> 14.6 -> 8.28) has not improved: the finding says what was
+    measured, not 'while the loss improves'."""
+    round_trip = [8.28] * 20 + [14.6] * 20 + [8.28] * 20
+    falling = [8.28 * 0.98**step for step in range(60)]
+    (flat,) = _info_from_a_run(round_trip)
+    (improving,) = _info_from_a_run(falling)
+    assert flat.severity == improving.severity == "info"
+    assert "improves" not in flat.message and "shows no harm yet" in flat.message
+    assert re.search(r"while the loss improves \(\d+% of its start gone\)", improving.message)
