@@ -25,6 +25,7 @@ import pluggy
 from gradprobe import hookspecs
 from gradprobe.faults import short, warn
 from gradprobe.frozen import frozen
+from gradprobe.watchdog import ENV as WATCHDOG_ENV
 from gradprobe.watchdog import HookTimeout, Watchdog, budget_seconds
 
 ENTRY_POINT_GROUP = "gradprobe"
@@ -264,16 +265,16 @@ class PluginManager(pluggy.PluginManager):
                 took = watchdog.leave(call)
         except HookTimeout:
             watchdog.leave(call)
-            raise HookTimeout(f"ran past its time budget of {seconds:g} s ({ENV_HINT}) and was interrupted") from None
+            raise HookTimeout(
+                f"ran past its time budget of {seconds:g} s ({WATCHDOG_ENV}) and was interrupted"
+            ) from None
         if took > seconds:
             self.switch_off(
-                plugin_name, hook, HookTimeout(f"took {took:.1f} s, past its time budget of {seconds:g} s ({ENV_HINT})")
+                plugin_name,
+                hook,
+                HookTimeout(f"took {took:.1f} s, past its time budget of {seconds:g} s ({WATCHDOG_ENV})"),
             )
         return result
-
-
-#: Where the time budget of a hook call is set, for the messages.
-ENV_HINT = "GRADPROBE_HOOK_SECONDS"
 
 
 class _Observers(NamedTuple):

@@ -277,9 +277,9 @@ def summarize_logs(
             detail = f" ({log.problems[0]})" if log.problems else ""
             raise LogFormatError(f"{path} holds no gradprobe event{detail}")
         summary.logs.append(log)
-        _refuse_unrelated(summary.logs)
         for finding in engine.findings():
             per_key.setdefault((finding.code, finding.layer), []).append((finding, log.rank))
+    _refuse_unrelated(summary.logs)
     merged = []
     for found in per_key.values():
         finding = max((f for f, _ in found), key=lambda f: (severity_rank(f.severity), -(f.step or 0)))
