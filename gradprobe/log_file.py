@@ -6,7 +6,8 @@ not waiting) before a byte is written: a path that another live writer holds
 ``log=``) is left alone, and this run writes the first free sibling,
 ``run.1.log``, ``run.2.log``, ... with one warning naming it. The lock goes
 with the file descriptor, so a run that is killed leaves no stale lock. Where
-``fcntl`` is missing (Windows) logs are opened without the lock.
+``fcntl`` is missing (Windows), or the file system refuses locks (some network
+mounts), logs are opened without the lock.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def _locked(fd: int) -> bool:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # another writer holds it
         return False
+    except OSError:  # a file system without locks (some network mounts): written unlocked, as on Windows
+        return True
     return True
 
 

@@ -158,3 +158,20 @@ def test_the_report_refuses_a_log_that_holds_two_runs(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path / "a.log"), str(tmp_path / "b.log")])
     assert result.exit_code == 2 and "not the ranks of one distributed run" in result.output
     assert "Traceback" not in result.output
+
+
+@needs_flock
+def test_a_file_system_without_locks_still_gets_its_log(tmp_path, monkeypatch):
+    """Some network mounts refuse flock (ENOLCK): the log is written unlocked, never switched off for it."""
+    import errno
+
+    from gradprobe import log_file
+
+    def refuses(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(log_file.fcntl, "flock", refuses)
+    model = _model()
+    with gradprobe.attach(model, log=tmp_path / "run.log", every=5, config={}) as probe:
+        _train(model, probe)
+    assert probe.log_path == tmp_path / "run.log" and _kinds(tmp_path / "run.log").count("step") == STEPS
