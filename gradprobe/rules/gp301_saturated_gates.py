@@ -72,6 +72,8 @@ class LayerSaturation:
     step: int | None = None
     early_sums: dict[str, float] = field(default_factory=dict)
     early_count: int = 0
+    #: Per gate, the sample step from which its share has been over its limit without a break.
+    over_since: dict[str, int | None] = field(default_factory=dict)
 
     def means(self) -> dict[str, float]:
         return {gate: total / max(self.count, 1) for gate, total in self.sums.items()}
@@ -105,12 +107,19 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult
     early = entry.early_count < EARLY_SAMPLES
     entry.early_count += int(early)
     low = event.get("low") or {}
+    shares = {}
     for gate, value in (event.get("fractions") or {}).items():
         # an open forget gate is memory, not a problem: count only its closed side
-        share = float(low.get(gate, 0.0) if gate == "forget" else value)
+        share = shares[gate] = float(low.get(gate, 0.0) if gate == "forget" else value)
         entry.sums[gate] = entry.sums.get(gate, 0.0) + share
         if early:
             entry.early_sums[gate] = entry.early_sums.get(gate, 0.0) + share
+    over = _over(context, shares)
+    for gate in shares:  # since when: the start of the latest unbroken stretch over the limit
+        if gate not in over:
+            entry.over_since.pop(gate, None)
+        elif gate not in entry.over_since:
+            entry.over_since[gate] = entry.step
     return None
 
 
@@ -162,26 +171,26 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         blame = _blame(context, layer, entry.mode, worst_gate)
         fixes = (action("forget-bias", value=1.0),) if closed else blame.fixes
         cause = "" if closed or not blame.text else f"; {blame.text}"
-        found.append(
-            context.finding(
-                "GP301",
-                f"{worst:.0%} of {worst_gate} activations {'closed' if closed else 'saturated'} in {layer} "
-                f"(mean over {entry.count} sampled steps), {why}{cause}",
-                layer=layer,
-                step=entry.step,
-                severity=severity,
-                evidence={
-                    "gate": worst_gate,
-                    "fraction": worst,
-                    "fractions": means,
-                    "samples": entry.count,
-                    "early_fractions": entry.early_means(),
-                    "from_start": from_start,
-                    **blame.numbers,
-                },
-                fixes=fixes,
-            )
+        finding = context.finding(
+            "GP301",
+            f"{worst:.0%} of {worst_gate} activations {'closed' if closed else 'saturated'} in {layer} "
+            f"(mean over {entry.count} sampled steps), {why}{cause}",
+            layer=layer,
+            step=entry.step,
+            severity=severity,
+            evidence={
+                "gate": worst_gate,
+                "fraction": worst,
+                "fractions": means,
+                "samples": entry.count,
+                "early_fractions": entry.early_means(),
+                "from_start": from_start,
+                **blame.numbers,
+            },
+            fixes=fixes,
         )
+        since = entry.over_since.get(worst_gate)
+        found.append(finding._replace(first_step=since) if finding is not None and since is not None else finding)
     return found
 
 

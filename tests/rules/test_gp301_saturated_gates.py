@@ -114,3 +114,10 @@ def test_an_info_finding_says_the_loss_improves_only_when_it_did():
     assert flat.severity == improving.severity == "info"
     assert "improves" not in flat.message and "shows no harm yet" in flat.message
     assert re.search(r"while the loss improves \(\d+% of its start gone\)", improving.message)
+
+
+def test_saturation_that_developed_says_since_when():
+    """The first sample of the unbroken stretch over the limit (step 16 here: the shares are 0 before step 15),
+    to the last sample (step 58)."""
+    (finding,) = _info_from_a_run([1.0] * 60)
+    assert (finding.first_step, finding.last_step) == (16, 58)
