@@ -69,10 +69,17 @@ class EventBus:
         deliver: Callable[[Event], None],
         close: Callable[[], None] | None = None,
         background: bool = False,
-    ) -> None:
-        """Add a consumer; ``background`` delivers to it from a bounded queue on its own thread."""
-        courier = Courier(name, deliver) if background else None
-        self.consumers.append(Consumer(name, deliver, close, courier=courier))
+    ) -> Consumer:
+        """Add a consumer (and return it); ``background`` delivers to it from a bounded queue on its own thread."""
+        consumer = Consumer(name, deliver, close, courier=Courier(name, deliver) if background else None)
+        self.consumers.append(consumer)
+        return consumer
+
+    def add_failed(self, name: str, reason: str, stacklevel: int) -> None:
+        """A consumer that failed before it could start: listed among the faults, reported once like any."""
+        consumer = Consumer(name, _nothing)
+        self.consumers.append(consumer)
+        self._switch_off(consumer, reason, stacklevel + 2)  # the caller sees it where it saw it before
 
     @property
     def faults(self) -> dict[str, str]:
@@ -86,7 +93,7 @@ class EventBus:
                 continue
             courier = consumer.courier
             if courier is None:
-                self._run(consumer, "delivering an event", consumer.deliver, event)
+                self.run(consumer, "delivering an event", consumer.deliver, event)
             else:
                 if courier.error is not None or (courier.dropped and not consumer.drops_reported):
                     self._report_background(consumer)
@@ -123,14 +130,15 @@ class EventBus:
             if consumer.close is None:
                 continue
             if consumer.failed is None:
-                self._run(consumer, "closing", consumer.close)
+                self.run(consumer, "closing", consumer.close)
             else:
                 try:
                     consumer.close()  # release the file of a failed consumer; its fault is already reported
                 except Exception:  # noqa: BLE001, S110
                     pass
 
-    def _run(self, consumer: Consumer, doing: str, action: Callable[..., None], *args: Any) -> None:
+    def run(self, consumer: Consumer, doing: str, action: Callable[..., None], *args: Any) -> None:
+        """``action(*args)`` for ``consumer``: whatever it raises (Ctrl-C aside) switches that consumer off."""
         try:
             action(*args)
         except KeyboardInterrupt:  # the user's Ctrl-C goes on to the user
@@ -213,8 +221,10 @@ class EventRouter:
         self.step = 0
         #: Why the rules were switched off, once they were.
         self.rules_error: str | None = None
-        if writer is not None:
-            self.bus.add(f"the run log {writer.path}", writer.write_event, writer.close)
+        #: The run log's consumer, if there is a log.
+        self._log = (
+            None if writer is None else self.bus.add(f"the run log {writer.path}", writer.write_event, writer.close)
+        )
         self.bus.add("plugin hooks", self._call_event_hook)
         for sink in sinks:
             self.bus.add(sink_name(sink), sink, background=True)
@@ -222,16 +232,13 @@ class EventRouter:
     def switched_off(self, name: str, reason: str) -> None:
         """A consumer that failed before it could start (a run log that cannot be opened): listed among the
         faults, reported once (a warning and a ``fault`` event to the consumers that work)."""
-        self.bus.consumers.append(Consumer(name, _nothing, failed=reason))
-        warn(f"gradprobe switched off {name} after an error {reason}; the rest of the probe goes on", stacklevel=5)
-        self._report_fault(name, reason)
+        self.bus.add_failed(name, reason, stacklevel=5)
 
     def release_log(self) -> None:
         """Start writing the run log (held until the probe started, so that a failed start leaves an earlier log
         untouched); never raises."""
-        log = next((c for c in self.bus.consumers if self.writer is not None and c.close == self.writer.close), None)
-        if log is not None and log.failed is None and self.writer is not None:
-            self.bus._run(log, "writing the events held until the probe started", self.writer.release)
+        if self._log is not None and self._log.failed is None and self.writer is not None:
+            self.bus.run(self._log, "writing the events held until the probe started", self.writer.release)
 
     def flush_log(self) -> None:
         """Write what the run log holds to disk now (before the probe switches itself off); never raises."""

@@ -157,12 +157,18 @@ class Finding(NamedTuple):
             last_step=integer("last_step"),
         )
 
+    @property
+    def span(self) -> tuple[int, int] | None:
+        """``(first step, last step)`` when it was seen over more than one step, else ``None``."""
+        first, last = self.first_step, self.last_step
+        return (first, last) if first is not None and last is not None and first != last else None
+
     def __str__(self) -> str:
         """One line with code, name, severity, layer, step and message, then ``fix: ...`` when there is one."""
         where = f" {self.layer}" if self.layer else ""
         when = f" step {self.step}" if self.step is not None else ""
-        if self.first_step is not None and self.last_step is not None and self.first_step != self.last_step:
-            when = f" steps {self.first_step}-{self.last_step}"
+        if self.span is not None:
+            when = f" steps {self.span[0]}-{self.span[1]}"
         text = f"{self.code} {self.name} [{self.severity}]{where}{when}: {self.message}"
         return f"{text}\n    fix: {self.fix}" if self.fix else text
 

@@ -44,9 +44,8 @@ def verdict_line(summary: RunSummary, fail_on: str) -> str:
 
 
 def _steps_seen(finding: Finding) -> str:
-    first, last = finding.first_step, finding.last_step
-    if first is not None and last is not None and first != last:
-        return f"{first}-{last}"
+    if finding.span is not None:
+        return f"{finding.span[0]}-{finding.span[1]}"
     return str(finding.step) if finding.step is not None else "static"
 
 
@@ -117,8 +116,8 @@ def summary_box(summary: RunSummary, fail_on: str) -> list[str]:
     out.append("<ul>")
     for f in ordered:
         where = f" in {e(f.layer)}" if f.layer else ""
-        if f.first_step is not None and f.last_step is not None and f.first_step != f.last_step:
-            since = f" (seen from step {f.first_step} to step {f.last_step})"
+        if f.span is not None:
+            since = f" (seen from step {f.span[0]} to step {f.span[1]})"
         else:
             since = f" (seen at step {e(str(f.step))})" if f.step is not None else " (static: the model as built)"
         out.append(

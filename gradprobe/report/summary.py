@@ -26,8 +26,8 @@ _ALL_FLOATS = frozenset({float})
 def seen_when(finding: Finding) -> str:
     """`` steps 0-575 (first seen at 0)`` for a finding seen over several steps, `` step 575`` for one, ``""`` for
     a static one."""
-    first, last = finding.first_step, finding.last_step
-    if first is not None and last is not None and first != last:
+    if finding.span is not None:
+        first, last = finding.span
         return f" steps {first}-{last} (first seen at step {first})"
     return f" step {finding.step}" if finding.step is not None else ""
 
