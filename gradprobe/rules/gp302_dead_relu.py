@@ -44,6 +44,7 @@ class LayerActivity:
     dead: deque[int] = field(default_factory=lambda: deque(maxlen=5))
     units: int = 0
     step: int | None = None
+    over_since: int | None = None  # first sample of the unbroken stretch over a limit
 
 
 @dataclass
@@ -68,9 +69,16 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult
     entry.count += 1
     entry.step = event.get("step")
     entry.units = int(event.get("units") or 0)
-    entry.zero_sum += float((event.get("fractions") or {}).get("relu", 0.0))
+    zero = float((event.get("fractions") or {}).get("relu", 0.0))
+    entry.zero_sum += zero
+    dead = None
     if event.get("dead_units") is not None:
-        entry.dead.append(int(event["dead_units"]))
+        dead = int(event["dead_units"])
+        entry.dead.append(dead)
+    over = zero > context.threshold("GP302", "max_zero_fraction") or (
+        dead is not None and dead / max(entry.units, 1) > context.threshold("GP302", "max_dead_fraction")
+    )
+    entry.over_since = (entry.step if entry.over_since is None else entry.over_since) if over else None
     return None
 
 
@@ -86,15 +94,15 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
             "GP302", "max_zero_fraction"
         ):
             continue
-        found.append(
-            context.finding(
-                "GP302",
-                f"{dead} of {units} ReLU units never active and {zero:.0%} of activations zero in {layer}",
-                layer=layer,
-                step=entry.step,
-                severity="error" if dead == units else "warning",
-                evidence={"dead_units": dead, "units": units, "dead_fraction": dead_fraction, "zero_fraction": zero},
-                fixes=(action("identity-recurrent"), action("positive-bias", value=0.1), action("leaky-relu-rnn")),
-            )
+        finding = context.finding(
+            "GP302",
+            f"{dead} of {units} ReLU units never active and {zero:.0%} of activations zero in {layer}",
+            layer=layer,
+            step=entry.step,
+            severity="error" if dead == units else "warning",
+            evidence={"dead_units": dead, "units": units, "dead_fraction": dead_fraction, "zero_fraction": zero},
+            fixes=(action("identity-recurrent"), action("positive-bias", value=0.1), action("leaky-relu-rnn")),
         )
+        since = entry.over_since
+        found.append(finding._replace(first_step=since) if finding is not None and since is not None else finding)
     return found

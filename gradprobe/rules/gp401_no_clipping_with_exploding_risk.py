@@ -52,8 +52,9 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
     clipped, _, _ = run.clipping.in_place(norms, context.run.signals.min_pinned_fraction)
     if clipped:
         return None
-    risk = []
+    risk, since = [], []
     if spike_judgement(context).harmful:
+        since.append(norms.first_spike_step)
         risk.append(
             f"{norms.spikes} gradient-norm spike{'s' if norms.spikes > 1 else ''} (up to {norms.max_spike_ratio:.0f}x the median)"
         )
@@ -64,9 +65,12 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
             growth[name] = value
     if growth:
         layer, value = max(growth.items(), key=lambda item: item[1])
+        track = run.tracks[layer]
+        since.append(track.first_above(track.max_seq_len))  # growth: the signal outlasts the sequence
         risk.append(f"signal growth x{value:.3g} through time in {layer}")
     divergence = run.loss_divergence()
     if divergence is not None:
+        since.append(divergence.get("best_step"))
         risk.append(f"a diverging loss ({divergence['best']:.4g} -> {divergence['latest']:.4g})")
     if not risk:
         return None
@@ -74,17 +78,19 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
     suggested = 2 * healthy if healthy is not None else None
     fixes = (action("clip-grad-norm", max_norm=suggested),) if suggested else (action("clip-grad-norm-auto"),)
     threshold = f"{suggested:.3g}" if suggested is not None else "a multiple of the typical norm"
-    return [
-        context.finding(
-            "GP401",
-            f"{' and '.join(risk)} with no gradient clipping detected; clip by norm at {threshold}",
-            evidence={
-                "spikes": norms.spikes,
-                "growth": growth,
-                "median_norm": norms.median,
-                "healthy_median_norm": healthy,
-                "suggested_max_norm": suggested,
-            },
-            fixes=fixes,
-        )
-    ]
+    first = min((step for step in since if step is not None), default=None)
+    last = norms.last_step if norms.last_step is not None else run.loss.last_step
+    finding = context.finding(
+        "GP401",
+        f"{' and '.join(risk)} with no gradient clipping detected; clip by norm at {threshold}",
+        evidence={
+            "spikes": norms.spikes,
+            "growth": growth,
+            "median_norm": norms.median,
+            "healthy_median_norm": healthy,
+            "suggested_max_norm": suggested,
+        },
+        step=last if last is not None else first,
+        fixes=fixes,
+    )
+    return [finding._replace(first_step=first) if finding is not None and first is not None else finding]

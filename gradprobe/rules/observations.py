@@ -11,6 +11,7 @@ import bisect
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -208,6 +209,7 @@ class NormHistory:
     spikes: int = 0
     max_spike_ratio: float = 0.0
     first_spike_step: int | None = None
+    last_step: int | None = None
     top: float = 0.0
     pinned: int = 0
     maximum: float | None = None
@@ -216,6 +218,7 @@ class NormHistory:
     def add(self, step: int | None, norm: float | None) -> dict[str, Any] | None:
         """Record one step's norm; return the spike it is (norm, median, ratio), if it is one."""
         self.recorded += 1
+        self.last_step = step
         if not norm:
             self.without_gradient += 1
         if norm is None or not math.isfinite(norm):
@@ -387,9 +390,16 @@ class TrackHistory:
     def first_below(self, steps: float) -> int | None:
         """The first probe's step at which the horizon was under ``steps`` and stayed under it after (``None``:
         the latest probes are not under it)."""
+        return self._first_where(lambda horizon: horizon < steps)
+
+    def first_above(self, steps: float) -> int | None:
+        """The first probe's step at which the horizon was over ``steps`` and stayed over it after."""
+        return self._first_where(lambda horizon: horizon > steps)
+
+    def _first_where(self, holds: Callable[[float], bool]) -> int | None:
         first = None
         for step, horizon in self.horizons:
-            if horizon < steps:
+            if holds(horizon):
                 first = step if first is None else first
             else:
                 first = None

@@ -73,3 +73,9 @@ def test_the_suggested_threshold_comes_from_the_healthy_first_steps():
     healthy = [2.0 * 1.5**k for k in range(5)]  # the loss stays at its start level for 5 steps
     assert finding.evidence["suggested_max_norm"] == 2 * healthy[2]
     assert finding.evidence["suggested_max_norm"] < 1e3 < finding.evidence["median_norm"]
+
+
+def test_the_risk_is_dated_from_the_first_spike_to_the_last_step():
+    (finding,) = _run(SPIKY)
+    assert SPIKY.index(40.0) == 40 and len(SPIKY) == 103
+    assert (finding.first_step, finding.last_step) == (40, 102)

@@ -64,3 +64,30 @@ def test_declared_truncation_shorter_than_the_horizon_is_info():
 
 def test_matched_window_is_fine():
     assert not _run(60.0, 100, truncation=100)[0]
+
+
+def test_dated_from_the_first_probe_of_the_stretch_that_shows_it():
+    """Probes at steps 0, 50, 100, 150: the horizon is 60 (fine for the window of 100) until step 50, then 12.
+    The waste finding dates from step 100's stretch start, 50, not the run's first probe."""
+    engine = RuleEngine({})
+    layers = [{"name": "rnn", "bidirectional": False, "num_layers": 1}]
+    engine.feed({"kind": "meta", "layers": layers, "settings": {"truncation": 100}})
+    for step, horizon in ((0, 60.0), (50, 12.0), (100, 12.0), (150, 12.0)):
+        engine.feed(
+            {
+                "kind": "deep",
+                "step": step,
+                "layer": "rnn.l0",
+                "module": "rnn",
+                "mode": "LSTM",
+                "seq_len": 100,
+                "horizon": horizon,
+                "rate": None,
+                "profile": [math.exp(-k / (horizon / 6.9)) for k in range(100)],
+                "grad_norms": [1.0] * 100,
+                "epsilon": 1e-3,
+            }
+        )
+    (finding,) = [f for f in engine.findings() if f.code == "GP402"]
+    assert "gradients fade after 12" in finding.message
+    assert (finding.first_step, finding.last_step) == (50, 150)
