@@ -203,7 +203,9 @@ class Probe:
         if self.settings.fix != "off" and fixer is not None:
             self._fixer = fixer(model, self.settings.fix, self._router.emit)
         if optimizer is not None:
-            self._loop = OptimizerLoop(optimizer, model, gradients.record, self._optimizer_step, self._guard, scaler)
+            self._loop = OptimizerLoop(
+                optimizer, model, gradients.record, self._optimizer_step, self._guard, scaler, gradients.latest_norms
+            )
         self._capture.start_step(self._mode_for(0))
         if isinstance(self.schedule, BudgetSchedule):
             self.schedule.start()

@@ -43,6 +43,7 @@ class GradientRecorder:
             count = gate_count(site.mode)
             if count > 1 and self.params[index].shape[0] % count == 0:
                 self.gates[index] = gate_names(site.mode)
+        self._latest: dict[str, Tensor] = {}
 
     def record(self) -> dict[str, Any]:
         """Norms of the current gradients.
@@ -53,29 +54,44 @@ class GradientRecorder:
             parameters without a gradient are left out.
         """
         present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+        self._latest = {}
         if not present:
             return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
-        pieces: list[Tensor] = []
-        for index, grad in present:
-            labels = self.gates.get(index)
-            if labels is None:
-                pieces.append(grad)
-            else:
-                pieces.extend(grad.detach().chunk(len(labels), dim=0))
-        flat = tensor_norms(pieces).tolist()
+        grads = [grad.detach() for _, grad in present]
+        whole = _raw_norms(grads)  # the norms torch's clip_grad_norm_ computes, bit for bit (its kernel, dtype)
+        if whole is not None:
+            self._latest = {self.names[i]: norm for (i, _), norm in zip(present, whole)}
+            pieces = [
+                chunk for i, grad in present if i in self.gates for chunk in grad.detach().chunk(len(self.gates[i]))
+            ]
+            stacked = [norm.float() for norm in whole]
+            if pieces:
+                stacked.append(tensor_norms(pieces))
+            flat = torch.cat([t.reshape(-1) for t in stacked]).tolist()  # one transfer
+            per_param_values, gate_values = flat[: len(present)], flat[len(present) :]
+        else:  # several devices, empty or complex gradients: one norm per piece
+            pieces = []
+            for index, grad in present:
+                labels = self.gates.get(index)
+                pieces.extend([grad] if labels is None else grad.detach().chunk(len(labels), dim=0))
+            every = tensor_norms(pieces).tolist()
+            per_param_values, gate_values, offset = [], [], 0
+            for index, _ in present:
+                count = len(self.gates.get(index, ())) or 1
+                parts = every[offset : offset + count]
+                offset += count
+                per_param_values.append(parts[0] if count == 1 else math.sqrt(sum(v * v for v in parts)))
+                if count > 1:
+                    gate_values.extend(parts)
         per_param: dict[str, float] = {}
         gates: dict[str, dict[str, float]] = {}
         offset = 0
-        for index, _ in present:
-            labels = self.gates.get(index)
+        for (index, _), value in zip(present, per_param_values):
             name = self.names[index]
-            if labels is None:
-                per_param[name] = flat[offset]
-                offset += 1
-            else:
-                parts = flat[offset : offset + len(labels)]
-                gates[name] = dict(zip(labels, parts))
-                per_param[name] = math.sqrt(sum(v * v for v in parts))  # Inf and NaN carry through
+            per_param[name] = value
+            labels = self.gates.get(index)
+            if labels is not None:
+                gates[name] = dict(zip(labels, gate_values[offset : offset + len(labels)]))
                 offset += len(labels)
         norms = list(per_param.values())
         total = math.sqrt(sum(v * v for v in norms))
@@ -83,15 +99,32 @@ class GradientRecorder:
         nonfinite = [self.names[i] for i, g in reversed(suspicious) if not bool(torch.isfinite(g).all())]
         return {"grad_norm": total, "params": per_param, "gates": gates, "nonfinite_params": nonfinite}
 
+    def latest_norms(self) -> dict[str, Tensor]:
+        """Per parameter, the L2 norm of its gradient at the last :meth:`record`, as the 0-d tensor torch's own
+        ``_foreach_norm`` gave (the gradient's dtype and device); empty when that record could not use it."""
+        return self._latest
+
     def release(self) -> None:
         """Drop every reference to the model's parameters."""
         self.params = []
         self.names = []
         self.gates = {}
+        self._latest = {}
 
 
 def _finite(value: float) -> bool:
     return math.isfinite(value)
+
+
+def _raw_norms(grads: list[Tensor]) -> list[Tensor] | None:
+    """Each gradient's L2 norm from one ``torch._foreach_norm`` (``None`` where that kernel does not apply:
+    several devices or dtypes, an empty, complex or sparse gradient, a tensor subclass)."""
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is None or len({(g.device, g.dtype) for g in grads}) != 1:
+        return None
+    if not all(type(g) is Tensor and g.layout == torch.strided and g.numel() and not g.is_complex() for g in grads):
+        return None
+    return list(foreach(grads, 2.0))
 
 
 def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from gradprobe.recorders import backward_roots
+from gradprobe.recorders import backward_roots, clip_calls
 from gradprobe.recorders.gradients import tensor_norms
 
 #: Two gradient norms agree when their ratio is within this of 1.
@@ -69,6 +69,19 @@ class _Backward:
     record: dict[str, Any]
     l2: dict[str, float]
     grads: dict[str, tuple[Tensor, int | None]]
+    #: The same L2 norms as the 0-d tensors torch's ``_foreach_norm`` gave (empty: not read that way).
+    raw: dict[str, Tensor] = field(default_factory=dict)
+
+    def unchanged(self, name: str, grad: Tensor | None) -> bool:
+        """Whether ``grad`` is the gradient ``name`` had at backward, with no in-place change since."""
+        seen = self.grads.get(name)
+        return (
+            grad is not None
+            and seen is not None
+            and seen[0] is grad
+            and seen[1] is not None
+            and seen[1] == _version(grad)
+        )
 
     def changed(self, named: Sequence[tuple[str, Tensor]]) -> bool:
         """Whether any gradient was replaced or changed in place since backward (no pass over the gradients)."""
@@ -89,6 +102,17 @@ def _version(tensor: Tensor) -> int | None:
 
 
 @dataclass
+class _ClipCall:
+    """A ``clip_grad_norm_`` call since backward (see :mod:`clip_calls`): the parameters it clipped, its
+    threshold, whether it was served from the backward norms, and their gradients' versions right after."""
+
+    names: list[str]
+    max_norm: float
+    served: bool
+    versions: dict[str, int | None]
+
+
+@dataclass
 class _Pending:
     roots: list[Tensor] = field(default_factory=list)
     scale_candidate: float | None = None
@@ -96,6 +120,7 @@ class _Pending:
     backward: _Backward | None = None
     backwards: int = 0
     skipped: int = 0
+    clip_call: _ClipCall | None = None
 
 
 def _is_power_of_two(value: float) -> bool:
@@ -203,6 +228,8 @@ class OptimizerLoop:
         guard: Wraps every hook body; reports and disables the probe on error.
         scaler: An AMP ``GradScaler`` whose scale is read at each step (optional:
             the scale is otherwise found from the scaled loss or the gradients).
+        latest_norms: The norm tensors of the last gradient record (see
+            :meth:`GradientRecorder.latest_norms`): they serve the loop's ``clip_grad_norm_``.
     """
 
     def __init__(
@@ -213,6 +240,7 @@ class OptimizerLoop:
         on_step: Callable[[LoopStep], None],
         guard: Callable[[str, Callable[[], None]], None],
         scaler: Any = None,
+        latest_norms: Callable[[], dict[str, Tensor]] | None = None,
     ) -> None:
         optimizer = innermost(optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -222,6 +250,8 @@ class OptimizerLoop:
         self.on_step = on_step
         self.guard = guard
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.latest_norms = latest_norms
+        self._name_of = {id(p): n for n, p in self.named}
         self._pending = _Pending()
         self._queued = False
         self._closure_step = False  # between the pre- and post-hook of a step given a closure
@@ -236,6 +266,7 @@ class OptimizerLoop:
         for _, param in self.named:
             self.handles.append(param.register_post_accumulate_grad_hook(self._accumulated))
         self._roots = backward_roots.listen(self._backward_starts)
+        self._clips = clip_calls.listen(self)
 
     # -- what the user hands over ---------------------------------------------
 
@@ -297,8 +328,56 @@ class OptimizerLoop:
     def _snapshot(self) -> None:
         record = self.read_gradients()  # its per-parameter norms are the L2 norms the optimizer step compares
         grads = {n: (p.grad, _version(p.grad)) for n, p in self.named if p.grad is not None}
-        self._pending.backward = _Backward(record, dict(record["params"]), grads)
+        raw = dict(self.latest_norms()) if self.latest_norms is not None else {}
+        self._pending.backward = _Backward(record, dict(record["params"]), grads, raw)
         self._pending.backwards += 1
+        self._pending.clip_call = None
+
+    # -- clip_grad_norm_ (see clip_calls) --------------------------------------
+
+    def known_norms(self, params: Sequence[Tensor]) -> list[Tensor] | None:
+        """The backward norms of ``params``' gradients, if every one is unchanged since (a small one re-read)."""
+        before, pending = self._pending.backward, self._pending
+        if before is None or not before.raw or self.scaler is not None or pending.scale_candidate is not None:
+            return None
+        norms, checked = [], []
+        for param in params:
+            if param.grad is None:
+                continue
+            name = self._name_of.get(id(param))
+            if name is None or name not in before.raw or not before.unchanged(name, param.grad):
+                return None
+            norms.append(before.raw[name])
+            checked.append((param.grad.numel(), name, param.grad))
+        # AMP's unscaling changes gradients in place without a version bump: one small non-zero gradient's norm,
+        # read again with the same kernel, must be what backward left
+        small = [(size, name, grad) for size, name, grad in checked if 0 < before.l2[name] < math.inf]
+        if small:
+            _, name, grad = min(small, key=lambda entry: entry[0])
+            if bool(torch._foreach_norm([grad.detach()], 2.0)[0] != before.raw[name]):
+                return None
+        return norms
+
+    def clipped(self, params: Sequence[Tensor], max_norm: float, served: bool) -> None:
+        names = [self._name_of[id(p)] for p in params if p.grad is not None and id(p) in self._name_of]
+        versions = {n: _version(p.grad) for n, p in self.named if p.grad is not None}
+        self._pending.clip_call = _ClipCall(names, max_norm, served, versions)
+
+    def _after_served_clip(self, before: _Backward) -> dict[str, float] | None:
+        """The L2 norms the optimizer receives when the only change since backward is a ``clip_grad_norm_``
+        served from the backward norms (scaled by its coefficient, no pass), else ``None``."""
+        call = self._pending.clip_call
+        if call is None or not call.served:
+            return None
+        now = {n: _version(p.grad) for n, p in self.named if p.grad is not None}
+        if now != call.versions or set(now) != set(before.l2):
+            return None
+        covered = set(call.names)
+        if any(n not in covered and not before.unchanged(n, p.grad) for n, p in self.named if p.grad is not None):
+            return None
+        total = math.sqrt(sum(before.l2[n] ** 2 for n in covered))
+        factor = min(call.max_norm / (total + 1e-6), 1.0)  # torch's clip coefficient
+        return {n: before.l2[n] * factor if n in covered else before.l2[n] for n in before.l2}
 
     def _before_step(
         self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -362,8 +441,15 @@ class OptimizerLoop:
             present = [(n, p.grad) for n, p in self.named if p.grad is not None and n in before.l2]
             # the loop left the gradients as backward made them (no clipping): no second pass. Under AMP the
             # gradients are read again: the unscaling kernel changes them in place without a version bump
-            untouched = at_backward in (None, 1.0) and at_optimizer == 1.0 and not before.changed(self.named)
-            after_l2 = {n: before.l2[n] for n, _ in present} if untouched else _norms_by_name(present, 2.0)
+            unscaled = at_backward in (None, 1.0) and at_optimizer == 1.0
+            untouched = unscaled and not before.changed(self.named)
+            served = self._after_served_clip(before) if unscaled and not untouched else None
+            if untouched:
+                after_l2 = {n: before.l2[n] for n, _ in present}
+            elif served is not None:
+                after_l2 = {n: served[n] for n, _ in present}
+            else:
+                after_l2 = _norms_by_name(present, 2.0)
             if at_backward is None:
                 at_backward = self._detected_scale(before, after_l2, at_optimizer)
             step.grad_scale = at_backward
@@ -402,6 +488,9 @@ class OptimizerLoop:
             handle.remove()
         self.handles = []
         self._roots.remove()
+        self._clips.remove()
         self.named = []
+        self._name_of = {}
+        self.latest_norms = None
         self.scaler = None
         self._pending = _Pending()
