@@ -204,11 +204,16 @@ class Probe:
             self._fixer = fixer(model, self.settings.fix, self._router.emit)
         if optimizer is not None:
             self._loop = OptimizerLoop(
-                optimizer, model, gradients.record, self._optimizer_step, self._guard, scaler, gradients.latest_norms
+                optimizer, model, gradients.measure, self._optimizer_step, self._guard, scaler, self._may_defer
             )
         self._capture.start_step(self._mode_for(0))
         if isinstance(self.schedule, BudgetSchedule):
             self.schedule.start()
+
+    def _may_defer(self) -> bool:
+        """Whether the current step's figures may stay on the device until they are read with others: a step
+        captured ``off``, with no fix that acts on each step's gradients."""
+        return self._capture.mode == OFF and self._fixer is None
 
     def _mode_for(self, step: int) -> CaptureMode:
         """The schedule's mode for ``step``, no deeper than some quantity needs."""
@@ -274,6 +279,7 @@ class Probe:
         When the rules were switched off after an error, nothing can be judged:
         every attached layer is then reported not measured (GP001), never healthy.
         """
+        self._read_waiting_steps()
         found = self._router.judged("gathering findings", self.rules.findings)
         error = self._router.rules_error
         if error is not None:
@@ -323,6 +329,7 @@ class Probe:
             return
         self.closed = True
         try:
+            self._read_waiting_steps()
             self._guard("reporting unmeasured layers", self._report_unmeasured)
             self._router.publish_findings(self._router.judged("finishing", self.rules.finish))
         finally:
@@ -336,6 +343,12 @@ class Probe:
         self.close()
 
     # -- recording --------------------------------------------------------------
+
+    def _read_waiting_steps(self) -> None:
+        """Emit the steps whose figures still wait on the device (see :class:`StepStatistics`)."""
+        statistics = self.quantity(StepStatistics)
+        if statistics is not None:
+            self._guard("reading the waiting steps", statistics.flush)
 
     def _report_unmeasured(self) -> None:
         """An ``unmeasured`` event for every attached layer no deep step could measure (GP001), with the reason."""

@@ -56,7 +56,8 @@ class BudgetSchedule(Schedule):
     and the probe's own recording time within it. On steps captured ``off``,
     the training step alone is the wall time minus the recording (``plain``,
     the median over recent steps) and the recording is the cheap cost paid on
-    every step (``cheap``). A deep (or sampled) step's extra time is its
+    every step (``cheap``, the mean: it includes the steps that read a batch of
+    deferred figures back). A deep (or sampled) step's extra time is its
     recording time minus ``cheap``, plus what its wall time outside the probe
     exceeds ``plain`` by (the capture's hooks; at most :data:`OUTSIDE_SHARE` of
     ``plain``, so that a pause between steps is not taken for probe time), the
@@ -130,7 +131,7 @@ class BudgetSchedule(Schedule):
         elif mode == DEEP and not self._first_deep_done:
             self._first_deep_done = True  # the process's first deep probe may hold a one-off warm-up: not used
         elif self._plain:  # beyond a cheap step: the plain step and its recording
-            plain, cheap = statistics.median(self._plain), statistics.median(self._cheap)
+            plain, cheap = statistics.median(self._plain), statistics.fmean(self._cheap)
             inside = probe_seconds - cheap  # the recording beyond a cheap step's
             outside = seconds - probe_seconds - plain  # the capture's hooks in forward and backward, or a pause
             self._extra[mode].append(max(inside + min(outside, self.OUTSIDE_SHARE * plain), 0.0))
@@ -146,7 +147,7 @@ class BudgetSchedule(Schedule):
         deep = self._deep_extra()
         if deep is None or plain <= 0:
             return None
-        cheap = statistics.median(self._cheap)
+        cheap = statistics.fmean(self._cheap)
         allowed = self.budget * plain - cheap
         sample = statistics.median(self._extra[SAMPLE]) if self._extra[SAMPLE] else 0.0
         saturation_every = self.asked_saturation_every

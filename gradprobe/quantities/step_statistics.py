@@ -6,13 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from gradprobe.discovery import RecurrentSite
 from gradprobe.faults import warn
 from gradprobe.quantities.base import Quantity, QuantitySetup, StepContext
 from gradprobe.recorders.capture import DEEP, OFF, SAMPLE, StepRecord
-from gradprobe.recorders.optimizer_loop import LoopStep
+from gradprobe.recorders.optimizer_loop import DeferredStep, LoopStep
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,26 @@ class StepFigures:
     loss: float | None
 
 
+@dataclass
+class _Waiting:
+    """A deferred step until its figures are read: the device tensors, and each site output's norm (non-finite
+    when the output held Inf/NaN) to place a non-finite step's first bad value."""
+
+    step: int
+    deferred: DeferredStep
+    loop: LoopStep
+    outputs: list[str]
+    output_norms: Tensor | None
+
+
 class StepStatistics(Quantity):
     """Records a ``step`` event after every backward pass (every step, whatever its capture mode).
+
+    Under optimizer hooks a step captured ``off`` whose gradients the loop did not change (or only clipped with
+    ``clip_grad_norm_``) leaves its figures on the device: its norms, loss and output checks are read back with
+    those of the steps around it in one transfer (no device synchronization on such a step), when
+    :data:`DEFERRED_STEPS` are waiting, before any step read at once, and when the findings are asked for or
+    the probe closes (:meth:`flush`). Their ``step`` events follow in order.
 
     It runs first on a step: what it finds (:attr:`latest`) tells the probe
     whether the step had non-finite values (the other quantities then have
@@ -46,14 +65,18 @@ class StepStatistics(Quantity):
 
     #: Steps without any gradient, from the start, before the probe warns.
     NO_GRADIENT_STEPS = 3
+    #: Deferred steps read back together.
+    DEFERRED_STEPS = 32
 
     def __init__(self, setup: QuantitySetup) -> None:
         self._gradients = setup.gradients
         self._gradient_seen = False
         #: The latest step's gradient norm per parameter name (for "not measured" reasons).
         self.latest_params: dict[str, float] = {}
-        #: What the latest step showed.
+        #: What the latest step showed (``None`` while its figures wait on the device).
         self.latest: StepFigures | None = None
+        self._waiting: list[_Waiting] = []
+        self._emit: Any = None
 
     def compute(self, context: StepContext) -> None:
         """Emit the ``step`` event and keep what it found in :attr:`latest`.
@@ -63,6 +86,11 @@ class StepStatistics(Quantity):
         optimizer (``clip``); without them the gradients are read now.
         """
         observed = context.loop
+        self._emit = context.emit
+        if observed is not None and observed.deferred is not None:
+            self._wait(context, observed, observed.deferred)
+            return
+        self.flush()
         gradients = observed.gradients if observed is not None else None
         record = gradients if gradients is not None else self._gradients.record()
         self._watch_for_missing_gradients(context.step, record)
@@ -83,6 +111,74 @@ class StepStatistics(Quantity):
         )
         self.latest = StepFigures(record, nonfinite, loss_value)
 
+    def _wait(self, context: StepContext, observed: LoopStep, deferred: DeferredStep) -> None:
+        outputs = context.record.outputs_seen
+        norms = None
+        if outputs:
+            tensors = [t.detach() for _, t in outputs]
+            try:  # one kernel: a norm is finite when every entry is (or the entries are beyond 1e19)
+                norms = torch.stack([n.float() for n in torch._foreach_norm(tensors, 2.0)])
+            except (RuntimeError, TypeError):  # several devices or dtypes
+                norms = torch.stack([torch.linalg.vector_norm(t.float()).to(tensors[0].device) for t in tensors])
+        self._waiting.append(_Waiting(context.step, deferred, observed, [name for name, _ in outputs], norms))
+        self.latest = None
+        if len(self._waiting) >= self.DEFERRED_STEPS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the waiting steps back in one transfer and emit their ``step`` events, in order."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting or self._emit is None:
+            return
+        device = waiting[0].deferred.reading.norms.device
+        parts, spans = [], []
+        for entry in waiting:
+            loss = entry.deferred.loss
+            pieces = [entry.deferred.reading.norms.to(device)]
+            if isinstance(loss, Tensor):
+                pieces.append(loss.detach().to(device, torch.float32).reshape(1))
+            if entry.output_norms is not None:
+                pieces.append(entry.output_norms.to(device))
+            spans.append([p.numel() for p in pieces])
+            parts.extend(pieces)
+        values = torch.cat(parts).tolist()  # the one host read
+        offset = 0
+        for entry, sizes in zip(waiting, spans):
+            chunk = values[offset : offset + sum(sizes)]
+            offset += sum(sizes)
+            norms, rest = chunk[: sizes[0]], chunk[sizes[0] :]
+            loss = entry.deferred.loss
+            loss_value = float(loss) if isinstance(loss, (int, float)) else rest.pop(0) if loss is not None else None
+            record, clip = entry.deferred.figures(norms)
+            bad_outputs = [name for name, norm in zip(entry.outputs, rest) if not math.isfinite(norm)]
+            self._emit_step(entry.step, record, loss_value, entry.loop, clip, bad_outputs)
+
+    def _emit_step(
+        self,
+        step: int,
+        record: dict[str, Any],
+        loss_value: float | None,
+        observed: LoopStep,
+        clip: dict[str, Any] | None,
+        bad_outputs: list[str],
+    ) -> None:
+        self._watch_for_missing_gradients(step, record)
+        self.latest_params = record["params"]
+        nonfinite = self._place_nonfinite(record["nonfinite_params"], loss_value, bad_outputs)
+        fields = self._loop_fields(observed)
+        fields["clip"] = clip
+        self._emit(
+            "step",
+            step=step,
+            loss=loss_value,
+            grad_norm=record["grad_norm"],
+            params=record["params"],
+            gates=record["gates"],
+            nonfinite=nonfinite,
+            **fields,
+        )
+        self.latest = StepFigures(record, nonfinite, loss_value)
+
     @staticmethod
     def _loop_fields(observed: LoopStep | None) -> dict[str, Any]:
         if observed is None:
@@ -100,9 +196,11 @@ class StepStatistics(Quantity):
         return any(norm > 0 for name, norm in self.latest_params.items() if name.startswith(prefix))
 
     def release(self) -> None:
-        """Drop every reference to the model's parameters."""
+        """Drop every reference to the model's parameters (the waiting steps are read first)."""
+        self.flush()
         self.latest_params = {}
         self.latest = None
+        self._emit = None
 
     def _watch_for_missing_gradients(self, step: int, record: dict[str, Any]) -> None:
         if self._gradient_seen:
@@ -120,6 +218,11 @@ class StepStatistics(Quantity):
     def _locate_nonfinite(bad_params: list[str], loss: float | None, captured: StepRecord) -> dict[str, Any] | None:
         loss_bad = loss is not None and not math.isfinite(loss)
         bad_forward = captured.nonfinite_outputs() if (bad_params or loss_bad) else []
+        return StepStatistics._place_nonfinite(bad_params, loss, bad_forward)
+
+    @staticmethod
+    def _place_nonfinite(bad_params: list[str], loss: float | None, bad_forward: list[str]) -> dict[str, Any] | None:
+        loss_bad = loss is not None and not math.isfinite(loss)
         if not (bad_params or bad_forward or loss_bad):
             return None
         where = "forward" if bad_forward else "loss" if loss_bad else "gradient"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,15 +15,70 @@ from gradprobe.discovery import RecurrentSite, gate_count, gate_names
 _GATED = re.compile(r"(^|\.)(weight_ih|weight_hh|bias_ih|bias_hh)(_l\d+(_reverse)?)?$")
 
 
+@dataclass
+class GradientReading:
+    """One pass over the gradients, its norms still on the device (no host read until :meth:`values`).
+
+    Attributes:
+        norms: float32, the parameters' L2 norms in :attr:`names` order, then the gate blocks' norms.
+        names: The parameters that had a gradient.
+        gates: ``(parameter, gate labels)`` of the gated weights, in the order their blocks follow.
+        raw: Per parameter, its norm as the 0-d tensor torch's ``_foreach_norm`` gave (the gradient's dtype), as
+            torch's ``clip_grad_norm_`` computes it; empty when the gradients did not allow that kernel.
+        grads: The gradients, for the entry check of a non-finite norm (``None`` once dropped: a norm that is not
+            finite then counts as a non-finite entry).
+    """
+
+    norms: Tensor
+    names: list[str]
+    gates: list[tuple[str, tuple[str, ...]]]
+    raw: dict[str, Tensor] = field(default_factory=dict)
+    grads: list[Tensor] | None = None
+    _values: list[float] | None = None
+
+    def values(self) -> list[float]:
+        """The norms on the host (one transfer, kept)."""
+        if self._values is None:
+            self._values = self.norms.tolist()
+        return self._values
+
+    def l2(self, values: list[float] | None = None) -> dict[str, float]:
+        """Per parameter, its gradient's L2 norm (from ``values``, this reading's norms read elsewhere, if given)."""
+        got = self.values() if values is None else values
+        return dict(zip(self.names, got[: len(self.names)]))
+
+    def record(self, values: list[float] | None = None) -> dict[str, Any]:
+        """The step's gradient record (see :meth:`GradientRecorder.record`)."""
+        got = self.values() if values is None else values
+        per_param = self.l2(got)
+        gates: dict[str, dict[str, float]] = {}
+        offset = len(self.names)
+        for name, labels in self.gates:
+            gates[name] = dict(zip(labels, got[offset : offset + len(labels)]))
+            offset += len(labels)
+        total = math.sqrt(sum(v * v for v in per_param.values()))
+        suspicious = [i for i, name in enumerate(self.names) if not math.isfinite(per_param[name])]
+        if self.grads is not None:
+            grads = self.grads
+            suspicious = [i for i in suspicious if not bool(torch.isfinite(grads[i]).all())]
+        nonfinite = [self.names[i] for i in reversed(suspicious)]
+        return {"grad_norm": total, "params": per_param, "gates": gates, "nonfinite_params": nonfinite}
+
+    def drop_gradients(self) -> None:
+        """Let the gradients go (a reading kept past its step)."""
+        self.grads = None
+        self.raw = {}
+
+
 class GradientRecorder:
     """Reads ``p.grad`` of every trainable parameter after ``backward``.
 
     One pass over the gradients (one fused ``_foreach_norm`` where torch has
-    it) gives everything a step records: a gated weight enters it as its gate
-    blocks (contiguous views, no copy), whose norms are the per-gate norms and
-    combine into the parameter's norm; the parameters' norms give the total and
-    the non-finite check (a norm is finite when every entry is). One transfer
-    brings the norms back.
+    it, the norms torch's ``clip_grad_norm_`` computes) gives the parameters'
+    norms, their total and the non-finite check (a norm is finite when every
+    entry is); a second kernel over the gated weights' blocks (contiguous
+    views, no copy) gives the per-gate norms. One transfer brings them back,
+    when they are needed (:meth:`measure` leaves them on the device).
     """
 
     def __init__(self, model: nn.Module, sites: list[RecurrentSite]) -> None:
@@ -43,77 +99,44 @@ class GradientRecorder:
             count = gate_count(site.mode)
             if count > 1 and self.params[index].shape[0] % count == 0:
                 self.gates[index] = gate_names(site.mode)
-        self._latest: dict[str, Tensor] = {}
+
+    def measure(self) -> GradientReading | None:
+        """The norms of the current gradients, left on the device (``None``: no parameter has a gradient)."""
+        present = [(i, p.grad.detach()) for i, p in enumerate(self.params) if p.grad is not None]
+        if not present:
+            return None
+        grads = [grad for _, grad in present]
+        raw_norms = _raw_norms(grads)  # the norms torch's clip_grad_norm_ computes, bit for bit (its kernel, dtype)
+        whole = torch.stack([n.float() for n in raw_norms]) if raw_norms is not None else tensor_norms(grads)
+        pieces = [chunk for i, grad in present if i in self.gates for chunk in grad.chunk(len(self.gates[i]))]
+        norms = torch.cat([whole, tensor_norms(pieces).to(whole.device)]) if pieces else whole
+        names = [self.names[i] for i, _ in present]
+        return GradientReading(
+            norms,
+            names,
+            [(self.names[i], self.gates[i]) for i, _ in present if i in self.gates],
+            dict(zip(names, raw_norms)) if raw_norms is not None else {},
+            grads,
+        )
 
     def record(self) -> dict[str, Any]:
-        """Norms of the current gradients.
+        """Norms of the current gradients, read now.
 
         Returns:
             ``{"grad_norm": total, "params": {name: norm}, "gates": {name:
             {gate: norm}}, "nonfinite_params": [names in backward order]}``;
             parameters without a gradient are left out.
         """
-        present = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
-        self._latest = {}
-        if not present:
+        reading = self.measure()
+        if reading is None:
             return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
-        grads = [grad.detach() for _, grad in present]
-        whole = _raw_norms(grads)  # the norms torch's clip_grad_norm_ computes, bit for bit (its kernel, dtype)
-        if whole is not None:
-            self._latest = {self.names[i]: norm for (i, _), norm in zip(present, whole)}
-            pieces = [
-                chunk for i, grad in present if i in self.gates for chunk in grad.detach().chunk(len(self.gates[i]))
-            ]
-            stacked = [norm.float() for norm in whole]
-            if pieces:
-                stacked.append(tensor_norms(pieces))
-            flat = torch.cat([t.reshape(-1) for t in stacked]).tolist()  # one transfer
-            per_param_values, gate_values = flat[: len(present)], flat[len(present) :]
-        else:  # several devices, empty or complex gradients: one norm per piece
-            pieces = []
-            for index, grad in present:
-                labels = self.gates.get(index)
-                pieces.extend([grad] if labels is None else grad.detach().chunk(len(labels), dim=0))
-            every = tensor_norms(pieces).tolist()
-            per_param_values, gate_values, offset = [], [], 0
-            for index, _ in present:
-                count = len(self.gates.get(index, ())) or 1
-                parts = every[offset : offset + count]
-                offset += count
-                per_param_values.append(parts[0] if count == 1 else math.sqrt(sum(v * v for v in parts)))
-                if count > 1:
-                    gate_values.extend(parts)
-        per_param: dict[str, float] = {}
-        gates: dict[str, dict[str, float]] = {}
-        offset = 0
-        for (index, _), value in zip(present, per_param_values):
-            name = self.names[index]
-            per_param[name] = value
-            labels = self.gates.get(index)
-            if labels is not None:
-                gates[name] = dict(zip(labels, gate_values[offset : offset + len(labels)]))
-                offset += len(labels)
-        norms = list(per_param.values())
-        total = math.sqrt(sum(v * v for v in norms))
-        suspicious = [(i, g) for (i, g), n in zip(present, norms) if not _finite(n)]
-        nonfinite = [self.names[i] for i, g in reversed(suspicious) if not bool(torch.isfinite(g).all())]
-        return {"grad_norm": total, "params": per_param, "gates": gates, "nonfinite_params": nonfinite}
-
-    def latest_norms(self) -> dict[str, Tensor]:
-        """Per parameter, the L2 norm of its gradient at the last :meth:`record`, as the 0-d tensor torch's own
-        ``_foreach_norm`` gave (the gradient's dtype and device); empty when that record could not use it."""
-        return self._latest
+        return reading.record()
 
     def release(self) -> None:
         """Drop every reference to the model's parameters."""
         self.params = []
         self.names = []
         self.gates = {}
-        self._latest = {}
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
 
 
 def _raw_norms(grads: list[Tensor]) -> list[Tensor] | None:

@@ -34,10 +34,14 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.recorders import backward_roots, clip_calls
-from gradprobe.recorders.gradients import tensor_norms
+from gradprobe.recorders.gradients import GradientReading, tensor_norms
 
 #: Two gradient norms agree when their ratio is within this of 1.
 RELATIVE_TOLERANCE = 1e-5
+#: The smallest gradients re-read before a served ``clip_grad_norm_``: at most this many, until they hold this
+#: many entries together (AMP's unscaling changes every gradient; a few small ones tell).
+SENTINELS = 8
+SENTINEL_ENTRIES = 4096
 
 
 @dataclass
@@ -59,6 +63,40 @@ class LoopStep:
     clip: dict[str, Any] | None = None
     grad_scale: float = 1.0
     skipped: int = 0
+    deferred: DeferredStep | None = None
+
+
+@dataclass
+class DeferredStep:
+    """A step whose figures stay on the device until they are read with others (see
+    :class:`~gradprobe.quantities.step_statistics.StepStatistics`): nothing changed the gradients between
+    backward and the optimizer but, perhaps, a ``clip_grad_norm_`` served from the backward norms.
+
+    Attributes:
+        reading: The backward gradient pass (its gradients dropped).
+        loss: The step's loss as a 0-d tensor, or a number, or ``None``.
+        clipped: ``(parameters clipped, max_norm)`` of that ``clip_grad_norm_``, if one ran.
+    """
+
+    reading: GradientReading
+    loss: Tensor | float | None
+    clipped: tuple[list[str], float] | None = None
+
+    def figures(self, values: list[float]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The gradient record and the clipping (as :func:`compare` says) from the reading's ``values``."""
+        record = self.reading.record(values)
+        if self.clipped is None:
+            return record, None
+        before = record["params"]
+        return record, compare(before, clipped_norms(before, *self.clipped), dict, 1.0, 1.0)
+
+
+def clipped_norms(before: dict[str, float], names: list[str], max_norm: float) -> dict[str, float]:
+    """The gradients' L2 norms after ``clip_grad_norm_(max_norm)`` clipped those of ``names`` (no pass: each is
+    scaled by torch's clip coefficient, ``min(max_norm / (total + 1e-6), 1)``)."""
+    covered = {n for n in names if n in before}
+    factor = min(max_norm / (math.sqrt(sum(before[n] ** 2 for n in covered)) + 1e-6), 1.0)
+    return {n: v * factor if n in covered else v for n, v in before.items()}
 
 
 @dataclass
@@ -66,11 +104,24 @@ class _Backward:
     """What the last backward pass left: its gradient record, and each gradient tensor with its version counter
     (an in-place change between backward and the optimizer, such as clipping, bumps it)."""
 
-    record: dict[str, Any]
-    l2: dict[str, float]
+    reading: GradientReading | None
     grads: dict[str, tuple[Tensor, int | None]]
-    #: The same L2 norms as the 0-d tensors torch's ``_foreach_norm`` gave (empty: not read that way).
-    raw: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def l2(self) -> dict[str, float]:
+        """Per parameter, the L2 norm of its gradient at backward (read from the device on first use)."""
+        return self.reading.l2() if self.reading is not None else {}
+
+    @property
+    def record(self) -> dict[str, Any]:
+        if self.reading is None:
+            return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
+        return self.reading.record()
+
+    @property
+    def raw(self) -> dict[str, Tensor]:
+        """The same L2 norms as the 0-d tensors torch's ``_foreach_norm`` gave (empty: not read that way)."""
+        return self.reading.raw if self.reading is not None else {}
 
     def unchanged(self, name: str, grad: Tensor | None) -> bool:
         """Whether ``grad`` is the gradient ``name`` had at backward, with no in-place change since."""
@@ -116,7 +167,7 @@ class _ClipCall:
 class _Pending:
     roots: list[Tensor] = field(default_factory=list)
     scale_candidate: float | None = None
-    handed_loss: float | None = None
+    handed_loss: Tensor | float | None = None
     backward: _Backward | None = None
     backwards: int = 0
     skipped: int = 0
@@ -162,7 +213,7 @@ def scaled_record(record: dict[str, Any], factor: float) -> dict[str, Any]:
 
 
 def compare(
-    before: _Backward,
+    before_l2: dict[str, float],
     after_l2: dict[str, float],
     largest: Callable[[], dict[str, float]],
     scale_before: float,
@@ -174,8 +225,8 @@ def compare(
     change is not a uniform factor: clipping by value clamps the entries beyond the threshold, so every
     gradient it changed has its largest entry at the threshold, the largest of all.
     """
-    names = [n for n in after_l2 if n in before.l2]
-    raw = {n: before.l2[n] / scale_before for n in names}
+    names = [n for n in after_l2 if n in before_l2]
+    raw = {n: before_l2[n] / scale_before for n in names}
     got = {n: after_l2[n] / scale_after for n in names}
     pairs = [(raw[n], got[n]) for n in names if math.isfinite(raw[n]) and math.isfinite(got[n])]
     if not pairs:
@@ -223,24 +274,25 @@ class OptimizerLoop:
     Args:
         optimizer: The optimizer whose ``step`` ends a training step.
         model: The model (its trainable parameters are watched).
-        read_gradients: Reads the gradient record now (the probe's recorder).
+        read_gradients: One pass over the gradients, its norms left on the device
+            (:meth:`GradientRecorder.measure`).
         on_step: Called with a :class:`LoopStep` at each optimizer step.
         guard: Wraps every hook body; reports and disables the probe on error.
         scaler: An AMP ``GradScaler`` whose scale is read at each step (optional:
             the scale is otherwise found from the scaled loss or the gradients).
-        latest_norms: The norm tensors of the last gradient record (see
-            :meth:`GradientRecorder.latest_norms`): they serve the loop's ``clip_grad_norm_``.
+        may_defer: Whether the coming step may leave its figures on the device (a
+            :class:`DeferredStep`); without it every step is read at once.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         model: nn.Module,
-        read_gradients: Callable[[], dict[str, Any]],
+        read_gradients: Callable[[], GradientReading | None],
         on_step: Callable[[LoopStep], None],
         guard: Callable[[str, Callable[[], None]], None],
         scaler: Any = None,
-        latest_norms: Callable[[], dict[str, Tensor]] | None = None,
+        may_defer: Callable[[], bool] | None = None,
     ) -> None:
         optimizer = innermost(optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -250,7 +302,7 @@ class OptimizerLoop:
         self.on_step = on_step
         self.guard = guard
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.latest_norms = latest_norms
+        self.may_defer = may_defer
         self._name_of = {id(p): n for n, p in self.named}
         self._pending = _Pending()
         self._queued = False
@@ -274,7 +326,7 @@ class OptimizerLoop:
         """``probe.step(loss)`` under optimizer hooks: keep the loss for the coming optimizer step."""
         if loss is None or self._pending.backward is None:
             return  # no backward since the last optimizer step: the loss belongs to a step already recorded
-        self._pending.handed_loss = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        self._pending.handed_loss = loss.detach() if isinstance(loss, Tensor) else float(loss)
 
     # -- hooks ----------------------------------------------------------------
 
@@ -326,10 +378,9 @@ class OptimizerLoop:
         self.guard("the end-of-backward hook", self._snapshot)
 
     def _snapshot(self) -> None:
-        record = self.read_gradients()  # its per-parameter norms are the L2 norms the optimizer step compares
+        reading = self.read_gradients()  # its per-parameter norms are the L2 norms the optimizer step compares
         grads = {n: (p.grad, _version(p.grad)) for n, p in self.named if p.grad is not None}
-        raw = dict(self.latest_norms()) if self.latest_norms is not None else {}
-        self._pending.backward = _Backward(record, dict(record["params"]), grads, raw)
+        self._pending.backward = _Backward(reading, grads)
         self._pending.backwards += 1
         self._pending.clip_call = None
 
@@ -349,12 +400,19 @@ class OptimizerLoop:
                 return None
             norms.append(before.raw[name])
             checked.append((param.grad.numel(), name, param.grad))
-        # AMP's unscaling changes gradients in place without a version bump: one small non-zero gradient's norm,
-        # read again with the same kernel, must be what backward left
-        small = [(size, name, grad) for size, name, grad in checked if 0 < before.l2[name] < math.inf]
-        if small:
-            _, name, grad = min(small, key=lambda entry: entry[0])
-            if bool(torch._foreach_norm([grad.detach()], 2.0)[0] != before.raw[name]):
+        # AMP's unscaling changes gradients in place without a version bump: the smallest gradients' norms, read
+        # again with the same kernel, must be what backward left (one comparison, one read)
+        checked.sort(key=lambda entry: entry[0])
+        sentinels, size = [], 0
+        for numel, name, grad in checked[:SENTINELS]:
+            sentinels.append((name, grad))
+            size += numel
+            if size >= SENTINEL_ENTRIES:
+                break
+        if sentinels:
+            again = torch._foreach_norm([grad.detach() for _, grad in sentinels], 2.0)
+            kept = [before.raw[name] for name, _ in sentinels]
+            if bool((torch.stack(list(again)) != torch.stack(kept)).any()):
                 return None
         return norms
 
@@ -363,21 +421,19 @@ class OptimizerLoop:
         versions = {n: _version(p.grad) for n, p in self.named if p.grad is not None}
         self._pending.clip_call = _ClipCall(names, max_norm, served, versions)
 
-    def _after_served_clip(self, before: _Backward) -> dict[str, float] | None:
-        """The L2 norms the optimizer receives when the only change since backward is a ``clip_grad_norm_``
-        served from the backward norms (scaled by its coefficient, no pass), else ``None``."""
+    def _served_clip(self, before: _Backward) -> _ClipCall | None:
+        """The ``clip_grad_norm_`` call served from the backward norms, when it is the only change to the
+        gradients since backward (their version counters tell, no pass), else ``None``."""
         call = self._pending.clip_call
         if call is None or not call.served:
             return None
         now = {n: _version(p.grad) for n, p in self.named if p.grad is not None}
-        if now != call.versions or set(now) != set(before.l2):
+        if now != call.versions or set(now) != set(before.grads):
             return None
         covered = set(call.names)
         if any(n not in covered and not before.unchanged(n, p.grad) for n, p in self.named if p.grad is not None):
             return None
-        total = math.sqrt(sum(before.l2[n] ** 2 for n in covered))
-        factor = min(call.max_norm / (total + 1e-6), 1.0)  # torch's clip coefficient
-        return {n: before.l2[n] * factor if n in covered else before.l2[n] for n in before.l2}
+        return call
 
     def _before_step(
         self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -438,16 +494,25 @@ class OptimizerLoop:
         before = pending.backward
         if before is not None:
             at_backward, at_optimizer = self._scales(optimizer, kwargs)
-            present = [(n, p.grad) for n, p in self.named if p.grad is not None and n in before.l2]
-            # the loop left the gradients as backward made them (no clipping): no second pass. Under AMP the
-            # gradients are read again: the unscaling kernel changes them in place without a version bump
+            present = [(n, p.grad) for n, p in self.named if p.grad is not None and n in before.grads]
+            # the loop left the gradients as backward made them (no clipping), or a clip_grad_norm_ served from
+            # the backward norms changed them: no second pass. Under AMP the gradients are read again: the
+            # unscaling kernel changes them in place without a version bump
             unscaled = at_backward in (None, 1.0) and at_optimizer == 1.0
             untouched = unscaled and not before.changed(self.named)
-            served = self._after_served_clip(before) if unscaled and not untouched else None
+            call = self._served_clip(before) if unscaled and not untouched else None
+            known = untouched or call is not None
+            if known and before.reading is not None and self.may_defer is not None and self.may_defer():
+                before.reading.drop_gradients()
+                clipped = (call.names, call.max_norm) if call is not None else None
+                step.deferred = DeferredStep(before.reading, self._loss_tensor(pending), clipped)
+                self._pending = _Pending()
+                self.on_step(step)
+                return
             if untouched:
                 after_l2 = {n: before.l2[n] for n, _ in present}
-            elif served is not None:
-                after_l2 = {n: served[n] for n, _ in present}
+            elif call is not None:
+                after_l2 = clipped_norms(before.l2, call.names, call.max_norm)
             else:
                 after_l2 = _norms_by_name(present, 2.0)
             if at_backward is None:
@@ -458,7 +523,7 @@ class OptimizerLoop:
                 step.clip = None
             else:
                 step.clip = compare(
-                    before, after_l2, lambda: _norms_by_name(present, math.inf), at_backward, at_optimizer
+                    before.l2, after_l2, lambda: _norms_by_name(present, math.inf), at_backward, at_optimizer
                 )
             step.loss = self._loss(pending, at_backward)
         self._pending = _Pending()
@@ -475,9 +540,21 @@ class OptimizerLoop:
         return base if uniform and base > 1 and _is_power_of_two(base) else 1.0
 
     @staticmethod
-    def _loss(pending: _Pending, scale: float) -> float | None:
+    def _loss_tensor(pending: _Pending) -> Tensor | float | None:
+        """The step's loss left on the device (no loss scale: a deferred step has none)."""
         if pending.handed_loss is not None:
             return pending.handed_loss
+        if not pending.roots:
+            return None
+        if len(pending.roots) == 1:
+            return pending.roots[0]
+        first = pending.roots[0]
+        return torch.stack([r.to(first.device, torch.float32).reshape(()) for r in pending.roots]).sum()
+
+    @staticmethod
+    def _loss(pending: _Pending, scale: float) -> float | None:
+        if pending.handed_loss is not None:
+            return float(pending.handed_loss)
         if not pending.roots:
             return None
         return float(sum(float(r) for r in pending.roots)) / scale
@@ -491,6 +568,6 @@ class OptimizerLoop:
         self._clips.remove()
         self.named = []
         self._name_of = {}
-        self.latest_norms = None
+        self.may_defer = None
         self.scaler = None
         self._pending = _Pending()

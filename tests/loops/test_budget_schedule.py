@@ -152,7 +152,7 @@ def test_the_budget_clock_prices_every_part_of_the_probe(tmp_path, monkeypatch, 
     from gradprobe.recorders import capture, gradients
 
     target, name = (
-        (capture.CallCapture, "_record") if slow_part == "forward hook" else (gradients.GradientRecorder, "record")
+        (capture.CallCapture, "_record") if slow_part == "forward hook" else (gradients.GradientRecorder, "measure")
     )
     original = getattr(target, name)
 
