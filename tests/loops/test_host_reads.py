@@ -104,7 +104,7 @@ def test_the_findings_read_the_waiting_steps_first(tmp_path):
         model(torch.randn(12, 4, 8)).pow(2).mean().backward()
         opt.step()
     with counted_reads() as reads:
-        probe.findings
+        assert isinstance(probe.findings, list)
     assert reads[0] >= 1  # the waiting steps' one read
     assert probe.quantity(StepStatistics).latest is not None
     probe.close()
