@@ -12,7 +12,7 @@ from torch import Tensor
 from gradprobe.discovery import RecurrentSite
 from gradprobe.faults import warn
 from gradprobe.quantities.base import Quantity, QuantitySetup, StepContext
-from gradprobe.recorders.capture import DEEP, OFF, SAMPLE, StepRecord
+from gradprobe.recorders.capture import DEEP, OFF, SAMPLE
 from gradprobe.recorders.optimizer_loop import DeferredStep, LoopStep
 
 
@@ -93,23 +93,13 @@ class StepStatistics(Quantity):
         self.flush()
         gradients = observed.gradients if observed is not None else None
         record = gradients if gradients is not None else self._gradients.record()
-        self._watch_for_missing_gradients(context.step, record)
-        self.latest_params = record["params"]
         loss, loss_value = context.loss, None
         if loss is not None:
             loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-        nonfinite = self._locate_nonfinite(record["nonfinite_params"], loss_value, context.record)
-        context.emit(
-            "step",
-            step=context.step,
-            loss=loss_value,
-            grad_norm=record["grad_norm"],
-            params=record["params"],
-            gates=record["gates"],
-            nonfinite=nonfinite,
-            **self._loop_fields(observed),
-        )
-        self.latest = StepFigures(record, nonfinite, loss_value)
+        loss_bad = loss_value is not None and not math.isfinite(loss_value)
+        bad_forward = context.record.nonfinite_outputs() if (record["nonfinite_params"] or loss_bad) else []
+        clip = observed.clip if observed is not None else None
+        self._emit_step(context.step, record, loss_value, observed, clip, bad_forward)
 
     def _wait(self, context: StepContext, observed: LoopStep, deferred: DeferredStep) -> None:
         outputs = context.record.outputs_seen
@@ -158,7 +148,7 @@ class StepStatistics(Quantity):
         step: int,
         record: dict[str, Any],
         loss_value: float | None,
-        observed: LoopStep,
+        observed: LoopStep | None,
         clip: dict[str, Any] | None,
         bad_outputs: list[str],
     ) -> None:
@@ -166,7 +156,8 @@ class StepStatistics(Quantity):
         self.latest_params = record["params"]
         nonfinite = self._place_nonfinite(record["nonfinite_params"], loss_value, bad_outputs)
         fields = self._loop_fields(observed)
-        fields["clip"] = clip
+        if observed is not None:
+            fields["clip"] = clip
         self._emit(
             "step",
             step=step,
@@ -213,12 +204,6 @@ class StepStatistics(Quantity):
                 "loss.backward() (and before optimizer.zero_grad()), and check that some parameters require grad",
                 stacklevel=8,  # the user's probe.step() call
             )
-
-    @staticmethod
-    def _locate_nonfinite(bad_params: list[str], loss: float | None, captured: StepRecord) -> dict[str, Any] | None:
-        loss_bad = loss is not None and not math.isfinite(loss)
-        bad_forward = captured.nonfinite_outputs() if (bad_params or loss_bad) else []
-        return StepStatistics._place_nonfinite(bad_params, loss, bad_forward)
 
     @staticmethod
     def _place_nonfinite(bad_params: list[str], loss: float | None, bad_forward: list[str]) -> dict[str, Any] | None:

@@ -44,7 +44,8 @@ def profile(transition: Tensor, row: int | None = None) -> list[float]:
     largest = per_channel.amax(dim=-1)  # over channels
     while largest.dim() > 1:
         largest = largest.amax(dim=0)  # over rows
-    return torch.exp(largest).tolist()  # type: ignore[no-any-return]
+    values: list[float] = torch.exp(largest).tolist()
+    return values
 
 
 def time_constants(transition: Tensor) -> Tensor:

@@ -15,9 +15,12 @@ Inputs are batch-first, ``[B, T, H_in]``, as in both papers' code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+Scan = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 def scan_sequential(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
@@ -110,7 +113,7 @@ class LRU(nn.Module):
 
     def states(self, x: Tensor, parallel: bool = True, h0: Tensor | None = None) -> Tensor:
         """Every ``h_t`` (``[B, T, N]``, complex)."""
-        scan = scan_parallel if parallel else scan_sequential
+        scan: Scan = scan_parallel if parallel else scan_sequential
         return scan(self.transition(x), self.inputs(x), h0)
 
     def forward(self, x: Tensor, parallel: bool = True) -> Tensor:
@@ -137,8 +140,9 @@ class MinGRU(nn.Module):
 
     def inputs(self, x: Tensor) -> Tensor:
         """``b_t = z_t * h~_t``."""
-        return torch.sigmoid(self.linear_z(x)) * self.linear_h(x)
+        update: Tensor = torch.sigmoid(self.linear_z(x)) * self.linear_h(x)
+        return update
 
     def forward(self, x: Tensor, parallel: bool = True, h0: Tensor | None = None) -> Tensor:
-        scan = scan_parallel if parallel else scan_sequential
+        scan: Scan = scan_parallel if parallel else scan_sequential
         return scan(self.transition(x), self.inputs(x), h0)

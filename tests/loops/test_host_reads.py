@@ -86,7 +86,9 @@ def test_a_cheap_quick_start_step_reads_nothing_back_but_one_batch_every_32_step
         step()
     assert plain_reads[0] == 0  # the count sees only the probe's reads
     batches = [i for i, count in enumerate(per_step) if count]
-    assert batches == [31, 63, 95] and all(per_step[i] == 1 for i in batches), per_step  # steps 32, 64, 96: steps 1-32, 33-64, 65-96
+    assert batches == [31, 63, 95] and all(per_step[i] == 1 for i in batches), (
+        per_step
+    )  # steps 32, 64, 96: steps 1-32, 33-64, 65-96
     steps = [e for e in map(json.loads, log.read_text().splitlines()) if e.get("kind") == "step"]
     assert [e["step"] for e in steps] == list(range(97))  # every step, in order
     for event, norm in zip(steps, norms):

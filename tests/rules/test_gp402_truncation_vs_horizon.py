@@ -3,27 +3,30 @@ import math
 from gradprobe.rules.engine import RuleEngine
 
 
+def _deep(step, horizon, seq_len, layer="rnn.l0", per_token=True):
+    """A deep event whose profile decays to 1e-3 over ``horizon`` steps (flat when ``horizon`` is None)."""
+    profile = [math.exp(-k / (horizon / 6.9)) for k in range(seq_len)] if horizon else [1.0] * seq_len
+    grads = [1.0] * seq_len if per_token else list(reversed(profile))  # a loss at every step, or at the last one
+    return {
+        "kind": "deep",
+        "step": step,
+        "layer": layer,
+        "module": "rnn",
+        "mode": "LSTM",
+        "seq_len": seq_len,
+        "horizon": horizon,
+        "rate": None,
+        "profile": profile,
+        "grad_norms": grads,
+        "epsilon": 1e-3,
+    }
+
+
 def _run(horizon, seq_len, truncation=None, layer="rnn.l0", bidirectional=False, per_token=True, need=None):
     engine = RuleEngine({})
     layers = [{"name": "rnn", "bidirectional": bidirectional, "num_layers": 1}]
     engine.feed({"kind": "meta", "layers": layers, "settings": {"truncation": truncation, "dependency_length": need}})
-    profile = [math.exp(-k / (horizon / 6.9)) for k in range(seq_len)] if horizon else [1.0] * seq_len
-    grads = [1.0] * seq_len if per_token else list(reversed(profile))  # a loss at every step, or at the last one
-    engine.feed(
-        {
-            "kind": "deep",
-            "step": 0,
-            "layer": layer,
-            "module": "rnn",
-            "mode": "LSTM",
-            "seq_len": seq_len,
-            "horizon": horizon,
-            "rate": None,
-            "profile": profile,
-            "grad_norms": grads,
-            "epsilon": 1e-3,
-        }
-    )
+    engine.feed(_deep(0, horizon, seq_len, layer, per_token))
     return [f for f in engine.findings() if f.code == "GP402"], engine.findings()
 
 
@@ -73,21 +76,7 @@ def test_dated_from_the_first_probe_of_the_stretch_that_shows_it():
     layers = [{"name": "rnn", "bidirectional": False, "num_layers": 1}]
     engine.feed({"kind": "meta", "layers": layers, "settings": {"truncation": 100}})
     for step, horizon in ((0, 60.0), (50, 12.0), (100, 12.0), (150, 12.0)):
-        engine.feed(
-            {
-                "kind": "deep",
-                "step": step,
-                "layer": "rnn.l0",
-                "module": "rnn",
-                "mode": "LSTM",
-                "seq_len": 100,
-                "horizon": horizon,
-                "rate": None,
-                "profile": [math.exp(-k / (horizon / 6.9)) for k in range(100)],
-                "grad_norms": [1.0] * 100,
-                "epsilon": 1e-3,
-            }
-        )
+        engine.feed(_deep(step, horizon, 100))
     (finding,) = [f for f in engine.findings() if f.code == "GP402"]
     assert "gradients fade after 12" in finding.message
     assert (finding.first_step, finding.last_step) == (50, 150)
