@@ -139,7 +139,7 @@ class StepStatistics(Quantity):
             norms, rest = chunk[: sizes[0]], chunk[sizes[0] :]
             loss = entry.deferred.loss
             loss_value = float(loss) if isinstance(loss, (int, float)) else rest.pop(0) if loss is not None else None
-            record, clip = entry.deferred.figures(norms)
+            record, clip = entry.deferred.figures(norms, loss_value is None or math.isfinite(loss_value))
             bad_outputs = [name for name, norm in zip(entry.outputs, rest) if not math.isfinite(norm)]
             self._emit_step(entry.step, record, loss_value, entry.loop, clip, bad_outputs)
 

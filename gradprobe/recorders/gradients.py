@@ -47,8 +47,14 @@ class GradientReading:
         got = self.values() if values is None else values
         return dict(zip(self.names, got[: len(self.names)]))
 
-    def record(self, values: list[float] | None = None) -> dict[str, Any]:
-        """The step's gradient record (see :meth:`GradientRecorder.record`)."""
+    def record(self, values: list[float] | None = None, loss_finite: bool = True) -> dict[str, Any]:
+        """The step's gradient record (see :meth:`GradientRecorder.record`).
+
+        A norm that is not finite means a non-finite entry, checked on the gradients while they are kept. Once
+        they are dropped, an infinite norm may also be a float overflow of finite entries beyond ~1e19: such a
+        parameter is listed only when nothing certain marks the step (no NaN norm, a finite ``loss_finite``),
+        so an overflow never hides the parameters whose gradients really hold NaN.
+        """
         got = self.values() if values is None else values
         per_param = self.l2(got)
         gates: dict[str, dict[str, float]] = {}
@@ -61,6 +67,9 @@ class GradientReading:
         if self.grads is not None:
             grads = self.grads
             suspicious = [i for i in suspicious if not bool(torch.isfinite(grads[i]).all())]
+        else:
+            certain = [i for i in suspicious if math.isnan(per_param[self.names[i]])]
+            suspicious = certain if certain or not loss_finite else suspicious
         nonfinite = [self.names[i] for i in reversed(suspicious)]
         return {"grad_norm": total, "params": per_param, "gates": gates, "nonfinite_params": nonfinite}
 

@@ -82,9 +82,9 @@ class DeferredStep:
     loss: Tensor | float | None
     clipped: tuple[list[str], float] | None = None
 
-    def figures(self, values: list[float]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def figures(self, values: list[float], loss_finite: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The gradient record and the clipping (as :func:`compare` says) from the reading's ``values``."""
-        record = self.reading.record(values)
+        record = self.reading.record(values, loss_finite)
         if self.clipped is None:
             return record, None
         before = record["params"]
