@@ -89,6 +89,7 @@ class RuleContext:
         fixes: Sequence[FixAction] = (),
         fix: str | None = None,
         severity: str | None = None,
+        first_step: int | None = None,
     ) -> Finding | None:
         """Build a finding of rule ``code`` (``None`` when the code is suppressed).
 
@@ -96,13 +97,24 @@ class RuleContext:
             fixes: The remedies as data; the ``fix`` text is rendered from them.
             fix: Free text for plugins that have no registered action (used
                 only when ``fixes`` is empty).
+            first_step: Since when the problem shows (the first measurement of the unbroken stretch that shows
+                it), when the rule knows it; the engine widens it over every occurrence.
         """
         if not self.enabled(code):
             return None
         rule = self.registry[code]
         text = render(tuple(fixes)) or fix
         return Finding(
-            code, rule.name, severity or rule.severity, layer, step, message, dict(evidence or {}), text, tuple(fixes)
+            code,
+            rule.name,
+            severity or rule.severity,
+            layer,
+            step,
+            message,
+            dict(evidence or {}),
+            text,
+            tuple(fixes),
+            first_step=first_step,
         )
 
     def layer_info(self, module: str) -> dict[str, Any]:

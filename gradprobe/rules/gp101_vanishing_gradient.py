@@ -110,7 +110,8 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
         "evidence": list(e.kinds),
         **e.numbers,
     }
-    found = context.finding(
+    # since when: the first probe from which the horizon stayed short of what is judged
+    return context.finding(
         "GP101",
         message,
         layer=track.name,
@@ -118,10 +119,8 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
         severity=severity,
         evidence=evidence,
         fixes=_fixes(context, e) if e.hurts else (),
+        first_step=track.first_below(e.judged_length) if e.judged_length else None,
     )
-    # since when: the first probe from which the horizon stayed short of what is judged
-    since = track.first_below(e.judged_length) if e.judged_length else None
-    return found._replace(first_step=since) if found is not None and since is not None else found
 
 
 def _fixes(context: RuleContext, e: VanishingEvidence) -> tuple[FixAction, ...]:

@@ -188,9 +188,9 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                 **blame.numbers,
             },
             fixes=fixes,
+            first_step=entry.over_since.get(worst_gate),
         )
-        since = entry.over_since.get(worst_gate)
-        found.append(finding._replace(first_step=since) if finding is not None and since is not None else finding)
+        found.append(finding)
     return found
 
 

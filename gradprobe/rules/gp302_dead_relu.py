@@ -102,7 +102,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
             severity="error" if dead == units else "warning",
             evidence={"dead_units": dead, "units": units, "dead_fraction": dead_fraction, "zero_fraction": zero},
             fixes=(action("identity-recurrent"), action("positive-bias", value=0.1), action("leaky-relu-rnn")),
+            first_step=entry.over_since,
         )
-        since = entry.over_since
-        found.append(finding._replace(first_step=since) if finding is not None and since is not None else finding)
+        found.append(finding)
     return found

@@ -80,17 +80,19 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
     threshold = f"{suggested:.3g}" if suggested is not None else "a multiple of the typical norm"
     first = min((step for step in since if step is not None), default=None)
     last = norms.last_step if norms.last_step is not None else run.loss.last_step
-    finding = context.finding(
-        "GP401",
-        f"{' and '.join(risk)} with no gradient clipping detected; clip by norm at {threshold}",
-        evidence={
-            "spikes": norms.spikes,
-            "growth": growth,
-            "median_norm": norms.median,
-            "healthy_median_norm": healthy,
-            "suggested_max_norm": suggested,
-        },
-        step=last if last is not None else first,
-        fixes=fixes,
-    )
-    return [finding._replace(first_step=first) if finding is not None and first is not None else finding]
+    return [
+        context.finding(
+            "GP401",
+            f"{' and '.join(risk)} with no gradient clipping detected; clip by norm at {threshold}",
+            evidence={
+                "spikes": norms.spikes,
+                "growth": growth,
+                "median_norm": norms.median,
+                "healthy_median_norm": healthy,
+                "suggested_max_norm": suggested,
+            },
+            step=last if last is not None else first,
+            fixes=fixes,
+            first_step=first,
+        )
+    ]

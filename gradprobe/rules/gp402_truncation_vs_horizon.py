@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 
 from gradprobe.actions import action, truncation_length
-from gradprobe.findings import Finding, RuleResult
+from gradprobe.findings import RuleResult
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
@@ -61,40 +61,31 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
             shown = "does not decay" if math.isinf(horizon) else f"reaches {horizon:.0f} steps"
             longer = truncation_length(None if math.isinf(horizon) else horizon, 10**9)
             found.append(
-                _since(
-                    track.first_above(longest),
-                    context.finding(
-                        "GP402",
-                        f"truncation {window} steps is short: the gradient signal {shown} in {name}",
-                        layer=name,
-                        step=track.latest.step,
-                        evidence=numbers,
-                        fixes=(
-                            action("longer-truncation", window=longer)
-                            if not math.isinf(horizon)
-                            else action("longer-truncation", window=f"{2 * window}+"),
-                        ),
+                context.finding(
+                    "GP402",
+                    f"truncation {window} steps is short: the gradient signal {shown} in {name}",
+                    layer=name,
+                    step=track.latest.step,
+                    evidence=numbers,
+                    fixes=(
+                        action("longer-truncation", window=longer)
+                        if not math.isinf(horizon)
+                        else action("longer-truncation", window=f"{2 * window}+"),
                     ),
+                    first_step=track.first_above(longest),
                 )
             )
         elif not evidence.hurts and not math.isinf(horizon) and max(horizon, 1.0) < shortest:
             suggested = truncation_length(horizon, window)
             found.append(
-                _since(
-                    track.first_below(shortest),
-                    context.finding(
-                        "GP402",
-                        f"BPTT over {window} steps but gradients fade after {horizon:.0f} in {name}: {suggested}-step windows carry the same signal",
-                        layer=name,
-                        step=track.latest.step,
-                        evidence={**numbers, "suggested": suggested},
-                        fixes=(action("shorter-truncation", window=suggested),),
-                    ),
+                context.finding(
+                    "GP402",
+                    f"BPTT over {window} steps but gradients fade after {horizon:.0f} in {name}: {suggested}-step windows carry the same signal",
+                    layer=name,
+                    step=track.latest.step,
+                    evidence={**numbers, "suggested": suggested},
+                    fixes=(action("shorter-truncation", window=suggested),),
+                    first_step=track.first_below(shortest),
                 )
             )
     return found
-
-
-def _since(first: int | None, finding: Finding | None) -> Finding | None:
-    """``finding`` dated from the first probe of the unbroken stretch that shows it."""
-    return finding._replace(first_step=first) if finding is not None and first is not None else finding
