@@ -93,16 +93,15 @@ def _wrapped(
         return original(parameters, max_norm, norm_type, error_if_nonfinite, foreach)  # type: ignore[no-any-return]
     total = _served_total(params, foreach)
     served = total is not None
-    if total is not None:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach)
-    else:
+    if total is None:
         total = original(params, max_norm, norm_type, error_if_nonfinite, foreach)
+    else:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach)
     for listener in list(_listeners.values()):
         try:
             listener.clipped(params, float(max_norm), served)
         except Exception:  # noqa: BLE001, S112 - a listener guards and reports its own errors
             continue
-    assert total is not None
     return total
 
 

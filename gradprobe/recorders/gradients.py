@@ -137,15 +137,18 @@ class GradientRecorder:
             parameters without a gradient are left out.
         """
         reading = self.measure()
-        if reading is None:
-            return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
-        return reading.record()
+        return reading.record() if reading is not None else empty_record()
 
     def release(self) -> None:
         """Drop every reference to the model's parameters."""
         self.params = []
         self.names = []
         self.gates = {}
+
+
+def empty_record() -> dict[str, Any]:
+    """The gradient record of a step without any gradient."""
+    return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
 
 
 def _raw_norms(grads: list[Tensor]) -> list[Tensor] | None:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.recorders import backward_roots, clip_calls
-from gradprobe.recorders.gradients import GradientReading, tensor_norms
+from gradprobe.recorders.gradients import GradientReading, empty_record, tensor_norms
 
 #: Two gradient norms agree when their ratio is within this of 1.
 RELATIVE_TOLERANCE = 1e-5
@@ -114,9 +114,7 @@ class _Backward:
 
     @property
     def record(self) -> dict[str, Any]:
-        if self.reading is None:
-            return {"grad_norm": 0.0, "params": {}, "gates": {}, "nonfinite_params": []}
-        return self.reading.record()
+        return self.reading.record() if self.reading is not None else empty_record()
 
     @property
     def raw(self) -> dict[str, Tensor]:
@@ -136,14 +134,7 @@ class _Backward:
 
     def changed(self, named: Sequence[tuple[str, Tensor]]) -> bool:
         """Whether any gradient was replaced or changed in place since backward (no pass over the gradients)."""
-        for name, param in named:
-            seen = self.grads.get(name)
-            grad = param.grad
-            if grad is None:
-                continue
-            if seen is None or seen[0] is not grad or seen[1] is None or seen[1] != _version(grad):
-                return True
-        return False
+        return any(param.grad is not None and not self.unchanged(name, param.grad) for name, param in named)
 
 
 def _version(tensor: Tensor) -> int | None:
@@ -431,9 +422,7 @@ class OptimizerLoop:
         if now != call.versions or set(now) != set(before.grads):
             return None
         covered = set(call.names)
-        if any(n not in covered and not before.unchanged(n, p.grad) for n, p in self.named if p.grad is not None):
-            return None
-        return call
+        return None if before.changed([(n, p) for n, p in self.named if n not in covered]) else call
 
     def _before_step(
         self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
