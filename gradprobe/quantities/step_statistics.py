@@ -13,6 +13,7 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.faults import warn
 from gradprobe.quantities.base import Quantity, QuantitySetup, StepContext
 from gradprobe.recorders.capture import DEEP, OFF, SAMPLE
+from gradprobe.recorders.gradients import tensor_norms
 from gradprobe.recorders.optimizer_loop import DeferredStep, LoopStep
 
 
@@ -33,12 +34,13 @@ class StepFigures:
 
 @dataclass
 class _Waiting:
-    """A deferred step until its figures are read: the device tensors, and each site output's norm (non-finite
-    when the output held Inf/NaN) to place a non-finite step's first bad value."""
+    """A deferred step until its figures are read: the loop's record of it (its device tensors in
+    ``loop.deferred``), and each site output's norm (non-finite when the output held Inf/NaN) to place a
+    non-finite step's first bad value."""
 
     step: int
-    deferred: DeferredStep
     loop: LoopStep
+    deferred: DeferredStep
     outputs: list[str]
     output_norms: Tensor | None
 
@@ -98,19 +100,13 @@ class StepStatistics(Quantity):
             loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
         loss_bad = loss_value is not None and not math.isfinite(loss_value)
         bad_forward = context.record.nonfinite_outputs() if (record["nonfinite_params"] or loss_bad) else []
-        clip = observed.clip if observed is not None else None
-        self._emit_step(context.step, record, loss_value, observed, clip, bad_forward)
+        self._emit_step(context.step, record, loss_value, observed, bad_forward)
 
     def _wait(self, context: StepContext, observed: LoopStep, deferred: DeferredStep) -> None:
         outputs = context.record.outputs_seen
-        norms = None
-        if outputs:
-            tensors = [t.detach() for _, t in outputs]
-            try:  # one kernel: a norm is finite when every entry is (or the entries are beyond 1e19)
-                norms = torch.stack([n.float() for n in torch._foreach_norm(tensors, 2.0)])
-            except (RuntimeError, TypeError):  # several devices or dtypes
-                norms = torch.stack([torch.linalg.vector_norm(t.float()).to(tensors[0].device) for t in tensors])
-        self._waiting.append(_Waiting(context.step, deferred, observed, [name for name, _ in outputs], norms))
+        # one kernel where torch has it: a norm is finite when every entry is (or the entries are beyond 1e19)
+        norms = tensor_norms([t for _, t in outputs]) if outputs else None
+        self._waiting.append(_Waiting(context.step, observed, deferred, [name for name, _ in outputs], norms))
         self.latest = None
         if len(self._waiting) >= self.DEFERRED_STEPS:
             self.flush()
@@ -121,16 +117,19 @@ class StepStatistics(Quantity):
         if not waiting or self._emit is None:
             return
         device = waiting[0].deferred.reading.norms.device
-        parts, spans = [], []
+        # the losses keep their precision (a float64 loss is not rounded to the norms' float32; MPS has no float64)
+        wide = torch.float32 if device.type == "mps" else torch.float64
+        parts: list[Tensor] = []
+        spans: list[list[int]] = []
         for entry in waiting:
             loss = entry.deferred.loss
-            pieces = [entry.deferred.reading.norms.to(device)]
+            pieces = [entry.deferred.reading.norms]
             if isinstance(loss, Tensor):
-                pieces.append(loss.detach().to(device, torch.float32).reshape(1))
+                pieces.append(loss.detach().reshape(1))
             if entry.output_norms is not None:
-                pieces.append(entry.output_norms.to(device))
+                pieces.append(entry.output_norms)
             spans.append([p.numel() for p in pieces])
-            parts.extend(pieces)
+            parts.extend(p.to(device, wide) for p in pieces)
         values = torch.cat(parts).tolist()  # the one host read
         offset = 0
         for entry, sizes in zip(waiting, spans):
@@ -139,9 +138,9 @@ class StepStatistics(Quantity):
             norms, rest = chunk[: sizes[0]], chunk[sizes[0] :]
             loss = entry.deferred.loss
             loss_value = float(loss) if isinstance(loss, (int, float)) else rest.pop(0) if loss is not None else None
-            record, clip = entry.deferred.figures(norms, loss_value is None or math.isfinite(loss_value))
+            record, entry.loop.clip = entry.deferred.figures(norms, loss_value is None or math.isfinite(loss_value))
             bad_outputs = [name for name, norm in zip(entry.outputs, rest) if not math.isfinite(norm)]
-            self._emit_step(entry.step, record, loss_value, entry.loop, clip, bad_outputs)
+            self._emit_step(entry.step, record, loss_value, entry.loop, bad_outputs)
 
     def _emit_step(
         self,
@@ -149,15 +148,11 @@ class StepStatistics(Quantity):
         record: dict[str, Any],
         loss_value: float | None,
         observed: LoopStep | None,
-        clip: dict[str, Any] | None,
         bad_outputs: list[str],
     ) -> None:
         self._watch_for_missing_gradients(step, record)
         self.latest_params = record["params"]
         nonfinite = self._place_nonfinite(record["nonfinite_params"], loss_value, bad_outputs)
-        fields = self._loop_fields(observed)
-        if observed is not None:
-            fields["clip"] = clip
         self._emit(
             "step",
             step=step,
@@ -166,7 +161,7 @@ class StepStatistics(Quantity):
             params=record["params"],
             gates=record["gates"],
             nonfinite=nonfinite,
-            **fields,
+            **self._loop_fields(observed),
         )
         self.latest = StepFigures(record, nonfinite, loss_value)
 

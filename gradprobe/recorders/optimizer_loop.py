@@ -22,6 +22,7 @@ gradients were last reset (the sum over accumulated micro-batches).
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import threading
@@ -537,8 +538,8 @@ class OptimizerLoop:
             return None
         if len(pending.roots) == 1:
             return pending.roots[0]
-        first = pending.roots[0]
-        return torch.stack([r.to(first.device, torch.float32).reshape(()) for r in pending.roots]).sum()
+        device, dtype = pending.roots[0].device, functools.reduce(torch.promote_types, (r.dtype for r in pending.roots))
+        return torch.stack([r.to(device, dtype).reshape(()) for r in pending.roots]).sum()
 
     @staticmethod
     def _loss(pending: _Pending, scale: float) -> float | None:

@@ -131,3 +131,22 @@ def test_a_non_finite_forward_on_a_waiting_step_is_still_placed_in_its_layer(tmp
     bad = [e["step"] for e in steps if e["nonfinite"]]
     assert bad[0] == 5  # then the NaN gradients reach the weights
     assert steps[5]["nonfinite"]["where"] == "forward" and steps[5]["nonfinite"]["layer"] == "rnn"
+
+
+def test_a_waiting_step_keeps_a_float64_loss_exact(tmp_path):
+    """The batch read widens everything to float64: a float64 model's losses are logged as the at-once path
+    would log them, not rounded to the norms' float32."""
+    torch.manual_seed(0)
+    model = Tagger().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    log = tmp_path / "run.log"
+    losses = []
+    with gradprobe.attach(model, log=log, every=1000, saturation_every=0, optimizer=opt, config={}):
+        for _ in range(6):
+            opt.zero_grad()
+            loss = model(torch.randn(12, 4, 8, dtype=torch.float64)).pow(2).mean() + 1 / 3
+            loss.backward()
+            losses.append(loss.item())
+            opt.step()
+    steps = [e for e in map(json.loads, log.read_text().splitlines()) if e.get("kind") == "step"]
+    assert [e["loss"] for e in steps] == losses
