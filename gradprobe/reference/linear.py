@@ -145,4 +145,5 @@ class MinGRU(nn.Module):
 
     def forward(self, x: Tensor, parallel: bool = True, h0: Tensor | None = None) -> Tensor:
         scan: Scan = scan_parallel if parallel else scan_sequential
-        return scan(self.transition(x), self.inputs(x), h0)
+        z = torch.sigmoid(self.linear_z(x))  # the gate once for both terms
+        return scan(1 - z, z * self.linear_h(x), h0)

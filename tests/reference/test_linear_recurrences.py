@@ -75,6 +75,7 @@ def test_a_mingru_profile_is_the_cumulative_product_of_one_minus_z(seed):
     model = MinGRU(4, 6).double()
     x = torch.randn(3, 30, 4, dtype=torch.float64)
     assert torch.allclose(model(x, parallel=True), model(x, parallel=False), atol=1e-12)
+    assert torch.allclose(scan_sequential(model.transition(x), model.inputs(x)), model(x), atol=1e-12)
     values = diagonal.profile(model.transition(x))
     assert values == pytest.approx(_autograd_profile(model, x), rel=1e-12)
     crossing = diagonal.horizon(values)
