@@ -72,7 +72,23 @@ ACTIONS: dict[str, ActionSpec] = {
         "unsafe",
         "residual connections across the stacked layers (fixes.residual_stack; fixes.apply(..., residual=True))",
     ),
+    "lru-ring-init": ActionSpec(
+        "unsafe",
+        "LRU eigenvalues on the ring r_min={r_min:.4g} .. r_max={r_max:.4g} with input normalization "
+        "sqrt(1 - |lambda|^2) (fixes.reinit.lru_ring_)",
+    ),
     # changes to the user's code or data
+    "decay-init": ActionSpec("display-only", "initialize the decays in their documented range: {documented}"),
+    "bounded-decay": ActionSpec(
+        "display-only",
+        "parameterize the decay so that |a| < 1 always (LRU: exp(-exp(nu_log)); Mamba: exp(-softplus(dt) * exp(A_log)); "
+        "RG-LRU: sigmoid(Lambda)^(c r_t))",
+    ),
+    "memory-for-length": ActionSpec(
+        "display-only",
+        "train on sequences about as long as the memory ({tau:.0f} steps), or start the decays shorter "
+        "(time constants within ~{length} steps: |a| <= {decay:.4g})",
+    ),
     "use-gated-cell": ActionSpec("display-only", "use a gated cell (LSTM or GRU)"),
     "leaky-relu-rnn": ActionSpec(
         "display-only",

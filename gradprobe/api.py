@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gradprobe.bus import Sink
 from gradprobe.config import Config, Options, renamed
-from gradprobe.discovery import find_recurrent, unwrap
+from gradprobe.discovery import adapters_from, find_recurrent, unwrap
 from gradprobe.findings import DEFAULT_FAIL_ON, Finding, failing
 from gradprobe.fixes.runtime import StepFixer
 from gradprobe.probe import LayerProfile, Probe, ProbeSettings
@@ -106,8 +106,9 @@ def lint(
         grad_clip=grad_clip,
     )
     model = unwrap(model)
-    sites = find_recurrent(model, opts.cells)
-    return RuleEngine(opts.rule_config()).lint(model, sites)
+    engine = RuleEngine(opts.rule_config())
+    sites = find_recurrent(model, opts.cells, adapters_from(engine.call_hook))
+    return engine.lint(model, sites)
 
 
 def default_loss(output: Any, seed: int = 0) -> Tensor:

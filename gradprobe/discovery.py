@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -12,7 +12,12 @@ from torch import nn
 
 from gradprobe.cell_modes import GATE_COUNT, GATE_NAMES
 from gradprobe.errors import NotRecurrentError
+from gradprobe.linear_adapters import built_in_adapter
+from gradprobe.recurrence_adapter import RecurrenceAdapter
 from gradprobe.reference import CellBase, RecurrentBase
+
+#: Finds the adapter of a module that is a diagonal linear recurrence (the ``gradprobe_recurrence`` hook), or None.
+AdapterLookup = Callable[[nn.Module], "RecurrenceAdapter | None"]
 
 #: How a recurrent module is driven: a whole sequence per call, one step per call, or scripted (no hooks).
 SiteKind = Literal["stack", "cell", "scripted"]
@@ -31,6 +36,8 @@ class RecurrentSite:
             hooks and are reported as not measured (GP001).
         mode: ``RNN_TANH``, ``RNN_RELU``, ``RNN_LEAKY_RELU``, ``LSTM`` or ``GRU``; ``None`` for a
             custom cell (probed through autograd, without gate statistics).
+        adapter: For a diagonal linear recurrence (LRU, minGRU, Mamba...), how to read its decays
+            (:mod:`gradprobe.recurrence_adapter`); its one call covers a whole sequence (kind ``"cell"``).
     """
 
     name: str
@@ -38,6 +45,7 @@ class RecurrentSite:
     kind: SiteKind
     mode: str | None
     tracks: list[str] = field(default_factory=list)
+    adapter: RecurrenceAdapter | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for the run log's ``meta`` event."""
@@ -47,6 +55,10 @@ class RecurrentSite:
             if hasattr(m, attr):
                 info[attr] = getattr(m, attr)
         info["tracks"] = list(self.tracks)
+        if self.adapter is not None:
+            info["recurrence"] = self.adapter.kind
+            if self.adapter.documented:
+                info["documented"] = self.adapter.documented
         return info
 
 
@@ -104,13 +116,18 @@ def _strip_wrapper_prefix(name: str) -> str:
     return name
 
 
-def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> list[RecurrentSite]:
+def find_recurrent(
+    model: nn.Module, cells: Iterable[str | nn.Module] = (), adapters: AdapterLookup | None = None
+) -> list[RecurrentSite]:
     """List the recurrent modules of ``model`` in registration order.
 
     torch.nn RNN/LSTM/GRU, their cells, and the reference modules are found
     automatically; custom cells are named in ``cells`` (qualified names or the
     module objects). A custom cell is called as ``cell(x_t, state)`` and
     returns the next state (a tensor, or a tuple whose first item is ``h``).
+    Diagonal linear recurrences are found by their adapter: ``adapters``
+    (the plugins' ``gradprobe_recurrence`` hook) first, then gradprobe's own
+    (:func:`gradprobe.linear_adapters.built_in_adapter`).
 
     Raises:
         NotRecurrentError: ``model`` is not a module or holds no recurrent layer.
@@ -141,6 +158,12 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
             continue
         mode = mode_of(module)
         kind: SiteKind
+        adapter = _adapter_of(module, adapters)
+        if adapter is not None:
+            inside_stack.update(id(m) for m in module.modules())
+            shown = display_name(name, module)
+            sites.append(RecurrentSite(shown, module, "cell", None, [shown], adapter))
+            continue
         if _scripted_recurrent(module) or (isinstance(module, torch.jit.ScriptModule) and id(module) in custom):
             kind = "scripted"
             inside_stack.update(id(m) for m in module.modules())
@@ -158,9 +181,29 @@ def find_recurrent(model: nn.Module, cells: Iterable[str | nn.Module] = ()) -> l
     if not sites:
         raise NotRecurrentError(
             f"{type(model).__name__} has no recurrent layer (torch.nn RNN/LSTM/GRU, a *Cell, a gradprobe.reference "
-            "module, or a custom cell named with cells=...)"
+            "module, a linear recurrence a plugin adapts, or a custom cell named with cells=...)"
         )
     return sites
+
+
+def adapters_from(call_hook: Callable[..., list[Any]]) -> AdapterLookup:
+    """The lookup asking the plugins' ``gradprobe_recurrence`` hook through ``call_hook`` (the rule engine's):
+    the first adapter a plugin returns."""
+
+    def lookup(module: nn.Module) -> RecurrenceAdapter | None:
+        for found in call_hook("gradprobe_recurrence", module=module):
+            if isinstance(found, RecurrenceAdapter):
+                return found
+        return None
+
+    return lookup
+
+
+def _adapter_of(module: nn.Module, adapters: AdapterLookup | None) -> RecurrenceAdapter | None:
+    if isinstance(module, (nn.RNNBase, RecurrentBase, nn.RNNCellBase, CellBase, torch.jit.ScriptModule)):
+        return None
+    found = adapters(module) if adapters is not None else None
+    return found if isinstance(found, RecurrenceAdapter) else built_in_adapter(module)
 
 
 _RECURRENT_NAME = re.compile(r"(RNN|LSTM|GRU)", re.IGNORECASE)

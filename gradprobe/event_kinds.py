@@ -21,7 +21,18 @@ from typing import Literal
 
 #: The kinds of event a run log holds.
 Kind = Literal[
-    "meta", "step", "deep", "saturation", "unmeasured", "loop", "schedule", "fix", "finding", "error", "fault"
+    "meta",
+    "step",
+    "deep",
+    "recurrence",
+    "saturation",
+    "unmeasured",
+    "loop",
+    "schedule",
+    "fix",
+    "finding",
+    "error",
+    "fault",
 ]
 
 
@@ -161,6 +172,41 @@ KINDS: dict[str, EventKind] = {
             ),
             urgent=True,
             frequent=True,
+        ),
+        EventKind(
+            "recurrence",
+            "Every `every` steps, per diagonal linear recurrence (LRU, minGRU, RG-LRU, Mamba ...): its decays "
+            "|a_t|, read exactly from the layer's parameters and the inputs of its latest call.",
+            (
+                Field("layer", T.TEXT, "the layer", required=True),
+                Field("step", T.INTEGER, "the training step", required=True),
+                Field("recurrence", T.TEXT, "the kind of layer (lru, mingru, mamba, mamba2, rglru, ...)"),
+                Field("seq_len", T.COUNT, "time steps of the measured call"),
+                Field("channels", T.COUNT, "state entries that decay on their own"),
+                Field("decay_min", T.NUMBER, "smallest |a_t| over channels, rows and steps"),
+                Field("decay_max", T.NUMBER, "largest |a_t| over channels, rows and steps"),
+                Field(
+                    "top_decay",
+                    T.NUMBER,
+                    "the slowest channel's decay per step (geometric mean of |a_t| over rows and steps)",
+                ),
+                Field(
+                    "time_constants",
+                    T.NUMBERS,
+                    "per-channel memory tau = -1/mean ln|a_t| (steps to fall by e): its 0, 10, ..., 100th "
+                    "percentiles over channels",
+                ),
+                Field("efold_horizon", T.HORIZON, "steps until the slowest gradient path falls by e (inf: no decay)"),
+                Field("cumulative", T.NUMBER, "the slowest path's decay over the whole sequence"),
+                Field(
+                    "sensitivity",
+                    T.NUMBER,
+                    "sqrt(1 + r^2) / (1 - r^2)^1.5 at r = top_decay: how fast the state's sensitivity to the decay "
+                    "grows as r -> 1 (Zucchet & Orvieto 2024; inf at r >= 1)",
+                ),
+                Field("nonfinite", T.COUNT, "non-finite decays in the call"),
+            ),
+            urgent=True,
         ),
         EventKind(
             "saturation",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from gradprobe.findings import RuleResult
+    from gradprobe.recurrence_adapter import RecurrenceAdapter
     from gradprobe.rule_spec import Rule
     from gradprobe.rules.context import RuleContext
 
@@ -144,4 +145,24 @@ def gradprobe_event_written(event: dict[str, Any]) -> None:
     """Receive every event the probe records (a TensorBoard or W&B sink, say).
 
     :param event: The event dict; do not modify it.
+    """
+
+
+# -------------------------------------------------------------------------
+# Layers
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def gradprobe_recurrence(module: nn.Module) -> RecurrenceAdapter | None:
+    """Claim a module that is a diagonal linear recurrence ``h_t = a_t * h_(t-1) + b_t`` and say how to read it.
+
+    Called for each module of a model at ``attach``, ``check`` and ``lint``
+    (before gradprobe's own adapters, so a plugin may override them). The
+    first adapter returned wins; the probe then computes the decays ``a_t``
+    of the module's calls on deep steps and measures the layer exactly from
+    them (:mod:`gradprobe.recorders.diagonal`).
+
+    :param module: One module of the model.
+    :return: A :class:`~gradprobe.recurrence_adapter.RecurrenceAdapter`, or ``None`` for a module it does not know.
     """

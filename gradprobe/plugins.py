@@ -47,6 +47,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gradprobe.rules.gp401_no_clipping_with_exploding_risk",
     "gradprobe.rules.gp402_truncation_vs_horizon",
     "gradprobe.rules.gp403_diverging_loss",
+    "gradprobe.rules.gp501_decay_collapse",
+    "gradprobe.rules.gp502_memory_beyond_training",
+    "gradprobe.rules.gp503_unit_decay",
+    "gradprobe.rules.gp504_nonfinite_decay",
+    "gradprobe.rules.gp505_decay_init_range",
 )
 
 

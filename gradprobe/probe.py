@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from gradprobe import distributed
 from gradprobe.bus import EventRouter, Judge, Sink
-from gradprobe.discovery import RecurrentSite, find_recurrent, unwrap
+from gradprobe.discovery import RecurrentSite, adapters_from, find_recurrent, unwrap
 from gradprobe.events import EventWriter
 from gradprobe.faults import GradprobeWarning, short, warn
 from gradprobe.findings import Finding
@@ -119,7 +119,7 @@ class Probe:
     ) -> None:
         self.settings = settings or ProbeSettings()
         model = unwrap(model)
-        self.sites: list[RecurrentSite] = find_recurrent(model, cells)
+        self.sites: list[RecurrentSite] = find_recurrent(model, cells, adapters_from(rules.call_hook))
         self.model: nn.Module | None = model
         self.rules = rules
         self.step_index = 0

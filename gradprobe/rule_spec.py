@@ -13,6 +13,7 @@ CATEGORIES = {
     "GP2": "initialization",
     "GP3": "activations",
     "GP4": "training setup",
+    "GP5": "linear recurrences",
 }
 
 

@@ -99,7 +99,7 @@ def test_the_schema_checks_come_from_the_definitions():
         for f in spec.fields:
             if f.name in checked:
                 assert checked[f.name][1] is f.required
-    assert EventWriter.URGENT == URGENT == {"meta", "deep", "fix", "finding", "error"}
+    assert EventWriter.URGENT == URGENT == {"meta", "deep", "recurrence", "fix", "finding", "error"}
     # a declared type is enforced: a deep event whose horizon is negative does not fit
     assert schema.problem({"kind": "deep", "layer": "x", "step": 0, "horizon": -1.0}) is not None
     assert schema.problem({"kind": "deep", "layer": "x", "step": 0, "horizon": "inf"}) is None

@@ -75,6 +75,7 @@ TARGETS = {
     "xavier-input": "input",
     "he-input": "input",
     "residual-stack": "residual",
+    "lru-ring-init": "recurrent",
 }
 _ORDER = {name: index for index, name in enumerate(TARGETS)}
 
@@ -127,9 +128,9 @@ def apply(
     for finding in findings:
         name = _module_name(finding.layer)
         site = sites.get(name or "")
-        if site is None or site.mode is None or name is None:
+        if site is None or (site.mode is None and site.adapter is None) or name is None:
             continue
-        actions = finding.fixes or (default_actions(finding, site.mode) if finding.severity != "info" else ())
+        actions = finding.fixes or (default_actions(finding, site.mode or "") if finding.severity != "info" else ())
         planned += [(name, finding, fix) for fix in actions if fix.safety == "unsafe" and fix.action in TARGETS]
     planned.sort(key=lambda item: _ORDER[item[2].action])  # stable: chrono init before forget bias, whatever came first
     applied: list[AppliedFix] = []
@@ -185,6 +186,11 @@ def _run(
         value = float(fix.params.get("value", 0.1))
         return AppliedFix(
             code, name, f"input biases {value:g}, recurrent biases 0", reinit.positive_bias_(module, value), kind
+        )
+    if kind == "lru-ring-init":
+        r_min, r_max = float(fix.params.get("r_min", 0.9)), float(fix.params.get("r_max", 0.999))
+        return AppliedFix(
+            code, name, f"LRU ring {r_min:.4g}..{r_max:.4g}", reinit.lru_ring_(module, r_min, r_max), kind
         )
     if kind == "xavier-input":
         return AppliedFix(code, name, "Xavier input weights", reinit.xavier_input_(module), kind)

@@ -140,3 +140,35 @@ def chrono_init_(module: nn.Module, max_timescale: int, generator: torch.Generat
         _input_rows(module, name, param).zero_()
         changed.append(name)
     return changed
+
+
+@torch.no_grad()
+def lru_ring_(
+    module: nn.Module,
+    r_min: float = 0.9,
+    r_max: float = 0.999,
+    max_phase: float = 2 * torch.pi,
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """Orvieto et al.'s ring initialization of an LRU (``nu_log``, ``theta_log``, ``gamma_log``): ``|lambda|``
+    uniform on the ring ``r_min..r_max`` (by area), phases in ``[0, max_phase]``, ``gamma = sqrt(1 - |lambda|^2)``.
+
+    Raises:
+        TypeError: ``module`` has no ``nu_log``/``theta_log``/``gamma_log`` parameters.
+        ValueError: not ``0 < r_min <= r_max < 1``.
+    """
+    names = ("nu_log", "theta_log", "gamma_log")
+    params = [getattr(module, name, None) for name in names]
+    if not all(isinstance(p, torch.Tensor) for p in params):
+        raise TypeError(f"{type(module).__name__} has no LRU parameters ({', '.join(names)})")
+    if not 0 < r_min <= r_max < 1:
+        raise ValueError(f"an LRU ring needs 0 < r_min <= r_max < 1, got {r_min}..{r_max}")
+    nu_log, theta_log, gamma_log = params
+    assert nu_log is not None and theta_log is not None and gamma_log is not None
+    u1 = torch.rand(nu_log.shape, generator=generator, dtype=torch.float64)
+    u2 = torch.rand(theta_log.shape, generator=generator, dtype=torch.float64)
+    nu = -0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2)
+    nu_log.copy_(torch.log(nu).to(nu_log.dtype))
+    theta_log.copy_(torch.log(max_phase * u2 + 1e-12).to(theta_log.dtype))
+    gamma_log.copy_(torch.log(torch.sqrt(1 - torch.exp(-nu) ** 2)).to(gamma_log.dtype))
+    return list(names)

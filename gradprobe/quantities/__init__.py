@@ -19,12 +19,15 @@ schedule and the guard. A step goes:
    steps, :class:`~gradprobe.quantities.deep_profile.DeepProfile` on deep steps;
    :class:`~gradprobe.quantities.sequence_profile.SequenceProfile` on deep steps
    for a module whose one call covers a whole sequence (measured through its inputs);
+   :class:`~gradprobe.quantities.recurrence_spectra.RecurrenceSpectra` on deep
+   steps for a diagonal linear recurrence an adapter reads (exact, from its decays);
    :class:`~gradprobe.quantities.truncation.TruncationWindows` on every step
    (the typical truncated-BPTT window of a loop that carries a detached state).
 """
 
 from gradprobe.quantities.base import Emit, LayerProfile, Quantity, QuantitySetup, StepContext
 from gradprobe.quantities.deep_profile import DeepProfile
+from gradprobe.quantities.recurrence_spectra import RecurrenceSpectra
 from gradprobe.quantities.saturation import SaturationSampling
 from gradprobe.quantities.schedule import BudgetSchedule, Schedule
 from gradprobe.quantities.sequence_profile import SequenceProfile
@@ -38,6 +41,7 @@ __all__ = [
     "LayerProfile",
     "Quantity",
     "QuantitySetup",
+    "RecurrenceSpectra",
     "SaturationSampling",
     "Schedule",
     "SequenceProfile",

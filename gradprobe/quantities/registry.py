@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from gradprobe.quantities.base import Quantity, QuantitySetup
 from gradprobe.quantities.deep_profile import DeepProfile
+from gradprobe.quantities.recurrence_spectra import RecurrenceSpectra
 from gradprobe.quantities.saturation import SaturationSampling
 from gradprobe.quantities.sequence_profile import SequenceProfile
 from gradprobe.quantities.step_statistics import StepStatistics
@@ -27,6 +28,7 @@ BUILT_IN: tuple[QuantityFactory, ...] = (
     SaturationSampling,
     DeepProfile,
     SequenceProfile,
+    RecurrenceSpectra,
     TruncationWindows,
 )
 

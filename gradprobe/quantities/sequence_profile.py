@@ -30,7 +30,7 @@ class SequenceProfile(Quantity):
     modes = frozenset({DEEP})
 
     def __init__(self, setup: QuantitySetup) -> None:
-        self.sites = [site for site in setup.sites if site.kind == "cell"]
+        self.sites = [site for site in setup.sites if site.kind == "cell" and site.adapter is None]  # adapted: exact
         self.settings = setup.settings
         self.generator = setup.generator
         self.paused = setup.paused

@@ -117,6 +117,11 @@ class RuleContext:
             first_step=first_step,
         )
 
+    def is_linear_recurrence(self, module: str) -> bool:
+        """Whether the run's ``meta`` describes ``module`` as a diagonal linear recurrence an adapter reads
+        (the GP5xx rules judge it; the classic gradient-flow rules leave it to them)."""
+        return bool(self.layer_info(module).get("recurrence"))
+
     def layer_info(self, module: str) -> dict[str, Any]:
         """The ``meta`` description of a recurrent module (empty when unknown)."""
         for layer in self.meta.get("layers") or []:

@@ -66,6 +66,8 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 def gradprobe_summarize(context: RuleContext) -> RuleResult:
     found = []
     for track in context.run.tracks.values():
+        if context.is_linear_recurrence(track.module):
+            continue  # GP501 judges the decays of a linear recurrence
         evidence = vanishing_evidence(context, track)
         if math.isinf(evidence.horizon) or (not evidence.hurts and evidence.horizon >= evidence.judged_length):
             continue

@@ -156,10 +156,14 @@ def test_attached_in_training_with_its_broken_twin():
     assert horizons["forget-bias-3"] < horizons["healthy"] / 2
 
 
-def test_a_mamba_mixer_named_as_a_cell_is_measured():
-    """transformers' MambaMixer (batch-first, no batch_first attribute): no fault, both mixers measured over
-    the sequence, time found by causality."""
+@pytest.mark.parametrize("adapter", [True, False], ids=["adapter", "generic"])
+def test_a_mamba_mixer_named_as_a_cell_is_measured(adapter, monkeypatch):
+    """transformers' MambaMixer (batch-first, no batch_first attribute): no fault, both mixers measured. With the
+    gradprobe-transformers adapter, exactly from its decays (a state profile); without it (the plugin switched
+    off), over the sequence through its inputs, time found by causality."""
     transformers = pytest.importorskip("transformers")
+    if not adapter:
+        monkeypatch.setenv("GRADPROBE_DISABLE_PLUGINS", "transformers-recurrences")
     torch.manual_seed(0)
     config = transformers.MambaConfig(vocab_size=50, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2)
     model = transformers.MambaForCausalLM(config)
@@ -177,7 +181,8 @@ def test_a_mamba_mixer_named_as_a_cell_is_measured():
     assert probe.error is None and not [f for f in probe.findings if f.code == "GP001"]
     assert sorted(probe.layers) == sorted(mixers)
     for layer in probe.layers.values():
-        assert layer.profile_kind == "input" and layer.seq_len == 24 and layer.profile[0] == 1.0
+        assert layer.profile_kind == ("state" if adapter else "input")
+        assert layer.seq_len == 24 and layer.profile[0] == 1.0
 
 
 def test_a_cell_with_three_dimensional_inputs_called_in_a_loop_stays_a_cell():

@@ -33,6 +33,11 @@ def test_rules_table_and_doc():
         "GP401",
         "GP402",
         "GP403",
+        "GP501",
+        "GP502",
+        "GP503",
+        "GP504",
+        "GP505",
     ]
     doc = run("rules", "gp101").output
     assert doc.startswith("## GP101 vanishing-gradient") and "min_horizon_fraction" in doc

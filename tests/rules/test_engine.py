@@ -34,13 +34,18 @@ def test_registry_has_the_starting_set_with_docs():
         "GP401",
         "GP402",
         "GP403",
+        "GP501",
+        "GP502",
+        "GP503",
+        "GP504",
+        "GP505",
     ]
     for rule in engine.registry.sorted():
         assert rule.category == CATEGORIES[rule.code[:3]]
         for section in ("What it does", "Why is this bad?", "Example", "Use instead", "Options"):
             assert f"### {section}" in rule.doc()
         assert rule.what_it_does and rule.why_bad and rule.example and rule.use_instead
-    assert {r.code for r in engine.registry.sorted() if r.static} == {"GP201", "GP202", "GP203"}
+    assert {r.code for r in engine.registry.sorted() if r.static} == {"GP201", "GP202", "GP203", "GP505"}
 
 
 def test_pyproject_thresholds_and_ignore(tmp_path, monkeypatch):

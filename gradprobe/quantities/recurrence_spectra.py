@@ -1,0 +1,177 @@
+"""The deep probe of diagonal linear recurrences (LRU, minGRU, RG-LRU, Mamba ...): exact, from their decays.
+
+A layer with an adapter (:mod:`gradprobe.recurrence_adapter`) is measured from
+the decays ``a_t`` of its latest call on a deep step, computed by the adapter
+from the live parameters and the captured inputs. Since the per-step Jacobian
+is ``diag(a_t)``, everything follows exactly (:mod:`gradprobe.recorders.diagonal`):
+
+- a ``deep`` event like any other layer's (``profile_kind: "state"``): the
+  profile ``||dh_T/dh_(T-k)||`` (largest over channels and batch rows), the
+  per-step Jacobian norm ``max |a_t|``, the Lyapunov exponents (for a diagonal
+  system, each channel's mean ``ln|a_t|``), ``||dL/dy_t||`` from the gradient
+  of the layer's output, and the horizon at ``epsilon`` (the classic reading,
+  ``ln(1/epsilon)`` e-folds);
+- a ``recurrence`` event with what only a linear recurrence has: the decay
+  range, the per-channel time constants ``tau = -1/mean ln|a|`` (percentiles),
+  the e-fold horizon, the cumulative decay over the sequence, the sensitivity
+  near ``|a| -> 1`` and the count of non-finite decays (written on steps with
+  non-finite values too: a collapsing or exploding decay is what such a step
+  needs explained). Resets (``a_t = 0`` exactly, where a document starts) cut
+  the profile but are left out of the per-channel means.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradprobe.quantities.base import LayerProfile, Quantity, QuantitySetup, StepContext
+from gradprobe.recorders import diagonal, propagation
+from gradprobe.recorders.capture import DEEP
+
+#: The percentiles of the per-channel time constants a ``recurrence`` event carries.
+PERCENTILES = tuple(range(0, 101, 10))
+
+
+def sensitivity(decay: float) -> float:
+    """``sqrt(1 + r^2) / (1 - r^2)^1.5``: the root-mean-square of ``dh_t/d lambda`` for a channel with
+    ``|lambda| = r`` driven by unit white noise (``h_t = sum_k lambda^k x_(t-k)``, so ``E|dh/d lambda|^2 =
+    sum_k k^2 r^(2k-2)``); it grows faster than the state itself (``1/sqrt(1 - r^2)``) as ``r -> 1``
+    (Zucchet & Orvieto 2024); ``inf`` at ``r >= 1``."""
+    if not decay < 1.0:
+        return math.inf
+    r2 = decay * decay
+    return float(math.sqrt(1 + r2) / (1 - r2) ** 1.5)
+
+
+def decay_fields(transition: Tensor) -> dict[str, Any]:
+    """The ``recurrence`` event's numbers from one call's decays ``a_t`` (``[B, T, N]``, real or complex)."""
+    a = transition.detach()
+    magnitude = a.abs().to(torch.float64)
+    finite = torch.isfinite(magnitude)
+    nonfinite = int((~finite).sum())
+    per_channel = channel_log_decays(magnitude)
+    known = per_channel[~torch.isnan(per_channel)]
+    fields: dict[str, Any] = {"seq_len": int(a.shape[-2]), "channels": int(a.shape[-1]), "nonfinite": nonfinite}
+    if known.numel() == 0:
+        return fields
+    taus = torch.where(known < 0, -1 / known, torch.full_like(known, math.inf))
+    finite_magnitudes = magnitude[finite & (magnitude > 0)]
+    top = float(known.max())
+    fields.update(
+        decay_min=float(finite_magnitudes.min()),
+        decay_max=float(finite_magnitudes.max()),
+        top_decay=math.exp(top),
+        time_constants=_percentiles(taus),
+        sensitivity=sensitivity(math.exp(top)),
+    )
+    return fields
+
+
+def channel_log_decays(magnitude: Tensor) -> Tensor:
+    """Per channel, the mean ``ln|a_t|`` over rows and steps of ``[B, T, N]`` magnitudes, leaving out non-finite
+    decays and resets (``a_t = 0`` exactly: a document start, where the state is set, not decayed); ``nan`` for a
+    channel with none left."""
+    kept = torch.isfinite(magnitude) & (magnitude > 0)
+    logs = torch.where(kept, torch.log(magnitude), torch.full_like(magnitude, math.nan))
+    return torch.nanmean(logs.reshape(-1, logs.shape[-1]), dim=0)
+
+
+def _percentiles(values: Tensor) -> list[float]:
+    ordered = torch.sort(values).values
+    last = ordered.numel() - 1
+    out = []
+    for p in PERCENTILES:  # nearest-rank interpolation that keeps inf (torch.quantile turns inf - inf into nan)
+        position = p / 100 * last
+        low, high = math.floor(position), math.ceil(position)
+        a, b = float(ordered[low]), float(ordered[high])
+        out.append(a if low == high or a == b else a + (b - a) * (position - low))
+    return out
+
+
+class RecurrenceSpectra(Quantity):
+    """On deep steps: the exact measurement of every layer an adapter reads (see the module docstring).
+
+    It reads the setup's ``settings.epsilon`` and ``settings.lyapunov_k``, and keeps its profiles in the shared
+    ``setup.profiles``.
+    """
+
+    modes = frozenset({DEEP})
+    on_nonfinite_steps = True
+
+    def __init__(self, setup: QuantitySetup) -> None:
+        self.sites = [site for site in setup.sites if site.adapter is not None]
+        self.settings = setup.settings
+        self.paused = setup.paused
+        self.layers = setup.profiles
+
+    def compute(self, context: StepContext) -> None:
+        """Read the decays of each adapted layer's latest sequence-level call and emit its events."""
+        for site in self.sites:
+            calls = context.record.cell_calls.get(site.name)
+            call = calls.whole_sequence if calls is not None else None
+            if call is None or site.adapter is None:
+                continue
+            with self.paused(), torch.no_grad():
+                transition = site.adapter.transition(site.module, call.args, call.kwargs)
+            if transition.dim() != 3:
+                raise ValueError(
+                    f"the {site.adapter.kind} adapter returned decays of shape {tuple(transition.shape)}, "
+                    "not [batch, time, channels]"
+                )
+            fields = decay_fields(transition)
+            finite = fields["nonfinite"] == 0
+            profile = diagonal.profile(transition) if finite else []
+            if finite:
+                fields["efold_horizon"] = diagonal.horizon(profile)
+                fields["cumulative"] = profile[-1]
+            context.emit("recurrence", step=context.step, layer=site.name, recurrence=site.adapter.kind, **fields)
+            grad_norms = self._grad_norms(call.output_grad, context.grad_scale)
+            if not finite or not all(math.isfinite(v) for v in grad_norms):
+                continue  # a step with non-finite values: the recurrence event says what the decays did
+            self._emit_deep(context, site.name, transition, profile, grad_norms)
+
+    def _emit_deep(
+        self, context: StepContext, name: str, transition: Tensor, profile: list[float], grad_norms: list[float]
+    ) -> None:
+        s = self.settings
+        rate, horizon = propagation.fit_decay(profile, s.epsilon)
+        logs = diagonal.log_decays(transition)
+        jacobian_norms = torch.exp(logs.amax(dim=-1).amax(dim=0)).tolist()  # ||diag(a_t)|| = max |a_t|
+        exponents = channel_log_decays(transition.detach().abs().to(torch.float64))
+        exponents = exponents[~torch.isnan(exponents)]
+        lyapunov = torch.sort(exponents, descending=True).values[: max(int(s.lyapunov_k), 0)].tolist()
+        event = {
+            "step": context.step,
+            "layer": name,
+            "module": name,
+            "mode": None,
+            "seq_len": len(profile),
+            "batch": int(transition.shape[0]),
+            "grad_norms": grad_norms,
+            "profile": profile,
+            "jacobian_norms": jacobian_norms,
+            "rate": rate,
+            "horizon": horizon,
+            "epsilon": s.epsilon,
+            "chained": True,
+            "lyapunov": lyapunov,
+            "profile_kind": "state",
+        }
+        context.emit("deep", **event)
+        self.layers[name] = LayerProfile.from_event(event)
+
+    @staticmethod
+    def _grad_norms(output_grad: Tensor | None, grad_scale: float) -> list[float]:
+        """``||dL/dy_t||`` per step from the gradient of the layer's (batch-first) output."""
+        if output_grad is None or output_grad.dim() != 3:
+            return []
+        g = output_grad.detach().to(torch.float64).movedim(1, 0)
+        norms: list[float] = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).tolist()
+        return [v / grad_scale for v in norms] if grad_scale != 1.0 else norms
+
+    def release(self) -> None:
+        self.sites = []

@@ -1,0 +1,181 @@
+"""GP501-GP505 on linear recurrences: each broken twin caught, the healthy default initialization silent."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import gradprobe
+from gradprobe.hookspecs import hookimpl
+from gradprobe.plugins import make_plugin_manager
+from gradprobe.probe import Probe, ProbeSettings
+from gradprobe.recurrence_adapter import RecurrenceAdapter
+from gradprobe.reference import LRU, MinGRU
+from gradprobe.rules.engine import RuleEngine
+
+
+class Model(nn.Module):
+    def __init__(self, layer: nn.Module, width: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(x))[:, -1, 0]
+
+
+def train(model: nn.Module, steps: int, length: int, every: int = 4, lag: int = 3, **kw: Any) -> list[Any]:
+    """A recall task: the target is the first input feature ``lag`` steps before the end."""
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    with gradprobe.attach(model, every=every, optimizer=opt, **kw) as probe:
+        for _ in range(steps):
+            x = torch.randn(16, length, 4)
+            loss = (model(x) - x[:, -1 - lag, 0]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return probe.findings
+
+
+def serious(findings: list[Any]) -> list[str]:
+    return [str(f) for f in findings if f.severity != "info"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_lru_and_mingru_are_silent(seed: int) -> None:
+    torch.manual_seed(seed)
+    lru = Model(LRU(4, 32), 4)
+    assert serious(gradprobe.lint(lru)) == []
+    assert serious(train(lru, 24, 32)) == []
+    gru = nn.Sequential(MinGRU(4, 16), nn.Linear(16, 1))  # a per-step loss: the previous step's first feature
+    assert serious(gradprobe.lint(gru)) == []
+    opt = torch.optim.Adam(gru.parameters(), 3e-3)
+    with gradprobe.attach(gru, every=4, optimizer=opt) as probe:
+        for _ in range(24):
+            x = torch.randn(16, 32, 4)
+            loss = (gru(x)[:, 1:, 0] - x[:, :-1, 0]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert serious(probe.findings) == []
+
+
+def test_gp501_a_collapsed_ring_short_of_a_declared_need_warns_and_the_ring_fix_mends_it() -> None:
+    torch.manual_seed(0)
+    model = Model(LRU(4, 16), 4)
+    model.layer.set_ring(0.5)
+    findings = train(model, 12, 48, dependency_length=40)
+    gp501 = next(f for f in findings if f.code == "GP501")
+    assert gp501.severity in ("warning", "error") and "the task needs" in gp501.message
+    assert gp501.evidence["top_decay"] == pytest.approx(0.5, rel=0.05)
+    assert [fix.action for fix in gp501.fixes] == ["lru-ring-init"]
+    assert not any(f.code == "GP101" for f in findings)  # GP501 speaks for linear recurrences
+    applied = gradprobe.fixes.apply(model, findings)
+    assert [a.action_id for a in applied] == ["lru-ring-init"]
+    radii = model.layer.eigenvalues().abs()
+    assert bool(((radii >= 0.9 - 1e-6) & (radii <= gp501.fixes[0].params["r_max"] + 1e-6)).all())
+    after = gradprobe.check(model, torch.randn(8, 48, 4), dependency_length=40)
+    assert not [f for f in after.findings if f.code == "GP501" and f.severity != "info"]
+
+
+def test_gp502_memory_far_beyond_a_short_training_length() -> None:
+    torch.manual_seed(0)
+    model = Model(LRU(4, 16, r_min=0.999, r_max=0.9999), 4)
+    found = {f.code: f for f in train(model, 12, 10)}
+    assert found["GP502"].severity == "warning"
+    assert found["GP502"].evidence["median_time_constant"] > 100 and found["GP502"].evidence["seq_len"] == 10
+    once = {f.code: f for f in gradprobe.check(model, torch.randn(4, 10, 4)).findings}
+    assert once["GP502"].severity == "info"  # one deep probe: no persistence yet
+    torch.manual_seed(0)
+    trained_long = Model(LRU(4, 16, r_min=0.999, r_max=0.9999), 4)
+    assert not any(f.code == "GP502" for f in train(trained_long, 8, 400, every=4))
+
+
+def test_gp503_and_gp505_an_lru_at_radius_one_on_long_sequences() -> None:
+    torch.manual_seed(0)
+    model = Model(LRU(4, 16), 4)
+    model.layer.set_ring(1.0)
+    lint = {f.code: f for f in gradprobe.lint(model)}
+    assert lint["GP505"].severity == "warning" and "pinned at 1" in lint["GP505"].message
+    found = {f.code: f for f in train(model, 8, 200)}
+    assert found["GP503"].severity == "warning"
+    assert found["GP503"].evidence["top_decay"] == pytest.approx(1.0)
+    assert [fix.action for fix in found["GP503"].fixes] == ["lru-ring-init", "clip-grad-norm-auto"]
+
+
+def test_gp505_an_input_gain_far_from_the_normalization() -> None:
+    torch.manual_seed(0)
+    model = Model(LRU(4, 16, r_min=0.99, r_max=0.999), 4)
+    with torch.no_grad():
+        model.layer.gamma_log.zero_()  # gamma = 1 where sqrt(1 - r^2) ~ 0.1
+    lint = {f.code: f for f in gradprobe.lint(model)}
+    assert lint["GP505"].severity == "warning" and lint["GP505"].evidence["gain_ratio"] > 4
+
+
+class Decay(nn.Module):
+    """A user's own diagonal recurrence with a decay it sets: h_t = a * h_(t-1) + x_t."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__()
+        self.decay = nn.Parameter(torch.full((4,), decay))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, out = torch.zeros_like(x[:, 0]), []
+        for t in range(x.shape[1]):
+            h = self.decay * h + x[:, t]
+            out.append(h)
+        return torch.stack(out, dim=1)
+
+
+class DecayPlugin:
+    @hookimpl
+    def gradprobe_recurrence(self, module: nn.Module) -> RecurrenceAdapter | None:
+        if isinstance(module, Decay):
+            return RecurrenceAdapter(
+                "decay",
+                lambda m, args, kwargs: m.decay.expand(args[0].shape[0], args[0].shape[1], -1),
+                static_decays=lambda m: m.decay,
+            )
+        return None
+
+
+def run_with_plugin(decay: float, steps: int = 3, length: int = 20) -> tuple[list[Any], list[dict]]:
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.add(DecayPlugin(), "decay-plugin", "test")
+    model = Model(Decay(decay), 4)
+    events: list[dict] = []
+    with Probe(
+        model, settings=ProbeSettings(every=1), rules=RuleEngine({}, plugin_manager=pm), sinks=[events.append]
+    ) as probe:
+        for _ in range(steps):
+            model(torch.randn(2, length, 4)).sum().backward()
+            probe.step()
+    return probe.findings, events
+
+
+def test_a_plugin_adapter_claims_a_users_layer_and_gp503_errors_on_a_decay_above_one() -> None:
+    findings, events = run_with_plugin(1.02)
+    meta = next(e for e in events if e["kind"] == "meta")
+    assert meta["layers"][0]["recurrence"] == "decay"
+    deep = next(e for e in events if e["kind"] == "deep")
+    assert deep["profile"][5] == pytest.approx(1.02**5, rel=1e-6)
+    found = {f.code: f for f in findings}
+    assert found["GP503"].severity == "error" and "grows" in found["GP503"].message
+
+
+def test_gp504_non_finite_decays_are_named_on_the_layer() -> None:
+    findings, events = run_with_plugin(math.nan, steps=1)
+    recurrence = next(e for e in events if e["kind"] == "recurrence")
+    assert recurrence["nonfinite"] == 2 * 20 * 4
+    assert not [e for e in events if e["kind"] == "deep"]  # nothing to measure on NaN decays
+    found = {f.code: f for f in findings}
+    assert found["GP504"].severity == "error" and found["GP504"].layer == "layer"
+
+
+def test_without_the_adapter_the_users_layer_is_not_recurrent() -> None:
+    with pytest.raises(gradprobe.NotRecurrentError):
+        gradprobe.attach(Model(Decay(0.9), 4))
