@@ -86,7 +86,7 @@ ACTIONS: dict[str, ActionSpec] = {
     ),
     "memory-for-length": ActionSpec(
         "display-only",
-        "train on sequences about as long as the memory ({tau:.0f} steps), or start the decays shorter "
+        "train on sequences about as long as the memory ({memory}), or start the decays shorter "
         "(time constants within ~{length} steps: |a| <= {decay:.4g})",
     ),
     "use-gated-cell": ActionSpec("display-only", "use a gated cell (LSTM or GRU)"),

@@ -19,4 +19,6 @@ SCRIPTS = (
     "forecaster",
     "char_classifier",
     "recurrent_policy",
+    "lru_recall",
+    "mamba_lm",
 )

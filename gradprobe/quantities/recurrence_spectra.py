@@ -23,6 +23,7 @@ is ``diag(a_t)``, everything follows exactly (:mod:`gradprobe.recorders.diagonal
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,37 +48,50 @@ def sensitivity(decay: float) -> float:
     return float(math.sqrt(1 + r2) / (1 - r2) ** 1.5)
 
 
-def decay_fields(transition: Tensor) -> dict[str, Any]:
-    """The ``recurrence`` event's numbers from one call's decays ``a_t`` (``[B, T, N]``, real or complex)."""
-    a = transition.detach()
-    magnitude = a.abs().to(torch.float64)
+@dataclass
+class Decays:
+    """One call's decays, read once: magnitudes and their logs in float64 (``[B, T, N]``)."""
+
+    magnitude: Tensor
+    logs: Tensor  # ln|a_t|: -inf at a reset, nan where a_t is not finite
+    per_channel: Tensor  # mean ln|a_t| per channel over rows and steps, resets and non-finite decays left out
+
+    @classmethod
+    def of(cls, transition: Tensor) -> Decays:
+        """Read the decays ``a_t`` (real or complex) of one call."""
+        magnitude = transition.detach().abs().to(torch.float64)
+        logs = torch.where(torch.isfinite(magnitude), torch.log(magnitude), torch.full_like(magnitude, math.nan))
+        kept = torch.where(torch.isinf(logs), torch.full_like(logs, math.nan), logs)  # resets out of the means
+        return cls(magnitude, logs, torch.nanmean(kept.reshape(-1, kept.shape[-1]), dim=0))
+
+
+def decay_fields(transition: Tensor | Decays) -> dict[str, Any]:
+    """The ``recurrence`` event's numbers from one call's decays ``a_t`` (``[B, T, N]``, real or complex).
+
+    Resets (``a_t = 0`` exactly: a document start, where the state is set, not decayed) and non-finite decays
+    are left out of the per-channel means."""
+    decays = transition if isinstance(transition, Decays) else Decays.of(transition)
+    magnitude = decays.magnitude
     finite = torch.isfinite(magnitude)
-    nonfinite = int((~finite).sum())
-    per_channel = channel_log_decays(magnitude)
-    known = per_channel[~torch.isnan(per_channel)]
-    fields: dict[str, Any] = {"seq_len": int(a.shape[-2]), "channels": int(a.shape[-1]), "nonfinite": nonfinite}
+    known = decays.per_channel[~torch.isnan(decays.per_channel)]
+    fields: dict[str, Any] = {
+        "seq_len": int(magnitude.shape[-2]),
+        "channels": int(magnitude.shape[-1]),
+        "nonfinite": int((~finite).sum()),
+    }
     if known.numel() == 0:
         return fields
     taus = torch.where(known < 0, -1 / known, torch.full_like(known, math.inf))
-    finite_magnitudes = magnitude[finite & (magnitude > 0)]
+    positive = magnitude[finite & (magnitude > 0)]
     top = float(known.max())
     fields.update(
-        decay_min=float(finite_magnitudes.min()),
-        decay_max=float(finite_magnitudes.max()),
+        decay_min=float(positive.min()),
+        decay_max=float(positive.max()),
         top_decay=math.exp(top),
         time_constants=_percentiles(taus),
         sensitivity=sensitivity(math.exp(top)),
     )
     return fields
-
-
-def channel_log_decays(magnitude: Tensor) -> Tensor:
-    """Per channel, the mean ``ln|a_t|`` over rows and steps of ``[B, T, N]`` magnitudes, leaving out non-finite
-    decays and resets (``a_t = 0`` exactly: a document start, where the state is set, not decayed); ``nan`` for a
-    channel with none left."""
-    kept = torch.isfinite(magnitude) & (magnitude > 0)
-    logs = torch.where(kept, torch.log(magnitude), torch.full_like(magnitude, math.nan))
-    return torch.nanmean(logs.reshape(-1, logs.shape[-1]), dim=0)
 
 
 def _percentiles(values: Tensor) -> list[float]:
@@ -92,11 +106,25 @@ def _percentiles(values: Tensor) -> list[float]:
     return out
 
 
+def first_rows(args: tuple[Any, ...], kwargs: dict[str, Any], rows: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments cut to its first ``rows`` batch rows: every tensor whose first dimension is the batch
+    of the first argument (the rows of a diagonal recurrence do not mix)."""
+    first = args[0] if args else None
+    if not isinstance(first, Tensor) or first.dim() == 0 or rows <= 0 or first.shape[0] <= rows:
+        return args, kwargs
+    batch = first.shape[0]
+
+    def cut(value: Any) -> Any:
+        return value[:rows] if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch else value
+
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
 class RecurrenceSpectra(Quantity):
     """On deep steps: the exact measurement of every layer an adapter reads (see the module docstring).
 
-    It reads the setup's ``settings.epsilon`` and ``settings.lyapunov_k``, and keeps its profiles in the shared
-    ``setup.profiles``.
+    It reads the setup's ``settings.epsilon``, ``settings.lyapunov_k`` and ``settings.deep_rows`` (the batch rows
+    whose decays it reads), and keeps its profiles in the shared ``setup.profiles``.
     """
 
     modes = frozenset({DEEP})
@@ -115,16 +143,18 @@ class RecurrenceSpectra(Quantity):
             call = calls.whole_sequence if calls is not None else None
             if call is None or site.adapter is None:
                 continue
+            args, kwargs = first_rows(call.args, call.kwargs, int(self.settings.deep_rows))
             with self.paused(), torch.no_grad():
-                transition = site.adapter.transition(site.module, call.args, call.kwargs)
+                transition = site.adapter.transition(site.module, args, kwargs)
             if transition.dim() != 3:
                 raise ValueError(
                     f"the {site.adapter.kind} adapter returned decays of shape {tuple(transition.shape)}, "
                     "not [batch, time, channels]"
                 )
-            fields = decay_fields(transition)
+            decays = Decays.of(transition)
+            fields = decay_fields(decays)
             finite = fields["nonfinite"] == 0
-            profile = diagonal.profile(transition) if finite else []
+            profile = diagonal.profile_of_logs(decays.logs) if finite else []
             if finite:
                 fields["efold_horizon"] = diagonal.horizon(profile)
                 fields["cumulative"] = profile[-1]
@@ -132,17 +162,15 @@ class RecurrenceSpectra(Quantity):
             grad_norms = self._grad_norms(call.output_grad, context.grad_scale)
             if not finite or not all(math.isfinite(v) for v in grad_norms):
                 continue  # a step with non-finite values: the recurrence event says what the decays did
-            self._emit_deep(context, site.name, transition, profile, grad_norms)
+            self._emit_deep(context, site.name, decays, profile, grad_norms)
 
     def _emit_deep(
-        self, context: StepContext, name: str, transition: Tensor, profile: list[float], grad_norms: list[float]
+        self, context: StepContext, name: str, decays: Decays, profile: list[float], grad_norms: list[float]
     ) -> None:
         s = self.settings
         rate, horizon = propagation.fit_decay(profile, s.epsilon)
-        logs = diagonal.log_decays(transition)
-        jacobian_norms = torch.exp(logs.amax(dim=-1).amax(dim=0)).tolist()  # ||diag(a_t)|| = max |a_t|
-        exponents = channel_log_decays(transition.detach().abs().to(torch.float64))
-        exponents = exponents[~torch.isnan(exponents)]
+        jacobian_norms = torch.exp(decays.logs.amax(dim=-1).amax(dim=0)).tolist()  # ||diag(a_t)|| = max |a_t|
+        exponents = decays.per_channel[~torch.isnan(decays.per_channel)]
         lyapunov = torch.sort(exponents, descending=True).values[: max(int(s.lyapunov_k), 0)].tolist()
         event = {
             "step": context.step,
@@ -150,7 +178,7 @@ class RecurrenceSpectra(Quantity):
             "module": name,
             "mode": None,
             "seq_len": len(profile),
-            "batch": int(transition.shape[0]),
+            "batch": int(decays.magnitude.shape[0]),
             "grad_norms": grad_norms,
             "profile": profile,
             "jacobian_norms": jacobian_norms,

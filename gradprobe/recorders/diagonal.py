@@ -34,8 +34,11 @@ def profile(transition: Tensor, row: int | None = None) -> list[float]:
     """``||d h_T / d h_(T-k)||`` for ``k = 0..T-1``, the largest over channels (and over rows of the batch, or
     of one ``row``), from the transitions ``a_t`` (``[B, T, N]``)."""
     logs = log_decays(transition)
-    if row is not None:
-        logs = logs[row : row + 1]
+    return profile_of_logs(logs[row : row + 1] if row is not None else logs)
+
+
+def profile_of_logs(logs: Tensor) -> list[float]:
+    """:func:`profile` from ``ln|a_t|`` (``[B, T, N]``, float64), for a caller that has them already."""
     steps = logs.shape[-2]
     reverse = torch.flip(logs, dims=[-2])  # step T first
     cumulative = torch.cumsum(reverse, dim=-2)[..., : steps - 1, :]  # k = 1..T-1

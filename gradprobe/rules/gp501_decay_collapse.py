@@ -100,7 +100,8 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
         compared = f"{'<' if e.horizon < e.need else '>='} the {e.need} steps the task needs"
     else:
         compared = f"over sequences of {e.seq_len}"
-    head = f"the decays of {track.name} ({kind}) carry the gradient {e.horizon:.0f} steps {compared}{slowest}"
+    steps = f"{e.horizon:.0f} step" + ("" if round(e.horizon) == 1 else "s")
+    head = f"the decays of {track.name} ({kind}) carry the gradient {steps} {compared}{slowest}"
     if e.hurts:
         message = f"{head}; evidence: {'; '.join(e.reasons)}"
     else:

@@ -108,11 +108,15 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
         if entry.streak == 0:
             continue
         persistent = entry.streak >= context.threshold("GP502", "min_probes")
-        shown = "no decay" if math.isinf(entry.median_tau) else f"{entry.median_tau:.0f} steps"
+        shown = (
+            "do not decay at all"
+            if math.isinf(entry.median_tau)
+            else f"remember over {entry.median_tau:.0f} steps (median time constant)"
+        )
         length = max(int(entry.seq_len), 1)
         message = (
-            f"half the channels of {name} ({entry.kind or 'linear recurrence'}) remember over {shown} (median time "
-            f"constant), > {factor:g}x the {entry.seq_len}-step sequences it trains on"
+            f"half the channels of {name} ({entry.kind or 'linear recurrence'}) {shown}, beyond {factor:g}x the "
+            f"{entry.seq_len}-step sequences it trains on"
             + (f", on {entry.streak} deep probes in a row" if persistent else "; one deep probe so far")
             + ": those channels never decay within a training sequence and cannot learn to forget"
         )
@@ -133,7 +137,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
                 fixes=(
                     action(
                         "memory-for-length",
-                        tau=min(entry.median_tau, 1e12),
+                        memory="no decay" if math.isinf(entry.median_tau) else f"{entry.median_tau:.0f} steps",
                         length=length,
                         decay=math.exp(-1.0 / length),
                     ),
