@@ -51,6 +51,41 @@ class VanishingEvidence:
         """The length the horizon is compared with: the declared need, else the sequence seen."""
         return self.need or self.seq_len
 
+    @property
+    def severity(self) -> str:
+        """info without evidence, error with two kinds of it (or a horizon far below a declared need), else warning."""
+        if not self.hurts:
+            return "info"
+        return "error" if self.severe or len(self.kinds) >= 2 else "warning"
+
+    def compared(self) -> str:
+        """The horizon against the declared need, or the sequence length: ``< the 40 steps the task needs``."""
+        if self.need is not None:
+            return f"{'<' if self.horizon < self.need else '>='} the {self.need} steps the task needs"
+        return f"over sequences of {self.seq_len}"
+
+    def message(self, head: str, advice: str = "declare dependency_length= to judge it against the task") -> str:
+        """``head`` with the evidence, or with the note that there is none."""
+        if self.hurts:
+            return f"{head}; evidence: {'; '.join(self.reasons)}"
+        return f"{head}; no evidence that it limits learning ({advice})"
+
+    def numbers_for(self, **extra: Any) -> dict[str, Any]:
+        """The finding's evidence: the horizon, the lengths, ``extra``, the kinds of evidence and their numbers."""
+        return {
+            "horizon": round(self.horizon, 2),
+            "seq_len": self.seq_len,
+            "dependency_length": self.need,
+            **extra,
+            "probes": self.track.probes,
+            "evidence": list(self.kinds),
+            **self.numbers,
+        }
+
+    def first_step(self) -> int | None:
+        """Since when: the first probe from which the horizon stayed short of what is judged."""
+        return self.track.first_below(self.judged_length) if self.judged_length else None
+
 
 def declared_need(context: RuleContext) -> int | None:
     """The dependency length the task needs, from ``attach``/``check`` or ``[tool.gradprobe]``."""

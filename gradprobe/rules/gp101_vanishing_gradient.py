@@ -77,17 +77,7 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
 
 def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
     track = e.track
-    if not e.hurts:
-        severity = "info"
-    elif e.severe or len(e.kinds) >= 2:
-        severity = "error"
-    else:
-        severity = "warning"
     per_step = f" (signal x{math.exp(e.rate):.2f} per step)" if e.rate is not None else ""
-    if e.need is not None:
-        compared = f"{'<' if e.horizon < e.need else '>='} the {e.need} steps the task needs"
-    else:
-        compared = f"over sequences of {e.seq_len}"
     if e.seq_len and e.horizon >= e.seq_len:  # extrapolated past what was measured: say what was seen
         head = (
             f"the gradient reaches all {e.seq_len} steps of the sequences seen in {track.name}{per_step}; "
@@ -95,33 +85,17 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
             f"{f'the {e.need} steps the task needs' if e.need else 'no declared need'}"
         )
     else:
-        head = f"gradient horizon {e.horizon:.0f} steps {compared} in {track.name}{per_step}"
-    if e.hurts:
-        message = f"{head}; evidence: {'; '.join(e.reasons)}"
-    else:
-        message = (
-            f"{head}; no evidence that it limits learning (declare dependency_length= to judge it against the task)"
-        )
-    evidence = {
-        "horizon": round(e.horizon, 2),
-        "seq_len": e.seq_len,
-        "dependency_length": e.need,
-        "rate": e.rate,
-        "decay_per_step": math.exp(e.rate) if e.rate is not None else None,
-        "probes": track.probes,
-        "evidence": list(e.kinds),
-        **e.numbers,
-    }
-    # since when: the first probe from which the horizon stayed short of what is judged
+        head = f"gradient horizon {e.horizon:.0f} steps {e.compared()} in {track.name}{per_step}"
+    evidence = e.numbers_for(rate=e.rate, decay_per_step=math.exp(e.rate) if e.rate is not None else None)
     return context.finding(
         "GP101",
-        message,
+        e.message(head),
         layer=track.name,
         step=track.latest.step,
-        severity=severity,
+        severity=e.severity,
         evidence=evidence,
         fixes=_fixes(context, e) if e.hurts else (),
-        first_step=track.first_below(e.judged_length) if e.judged_length else None,
+        first_step=e.first_step(),
     )
 
 

@@ -94,37 +94,18 @@ def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
     latest = context.state("GP501", State).latest.get(track.name, {})
     top = finite_number(latest.get("top_decay"))
     kind = str(info.get("recurrence") or latest.get("recurrence") or "linear recurrence")
-    severity = "info" if not e.hurts else ("error" if e.severe or len(e.kinds) >= 2 else "warning")
     slowest = f"; slowest channel |a| = {top:.4g} per step" if top is not None else ""
-    if e.need is not None:
-        compared = f"{'<' if e.horizon < e.need else '>='} the {e.need} steps the task needs"
-    else:
-        compared = f"over sequences of {e.seq_len}"
     steps = f"{e.horizon:.0f} step" + ("" if round(e.horizon) == 1 else "s")
-    head = f"the decays of {track.name} ({kind}) carry the gradient {steps} {compared}{slowest}"
-    if e.hurts:
-        message = f"{head}; evidence: {'; '.join(e.reasons)}"
-    else:
-        message = f"{head}; no evidence that it limits learning (declare dependency_length= to judge it)"
-    evidence = {
-        "horizon": round(e.horizon, 2),
-        "seq_len": e.seq_len,
-        "dependency_length": e.need,
-        "top_decay": top,
-        "recurrence": kind,
-        "probes": track.probes,
-        "evidence": list(e.kinds),
-        **e.numbers,
-    }
+    head = f"the decays of {track.name} ({kind}) carry the gradient {steps} {e.compared()}{slowest}"
     return context.finding(
         "GP501",
-        message,
+        e.message(head, "declare dependency_length= to judge it"),
         layer=track.name,
         step=track.latest.step,
-        severity=severity,
-        evidence=evidence,
+        severity=e.severity,
+        evidence=e.numbers_for(top_decay=top, recurrence=kind),
         fixes=_fixes(kind, e.judged_length, track.epsilon, info) if e.hurts else (),
-        first_step=track.first_below(e.judged_length) if e.judged_length else None,
+        first_step=e.first_step(),
     )
 
 
