@@ -1,8 +1,8 @@
-"""gradprobe adapters for the linear recurrences of ``transformers``: Mamba, Mamba-2 and RecurrentGemma's RG-LRU.
+"""gradprobe adapters for the linear recurrences of ``transformers``: Mamba, Mamba-2, RecurrentGemma's RG-LRU, RWKV.
 
 Registered through the ``gradprobe`` entry-point group, so that
 ``gradprobe.attach(model)`` on a ``MambaForCausalLM``, ``Mamba2ForCausalLM``
-or ``RecurrentGemmaForCausalLM`` finds every mixer and measures it exactly
+``RecurrentGemmaForCausalLM`` or ``RwkvForCausalLM`` finds every mixer and measures it exactly
 from its decays (see :mod:`gradprobe.recurrence_adapter`). Each adapter
 recomputes the decays of one captured call from the mixer's own submodules
 and parameters, as the eager ("slow") path of ``transformers`` does:
@@ -13,7 +13,9 @@ and parameters, as the eager ("slow") path of ``transformers`` does:
   shares it), ``Delta_t`` the last ``num_heads`` columns of ``in_proj(x)`` plus
   ``dt_bias``, through softplus and clamped to ``time_step_limit``;
 - RG-LRU: ``a_t = exp(-8 r_t softplus(recurrent_param))`` with ``r_t`` the
-  recurrence gate, 0 where a document starts (``position_ids == 0``).
+  recurrence gate, 0 where a document starts (``position_ids == 0``);
+- RWKV (v4): the WKV state (numerator and denominator) decays by
+  ``a = exp(-exp(time_decay))`` per channel, the same at every step.
 
 This module imports neither torch nor ``transformers`` until a model is attached
 (``gradprobe report`` loads plugins and must stay light); a class is matched by
@@ -108,6 +110,17 @@ def _rglru_static(module: Any) -> Any:
     return torch.exp(-8.0 * gate * functional.softplus(module.recurrent_param.detach().float()))
 
 
+def _rwkv_decays(module: Any) -> Any:
+    import torch
+
+    return torch.exp(-torch.exp(module.time_decay.detach().float()))
+
+
+def _rwkv_transition(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    x = args[0]
+    return _rwkv_decays(module).expand(x.shape[0], x.shape[1], -1)
+
+
 MAMBA = RecurrenceAdapter(
     "mamba",
     _mamba_transition,
@@ -127,17 +140,25 @@ RGLRU = RecurrenceAdapter(
     documented="a^8 = exp(-8 softplus(recurrent_param)) uniform in [0.9, 0.999] (Griffin, c = 8)",
 )
 
+RWKV = RecurrenceAdapter(
+    "rwkv",
+    _rwkv_transition,
+    static_decays=_rwkv_decays,
+    documented="time_decay from -5 to 3 across channels (RWKV-4: decays exp(-exp(w)) from 0.993 down)",
+)
+
 #: The classes claimed, by (package prefix, class name).
 ADAPTERS = {
     ("transformers.models.mamba.", "MambaMixer"): MAMBA,
     ("transformers.models.mamba2.", "Mamba2Mixer"): MAMBA2,
     ("transformers.models.recurrent_gemma.", "RecurrentGemmaRglru"): RGLRU,
+    ("transformers.models.rwkv.", "RwkvSelfAttention"): RWKV,
 }
 
 
 @hookimpl
 def gradprobe_recurrence(module: Any) -> RecurrenceAdapter | None:
-    """The adapter of a ``transformers`` Mamba/Mamba-2 mixer or RG-LRU layer, else ``None``."""
+    """The adapter of a ``transformers`` Mamba/Mamba-2 mixer, RG-LRU or RWKV time-mixing layer, else ``None``."""
     cls = type(module)
     for (package, name), adapter in ADAPTERS.items():
         if cls.__name__ == name and cls.__module__.startswith(package):

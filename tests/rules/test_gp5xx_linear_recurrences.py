@@ -179,3 +179,39 @@ def test_gp504_non_finite_decays_are_named_on_the_layer() -> None:
 def test_without_the_adapter_the_users_layer_is_not_recurrent() -> None:
     with pytest.raises(gradprobe.NotRecurrentError):
         gradprobe.attach(Model(Decay(0.9), 4))
+
+
+def test_gp502_the_flagged_memory_is_the_one_that_fails_on_longer_sequences() -> None:
+    """Why GP502 warns: two deep LRUs learn the same 8-step recall task perfectly; the one whose channels
+    remember ~1,000-10,000 steps (flagged) recalls worse on 128-step sequences than one whose memory fits the
+    training length (silent). Measured at 3 seeds: 0.32-0.37 against 0.61-0.63 (chance 0.125)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "corpus"))
+    from lru_recall import SYMBOLS, DeepLRU  # type: ignore[import-not-found]
+
+    def trained(ring: tuple[float, float]) -> tuple[dict[int, float], set[str]]:
+        torch.manual_seed(0)
+        data = torch.Generator().manual_seed(int(torch.initial_seed()) + 3)
+        model = DeepLRU(ring)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        with gradprobe.attach(model, every=25, optimizer=opt, config={}) as probe:
+            for _ in range(300):
+                tokens = torch.randint(0, SYMBOLS, (32, 8), generator=data)
+                loss = nn.functional.cross_entropy(model(tokens), tokens[:, 0])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        accuracy = {}
+        with torch.no_grad():
+            for length in (8, 128):
+                tokens = torch.randint(0, SYMBOLS, (512, length), generator=data)
+                accuracy[length] = float((model(tokens).argmax(-1) == tokens[:, length - 8]).float().mean())
+        return accuracy, {f.code for f in probe.findings if f.severity != "info"}
+
+    long_memory, flagged = trained((0.999, 0.9999))
+    fitted, silent = trained((0.5, 0.85))
+    assert "GP502" in flagged and "GP502" not in silent
+    assert long_memory[8] >= 0.95 and fitted[8] >= 0.95  # both learned the task they were trained on
+    assert long_memory[128] < fitted[128] - 0.15, (long_memory, fitted)

@@ -11,7 +11,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from gradprobe_transformers_recurrences import MAMBA, MAMBA2, RGLRU
+from gradprobe_transformers_recurrences import MAMBA, MAMBA2, RGLRU, RWKV
 
 import gradprobe
 
@@ -33,6 +33,14 @@ def tiny(kind: str) -> nn.Module:
             expand=2, n_groups=1, chunk_size=16,
         )  # fmt: skip
         return transformers.Mamba2ForCausalLM(config)
+    if kind == "rwkv":
+        if not hasattr(transformers, "RwkvForCausalLM"):
+            pytest.skip(f"transformers {transformers.__version__} has no RWKV")
+        config = transformers.RwkvConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32, intermediate_size=64,
+            context_length=64,
+        )  # fmt: skip
+        return transformers.RwkvForCausalLM(config)
     if not hasattr(transformers, "RecurrentGemmaForCausalLM"):
         pytest.skip(f"transformers {transformers.__version__} has no RecurrentGemma")
     config = transformers.RecurrentGemmaConfig(
@@ -42,7 +50,7 @@ def tiny(kind: str) -> nn.Module:
     return transformers.RecurrentGemmaForCausalLM(config)
 
 
-MIXERS = {"mamba": "MambaMixer", "mamba2": "Mamba2Mixer", "rglru": "RecurrentGemmaRglru"}
+MIXERS = {"mamba": "MambaMixer", "mamba2": "Mamba2Mixer", "rglru": "RecurrentGemmaRglru", "rwkv": "RwkvSelfAttention"}
 
 
 def mixers(model: nn.Module, kind: str) -> list[str]:
@@ -63,7 +71,7 @@ def train(model: nn.Module, steps: int = 12, every: int = 4, **kw: Any) -> tuple
     return probe, events
 
 
-@pytest.mark.parametrize("kind", ["mamba", "mamba2", "rglru"])
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "rglru", "rwkv"])
 def test_attach_measures_every_mixer_of_a_tiny_model_and_a_default_init_is_healthy(kind: str) -> None:
     torch.manual_seed(0)
     model = tiny(kind)
@@ -172,12 +180,31 @@ def test_a_collapsed_delta_is_caught_at_lint_and_in_training_against_a_declared_
     assert not [f for f in healthy.findings if f.severity != "info"], [str(f) for f in healthy.findings]
 
 
-@pytest.mark.parametrize("kind", ["mamba", "mamba2", "rglru"])
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "rglru", "rwkv"])
 def test_static_decays_of_a_default_init_lie_inside_the_unit_interval(kind: str) -> None:
     torch.manual_seed(0)
     model = tiny(kind)
-    adapter = {"mamba": MAMBA, "mamba2": MAMBA2, "rglru": RGLRU}[kind]
+    adapter = {"mamba": MAMBA, "mamba2": MAMBA2, "rglru": RGLRU, "rwkv": RWKV}[kind]
     for name in mixers(model, kind):
         assert adapter.static_decays is not None
         decays = adapter.static_decays(model.get_submodule(name))
         assert decays is not None and bool(((decays > 0) & (decays < 1)).all())
+
+
+def test_the_rwkv_decay_is_the_one_its_wkv_kernel_applies() -> None:
+    """transformers' CPU WKV: a state of one step, then a zero key and value: the numerator falls by exp(w)."""
+    from transformers.models.rwkv import modeling_rwkv
+
+    torch.manual_seed(0)
+    model = tiny("rwkv")
+    attention = model.get_submodule(mixers(model, "rwkv")[0])
+    width = attention.time_decay.shape[0]
+    key = torch.tensor([[[0.0] * width, [-1e9] * width]])  # step 2 adds nothing: e^k = 0
+    value = torch.ones(1, 2, width)
+    _, state = modeling_rwkv.rwkv_linear_attention_cpu(
+        attention.time_decay, attention.time_first, key, value, return_state=True
+    )
+    numerator, denominator, exponent = state  # the kernel keeps the numerator as num * exp(max)
+    kept = (numerator * torch.exp(exponent)).squeeze(0)  # after two steps: a * (e^0 * 1) + 0
+    measured = RWKV.transition(attention, (torch.zeros(1, 2, width),), {})[0, 0]
+    torch.testing.assert_close(kept, measured.detach(), rtol=1e-5, atol=1e-7)
