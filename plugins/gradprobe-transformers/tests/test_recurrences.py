@@ -204,7 +204,7 @@ def test_the_rwkv_decay_is_the_one_its_wkv_kernel_applies() -> None:
     _, state = modeling_rwkv.rwkv_linear_attention_cpu(
         attention.time_decay, attention.time_first, key, value, return_state=True
     )
-    numerator, denominator, exponent = state  # the kernel keeps the numerator as num * exp(max)
+    numerator, _, exponent = state  # (num, den, max): the real numerator is num * exp(max)
     kept = (numerator * torch.exp(exponent)).squeeze(0)  # after two steps: a * (e^0 * 1) + 0
     measured = RWKV.transition(attention, (torch.zeros(1, 2, width),), {})[0, 0]
     torch.testing.assert_close(kept, measured.detach(), rtol=1e-5, atol=1e-7)
