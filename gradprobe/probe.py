@@ -135,6 +135,7 @@ class Probe:
         self._clock = ProbeClock()
         self._router = self._open_router(rules, log, sinks)
         self._profiles: dict[str, LayerProfile] = {}
+        self._failures: dict[str, str] = {}  # per site, why a quantity stopped measuring it
         self._capture = CallCapture(self.sites, self._guard, self.settings.sample_rows)
         self._gradients: GradientRecorder | None = None
         self._replayers: SiteReplayers | None = None
@@ -194,6 +195,7 @@ class Probe:
         setup = QuantitySetup(
             self.sites, self.settings, generator, self._replayers, self._capture.paused, self._profiles, gradients
         )
+        self._failures = setup.failures
         self._quantities = build(setup, quantities)
         self._needed = frozenset({OFF}).union(*(q.asks() for q in self._quantities))
         self._router.emit("meta", **meta_fields(model, self.sites, self.settings, self.rules, optimizer))
@@ -357,7 +359,9 @@ class Probe:
         statistics = self.quantity(StepStatistics)
         for site, missing in unmeasured_tracks(self.sites, self._profiles):
             got_gradients = statistics is not None and statistics.got_gradients(site)
-            reason = why_unmeasured(site, self._capture.seen(site.name), got_gradients, self.schedule.every)
+            reason = self._failures.get(site.name) or why_unmeasured(
+                site, self._capture.seen(site.name), got_gradients, self.schedule.every
+            )
             self._router.emit("unmeasured", step=self.step_index - 1, layer=site.name, tracks=missing, reason=reason)
 
     def _record(self, loss: Tensor | float | None, observed: LoopStep | None = None) -> None:

@@ -87,6 +87,8 @@ class QuantitySetup:
         paused: A context in which the capture hooks keep nothing (the probe's own replays).
         profiles: The latest deep profile per track, shared by the quantities that measure profiles.
         gradients: Reads the model's parameter gradients (norms per parameter and gate, non-finite ones).
+        failures: Per site, why a quantity stopped measuring it (a third-party adapter that raised, say): the
+            site is then reported not measured with that reason, while the other sites go on.
     """
 
     sites: list[RecurrentSite]
@@ -96,6 +98,7 @@ class QuantitySetup:
     paused: Callable[[], AbstractContextManager[None]]
     profiles: dict[str, LayerProfile]
     gradients: GradientRecorder
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradprobe.discovery import RecurrentSite
+from gradprobe.faults import short, warn
 from gradprobe.quantities.base import LayerProfile, Quantity, QuantitySetup, StepContext
 from gradprobe.recorders import diagonal, propagation
 from gradprobe.recorders.capture import DEEP
+from gradprobe.recorders.sequence_replay import SequenceCall
 
 #: The percentiles of the per-channel time constants a ``recurrence`` event carries.
 PERCENTILES = tuple(range(0, 101, 10))
@@ -135,6 +138,7 @@ class RecurrenceSpectra(Quantity):
         self.settings = setup.settings
         self.paused = setup.paused
         self.layers = setup.profiles
+        self.failures = setup.failures
 
     def compute(self, context: StepContext) -> None:
         """Read the decays of each adapted layer's latest sequence-level call and emit its events."""
@@ -143,14 +147,11 @@ class RecurrenceSpectra(Quantity):
             call = calls.whole_sequence if calls is not None else None
             if call is None or site.adapter is None:
                 continue
-            args, kwargs = first_rows(call.args, call.kwargs, int(self.settings.deep_rows))
-            with self.paused(), torch.no_grad():
-                transition = site.adapter.transition(site.module, args, kwargs)
-            if transition.dim() != 3:
-                raise ValueError(
-                    f"the {site.adapter.kind} adapter returned decays of shape {tuple(transition.shape)}, "
-                    "not [batch, time, channels]"
-                )
+            try:
+                transition = self._transition(site, call)
+            except Exception as exc:  # noqa: BLE001 - an adapter (a plugin's code) fails alone: its layer is not measured
+                self._switch_off(context, site, exc)
+                continue
             decays = Decays.of(transition)
             fields = decay_fields(decays)
             finite = fields["nonfinite"] == 0
@@ -163,6 +164,27 @@ class RecurrenceSpectra(Quantity):
             if not finite or not all(math.isfinite(v) for v in grad_norms):
                 continue  # a step with non-finite values: the recurrence event says what the decays did
             self._emit_deep(context, site.name, decays, profile, grad_norms)
+
+    def _transition(self, site: RecurrentSite, call: SequenceCall) -> Tensor:
+        """The adapter's decays for the call's first ``deep_rows`` rows, checked to be ``[batch, time, channels]``."""
+        assert site.adapter is not None
+        args, kwargs = first_rows(call.args, call.kwargs, int(self.settings.deep_rows))
+        with self.paused(), torch.no_grad():
+            transition = site.adapter.transition(site.module, args, kwargs)
+        if not isinstance(transition, Tensor) or transition.dim() != 3:
+            shape = tuple(transition.shape) if isinstance(transition, Tensor) else type(transition).__name__
+            raise TypeError(f"it returned {shape}, not decays of shape [batch, time, channels]")
+        return transition
+
+    def _switch_off(self, context: StepContext, site: RecurrentSite, exc: Exception) -> None:
+        """Stop measuring a layer whose adapter failed, once, with the reason (its layer is reported not measured)."""
+        assert site.adapter is not None
+        reason = f"its {site.adapter.kind!r} recurrence adapter failed: {short(exc)}"
+        self.failures[site.name] = reason
+        self.layers.pop(site.name, None)  # what it measured before is no verdict on it now
+        self.sites = [s for s in self.sites if s is not site]
+        warn(f"gradprobe stopped measuring {site.name}: {reason}", stacklevel=2)
+        context.emit("fault", step=context.step, part=f"the recurrence adapter of {site.name}", message=short(exc))
 
     def _emit_deep(
         self, context: StepContext, name: str, decays: Decays, profile: list[float], grad_norms: list[float]

@@ -19,7 +19,7 @@ RULE = Rule(
     code="GP505",
     name="decay-init-range",
     severity="warning",
-    raises=("warning", "error"),
+    raises=("info", "warning", "error"),
     summary="A linear recurrence's decays start outside their documented range (|a| >= 1, pinned at 1, or no memory)",
     thresholds={"max_decay": 0.9999, "min_top_decay": 0.3679, "max_gain_ratio": 4.0},
     what_it_does=(
@@ -28,7 +28,8 @@ RULE = Rule(
         "exp(-softplus(dt_bias) exp(A_log))). Error: a decay above 1 (the state grows). Warning: decays at or "
         "above max_decay (pinned at 1: no forgetting, exploding sensitivity); the slowest decay below min_top_decay "
         "(1/e: no channel keeps its state for even one step, a collapsed Delta); an input gain (an LRU's gamma) more "
-        "than max_gain_ratio away from the normalization sqrt(1 - |lambda|^2) in the median channel."
+        "than max_gain_ratio away from the normalization sqrt(1 - |lambda|^2) in the median channel. Info: an adapter "
+        "whose static reading failed (the layer's initialization was not checked)."
     ),
     why_bad=(
         "Linear recurrences train well only from a documented initialization: an LRU's eigenvalues on a ring "
@@ -55,10 +56,23 @@ def gradprobe_lint(model: nn.Module, context: RuleContext) -> RuleResult:
         adapter = getattr(site, "adapter", None)
         if adapter is None or adapter.static_decays is None:
             continue
-        decays = adapter.static_decays(site.module)
+        try:  # an adapter is a plugin's code: its failure leaves this layer unchecked, said so, and no other
+            decays = adapter.static_decays(site.module)
+            gain = adapter.input_gain(site.module) if adapter.input_gain is not None else None
+        except Exception as exc:  # noqa: BLE001
+            found.append(
+                context.finding(
+                    "GP505",
+                    f"{site.name} ({adapter.kind}): initialization not checked, its adapter's static reading failed "
+                    f"({type(exc).__name__}: {exc})",
+                    layer=site.name,
+                    severity="info",
+                    evidence={"recurrence": adapter.kind, "error": f"{type(exc).__name__}: {exc}"},
+                )
+            )
+            continue
         if decays is None or decays.numel() == 0:
             continue
-        gain = adapter.input_gain(site.module) if adapter.input_gain is not None else None
         found.extend(_judge(context, site.name, adapter.kind, adapter.documented, decays, gain))
     return found
 

@@ -215,3 +215,73 @@ def test_gp502_the_flagged_memory_is_the_one_that_fails_on_longer_sequences() ->
     assert "GP502" in flagged and "GP502" not in silent
     assert long_memory[8] >= 0.95 and fitted[8] >= 0.95  # both learned the task they were trained on
     assert long_memory[128] < fitted[128] - 0.15, (long_memory, fitted)
+
+
+class BrokenPlugin:
+    """An adapter whose reading fails: it raises, or returns decays of the wrong shape."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    @hookimpl
+    def gradprobe_recurrence(self, module: nn.Module) -> RecurrenceAdapter | None:
+        if not isinstance(module, Decay):
+            return None
+
+        def transition(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+            if self.how == "raises":
+                raise RuntimeError("cannot read this layer")
+            return m.decay  # [N]: no batch, no time
+
+        def static(m: nn.Module) -> torch.Tensor:
+            raise RuntimeError("no static reading")
+
+        return RecurrenceAdapter("broken", transition, static_decays=static)
+
+
+class WithLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 4, batch_first=True)
+        self.layer = Decay(0.9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.lstm(x)[0])
+
+
+@pytest.mark.parametrize("how", ["raises", "wrong-shape"])
+def test_a_failing_adapter_leaves_its_layer_not_measured_and_nothing_else(how: str) -> None:
+    torch.manual_seed(0)
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.add(BrokenPlugin(how), "broken-plugin", "test")
+    model, twin = WithLSTM(), WithLSTM()
+    twin.load_state_dict(model.state_dict())
+    events: list[dict] = []
+    x = torch.randn(2, 12, 4)
+    with pytest.warns(gradprobe.GradprobeWarning, match="stopped measuring layer") as caught:
+        with Probe(
+            model, settings=ProbeSettings(every=1), rules=RuleEngine({}, plugin_manager=pm), sinks=[events.append]
+        ) as probe:
+            for _ in range(3):
+                model(x).sum().backward()
+                probe.step()
+    assert len([w for w in caught if "stopped measuring" in str(w.message)]) == 1  # once
+    assert probe.error is None  # the probe went on
+    twin(x).sum().backward()
+    twin(x).sum().backward()
+    twin(x).sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p.grad, q.grad)  # training untouched
+    found = {(f.code, f.layer): f for f in probe.findings}
+    assert found[("GP001", "layer")].severity == "warning"
+    assert "'broken' recurrence adapter failed" in found[("GP001", "layer")].message
+    assert ("GP001", "lstm") not in found and any(e["kind"] == "deep" and e["layer"] == "lstm.l0" for e in events)
+    assert [e["part"] for e in events if e["kind"] == "fault"] == ["the recurrence adapter of layer"]
+    lint = {(f.code, f.layer): f for f in RuleEngine({}, plugin_manager=pm).lint(model, probe_sites(pm, model))}
+    assert lint[("GP505", "layer")].severity == "info" and "not checked" in lint[("GP505", "layer")].message
+
+
+def probe_sites(pm: Any, model: nn.Module) -> list[Any]:
+    from gradprobe.discovery import adapters_from, find_recurrent
+
+    return find_recurrent(model, (), adapters_from(RuleEngine({}, plugin_manager=pm).call_hook))
