@@ -85,6 +85,8 @@ class LayerSaturation:
 @dataclass
 class State:
     layers: dict[str, LayerSaturation] = field(default_factory=dict)
+    #: ``(max_fraction, max_gate_fraction, error_fraction)``, read once per run (a run's thresholds do not change).
+    limits: tuple[float, float, float] | None = None
 
 
 @hookimpl
@@ -114,7 +116,9 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult
         entry.sums[gate] = entry.sums.get(gate, 0.0) + share
         if early:
             entry.early_sums[gate] = entry.early_sums.get(gate, 0.0) + share
-    over = _over(context, shares)
+    if state.limits is None:
+        state.limits = _limits(context)
+    over = _over(state.limits, shares)
     for gate in shares:  # since when: the start of the latest unbroken stretch over the limit
         if gate not in over:
             entry.over_since.pop(gate, None)
@@ -123,16 +127,21 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult
     return None
 
 
-def _over(context: RuleContext, means: dict[str, float]) -> dict[str, float]:
-    error_fraction = context.threshold("GP301", "error_fraction")
+def _limits(context: RuleContext) -> tuple[float, float, float]:
+    return (
+        context.threshold("GP301", "max_fraction"),
+        context.threshold("GP301", "max_gate_fraction"),
+        context.threshold("GP301", "error_fraction"),
+    )
+
+
+def _over(limits: tuple[float, float, float], means: dict[str, float]) -> dict[str, float]:
+    """The gates whose share is over their limit: ``max_fraction`` for tanh outputs and the forget gate's closed
+    side, ``error_fraction`` for the cell state, ``max_gate_fraction`` for the other gates."""
+    strict, gate_limit, error_fraction = limits
     over = {}
     for gate, share in means.items():
-        if gate in STRICT:
-            limit = context.threshold("GP301", "max_fraction")
-        elif gate == "cell_state":
-            limit = error_fraction
-        else:
-            limit = context.threshold("GP301", "max_gate_fraction")
+        limit = strict if gate in STRICT else error_fraction if gate == "cell_state" else gate_limit
         if share > limit:
             over[gate] = share
     return over
@@ -152,11 +161,11 @@ def gradprobe_summarize(context: RuleContext) -> RuleResult:
     )
     for layer, entry in context.state("GP301", State).layers.items():
         means = entry.means()
-        over = _over(context, means)
+        over = _over(_limits(context), means)
         if not over:
             continue
         worst_gate, worst = max(over.items(), key=lambda item: item[1])
-        from_start = worst_gate in _over(context, entry.early_means())
+        from_start = worst_gate in _over(_limits(context), entry.early_means())
         if from_start or troubled:
             severity = "error" if worst > error_fraction else "warning"
             why = "from the first samples" if from_start else "and the loss is not improving"
