@@ -368,7 +368,14 @@ class Probe:
         captured = self._capture.take()
         scale = observed.grad_scale if observed is not None else 1.0
         context = StepContext(
-            self.step_index, captured.mode, captured, self._router.emit, scale, loss=loss, loop=observed
+            self.step_index,
+            captured.mode,
+            captured,
+            self._router.emit,
+            scale,
+            loss=loss,
+            loop=observed,
+            may_defer=captured.mode == OFF and self._fixer is None,
         )
         statistics = self.quantity(StepStatistics)  # first: whether the step had non-finite values
         if statistics is not None:

@@ -114,6 +114,8 @@ class StepContext:
             gradients are divided by it (1.0 without AMP).
         loss: The step's loss, as handed to ``probe.step`` or taken from the backward pass.
         loop: With optimizer hooks, what the loop did between backward and the optimizer.
+        may_defer: The step's figures may wait on the device to be read with others' (a cheap step, no fix
+            acting on them).
     """
 
     step: int
@@ -123,6 +125,7 @@ class StepContext:
     grad_scale: float = 1.0
     loss: Tensor | float | None = None
     loop: LoopStep | None = None
+    may_defer: bool = False
 
 
 class Quantity:

@@ -13,7 +13,7 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.faults import warn
 from gradprobe.quantities.base import Quantity, QuantitySetup, StepContext
 from gradprobe.recorders.capture import DEEP, OFF, SAMPLE
-from gradprobe.recorders.gradients import tensor_norms
+from gradprobe.recorders.gradients import output_norms
 from gradprobe.recorders.optimizer_loop import DeferredStep, LoopStep
 
 
@@ -39,7 +39,7 @@ class _Waiting:
     non-finite step's first bad value."""
 
     step: int
-    loop: LoopStep
+    loop: LoopStep | None  # None: a probe.step() without optimizer hooks
     deferred: DeferredStep
     outputs: list[str]
     output_norms: Tensor | None
@@ -92,6 +92,12 @@ class StepStatistics(Quantity):
         if observed is not None and observed.deferred is not None:
             self._wait(context, observed, observed.deferred)
             return
+        if observed is None and context.may_defer and self._gradient_seen:  # probe.step(): the same, once a
+            reading = self._gradients.measure()  # gradient was seen (the missing-gradient warning comes at once)
+            if reading is not None:
+                loss = context.loss.detach() if isinstance(context.loss, Tensor) else context.loss  # not its graph
+                self._wait(context, None, DeferredStep(reading, loss))
+                return
         self.flush()
         gradients = observed.gradients if observed is not None else None
         record = gradients if gradients is not None else self._gradients.record()
@@ -102,10 +108,10 @@ class StepStatistics(Quantity):
         bad_forward = context.record.nonfinite_outputs() if (record["nonfinite_params"] or loss_bad) else []
         self._emit_step(context.step, record, loss_value, observed, bad_forward)
 
-    def _wait(self, context: StepContext, observed: LoopStep, deferred: DeferredStep) -> None:
+    def _wait(self, context: StepContext, observed: LoopStep | None, deferred: DeferredStep) -> None:
         outputs = context.record.outputs_seen
         # one kernel where torch has it: a norm is finite when every entry is (or the entries are beyond 1e19)
-        norms = tensor_norms([t for _, t in outputs]) if outputs else None
+        norms = output_norms([t for _, t in outputs]) if outputs else None
         self._waiting.append(_Waiting(context.step, observed, deferred, [name for name, _ in outputs], norms))
         self.latest = None
         if len(self._waiting) >= self.DEFERRED_STEPS:
@@ -138,7 +144,9 @@ class StepStatistics(Quantity):
             norms, rest = chunk[: sizes[0]], chunk[sizes[0] :]
             loss = entry.deferred.loss
             loss_value = float(loss) if isinstance(loss, (int, float)) else rest.pop(0) if loss is not None else None
-            record, entry.loop.clip = entry.deferred.figures(norms, loss_value is None or math.isfinite(loss_value))
+            record, clip = entry.deferred.figures(norms, loss_value is None or math.isfinite(loss_value))
+            if entry.loop is not None:
+                entry.loop.clip = clip
             bad_outputs = [name for name, norm in zip(entry.outputs, rest) if not math.isfinite(norm)]
             self._emit_step(entry.step, record, loss_value, entry.loop, bad_outputs)
 

@@ -264,7 +264,8 @@ class CallCapture:
         for site in sites:
             if site.kind == "scripted":  # TorchScript modules take no hooks
                 continue
-            self.handles.append(register_forward_pre_hook(site.module, self._pre_hook(site), with_kwargs=True))
+            if site.kind == "stack":  # the pre-hook keeps a stack's random state for a deep step's replay
+                self.handles.append(register_forward_pre_hook(site.module, self._pre_hook(site), with_kwargs=True))
             self.handles.append(register_forward_hook(site.module, self._post_hook(site), with_kwargs=True))
 
     def peek(self) -> StepRecord:
@@ -337,7 +338,7 @@ class CallCapture:
                 self.guard(f"forward pre-hook of {site.name}", lambda: self._snapshot_rng(site))
 
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if self.mode != DEEP or site.kind != "stack" or not self._active():
+            if self.mode != DEEP or not self._active():
                 return
             snapshot(module)
 
@@ -354,7 +355,8 @@ class CallCapture:
             if seen is not None:
                 seen[0] += 1
                 seen[1] += int(torch.is_grad_enabled())
-            if getattr(module, "_is_replica", False):
+            if module.__dict__.get("_is_replica", False):  # DataParallel sets it on each replica (a plain lookup:
+                # getattr on a module that lacks it raises inside nn.Module.__getattr__, ~1 us on every call)
                 self._replica_calls[site.name] = self._replica_calls.get(site.name, 0) + 1
                 return
             if self._active():

@@ -162,6 +162,40 @@ def _raw_norms(grads: list[Tensor]) -> list[Tensor] | None:
     return list(foreach(grads, 2.0))
 
 
+def output_norms(tensors: list[Tensor]) -> Tensor:
+    """The L2 norm of each tensor, float32, in order, for the non-finite check of a step's outputs.
+
+    A loop over a cell leaves many outputs of one shape (a hundred ``[1, H]`` states for a batch-1 character
+    RNN): those are stacked and normed in one kernel, where a per-tensor norm (``_foreach_norm`` on a CPU)
+    costs a microsecond or two each. The norms flag Inf/NaN; they are not logged.
+    """
+    if not tensors:
+        return torch.empty(0, dtype=torch.float32)
+    with torch.no_grad():
+        try:  # all alike (one site's chain): one stack, one kernel, no Python loop over them
+            stacked = torch.stack(tensors)
+        except RuntimeError:  # shapes or devices differ
+            pass
+        else:
+            stacked_norms: Tensor = torch.linalg.vector_norm(stacked.reshape(len(tensors), -1), dim=1)
+            return stacked_norms.float()
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        key = (tuple(tensor.shape), tensor.dtype, tensor.device, tensor.is_complex())
+        groups.setdefault(key, []).append(index)
+    if len(groups) == len(tensors):  # no two alike
+        return tensor_norms(tensors)
+    out = torch.empty(len(tensors), dtype=torch.float32, device=tensors[0].device)
+    for (shape, _, _, complex_), indices in groups.items():
+        if len(indices) == 1 or complex_ or not math.prod(shape):
+            norms = tensor_norms([tensors[i] for i in indices])
+        else:
+            stacked = torch.stack([tensors[i].detach() for i in indices]).reshape(len(indices), -1)
+            norms = torch.linalg.vector_norm(stacked, dim=1).float()
+        out[indices] = norms.to(out.device)
+    return out
+
+
 def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:
     """The ``order``-norm of each tensor (2: L2, ``math.inf``: largest absolute entry), stacked as float32.
 

@@ -150,3 +150,46 @@ def test_a_waiting_step_keeps_a_float64_loss_exact(tmp_path):
             opt.step()
     steps = [e for e in map(json.loads, log.read_text().splitlines()) if e.get("kind") == "step"]
     assert [e["loss"] for e in steps] == losses
+
+
+def test_probe_step_without_optimizer_hooks_also_reads_nothing_back_on_cheap_steps(tmp_path):
+    """The ``probe.step(loss)`` form (a loop that updates the weights by hand): once a gradient was seen (until
+    then steps are read at once, so that a missing gradient is warned about on time), cheap steps wait on the
+    device like the quick start's, and every step event still carries the loss and the total norm of an
+    independent computation."""
+    torch.manual_seed(0)
+    model = Tagger()
+    data = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 4, 8, generator=data), torch.randn(12, 4, 1, generator=data)
+    norms, losses = [], []
+    log = tmp_path / "run.log"
+    with gradprobe.attach(model, log=log, every=1000, saturation_every=0, config={}) as probe:
+        per_step = []
+        for _ in range(70):
+            with counted_reads() as reads:
+                loss = nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                probe.step(loss)
+            per_step.append(reads[0])
+            norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
+            losses.append(float(loss.detach()))
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.01 * p.grad
+                    p.grad = None
+    assert per_step[0] > 0  # step 0 is deep, read at once (and a gradient is seen: the next steps may wait)
+    batches = [i for i, count in enumerate(per_step) if count]
+    assert batches == [0, 32, 64] and per_step[32] == per_step[64] == 1, per_step  # steps 1-32, 33-64
+    steps = [e for e in map(json.loads, log.read_text().splitlines()) if e.get("kind") == "step"]
+    assert [e["step"] for e in steps] == list(range(70))
+    for event, norm, loss in zip(steps, norms, losses):
+        assert event["grad_norm"] == pytest.approx(norm, rel=1e-5) and event["loss"] == pytest.approx(loss)
+        assert "clip" not in event  # no optimizer hooks: nothing is said about the loop
+
+
+def test_a_missing_gradient_is_still_warned_about_at_the_third_step():
+    model = Tagger()
+    with pytest.warns(gradprobe.GradprobeWarning, match="no gradient in the first 3 steps"):
+        with gradprobe.attach(model, every=1000, saturation_every=0, config={}) as probe:
+            for _ in range(3):
+                probe.step(model(torch.randn(12, 4, 8)).pow(2).mean())  # before backward: no gradient
