@@ -203,7 +203,7 @@ def _adapter_of(module: nn.Module, adapters: AdapterLookup | None) -> Recurrence
     if isinstance(module, (nn.RNNBase, RecurrentBase, nn.RNNCellBase, CellBase, torch.jit.ScriptModule)):
         return None
     found = adapters(module) if adapters is not None else None
-    return found if isinstance(found, RecurrenceAdapter) else built_in_adapter(module)
+    return found or built_in_adapter(module)
 
 
 _RECURRENT_NAME = re.compile(r"(RNN|LSTM|GRU)", re.IGNORECASE)

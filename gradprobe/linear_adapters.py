@@ -10,11 +10,8 @@ from gradprobe.recurrence_adapter import RecurrenceAdapter
 from gradprobe.reference.linear import LRU, MinGRU
 
 
-def _lru_transition(module: LRU, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-    return module.transition(args[0])
-
-
-def _mingru_transition(module: MinGRU, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+def _own_transition(module: LRU | MinGRU, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """Both reference layers say their decays themselves (``transition(x)``, tested against their forward)."""
     return module.transition(args[0])
 
 
@@ -33,13 +30,13 @@ def _mingru_decays(module: MinGRU) -> Tensor | None:
 
 LRU_ADAPTER = RecurrenceAdapter(
     "lru",
-    _lru_transition,
+    _own_transition,
     static_decays=_lru_decays,
     input_gain=_lru_gain,
     documented="eigenvalues on a ring r_min=0.9 .. r_max=0.999 with input normalization sqrt(1 - |lambda|^2)",
 )
 MINGRU_ADAPTER = RecurrenceAdapter(
-    "mingru", _mingru_transition, static_decays=_mingru_decays, documented="update-gate bias 0 (decay 0.5)"
+    "mingru", _own_transition, static_decays=_mingru_decays, documented="update-gate bias 0 (decay 0.5)"
 )
 
 

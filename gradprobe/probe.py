@@ -193,9 +193,15 @@ class Probe:
         self._replayers = SiteReplayers(self.sites)
         generator = torch.Generator().manual_seed(self.settings.seed)
         setup = QuantitySetup(
-            self.sites, self.settings, generator, self._replayers, self._capture.paused, self._profiles, gradients
+            self.sites,
+            self.settings,
+            generator,
+            self._replayers,
+            self._capture.paused,
+            self._profiles,
+            gradients,
+            self._failures,
         )
-        self._failures = setup.failures
         self._quantities = build(setup, quantities)
         self._needed = frozenset({OFF}).union(*(q.asks() for q in self._quantities))
         self._router.emit("meta", **meta_fields(model, self.sites, self.settings, self.rules, optimizer))
@@ -212,10 +218,10 @@ class Probe:
         if isinstance(self.schedule, BudgetSchedule):
             self.schedule.start()
 
-    def _may_defer(self) -> bool:
-        """Whether the current step's figures may stay on the device until they are read with others: a step
-        captured ``off``, with no fix that acts on each step's gradients."""
-        return self._capture.mode == OFF and self._fixer is None
+    def _may_defer(self, mode: CaptureMode | None = None) -> bool:
+        """Whether a step's figures may stay on the device until they are read with others: a step captured
+        ``off`` (``mode``, by default the current step's), with no fix that acts on each step's gradients."""
+        return (self._capture.mode if mode is None else mode) == OFF and self._fixer is None
 
     def _mode_for(self, step: int) -> CaptureMode:
         """The schedule's mode for ``step``, no deeper than some quantity needs."""
@@ -375,7 +381,7 @@ class Probe:
             scale,
             loss=loss,
             loop=observed,
-            may_defer=captured.mode == OFF and self._fixer is None,
+            may_defer=self._may_defer(captured.mode),
         )
         statistics = self.quantity(StepStatistics)  # first: whether the step had non-finite values
         if statistics is not None:

@@ -98,7 +98,7 @@ class QuantitySetup:
     paused: Callable[[], AbstractContextManager[None]]
     profiles: dict[str, LayerProfile]
     gradients: GradientRecorder
-    failures: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from gradprobe.faults import short, warn
 from gradprobe.quantities.base import LayerProfile, Quantity, QuantitySetup, StepContext
 from gradprobe.recorders import diagonal, propagation
 from gradprobe.recorders.capture import DEEP
-from gradprobe.recorders.sequence_replay import SequenceCall
+from gradprobe.recorders.sequence_replay import SequenceCall, step_norms
 
 #: The percentiles of the per-channel time constants a ``recurrence`` event carries.
 PERCENTILES = tuple(range(0, 101, 10))
@@ -216,11 +216,8 @@ class RecurrenceSpectra(Quantity):
 
     @staticmethod
     def _grad_norms(output_grad: Tensor | None, grad_scale: float) -> list[float]:
-        """``||dL/dy_t||`` per step from the gradient of the layer's (batch-first) output."""
-        if output_grad is None or output_grad.dim() != 3:
-            return []
-        g = output_grad.detach().to(torch.float64).movedim(1, 0)
-        norms: list[float] = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).tolist()
+        """``||dL/dy_t||`` per step from the gradient of the layer's (batch-first) output, unscaled."""
+        norms = step_norms(output_grad, time_dim=1) or []
         return [v / grad_scale for v in norms] if grad_scale != 1.0 else norms
 
     def release(self) -> None:

@@ -48,8 +48,9 @@ class _Waiting:
 class StepStatistics(Quantity):
     """Records a ``step`` event after every backward pass (every step, whatever its capture mode).
 
-    Under optimizer hooks a step captured ``off`` whose gradients the loop did not change (or only clipped with
-    ``clip_grad_norm_``) leaves its figures on the device: its norms, loss and output checks are read back with
+    A step captured ``off`` with no fix acting on it leaves its figures on the device: under optimizer hooks when
+    the loop did not change its gradients (or only clipped them with ``clip_grad_norm_``), through
+    ``probe.step()`` once a gradient has been seen. Its norms, loss and output checks are read back with
     those of the steps around it in one transfer (no device synchronization on such a step), when
     :data:`DEFERRED_STEPS` are waiting, before any step read at once, and when the findings are asked for or
     the probe closes (:meth:`flush`). Their ``step`` events follow in order.

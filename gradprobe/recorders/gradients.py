@@ -171,29 +171,30 @@ def output_norms(tensors: list[Tensor]) -> Tensor:
     """
     if not tensors:
         return torch.empty(0, dtype=torch.float32)
-    with torch.no_grad():
-        try:  # all alike (one site's chain): one stack, one kernel, no Python loop over them
-            stacked = torch.stack(tensors)
-        except RuntimeError:  # shapes or devices differ
-            pass
-        else:
-            stacked_norms: Tensor = torch.linalg.vector_norm(stacked.reshape(len(tensors), -1), dim=1)
-            return stacked_norms.float()
+    try:  # all alike (one site's chain): one stack, one kernel, no Python loop over them
+        return _stacked_norms(tensors)
+    except RuntimeError:  # shapes or devices differ: alike ones together
+        pass
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, tensor in enumerate(tensors):
         key = (tuple(tensor.shape), tensor.dtype, tensor.device, tensor.is_complex())
         groups.setdefault(key, []).append(index)
-    if len(groups) == len(tensors):  # no two alike
+    if len(groups) == len(tensors):  # no two alike: one kernel over all
         return tensor_norms(tensors)
     out = torch.empty(len(tensors), dtype=torch.float32, device=tensors[0].device)
     for (shape, _, _, complex_), indices in groups.items():
-        if len(indices) == 1 or complex_ or not math.prod(shape):
-            norms = tensor_norms([tensors[i] for i in indices])
-        else:
-            stacked = torch.stack([tensors[i].detach() for i in indices]).reshape(len(indices), -1)
-            norms = torch.linalg.vector_norm(stacked, dim=1).float()
+        alike = [tensors[i] for i in indices]
+        norms = tensor_norms(alike) if len(alike) == 1 or complex_ or not math.prod(shape) else _stacked_norms(alike)
         out[indices] = norms.to(out.device)
     return out
+
+
+def _stacked_norms(tensors: list[Tensor]) -> Tensor:
+    """The L2 norm of each of ``tensors``, stacked into one (they must share shape and device), float32."""
+    with torch.no_grad():
+        stacked = torch.stack(tensors).reshape(len(tensors), -1)
+        norms: Tensor = torch.linalg.vector_norm(stacked, dim=1)
+    return norms.float()
 
 
 def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:

@@ -141,8 +141,13 @@ def measure_sequence(
     backwards = per_step.flip(0).tolist()  # k = 0 is the last step
     top = backwards[0] if backwards[0] > 0 else max(backwards, default=0.0)
     profile = [v / top for v in backwards] if top > 0 else [0.0] * steps
-    grad_norms = None
-    if call.output_grad is not None and call.output_grad.dim() == 3:
-        g = call.output_grad.detach().double().movedim(time_dim, 0)
-        grad_norms = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).tolist()
-    return SequenceMeasurement(time_dim, grad_norms, profile, int(x.shape[1 - time_dim]))
+    return SequenceMeasurement(time_dim, step_norms(call.output_grad, time_dim), profile, int(x.shape[1 - time_dim]))
+
+
+def step_norms(output_grad: Tensor | None, time_dim: int) -> list[float] | None:
+    """``||dL/dy_t||`` per step of a sequence's output gradient (``None`` without a 3-D one), in float64."""
+    if output_grad is None or output_grad.dim() != 3:
+        return None
+    g = output_grad.detach().double().movedim(time_dim, 0)
+    norms: list[float] = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).tolist()
+    return norms

@@ -167,6 +167,20 @@ def vanishing_evidence(context: RuleContext, track: TrackHistory) -> VanishingEv
     return found
 
 
+def short_horizons(context: RuleContext, linear_recurrences: bool) -> list[VanishingEvidence]:
+    """The evidence of every track worth a finding: its horizon is finite and shorter than what is judged, or it
+    hurts. ``linear_recurrences`` picks the layers an adapter reads (GP501) or the others (GP101)."""
+    found = []
+    for track in context.run.tracks.values():
+        if context.is_linear_recurrence(track.module) != linear_recurrences:
+            continue
+        evidence = vanishing_evidence(context, track)
+        if math.isinf(evidence.horizon) or (not evidence.hurts and evidence.horizon >= evidence.judged_length):
+            continue
+        found.append(evidence)
+    return found
+
+
 def _improving(context: RuleContext, min_improvement: float) -> bool:
     """The loss is learning: at least ``min_improvement`` of its start gone, still falling late in the run (a
     quarter of that between its third and last quarter, once there are enough blocks), not diverging or non-finite."""

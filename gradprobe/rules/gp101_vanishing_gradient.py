@@ -11,7 +11,7 @@ from gradprobe.findings import Finding, FixAction, RuleResult
 from gradprobe.hookspecs import hookimpl
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.evidence import VANISHING_THRESHOLDS, VanishingEvidence, vanishing_evidence
+from gradprobe.rules.evidence import VANISHING_THRESHOLDS, VanishingEvidence, short_horizons
 
 RULE = Rule(
     code="GP101",
@@ -64,15 +64,9 @@ def gradprobe_register_rules(register: Callable[[Rule], None]) -> None:
 
 @hookimpl
 def gradprobe_summarize(context: RuleContext) -> RuleResult:
-    found = []
-    for track in context.run.tracks.values():
-        if context.is_linear_recurrence(track.module):
-            continue  # GP501 judges the decays of a linear recurrence
-        evidence = vanishing_evidence(context, track)
-        if math.isinf(evidence.horizon) or (not evidence.hurts and evidence.horizon >= evidence.judged_length):
-            continue
-        found.append(_finding(context, evidence))
-    return found
+    return [
+        _finding(context, evidence) for evidence in short_horizons(context, linear_recurrences=False)
+    ]  # GP501 judges the decays of a linear recurrence
 
 
 def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,7 @@ from gradprobe.findings import Finding, FixAction, RuleResult
 from gradprobe.hookspecs import hookimpl, observes
 from gradprobe.rule_spec import Rule
 from gradprobe.rules.context import RuleContext
-from gradprobe.rules.evidence import VanishingEvidence, vanishing_evidence
+from gradprobe.rules.evidence import VanishingEvidence, short_horizons
 
 RULE = Rule(
     code="GP501",
@@ -77,15 +76,7 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult
 
 @hookimpl
 def gradprobe_summarize(context: RuleContext) -> RuleResult:
-    found = []
-    for track in context.run.tracks.values():
-        if not context.is_linear_recurrence(track.module):
-            continue
-        evidence = vanishing_evidence(context, track)
-        if math.isinf(evidence.horizon) or (not evidence.hurts and evidence.horizon >= evidence.judged_length):
-            continue
-        found.append(_finding(context, evidence))
-    return found
+    return [_finding(context, evidence) for evidence in short_horizons(context, linear_recurrences=True)]
 
 
 def _finding(context: RuleContext, e: VanishingEvidence) -> Finding | None:
