@@ -29,7 +29,7 @@ import gradprobe
 from gradprobe.reference import LRU
 
 VARIANTS = {"healthy": None, "short-ring": "GP501", "ring-at-one": "GP503", "long-memory": "GP502"}
-QUICK_STEPS = 150
+QUICK_STEPS = 200
 STEPS = 400
 SYMBOLS, WIDTH, STATE, BATCH = 8, 32, 64, 32
 
