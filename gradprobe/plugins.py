@@ -196,11 +196,13 @@ class PluginManager(pluggy.PluginManager):
                 kinds, having = getattr(entry[1], hookspecs.OBSERVES_ATTRIBUTE, (None, None))
                 if kinds is None or kind in kinds:
                     entries.append((having, entry))
+            needs = [having for having, _ in entries if having is not None]
             found = self._observers[kind] = _Observers(
                 entries,
                 [entry for _, entry in entries],
-                any(having is not None for having, _ in entries),
+                bool(needs),
                 all(entry[0] in self._trusted for _, entry in entries),
+                tuple(dict.fromkeys(needs)) if len(needs) == len(entries) else None,
             )
         return found
 
@@ -214,7 +216,17 @@ class PluginManager(pluggy.PluginManager):
 
     def observe(self, event: dict[str, Any], **kwargs: Any) -> list[Any]:
         """``gradprobe_observe`` for one event: only the implementations that read it (:func:`hookspecs.observes`)."""
-        observers = self._observers_of(str(event.get("kind")))
+        kind = event.get("kind")
+        observers = self._observers.get(kind) if type(kind) is str else None
+        if observers is None:
+            observers = self._observers_of(str(kind))
+        fields = observers.fields
+        if fields is not None:
+            for field in fields:
+                if event.get(field) is not None:
+                    break
+            else:
+                return []  # e.g. a step event without Inf/NaN, the most frequent line: nobody reads it
         reading = observers.all
         if observers.filtered:
             reading = [entry for having, entry in observers.entries if having is None or event.get(having) is not None]
@@ -289,6 +301,7 @@ class _Observers(NamedTuple):
     all: list[tuple[str, Any, tuple[str, ...]]]
     filtered: bool  # some need a field: filter per event
     trusted: bool  # all built in: shown the event as it is
+    fields: tuple[str, ...] | None  # every implementation needs one of these fields; None: some need none
 
 
 def _called(function: Any, argnames: tuple[str, ...], kwargs: dict[str, Any]) -> Any:

@@ -66,12 +66,28 @@ class LayerSummary:
 
     name: str
     mode: str | None = None
-    latest: dict[str, Any] = field(default_factory=dict)  # the latest deep event
+    #: The latest deep event as logged; :attr:`latest` reads it as the reports do.
+    latest_event: dict[str, Any] = field(default_factory=dict)
     heatmap: TimeRows = field(default_factory=TimeRows)  # grad_norms per deep probe, binned over time
     saturation: dict[str, Any] = field(default_factory=dict)  # the latest saturation event
     probes: int = 0
     trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, horizon, rate, seq_len, lyapunov)
     saturation_trend: Downsampled = field(default_factory=lambda: Downsampled(500))  # (step, {gate: fraction})
+    _readable: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        """The latest deep event as the reports read it (:func:`readable_deep`; ``{}`` before one), made on first
+        use: a long log's earlier deep events are never converted."""
+        if self._readable is None:
+            self._readable = readable_deep(self.latest_event) if self.latest_event else {}
+        return self._readable
+
+    def add_deep(self, event: dict[str, Any]) -> None:
+        """Take ``event`` as the latest deep event."""
+        self.latest_event, self._readable = event, None
+        self.mode = event.get("mode")
+        self.probes += 1
 
 
 @dataclass
@@ -138,16 +154,15 @@ class RunSummary:
     def add(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
         if kind == "step":
-            self._add_step(event)
+            self.add_step(event)
         elif kind == "meta" and not self.meta:
             self.meta = event
         elif kind == "deep":
             layer = self._layer(event["layer"])
-            layer.mode = event.get("mode")
-            latest = layer.latest = readable_deep(event)
-            layer.probes += 1
+            layer.add_deep(event)
             if not self.charts:
                 return
+            latest = layer.latest
             layer.heatmap.add(event.get("step"), latest["grad_norms"])
             trend = (latest["horizon"], latest["rate"], event.get("seq_len"), latest["lyapunov"])
             layer.trend.add((event.get("step"), *trend))
@@ -169,16 +184,23 @@ class RunSummary:
             layer = self.layers[name] = LayerSummary(name, mode)
         return layer
 
-    def _add_step(self, event: dict[str, Any]) -> None:
-        step = event.get("step")
-        loss, norm = number(event.get("loss")), number(event.get("grad_norm"))
+    def add_step(self, event: dict[str, Any]) -> None:
+        """Count one ``step`` event (what :meth:`add` does with one)."""
+        step, loss, norm = event.get("step"), event.get("loss"), event.get("grad_norm")
+        if type(loss) is not float:  # a float as read most of the time: no call
+            loss = number(loss)
+        if type(norm) is not float:
+            norm = number(norm)
         self.steps += 1
-        self.first_step = step if self.first_step is None else self.first_step
+        if self.first_step is None:
+            self.first_step = step
         self.last_step = step
         if loss is not None and math.isfinite(loss):
-            self.first_loss = loss if self.first_loss is None else self.first_loss
+            if self.first_loss is None:
+                self.first_loss = loss
             self.last_loss = loss
-            self.min_loss = loss if self.min_loss is None else min(self.min_loss, loss)
+            if self.min_loss is None or loss < self.min_loss:
+                self.min_loss = loss
             self.last_loss_finite = True
         elif loss is not None:
             self.nonfinite_losses += 1
@@ -271,7 +293,10 @@ def summarize_logs(
                 log.world_size = event.get("world_size")
             elif kind == "error" and log.error is None:
                 log.error = event
-            summary.add(event)
+            if kind == "step":  # most lines: straight to what reads them
+                summary.add_step(event)
+            else:
+                summary.add(event)
             engine.feed(event)
         if engine is None:
             detail = f" ({log.problems[0]})" if log.problems else ""

@@ -80,8 +80,11 @@ class RuleEngine:
                     self._keep(finding)
                     return [finding]
             return []
+        results = self.pm.observe(event, context=self.context)
+        if not results:  # most events: no rule reads them, or none found anything
+            return results
         fresh = []
-        for result in self.pm.observe(event, context=self.context):
+        for result in results:
             for finding in result or ():
                 if isinstance(finding, Finding) and self._keep(finding):
                     fresh.append(finding)

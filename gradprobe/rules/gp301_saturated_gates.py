@@ -108,22 +108,23 @@ def gradprobe_observe(event: dict[str, Any], context: RuleContext) -> RuleResult
     entry.step = event.get("step")
     early = entry.early_count < EARLY_SAMPLES
     entry.early_count += int(early)
-    low = event.get("low") or {}
-    shares = {}
-    for gate, value in (event.get("fractions") or {}).items():
-        # an open forget gate is memory, not a problem: count only its closed side
-        share = shares[gate] = float(low.get(gate, 0.0) if gate == "forget" else value)
-        entry.sums[gate] = entry.sums.get(gate, 0.0) + share
+    shares = dict(event.get("fractions") or {})
+    if "forget" in shares:  # an open forget gate is memory, not a problem: count only its closed side
+        shares["forget"] = (event.get("low") or {}).get("forget", 0.0)
+    sums, early_sums = entry.sums, entry.early_sums
+    for gate, value in shares.items():
+        share = shares[gate] = float(value)
+        sums[gate] = sums.get(gate, 0.0) + share
         if early:
-            entry.early_sums[gate] = entry.early_sums.get(gate, 0.0) + share
+            early_sums[gate] = early_sums.get(gate, 0.0) + share
     if state.limits is None:
         state.limits = _limits(context)
-    over = _over(state.limits, shares)
+    over, since = _over(state.limits, shares), entry.over_since
     for gate in shares:  # since when: the start of the latest unbroken stretch over the limit
-        if gate not in over:
-            entry.over_since.pop(gate, None)
-        elif gate not in entry.over_since:
-            entry.over_since[gate] = entry.step
+        if gate in over:
+            since.setdefault(gate, entry.step)
+        elif gate in since:
+            del since[gate]
     return None
 
 

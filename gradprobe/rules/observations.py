@@ -237,7 +237,8 @@ class NormHistory:
         spike = None
         recent, ordered = self.recent, self._sorted
         n = len(recent)
-        if n >= self.min_history:
+        # the window's smallest norm bounds its median from below: most steps are no spike by that alone
+        if n >= self.min_history and norm > self.spike_factor * ordered[0]:
             median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2  # the window's median
             if median > 0 and norm > self.spike_factor * median:
                 self.spikes += 1
@@ -481,10 +482,12 @@ class Observations:
         kind = event.get("kind")
         self.last_spike = None
         if kind == "step":  # most events
-            step = event.get("step")
-            loss = number(event.get("loss"))
+            step, loss, norm = event.get("step"), event.get("loss"), event.get("grad_norm")
+            if type(loss) is not float:  # a float as read most of the time: no call
+                loss = number(loss)
+            if type(norm) is not float:
+                norm = number(norm)
             self.loss.add(step, loss)
-            norm = number(event.get("grad_norm"))
             spike = self.last_spike = self.norms.add(step, norm)
             if len(self.norms.healthy) < HEALTHY_NORMS and norm is not None and math.isfinite(norm) and norm > 0:
                 start = self.loss.start_level
