@@ -214,8 +214,9 @@ class PluginManager(pluggy.PluginManager):
         """:meth:`call` about one layer: a plugin that raises is switched off for ``layer`` alone."""
         return self._call_each(hook, self._implementations(hook), kwargs, layer)
 
-    def observe(self, event: dict[str, Any], **kwargs: Any) -> list[Any]:
-        """``gradprobe_observe`` for one event: only the implementations that read it (:func:`hookspecs.observes`)."""
+    def observe(self, event: dict[str, Any], context: Any) -> list[Any]:
+        """``gradprobe_observe`` for one event and the rules' ``context``: only the implementations that read it
+        (:func:`hookspecs.observes`)."""
         kind = event.get("kind")
         observers = self._observers.get(kind) if type(kind) is str else None
         if observers is None:
@@ -234,8 +235,8 @@ class PluginManager(pluggy.PluginManager):
             return []
         if not observers.trusted:
             event = frozen(event)  # a plugin cannot change what the next one, or the report, reads
-        kwargs["event"] = event
         layer = event.get("layer")
+        kwargs = {"event": event, "context": context}
         return self._call_each("gradprobe_observe", reading, kwargs, layer if isinstance(layer, str) else None)
 
     def _call_each(

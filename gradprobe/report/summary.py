@@ -278,10 +278,14 @@ def summarize_logs(
         engine: RuleEngine | None = None
         for event in iter_events(path, log.problems, progress):
             log.events += 1
+            kind = event["kind"]
+            if kind == "step" and engine is not None:  # most lines: straight to what reads them
+                summary.add_step(event)
+                engine.feed(event)
+                continue
             if engine is None:
                 engine = _engine_for(config, event, log)
                 summary.fail_on = engine.config.fail_on
-            kind = event["kind"]
             if kind == "meta":
                 log.metas += 1
                 if log.metas > 1:
@@ -293,10 +297,7 @@ def summarize_logs(
                 log.world_size = event.get("world_size")
             elif kind == "error" and log.error is None:
                 log.error = event
-            if kind == "step":  # most lines: straight to what reads them
-                summary.add_step(event)
-            else:
-                summary.add(event)
+            summary.add(event)
             engine.feed(event)
         if engine is None:
             detail = f" ({log.problems[0]})" if log.problems else ""

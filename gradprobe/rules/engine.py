@@ -80,7 +80,7 @@ class RuleEngine:
                     self._keep(finding)
                     return [finding]
             return []
-        results = self.pm.observe(event, context=self.context)
+        results = self.pm.observe(event, self.context)
         if not results:  # most events: no rule reads them, or none found anything
             return results
         fresh = []
