@@ -70,7 +70,10 @@ def _served_total(params: list[Tensor], foreach: bool | None) -> Tensor | None:
         if norms is None or len(norms) != len(grads):
             continue
         with torch.no_grad():
-            total = torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]), 2.0)
+            device = grads[0].device  # torch moves each norm there (a no-op where it is: not dispatched)
+            total = torch.linalg.vector_norm(
+                torch.stack([n if n.device == device else n.to(device) for n in norms]), 2.0
+            )
         key = (grads[0].device.type, grads[0].dtype, foreach)
         if key not in _checked:
             _checked[key] = _same(total, torch.nn.utils.get_total_norm(grads, 2.0, False, foreach))

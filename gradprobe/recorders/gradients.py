@@ -111,14 +111,14 @@ class GradientRecorder:
 
     def measure(self) -> GradientReading | None:
         """The norms of the current gradients, left on the device (``None``: no parameter has a gradient)."""
-        present = [(i, p.grad.detach()) for i, p in enumerate(self.params) if p.grad is not None]
+        present = [(i, without_graph(p.grad)) for i, p in enumerate(self.params) if p.grad is not None]
         if not present:
             return None
         grads = [grad for _, grad in present]
         raw_norms = _raw_norms(grads)  # the norms torch's clip_grad_norm_ computes, bit for bit (its kernel, dtype)
-        whole = torch.stack([n.float() for n in raw_norms]) if raw_norms is not None else tensor_norms(grads)
+        whole = torch.stack([as_float32(n) for n in raw_norms]) if raw_norms is not None else tensor_norms(grads)
         pieces = [chunk for i, grad in present if i in self.gates for chunk in grad.chunk(len(self.gates[i]))]
-        norms = torch.cat([whole, tensor_norms(pieces).to(whole.device)]) if pieces else whole
+        norms = torch.cat([whole, on_device(tensor_norms(pieces), whole.device)]) if pieces else whole
         names = [self.names[i] for i, _ in present]
         return GradientReading(
             norms,
@@ -144,6 +144,25 @@ class GradientRecorder:
         self.params = []
         self.names = []
         self.gates = {}
+
+
+# A cheap step runs a few dozen small operations; at a microsecond or two of dispatch each, the ones that would
+# change nothing (a float32 tensor made float32, a tensor without a graph detached) are not run.
+
+
+def without_graph(tensor: Tensor) -> Tensor:
+    """``tensor`` without its graph (itself when it has none)."""
+    return tensor.detach() if tensor.requires_grad else tensor
+
+
+def as_float32(tensor: Tensor) -> Tensor:
+    """``tensor`` as float32 (itself when it is)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
+def on_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device`` (itself when it is there)."""
+    return tensor if tensor.device == device else tensor.to(device)
 
 
 def empty_record() -> dict[str, Any]:
@@ -192,9 +211,11 @@ def output_norms(tensors: list[Tensor]) -> Tensor:
 def _stacked_norms(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of each of ``tensors``, stacked into one (they must share shape and device), float32."""
     with torch.no_grad():
-        stacked = torch.stack(tensors).reshape(len(tensors), -1)
-        norms: Tensor = torch.linalg.vector_norm(stacked, dim=1)
-    return norms.float()
+        if len(tensors) == 1:  # a stack's one output: normed where it lies, not copied first
+            norms: Tensor = torch.linalg.vector_norm(tensors[0]).reshape(1)
+        else:
+            norms = torch.linalg.vector_norm(torch.stack(tensors).reshape(len(tensors), -1), dim=1)
+    return as_float32(norms)
 
 
 def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:
@@ -202,7 +223,7 @@ def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:
 
     One kernel per device where torch has one; an empty tensor's norm is 0.
     """
-    detached = [g.detach() for g in grads]
+    detached = [without_graph(g) for g in grads]
     if order == math.inf:
         return _largest_entries(detached)
     foreach = getattr(torch, "_foreach_norm", None)
@@ -211,7 +232,7 @@ def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:
         and len({g.device for g in detached}) == 1
         and all(g.numel() and not g.is_complex() for g in detached)
     ):
-        return torch.stack([n.float() for n in foreach(detached, order)])
+        return torch.stack([as_float32(n) for n in foreach(detached, order)])
     return torch.stack(  # complex tensors keep their imaginary parts: their norm is real
         [
             torch.linalg.vector_norm(g if g.is_complex() else g.float(), order).float().cpu()

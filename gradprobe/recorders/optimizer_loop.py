@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradprobe.recorders import backward_roots, clip_calls
-from gradprobe.recorders.gradients import GradientReading, empty_record, tensor_norms
+from gradprobe.recorders.gradients import GradientReading, empty_record, tensor_norms, without_graph
 
 #: Two gradient norms agree when their ratio is within this of 1.
 RELATIVE_TOLERANCE = 1e-5
@@ -402,7 +402,7 @@ class OptimizerLoop:
             if size >= SENTINEL_ENTRIES:
                 break
         if sentinels:
-            again = torch._foreach_norm([grad.detach() for _, grad in sentinels], 2.0)
+            again = torch._foreach_norm([without_graph(grad) for _, grad in sentinels], 2.0)
             kept = [before.raw[name] for name, _ in sentinels]
             if bool((torch.stack(list(again)) != torch.stack(kept)).any()):
                 return None
