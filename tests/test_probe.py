@@ -112,6 +112,10 @@ def test_per_gate_gradient_norms_add_up():
     assert list(gates) == ["input", "forget", "cell", "output"]
     total = sum(v * v for v in gates.values()) ** 0.5
     assert total == pytest.approx(step["params"]["weight_hh_l0"], rel=1e-5)
+    # each gate's own rows, in torch's order (i, f, g, o), for every gated parameter
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        rows = getattr(model, name).grad.chunk(4)
+        assert list(step["gates"][name].values()) == pytest.approx([float(r.norm()) for r in rows], rel=1e-5)
     assert step["grad_norm"] == pytest.approx(
         float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()), rel=1e-5
     )

@@ -117,8 +117,12 @@ class GradientRecorder:
         grads = [grad for _, grad in present]
         raw_norms = _raw_norms(grads)  # the norms torch's clip_grad_norm_ computes, bit for bit (its kernel, dtype)
         whole = torch.stack([as_float32(n) for n in raw_norms]) if raw_norms is not None else tensor_norms(grads)
-        pieces = [chunk for i, grad in present if i in self.gates for chunk in grad.chunk(len(self.gates[i]))]
-        norms = torch.cat([whole, on_device(tensor_norms(pieces), whole.device)]) if pieces else whole
+        gated = [grad for i, grad in present if i in self.gates]
+        if gated:  # each gate's rows of a gated parameter, one kernel per parameter
+            counts = [len(self.gates[i]) for i, _ in present if i in self.gates]
+            norms = torch.cat([whole, *(on_device(gate_norms(g, n), whole.device) for g, n in zip(gated, counts))])
+        else:
+            norms = whole
         names = [self.names[i] for i, _ in present]
         return GradientReading(
             norms,
@@ -216,6 +220,13 @@ def _stacked_norms(tensors: list[Tensor]) -> Tensor:
         else:
             norms = torch.linalg.vector_norm(torch.stack(tensors).reshape(len(tensors), -1), dim=1)
     return as_float32(norms)
+
+
+def gate_norms(grad: Tensor, gates: int) -> Tensor:
+    """The L2 norm of each of the ``gates`` equal blocks of rows of ``grad`` (its gates: ``grad.chunk(gates)``),
+    float32."""
+    with torch.no_grad():
+        return as_float32(torch.linalg.vector_norm(grad.reshape(gates, -1), dim=1))
 
 
 def tensor_norms(grads: list[Tensor], order: float = 2.0) -> Tensor:
