@@ -13,7 +13,7 @@ from gradprobe.discovery import RecurrentSite
 from gradprobe.faults import warn
 from gradprobe.quantities.base import Quantity, QuantitySetup, StepContext
 from gradprobe.recorders.capture import DEEP, OFF, SAMPLE
-from gradprobe.recorders.gradients import output_norms
+from gradprobe.recorders.gradients import output_sums
 from gradprobe.recorders.optimizer_loop import DeferredStep, LoopStep
 
 
@@ -35,14 +35,14 @@ class StepFigures:
 @dataclass
 class _Waiting:
     """A deferred step until its figures are read: the loop's record of it (its device tensors in
-    ``loop.deferred``), and each site output's norm (non-finite when the output held Inf/NaN) to place a
-    non-finite step's first bad value."""
+    ``loop.deferred``), and each site output's sum (non-finite exactly when the output held Inf/NaN) to place
+    a non-finite step's first bad value."""
 
     step: int
     loop: LoopStep | None  # None: a probe.step() without optimizer hooks
     deferred: DeferredStep
     outputs: list[str]
-    output_norms: Tensor | None
+    output_sums: Tensor | None
 
 
 class StepStatistics(Quantity):
@@ -111,9 +111,9 @@ class StepStatistics(Quantity):
 
     def _wait(self, context: StepContext, observed: LoopStep | None, deferred: DeferredStep) -> None:
         outputs = context.record.outputs_seen
-        # one kernel where torch has it: a norm is finite when every entry is (or the entries are beyond 1e19)
-        norms = output_norms([t for _, t in outputs]) if outputs else None
-        self._waiting.append(_Waiting(context.step, observed, deferred, [name for name, _ in outputs], norms))
+        # one kernel where the outputs are alike: a sum is finite exactly when every entry is
+        sums = output_sums([t for _, t in outputs]) if outputs else None
+        self._waiting.append(_Waiting(context.step, observed, deferred, [name for name, _ in outputs], sums))
         self.latest = None
         if len(self._waiting) >= self.DEFERRED_STEPS:
             self.flush()
@@ -133,8 +133,8 @@ class StepStatistics(Quantity):
             pieces = [entry.deferred.reading.norms]
             if isinstance(loss, Tensor):
                 pieces.append(loss.detach().reshape(1))
-            if entry.output_norms is not None:
-                pieces.append(entry.output_norms)
+            if entry.output_sums is not None:
+                pieces.append(entry.output_sums)
             spans.append([p.numel() for p in pieces])
             parts.extend(p.to(device, wide) for p in pieces)
         values = torch.cat(parts).tolist()  # the one host read
@@ -148,7 +148,7 @@ class StepStatistics(Quantity):
             record, clip = entry.deferred.figures(norms, loss_value is None or math.isfinite(loss_value))
             if entry.loop is not None:
                 entry.loop.clip = clip
-            bad_outputs = [name for name, norm in zip(entry.outputs, rest) if not math.isfinite(norm)]
+            bad_outputs = [name for name, total in zip(entry.outputs, rest) if not math.isfinite(total)]
             self._emit_step(entry.step, record, loss_value, entry.loop, bad_outputs)
 
     def _emit_step(

@@ -185,41 +185,42 @@ def _raw_norms(grads: list[Tensor]) -> list[Tensor] | None:
     return list(foreach(grads, 2.0))
 
 
-def output_norms(tensors: list[Tensor]) -> Tensor:
-    """The L2 norm of each tensor, float32, in order, for the non-finite check of a step's outputs.
+def output_sums(tensors: list[Tensor]) -> Tensor:
+    """Per tensor, in order, a float32 number that is finite exactly when every entry of the tensor is: the sum
+    of its entries (real and imaginary parts), accumulated in float32 or wider. For the non-finite check of a
+    step's outputs; not logged.
 
-    A loop over a cell leaves many outputs of one shape (a hundred ``[1, H]`` states for a batch-1 character
-    RNN): those are stacked and normed in one kernel, where a per-tensor norm (``_foreach_norm`` on a CPU)
-    costs a microsecond or two each. The norms flag Inf/NaN; they are not logged.
+    Inf or NaN anywhere makes the sum non-finite; finite entries overflow it only past ~3e38 in all. (A norm
+    would overflow sooner: its squares past 1.8e19 an entry in float32, and a float16 norm past 65504, which
+    a long half-precision sequence output of ordinary values reaches.) A loop over a cell leaves many outputs
+    of one shape (a hundred ``[1, H]`` states for a batch-1 character RNN): those are stacked and summed in
+    one kernel, where a kernel per tensor costs a microsecond or two each on a CPU.
     """
     if not tensors:
         return torch.empty(0, dtype=torch.float32)
     try:  # all alike (one site's chain): one stack, one kernel, no Python loop over them
-        return _stacked_norms(tensors)
+        return _stacked_sums(tensors)
     except RuntimeError:  # shapes or devices differ: alike ones together
         pass
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, tensor in enumerate(tensors):
-        key = (tuple(tensor.shape), tensor.dtype, tensor.device, tensor.is_complex())
-        groups.setdefault(key, []).append(index)
-    if len(groups) == len(tensors):  # no two alike: one kernel over all
-        return tensor_norms(tensors)
+        groups.setdefault((tuple(tensor.shape), tensor.dtype, tensor.device), []).append(index)
     out = torch.empty(len(tensors), dtype=torch.float32, device=tensors[0].device)
-    for (shape, _, _, complex_), indices in groups.items():
-        alike = [tensors[i] for i in indices]
-        norms = tensor_norms(alike) if len(alike) == 1 or complex_ or not math.prod(shape) else _stacked_norms(alike)
-        out[indices] = norms.to(out.device)
+    for indices in groups.values():
+        out[indices] = on_device(_stacked_sums([tensors[i] for i in indices]), out.device)
     return out
 
 
-def _stacked_norms(tensors: list[Tensor]) -> Tensor:
-    """The L2 norm of each of ``tensors``, stacked into one (they must share shape and device), float32."""
+def _stacked_sums(tensors: list[Tensor]) -> Tensor:
+    """:func:`output_sums` of ``tensors``, which share shape, dtype and device."""
     with torch.no_grad():
-        if len(tensors) == 1:  # a stack's one output: normed where it lies, not copied first
-            norms: Tensor = torch.linalg.vector_norm(tensors[0]).reshape(1)
-        else:
-            norms = torch.linalg.vector_norm(torch.stack(tensors).reshape(len(tensors), -1), dim=1)
-    return as_float32(norms)
+        # a stack's one output is summed where it lies, not copied into a stack first
+        alike = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+        if alike.is_complex():
+            alike = torch.view_as_real(alike)
+        wide = alike.dtype if alike.dtype in (torch.float32, torch.float64) else torch.float32
+        sums = alike.reshape(len(tensors), -1).sum(dim=1, dtype=wide)
+    return as_float32(sums)
 
 
 def gate_norms(grad: Tensor, gates: int) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 
 import pytest
 import torch
@@ -193,3 +194,39 @@ def test_a_missing_gradient_is_still_warned_about_at_the_third_step():
         with gradprobe.attach(model, every=1000, saturation_every=0, config={}) as probe:
             for _ in range(3):
                 probe.step(model(torch.randn(12, 4, 8)).pow(2).mean())  # before backward: no gradient
+
+
+class LoudCell(nn.Module):
+    """A cell whose states are huge but finite (~1e20): their float32 norm would overflow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.input(x) * 1e20 + 0.5 * h
+
+
+def test_huge_finite_outputs_on_a_waiting_step_are_not_called_non_finite(tmp_path):
+    """The output check of a deferred step is exact about Inf/NaN: states of ~1e20 (whose float32 norm is inf)
+    with a finite loss and finite gradients make no non-finite step, and no GP103."""
+    torch.manual_seed(0)
+    cell = LoudCell()
+    opt = torch.optim.SGD(cell.parameters(), lr=1e-3)
+    log = tmp_path / "run.log"
+    with gradprobe.attach(
+        cell, cells=[cell], log=log, every=1000, saturation_every=0, optimizer=opt, config={}
+    ) as probe:
+        for _ in range(6):
+            h = torch.zeros(2, 4)
+            for x in torch.randn(5, 2, 4):
+                h = cell(x, h)
+            assert not math.isfinite(float(torch.linalg.vector_norm(h.detach())))  # what a norm would have said
+            opt.zero_grad()
+            (h.mean() * 1e-20).backward()
+            opt.step()
+        findings = probe.findings
+    steps = [e for e in map(json.loads, log.read_text().splitlines()) if e.get("kind") == "step"]
+    assert len(steps) == 6 and all(math.isfinite(e["loss"]) and math.isfinite(e["grad_norm"]) for e in steps)
+    assert [e["step"] for e in steps if e["nonfinite"]] == []
+    assert "GP103" not in {f.code for f in findings}
