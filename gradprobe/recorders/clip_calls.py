@@ -32,6 +32,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from gradprobe.recorders.gradients import on_device
+
 
 class ClipListener(Protocol):
     def known_norms(self, params: Sequence[Tensor]) -> list[Tensor] | None:
@@ -70,10 +72,8 @@ def _served_total(params: list[Tensor], foreach: bool | None) -> Tensor | None:
         if norms is None or len(norms) != len(grads):
             continue
         with torch.no_grad():
-            device = grads[0].device  # torch moves each norm there (a no-op where it is: not dispatched)
-            total = torch.linalg.vector_norm(
-                torch.stack([n if n.device == device else n.to(device) for n in norms]), 2.0
-            )
+            # torch moves each norm to the first gradient's device (a no-op where it is: not dispatched here)
+            total = torch.linalg.vector_norm(torch.stack([on_device(n, grads[0].device) for n in norms]), 2.0)
         key = (grads[0].device.type, grads[0].dtype, foreach)
         if key not in _checked:
             _checked[key] = _same(total, torch.nn.utils.get_total_norm(grads, 2.0, False, foreach))

@@ -117,12 +117,11 @@ class GradientRecorder:
         grads = [grad for _, grad in present]
         raw_norms = _raw_norms(grads)  # the norms torch's clip_grad_norm_ computes, bit for bit (its kernel, dtype)
         whole = torch.stack([as_float32(n) for n in raw_norms]) if raw_norms is not None else tensor_norms(grads)
-        gated = [grad for i, grad in present if i in self.gates]
-        if gated:  # each gate's rows of a gated parameter, one kernel per parameter
-            counts = [len(self.gates[i]) for i, _ in present if i in self.gates]
-            norms = torch.cat([whole, *(on_device(gate_norms(g, n), whole.device) for g, n in zip(gated, counts))])
-        else:
-            norms = whole
+        # each gate's rows of a gated parameter, one kernel per parameter
+        per_gate = [
+            on_device(gate_norms(grad, len(self.gates[i])), whole.device) for i, grad in present if i in self.gates
+        ]
+        norms = torch.cat([whole, *per_gate]) if per_gate else whole
         names = [self.names[i] for i, _ in present]
         return GradientReading(
             norms,
